@@ -1,0 +1,58 @@
+"""The bundled catalog: GPUs, models and engines, as data with sources."""
+
+from __future__ import annotations
+
+import functools
+from importlib import resources
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from provisioner.catalog.schema import (
+    Catalog,
+    EngineFlag,
+    EngineSpec,
+    EngineVersion,
+    GpuSpec,
+    ModelSpec,
+    QuantSpec,
+    SamplingSpec,
+)
+from provisioner.errors import CatalogError
+
+__all__ = [
+    "Catalog",
+    "EngineFlag",
+    "EngineSpec",
+    "EngineVersion",
+    "GpuSpec",
+    "ModelSpec",
+    "QuantSpec",
+    "SamplingSpec",
+    "load_catalog",
+]
+
+_PARTS = ("gpus", "models", "engines")
+
+
+def _read(part: str) -> dict[str, Any]:
+    text = resources.files(__package__).joinpath(f"{part}.yaml").read_text(encoding="utf-8")
+    data = yaml.safe_load(text)
+    if not isinstance(data, dict):
+        raise CatalogError(f"catalog {part}.yaml is not a mapping", file=f"{part}.yaml")
+    return data
+
+
+@functools.cache
+def load_catalog() -> Catalog:
+    raw = {part: _read(part) for part in _PARTS}
+    try:
+        return Catalog.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise CatalogError(
+            f"bundled catalog is invalid at {where}: {first['msg']}",
+            hint="this is a bug in provision's catalog data; please report it",
+        ) from exc

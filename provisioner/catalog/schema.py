@@ -1,0 +1,127 @@
+"""Typed models of the bundled catalog (gpus.yaml, models.yaml, engines.yaml).
+
+Every entry carries ``sources``: the URLs its numbers come from.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+from provisioner.units import parse_size
+
+Bytes = Annotated[int, BeforeValidator(parse_size)]
+Architecture = Literal["ampere", "ada", "hopper", "blackwell"]
+KernelModule = Literal["open", "proprietary"]
+QuantFormat = Literal["gguf", "safetensors", "ollama"]
+
+
+class _Entry(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GpuSpec(_Entry):
+    name: str
+    architecture: Architecture
+    compute_capability: str = Field(pattern=r"^[0-9]+\.[0-9]+$")
+    vram: Bytes
+    memory_bandwidth_gb_s: float = Field(gt=0)
+    fp16_dense_tflops: float = Field(gt=0, description="dense FP16/BF16 tensor TFLOPS")
+    pci_device_ids: list[str] = Field(min_length=1)  # "0x2bb1" as nvidia-smi prints
+    min_driver: str = Field(pattern=r"^[0-9]+(\.[0-9]+){0,2}$")
+    kernel_modules: list[KernelModule] = Field(min_length=1)
+    power_default_w: int = Field(gt=0)
+    power_min_w: int = Field(gt=0)
+    power_max_w: int = Field(gt=0)
+    pcie_gen: int = Field(ge=3, le=6)
+    pcie_lanes: int = Field(ge=1, le=16)
+    sources: list[str] = Field(min_length=1)
+
+
+class SamplingSpec(_Entry):
+    temperature: float = Field(ge=0, le=2)
+    top_p: float = Field(gt=0, le=1)
+    top_k: int = Field(ge=0)
+    min_p: float = Field(ge=0, le=1)
+    presence_penalty: float = Field(default=0.0, ge=-2, le=2)
+
+
+class QuantSpec(_Entry):
+    format: QuantFormat
+    bytes: Bytes  # total size of the weight files
+    bits_per_weight: float = Field(gt=0, le=32)
+    repo: str | None = None  # where this quantisation is published
+    sources: list[str] = Field(min_length=1)
+
+
+class ModelSpec(_Entry):
+    name: str
+    hf_repo: str
+    architecture: str  # GGUF general.architecture, e.g. qwen3moe
+    layers: int = Field(gt=0)
+    hidden_size: int = Field(gt=0)
+    attention: Literal["gqa", "mla", "gqa-sliding"]
+    attention_heads: int = Field(gt=0)
+    kv_heads: int = Field(gt=0)
+    head_dim: int = Field(gt=0)
+    # MLA (DeepSeek): the cache holds kv_lora_rank + qk_rope_head_dim per token and layer
+    kv_lora_rank: int | None = None
+    qk_rope_head_dim: int | None = None
+    # sliding window (gpt-oss): that many of the layers only keep `sliding_window` tokens
+    sliding_window: int | None = None
+    sliding_window_layers: int = 0
+    params_total: int = Field(gt=0)
+    params_active: int = Field(gt=0)
+    experts_total: int = Field(default=0, ge=0)
+    experts_active: int = Field(default=0, ge=0)
+    expert_params_fraction: float = Field(
+        default=0.0, ge=0, lt=1, description="share of all weights in routed experts"
+    )
+    native_context: int = Field(gt=0)
+    max_context: int = Field(gt=0, description="with the model card's rope scaling (YaRN)")
+    yarn_factor: float | None = None
+    modes: list[Literal["thinking", "non-thinking"]] = Field(min_length=1)
+    sampling: dict[str, SamplingSpec]
+    reasoning_parser: str | None = None  # vLLM --reasoning-parser
+    tool_call_parser: str | None = None  # vLLM --tool-call-parser
+    quants: dict[str, QuantSpec] = Field(min_length=1)
+    sources: list[str] = Field(min_length=1)
+
+    @property
+    def is_moe(self) -> bool:
+        return self.experts_total > 0
+
+
+class EngineFlag(_Entry):
+    """One engine setting under a logical name, as the given version spells it."""
+
+    flag: str | None = None  # command-line flag, e.g. --ctx-size
+    off_flag: str | None = None  # the switch's "off" spelling, e.g. --no-context-shift
+    env: str | None = None  # or an environment variable (Ollama)
+    default: Any = None  # the version's own default, null if none/derived
+    values: list[str] | None = None  # the accepted values when it is an enum
+    note: str | None = None
+
+
+class EngineVersion(_Entry):
+    released: str
+    checked_in: str  # where the flags were checked (URL of that version's --help or source)
+    flags: dict[str, EngineFlag]
+    kv_cache_types: list[str] = Field(min_length=1)
+    quantized_v_needs_flash_attention: bool = False
+    architectures: list[Architecture]  # GPU architectures this version supports
+    binary: str  # what the run script executes
+
+
+class EngineSpec(_Entry):
+    name: str
+    weights_format: QuantFormat
+    versions: dict[str, EngineVersion] = Field(min_length=1)
+    sources: list[str] = Field(min_length=1)
+
+
+class Catalog(_Entry):
+    gpus: dict[str, GpuSpec]
+    models: dict[str, ModelSpec]
+    engines: dict[str, EngineSpec]

@@ -1,0 +1,193 @@
+"""Profile file -> validated ``Profile``, with every error pointing at file:line:col.
+
+``extends:`` names a library profile (``profiles/<name>.yaml``) or a path
+relative to the extending file; mappings merge deeply, lists and scalars of
+the extending file replace the base's.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from provisioner.datadir import library_profiles
+from provisioner.errors import Problem, ProfileError
+from provisioner.profile import Profile, model_for_path
+from provisioner.yamlread import Path_, Positions, dotted, load_yaml, read_text
+
+MAX_EXTENDS_DEPTH = 8
+
+
+@dataclass(frozen=True)
+class LoadedProfile:
+    """A valid profile and where each of its values was written."""
+
+    profile: Profile
+    path: Path
+    positions: Positions
+
+    def problem(self, path: Path_, message: str, hint: str | None = None,
+                *, key: bool = False) -> Problem:
+        where = self.positions.find(path, key=key)
+        return Problem(
+            message=message, hint=hint, field=dotted(path) or None,
+            file=where.file if where else str(self.path),
+            line=where.line if where else None, column=where.column if where else None,
+        )
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+
+def load_profile(path: Path | str) -> LoadedProfile:
+    """Read, merge ``extends``, validate. Raises ``ProfileError`` with all problems."""
+    path = Path(path)
+    if not path.exists() and path.name == str(path) and path.suffix == "":
+        path = library_profiles().get(path.name, path)  # a library profile by name
+    data, positions = _read_with_extends(path, chain=())
+    try:
+        profile = Profile.model_validate(data)
+    except ValidationError as exc:
+        raise ProfileError(_problems(exc, positions, str(path))) from None
+    return LoadedProfile(profile=profile, path=path, positions=positions)
+
+
+def _read_with_extends(path: Path, chain: tuple[Path, ...]) -> tuple[dict[str, Any], Positions]:
+    label = str(path)
+    data, positions = load_yaml(read_text(path, label), label)
+    if not isinstance(data, dict):
+        where = positions.find(())
+        raise ProfileError(Problem(
+            f"a profile is a mapping of sections, got a {type(data).__name__}",
+            hint="start with 'apiVersion: provision/v1' and the sections of the README",
+            file=label, line=where.line if where else None,
+            column=where.column if where else None))
+    base_name = data.pop("extends", None)
+    if base_name is None:
+        return data, positions
+    where = positions.find(("extends",))
+    line, column = (where.line, where.column) if where else (None, None)
+    if not isinstance(base_name, str) or not base_name:
+        raise ProfileError(Problem("extends must name a library profile or a relative path",
+                                   file=label, line=line, column=column, field="extends"))
+    base_path = _resolve_base(base_name, path, label, line, column)
+    resolved = base_path.resolve()
+    if resolved in chain or resolved == path.resolve():
+        cycle = " -> ".join(str(p) for p in (*chain, path.resolve(), resolved))
+        raise ProfileError(Problem(f"extends cycle: {cycle}", hint="remove one of the extends",
+                                   file=label, line=line, column=column, field="extends"))
+    if len(chain) >= MAX_EXTENDS_DEPTH:
+        raise ProfileError(Problem(f"extends chain deeper than {MAX_EXTENDS_DEPTH}",
+                                   file=label, line=line, column=column, field="extends"))
+    base_data, base_positions = _read_with_extends(base_path, (*chain, path.resolve()))
+    merged = deep_merge(base_data, data)
+    base_positions.update(positions)
+    return merged, base_positions
+
+
+def _resolve_base(name: str, path: Path, label: str, line: int | None,
+                  column: int | None) -> Path:
+    library = library_profiles()
+    if "/" not in name and not name.endswith((".yaml", ".yml")):
+        if name in library:
+            return library[name]
+        close = difflib.get_close_matches(name, list(library), n=3)
+        hint = f"did you mean {', '.join(close)}?" if close else "see `provision profiles`"
+        raise ProfileError(Problem(f"unknown library profile {name!r}", hint=hint,
+                                   file=label, line=line, column=column, field="extends"))
+    if name.startswith("/") or ".." in Path(name).parts:
+        raise ProfileError(Problem(
+            f"extends path {name!r} must stay inside the profile's folder",
+            hint="use a library profile name or a relative path without '..'",
+            file=label, line=line, column=column, field="extends"))
+    candidate = path.parent / name
+    if not candidate.is_file():
+        raise ProfileError(Problem(f"extends file not found: {candidate}",
+                                   file=label, line=line, column=column, field="extends"))
+    return candidate
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+# --- pydantic errors -> problems with positions --------------------------------
+
+
+def _data_path(loc: tuple[Any, ...], data_keys: set[Path_]) -> Path_:
+    """Drop pydantic's union/validator labels from ``loc``, keep real data keys."""
+    path: Path_ = ()
+    for part in loc:
+        candidate = (*path, part)
+        if candidate in data_keys:
+            path = candidate
+    return path
+
+
+def _problems(exc: ValidationError, positions: Positions, label: str) -> list[Problem]:
+    known = set(positions.values) | set(positions.keys)
+    problems: list[Problem] = []
+    seen: set[Path_] = set()
+    for error in exc.errors():
+        loc = tuple(error["loc"])
+        kind = error["type"]
+        if kind == "extra_forbidden":
+            path = _data_path(loc, known)
+            where = positions.find(path, key=True)
+            key = str(path[-1]) if path else str(loc[-1])
+            owner = model_for_path(path[:-1])
+            close = difflib.get_close_matches(key, list(owner.model_fields), n=1) if owner else []
+            hint = f"did you mean `{close[0]}`?" if close else (
+                f"allowed here: {', '.join(owner.model_fields)}" if owner else None)
+            message = f"unknown key {key!r}"
+        elif kind == "missing":
+            parent = _data_path(loc[:-1], known)
+            path = (*parent, str(loc[-1]))
+            where = positions.find(parent)
+            message = f"missing required field {loc[-1]!r}"
+            hint = "add it (see the README's profile reference)"
+        else:
+            path = _data_path(loc, known)
+            where = positions.find(path)
+            message = _clean(error["msg"]).replace("\n", " ")
+            hint = _hint_for(error)
+        if path in seen:  # unions report one problem per member: keep the first
+            continue
+        seen.add(path)
+        problems.append(Problem(
+            message=message, hint=hint, field=dotted(path) or None,
+            file=where.file if where else label,
+            line=where.line if where else None, column=where.column if where else None))
+    problems.sort(key=lambda p: (p.file or "", p.line or 0, p.column or 0))
+    return problems
+
+
+def _clean(message: str) -> str:
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if message.startswith(prefix):
+            return message[len(prefix):]
+    return message
+
+
+def _hint_for(error: Any) -> str | None:
+    kind = error["type"]
+    if kind == "string_pattern_mismatch":
+        return f"the value must match {error['ctx']['pattern']}"
+    if kind in {"int_parsing", "int_type", "float_parsing", "float_type"}:
+        return "write a number"
+    if kind in {"bool_parsing", "bool_type"}:
+        return "write true or false"
+    if kind in {"greater_than_equal", "less_than_equal", "greater_than", "less_than"}:
+        return "the value is out of range"
+    return None

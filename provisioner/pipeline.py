@@ -1,0 +1,58 @@
+"""profile file -> Profile -> Spec -> Placement -> Rendered, and writing a tree."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from provisioner.errors import ProfileError, UsageError
+from provisioner.fit import Placement, fit
+from provisioner.loader import load_profile
+from provisioner.render import render
+from provisioner.resolve import Spec, resolve
+from provisioner.resources import Rendered
+from provisioner.units import format_size
+
+
+@dataclass(frozen=True)
+class Built:
+    spec: Spec
+    placement: Placement
+    rendered: Rendered
+
+
+def build(path: Path, *, ignore_fit: bool = False) -> Built:
+    loaded = load_profile(path)
+    spec = resolve(loaded)
+    placement = fit(spec)
+    if not placement.fits and not ignore_fit:
+        raise ProfileError(loaded.problem(
+            ("model",),
+            f"{spec.model.name} {spec.profile.model.quant} at {placement.context} tokens does "
+            f"not fit this machine: {format_size(placement.missing_bytes)} missing",
+            "run `provision fit` for the placement and cheaper options, or pass --ignore-fit"))
+    return Built(spec, placement, render(spec, placement))
+
+
+def write_tree(rendered: Rendered, out_dir: Path, *, overwrite: bool) -> list[Path]:
+    """Write each file under out_dir (its absolute path made relative), with its mode."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"--out {out_dir} exists and is not a folder")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise UsageError(f"--out {out_dir} is not empty",
+                         hint="choose an empty folder or pass --overwrite")
+    written: list[Path] = []
+    for directory in rendered.directories:
+        target = out_dir / directory.path.lstrip("/")
+        target.mkdir(parents=True, exist_ok=True)
+        os.chmod(target, directory.mode)
+    for item in rendered.files:
+        target = out_dir / item.path.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temp = target.with_name(f".{target.name}.provision-tmp")
+        temp.write_bytes(item.content)
+        os.chmod(temp, item.mode)
+        os.replace(temp, target)
+        written.append(target)
+    return written

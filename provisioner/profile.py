@@ -1,0 +1,367 @@
+"""The machine profile: pydantic models, frozen, unknown keys refused.
+
+Only structure and single-field rules live here. Rules that need the catalog
+(is this GPU known, does the context exceed the model's maximum) live in
+``checks.py`` so that this module stays a plain description of the format.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    model_validator,
+)
+
+from provisioner.units import parse_size
+
+# --- scalar types -----------------------------------------------------------
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _no_control(value: str) -> str:
+    if _CONTROL.search(value):
+        raise ValueError("must not contain newlines or control characters")
+    return value
+
+
+_SAFE_PATH = re.compile(r"^[A-Za-z0-9_./@+:,=-]+$")
+
+
+def _abs_path(value: str) -> str:
+    if not value.startswith("/"):
+        raise ValueError(f"must be an absolute path, got {value!r}")
+    if not _SAFE_PATH.match(value):
+        # Paths land in unit files and shell scripts: no spaces, quotes, '%' or '$'.
+        raise ValueError(f"path {value!r} may only contain letters, digits and _./@+:,=-")
+    if any(part == ".." for part in value.split("/")):
+        raise ValueError(f"must not contain '..', got {value!r}")
+    return value
+
+
+def _rel_path(value: str) -> str:
+    if value.startswith("/") or any(part == ".." for part in value.split("/")):
+        raise ValueError(f"must be a relative path inside the profile's folder, got {value!r}")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_no_control)]
+Bytes = Annotated[int, BeforeValidator(parse_size)]
+AbsPath = Annotated[str, AfterValidator(_no_control), AfterValidator(_abs_path)]
+RelPath = Annotated[str, AfterValidator(_no_control), AfterValidator(_rel_path)]
+Name = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,62}$")]
+UnixName = Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_-]{0,31}$")]
+EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
+SysctlKey = Annotated[str, Field(pattern=r"^[a-z0-9_]+([./][a-z0-9_-]+)+$")]
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+Mode = Annotated[str, Field(pattern=r"^0?[0-7]{3,4}$")]
+
+
+class _Model(BaseModel):
+    # numbers become strings where a string is expected: `version: 575` is "575"
+    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
+
+
+# --- sections ---------------------------------------------------------------
+
+
+class Metadata(_Model):
+    name: Name
+    description: Text = ""
+    sources: list[Annotated[str, Field(pattern=r"^https?://\S+$")]] = []
+
+
+class GpuEntry(_Model):
+    model: Text
+    count: int = Field(default=1, ge=1, le=16)
+
+
+class Memory(_Model):
+    """RAM for the roofline: a type and channel count, or a measured bandwidth."""
+
+    type: Annotated[str, Field(pattern=r"^(ddr4|ddr5|lpddr5x?|hbm[0-9e]*)-[0-9]{3,5}$")] | None = None
+    channels: int | None = Field(default=None, ge=1, le=24)
+    bandwidth_gb_s: float | None = Field(default=None, gt=0, le=20000)
+
+    @model_validator(mode="after")
+    def _type_or_measured(self) -> Memory:
+        if self.bandwidth_gb_s is None and (self.type is None or self.channels is None):
+            raise ValueError("give either type and channels (ddr5-5600, 2) or bandwidth_gb_s")
+        return self
+
+    def bandwidth(self) -> float:
+        """Bandwidth in GB/s: measured if given, else the theoretical peak."""
+        if self.bandwidth_gb_s is not None:
+            return self.bandwidth_gb_s
+        assert self.type is not None and self.channels is not None
+        mt_s = int(self.type.rsplit("-", 1)[1])
+        return mt_s * 8 * self.channels / 1000  # 64-bit channel: 8 bytes per transfer
+
+
+class Cpu(_Model):
+    cores: int = Field(ge=1, le=1024)
+    numa_nodes: int = Field(default=1, ge=1, le=64)
+
+
+class Hardware(_Model):
+    gpus: list[GpuEntry] = []
+    ram: Bytes
+    memory: Memory
+    cpu: Cpu
+
+    @property
+    def gpu_count(self) -> int:
+        return sum(g.count for g in self.gpus)
+
+
+class Driver(_Model):
+    kernel_module: Literal["open", "proprietary"] = "open"
+    version: Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+){0,2}$")] | None = None
+    persistence: bool = True
+    power_limit_w: int | None = Field(default=None, ge=50, le=2000)
+
+
+class Hugepages(_Model):
+    size: Literal["2MiB", "1GiB"] = "2MiB"
+    count: int = Field(default=0, ge=0, le=10_000_000)
+
+    @property
+    def size_bytes(self) -> int:
+        return parse_size(self.size)
+
+    @property
+    def total_bytes(self) -> int:
+        return self.size_bytes * self.count
+
+
+SysctlValue = Annotated[
+    int | Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:/ -]{1,256}$")], "sysctl value"
+]
+
+
+class Os(_Model):
+    tuning: Literal["sysctl", "tuned"] = "sysctl"
+    tuned_base: Annotated[str, Field(pattern=r"^[a-z0-9-]+$")] = "throughput-performance"
+    sysctl: dict[SysctlKey, SysctlValue] = {}
+    transparent_hugepages: Literal["always", "madvise", "never"] = "madvise"
+    hugepages: Hugepages = Hugepages()
+    memlock: Literal["unlimited"] | Bytes = "unlimited"
+    swap: Literal["keep", "avoid"] = "avoid"
+    cpu_governor: Literal["performance", "schedutil", "ondemand", "powersave"] | None = None
+
+
+class ModelFile(_Model):
+    path: AbsPath
+    bytes: int = Field(gt=0)
+    sha256: Sha256
+
+
+class HfSource(_Model):
+    repo: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+    revision: Annotated[str, Field(pattern=r"^[0-9a-f]{40}$")]
+    include: list[Text] = []
+    dest: AbsPath
+
+
+class ModelSource(_Model):
+    """Exactly one of: GGUF files (shards), a Hugging Face repo at a pinned
+    revision, a vLLM model directory, or an Ollama tag."""
+
+    files: list[ModelFile] | None = None
+    hf: HfSource | None = None
+    directory: AbsPath | None = None
+    ollama: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._/-]*(:[A-Za-z0-9._-]+)?$")] | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ModelSource:
+        given = [k for k in ("files", "hf", "directory", "ollama") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one of files, hf, directory, ollama"
+                + (f" (got {', '.join(given)})" if given else "")
+            )
+        if self.files is not None and not self.files:
+            raise ValueError("files must list at least one file")
+        return self
+
+    @property
+    def kind(self) -> str:
+        for key in ("files", "hf", "directory", "ollama"):
+            if getattr(self, key) is not None:
+                return key
+        raise AssertionError("validated to have one")  # pragma: no cover
+
+
+KvType = Annotated[str, Field(pattern=r"^[a-z0-9_]+$")]
+
+
+class ModelSection(_Model):
+    id: Text
+    quant: Text
+    source: ModelSource
+    context: int = Field(ge=256, le=10_000_000)
+    kv_cache: KvType = "f16"
+    kv_cache_v: KvType | None = None  # defaults to kv_cache
+    mode: Literal["thinking", "non-thinking"] = "non-thinking"
+
+    @property
+    def kv_cache_k(self) -> str:
+        return self.kv_cache
+
+    @property
+    def kv_cache_value(self) -> str:
+        return self.kv_cache_v or self.kv_cache
+
+
+class Offload(_Model):
+    """Explicit placement; ``auto`` (the default) lets fit choose."""
+
+    gpu_layers: int | None = Field(default=None, ge=0, le=1000)
+    cpu_moe_layers: int | None = Field(default=None, ge=0, le=1000)
+    override_tensors: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.*+?()\[\]|\\^$-]+=[A-Za-z0-9_]+$")]] = []
+    cpu_offload: Bytes | None = None  # vLLM --cpu-offload-gb
+
+
+ExtraArg = Annotated[str, Field(pattern=r"^[A-Za-z0-9_./:=,+@%-]{1,256}$")]
+
+
+class Runtime(_Model):
+    engine: Literal["llama.cpp", "vllm", "ollama"]
+    version: Text
+    port: int = Field(default=8080, ge=1, le=65535)
+    bind: Text = "127.0.0.1"
+    expose: bool = False
+    parallel: int = Field(default=1, ge=1, le=256)
+    offload: Literal["auto"] | Offload = "auto"
+    threads: int | None = Field(default=None, ge=1, le=1024)
+    flash_attention: Literal["auto", "on", "off"] = "on"
+    gpu_memory_utilization: float | None = Field(default=None, gt=0.1, le=0.99)
+    extra_args: list[ExtraArg] = []
+
+    @model_validator(mode="after")
+    def _public_needs_expose(self) -> Runtime:
+        try:
+            address = ipaddress.ip_address(self.bind)
+        except ValueError as exc:
+            raise ValueError(f"bind must be an IP address, got {self.bind!r}") from exc
+        if not address.is_loopback and not self.expose:
+            raise ValueError(
+                f"bind {self.bind} listens beyond this machine; set runtime.expose: true "
+                "if that is intended (and set an API key)"
+            )
+        return self
+
+
+class SecretRef(_Model):
+    """Where a secret comes from at run time; the value never enters a profile."""
+
+    from_env: EnvName | None = None
+    from_file: AbsPath | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> SecretRef:
+        if (self.from_env is None) == (self.from_file is None):
+            raise ValueError("give exactly one of from_env or from_file (never the secret itself)")
+        return self
+
+
+class Secrets(_Model):
+    api_key: SecretRef | None = None
+    hf_token: SecretRef | None = None
+
+
+class Service(_Model):
+    name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")] = "llm-server"
+    user: UnixName = "llm"
+    group: UnixName | None = None
+    restart: Literal["no", "on-failure", "always"] = "on-failure"
+    start_timeout_s: int = Field(default=1800, ge=10, le=86400)
+
+
+class ExtraFile(_Model):
+    template: RelPath
+    dest: AbsPath
+    mode: Mode = "0644"
+    owner: UnixName = "root"
+    group: UnixName = "root"
+    notify: list[Name] = []
+
+
+class Handler(_Model):
+    command: Text = Field(min_length=1, max_length=4096)
+
+
+class Verify(_Model):
+    min_tokens_per_s: float | None = Field(default=None, gt=0)
+    context_probe: bool = True
+    determinism: bool = True
+
+
+class Profile(_Model):
+    apiVersion: Literal["provision/v1"] = "provision/v1"
+    kind: Literal["MachineProfile"] = "MachineProfile"
+    metadata: Metadata
+    hardware: Hardware
+    driver: Driver = Driver()
+    os: Os = Os()
+    model: ModelSection
+    runtime: Runtime
+    secrets: Secrets = Secrets()
+    service: Service = Service()
+    files: list[ExtraFile] = []
+    handlers: dict[Name, Handler] = {}
+    verify: Verify = Verify()
+
+    @model_validator(mode="after")
+    def _notify_known_handlers(self) -> Profile:
+        for index, extra in enumerate(self.files):
+            for name in extra.notify:
+                if name not in self.handlers and name not in BUILTIN_HANDLERS:
+                    raise ValueError(
+                        f"files[{index}].notify names handler {name!r}, which is not defined "
+                        f"under handlers (built-in: {', '.join(sorted(BUILTIN_HANDLERS))})"
+                    )
+        return self
+
+
+BUILTIN_HANDLERS = frozenset(
+    {"daemon-reload", "sysctl", "tmpfiles", "tuned", "restart-server", "gpu-settings"}
+)
+
+
+def field_names(model: type[BaseModel]) -> list[str]:
+    return list(model.model_fields)
+
+
+def model_for_path(path: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The model class that owns the mapping at ``path`` (for key suggestions)."""
+    current: type[BaseModel] = Profile
+    for part in path:
+        if isinstance(part, int):
+            continue
+        info = current.model_fields.get(str(part))
+        if info is None:
+            return None
+        found = _model_in(info.annotation)
+        if found is None:
+            return None
+        current = found
+    return current
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None

@@ -1,0 +1,219 @@
+"""Spec + Placement -> the files to install, through the Jinja templates (pure).
+
+``templates/manifest.yaml`` is the table of managed files: template, destination,
+mode, the condition under which it is installed, how it is validated, and the
+handlers it notifies. Every value a template writes passes through a filter
+for that file's format, and ``finalize`` refuses any interpolated value with a
+newline or control character, so a profile cannot smuggle an extra line (a
+command, a setting, a key) into any file.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jinja2 import FileSystemLoader, StrictUndefined, TemplateError
+from jinja2.sandbox import SandboxedEnvironment
+
+from provisioner.datadir import data_dir
+from provisioner.engine_args import engine_command
+from provisioner.errors import RenderError
+from provisioner.fit import Placement
+from provisioner.resolve import Spec
+from provisioner.resources import Directory, File, Rendered
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_SYSCTL_VALUE = re.compile(r"^[A-Za-z0-9_.:/ -]{1,256}$")
+BIN_DIR = "/opt/provision/bin"
+
+
+def _finalize(value: Any) -> Any:
+    if isinstance(value, str) and _CONTROL.search(value):
+        raise RenderError(f"refusing to write a value with a newline or control character: "
+                          f"{value[:40]!r}", hint="remove the control character from the profile")
+    return value
+
+
+def sh_quote(value: object) -> str:
+    """One shell word, quoted for POSIX sh."""
+    return shlex.quote(str(value))
+
+
+def systemd_word(value: object) -> str:
+    """One word of a unit file's Exec/Environment line: quoted, specifiers escaped."""
+    text = str(value)
+    if _CONTROL.search(text):
+        raise RenderError(f"control character in unit file value {text[:40]!r}")
+    text = text.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%").replace("$", "$$")
+    return f'"{text}"'
+
+
+def env_value(value: object) -> str:
+    """A value of an EnvironmentFile line, double-quoted (systemd.exec(5))."""
+    text = str(value)
+    if _CONTROL.search(text):
+        raise RenderError(f"control character in environment value {text[:40]!r}")
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$") + '"'
+
+
+def sysctl_value(value: object) -> str:
+    text = str(value)
+    if not _SYSCTL_VALUE.match(text):
+        raise RenderError(f"sysctl value {text[:40]!r} has characters sysctl.d cannot hold")
+    return text
+
+
+@functools.cache
+def _environment(folder: str) -> SandboxedEnvironment:
+    env = SandboxedEnvironment(
+        loader=FileSystemLoader(folder),
+        undefined=StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+        finalize=_finalize,
+    )
+    env.filters.update(sh=sh_quote, systemd=systemd_word, env=env_value, sysctl=sysctl_value)
+    return env
+
+
+@functools.cache
+def manifest() -> list[dict[str, Any]]:
+    text = (data_dir("templates") / "manifest.yaml").read_text(encoding="utf-8")
+    entries = yaml.safe_load(text)
+    assert isinstance(entries, list)
+    return entries
+
+
+def model_path(spec: Spec) -> str:
+    source = spec.profile.model.source
+    if source.files:
+        return source.files[0].path
+    if source.hf is not None:
+        return source.hf.dest
+    if source.directory is not None:
+        return source.directory
+    return source.ollama or ""
+
+
+def sysctl_settings(spec: Spec) -> dict[str, str]:
+    """The sysctl values the profile asks for, with the swap policy folded in."""
+    os_ = spec.profile.os
+    values: dict[str, str] = {}
+    if os_.swap == "avoid":
+        values["vm.swappiness"] = "1"  # swap only to avoid the OOM killer
+    if os_.hugepages.count and os_.hugepages.size == "2MiB":
+        values["vm.nr_hugepages"] = str(os_.hugepages.count)
+    values.update({k: str(v) for k, v in os_.sysctl.items()})
+    return dict(sorted(values.items()))
+
+
+def context(spec: Spec, placement: Placement) -> dict[str, Any]:
+    p = spec.profile
+    service = p.service
+    command = engine_command(spec, placement, model_path(spec))
+    devices = [f"/dev/nvidia{i}" for i in range(spec.gpu_count)]
+    return {
+        "profile": p,
+        "name": p.metadata.name,
+        "service": service,
+        "group": service.group or service.user,
+        "gpus": spec.gpus,
+        "gpu_count": spec.gpu_count,
+        "gpu_devices": devices,
+        "model": spec.model,
+        "model_id": spec.model_id,
+        "quant": spec.quant,
+        "engine": spec.engine,
+        "engine_version": p.runtime.version,
+        "command": command,
+        "placement": placement,
+        "sysctl": sysctl_settings(spec),
+        "bin_dir": BIN_DIR,
+        "run_script": f"{BIN_DIR}/{service.name}-run.sh",
+        "check_script": f"{BIN_DIR}/{service.name}-check-gpu.sh",
+        "env_file": f"/etc/default/{service.name}",
+        "secrets_env_file": f"/etc/provision/{service.name}/secrets.env",
+        "min_driver": max((g.spec.min_driver for g in spec.gpus),
+                          key=lambda v: tuple(int(x) for x in v.split(".")), default=""),
+        "sampling": spec.model.sampling[p.model.mode],
+        "hugepages_kb": spec.profile.os.hugepages.size_bytes // 1024,
+    }
+
+
+def render(spec: Spec, placement: Placement) -> Rendered:
+    """All managed files for this profile, byte for byte."""
+    ctx = context(spec, placement)
+    env = _environment(str(data_dir("templates")))
+    files: list[File] = []
+    for entry in manifest():
+        when = entry.get("when")
+        if when and not env.compile_expression(when)(**ctx):
+            continue
+        files.append(_render_one(env, entry["template"], entry, ctx))
+    files += _user_files(spec, ctx)
+    paths = [f.path for f in files]
+    duplicates = {p for p in paths if paths.count(p) > 1}
+    if duplicates:
+        raise RenderError(f"two files render to {sorted(duplicates)[0]}",
+                          hint="a files[] dest collides with a file provision manages")
+    handlers = _handlers(spec)
+    directories = (Directory(BIN_DIR), Directory(f"/etc/provision/{spec.profile.service.name}"))
+    return Rendered(files=tuple(sorted(files, key=lambda f: f.path)), directories=directories,
+                    handlers=handlers, warnings=placement.warnings)
+
+
+def _render_one(env: SandboxedEnvironment, template: str, entry: dict[str, Any],
+                ctx: dict[str, Any]) -> File:
+    try:
+        dest = env.from_string(entry["dest"]).render(**ctx)
+        content = env.get_template(template).render(**ctx)
+    except RenderError:
+        raise
+    except TemplateError as exc:
+        raise RenderError(f"template {template}: {exc}") from None
+    return File(path=dest, content=content.encode("utf-8"), mode=int(str(entry["mode"]), 8),
+                owner=str(entry.get("owner", "root")), group=str(entry.get("group", "root")),
+                validate=entry.get("validate", "none"), notify=tuple(entry.get("notify", ())),
+                template=template)
+
+
+def _user_files(spec: Spec, ctx: dict[str, Any]) -> list[File]:
+    """The profile's own templates: the same sandbox, the same context."""
+    out: list[File] = []
+    base = spec.loaded.base_dir
+    for extra in spec.profile.files:
+        env = _environment(str(base))
+        path = Path(extra.template)
+        try:
+            content = env.get_template(path.as_posix()).render(**ctx)
+        except RenderError:
+            raise
+        except TemplateError as exc:
+            raise RenderError(f"template {extra.template}: {exc}",
+                              file=str(base / extra.template)) from None
+        out.append(File(path=extra.dest, content=content.encode("utf-8"),
+                        mode=int(extra.mode, 8), owner=extra.owner, group=extra.group,
+                        notify=tuple(extra.notify), template=extra.template))
+    return out
+
+
+def _handlers(spec: Spec) -> dict[str, str]:
+    """Handler name -> command, in the order they run."""
+    name = spec.profile.service.name
+    builtin = {
+        "daemon-reload": "systemctl daemon-reload",
+        "sysctl": "sysctl --system",
+        "tmpfiles": "systemd-tmpfiles --create",
+        "tuned": "systemctl restart tuned",
+        "gpu-settings": "systemctl restart nvidia-gpu-settings.service",
+        "restart-server": f"systemctl try-restart {name}.service",
+    }
+    custom = {key: h.command for key, h in spec.profile.handlers.items()}
+    return {**builtin, **custom}

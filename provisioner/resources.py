@@ -1,0 +1,55 @@
+"""What render produces and plan/apply consume: typed, frozen resources."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+# How a file is checked before it replaces the old one (see apply).
+Validator = Literal["none", "sh", "systemd-unit", "sysctl", "env", "tmpfiles", "modprobe",
+                    "limits", "tuned"]
+
+
+@dataclass(frozen=True)
+class File:
+    path: str  # absolute path on the target, e.g. /etc/sysctl.d/90-provision-llm.conf
+    content: bytes
+    mode: int = 0o644
+    owner: str = "root"
+    group: str = "root"
+    validate: Validator = "none"
+    notify: tuple[str, ...] = ()  # handlers to run when this file changes
+    secret: bool = False  # never shown in a diff, log or JSON
+    template: str = ""  # where it came from, for messages
+
+    @property
+    def mode_text(self) -> str:
+        return f"{self.mode:04o}"
+
+
+@dataclass(frozen=True)
+class Directory:
+    path: str
+    mode: int = 0o755
+    owner: str = "root"
+    group: str = "root"
+
+    @property
+    def mode_text(self) -> str:
+        return f"{self.mode:04o}"
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """The whole desired state of one host for one profile."""
+
+    files: tuple[File, ...]
+    directories: tuple[Directory, ...] = ()
+    handlers: dict[str, str] = field(default_factory=dict)  # name -> shell command
+    warnings: tuple[str, ...] = ()
+
+    def file(self, path: str) -> File:
+        for item in self.files:
+            if item.path == path:
+                return item
+        raise KeyError(path)

@@ -1,0 +1,217 @@
+"""Invariants of the bundled catalog data (gpus.yaml, models.yaml, engines.yaml)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+import pytest
+
+from provisioner.catalog import Catalog, load_catalog
+
+_ID = re.compile(r"^[a-z0-9]+(?:[.-][a-z0-9]+)*$")
+_PCI_ID = re.compile(r"^0x[0-9a-f]{4}$")
+_URL = re.compile(r"https://[^\s;,]+")
+GIB = 2**30
+
+
+@pytest.fixture(scope="module")
+def catalog() -> Catalog:
+    return load_catalog()
+
+
+def _all_sources(catalog: Catalog) -> Iterator[tuple[str, str]]:
+    for gpu_id, gpu in catalog.gpus.items():
+        for url in gpu.sources:
+            yield f"gpus.{gpu_id}", url
+    for model_id, model in catalog.models.items():
+        for url in model.sources:
+            yield f"models.{model_id}", url
+        for quant_name, quant in model.quants.items():
+            for url in quant.sources:
+                yield f"models.{model_id}.quants.{quant_name}", url
+    for engine_id, engine in catalog.engines.items():
+        for url in engine.sources:
+            yield f"engines.{engine_id}", url
+
+
+def test_catalog_loads_every_part(catalog: Catalog) -> None:
+    assert catalog.gpus
+    assert catalog.models
+    assert set(catalog.engines) == {"llama.cpp", "vllm", "ollama"}
+
+
+def test_every_source_is_an_https_url(catalog: Catalog) -> None:
+    bad = [(where, url) for where, url in _all_sources(catalog) if not url.startswith("https://") or " " in url]
+    assert bad == []
+
+
+def test_every_engine_version_says_where_it_was_checked(catalog: Catalog) -> None:
+    for engine_id, engine in catalog.engines.items():
+        for version, spec in engine.versions.items():
+            assert _URL.search(spec.checked_in), f"{engine_id} {version}: checked_in has no https URL"
+
+
+def test_ids_are_lowercase_dash(catalog: Catalog) -> None:
+    ids = [*catalog.gpus, *catalog.models, *catalog.engines]
+    assert [i for i in ids if not _ID.match(i)] == []
+
+
+@pytest.mark.parametrize("part", ["gpus", "models"])
+def test_ids_are_unique_after_normalising(catalog: Catalog, part: str) -> None:
+    ids = list(getattr(catalog, part))
+    assert len({i.replace(".", "-") for i in ids}) == len(ids)
+
+
+def test_gpu_power_range_is_ordered(catalog: Catalog) -> None:
+    for gpu_id, gpu in catalog.gpus.items():
+        assert gpu.power_min_w <= gpu.power_default_w <= gpu.power_max_w, gpu_id
+
+
+def test_gpu_vram_and_bandwidth_are_plausible(catalog: Catalog) -> None:
+    for gpu_id, gpu in catalog.gpus.items():
+        assert 8 * GIB <= gpu.vram <= 256 * GIB, gpu_id
+        assert 200 <= gpu.memory_bandwidth_gb_s <= 10_000, gpu_id
+        assert 10 <= gpu.fp16_dense_tflops <= 5_000, gpu_id
+
+
+def test_gpu_pci_ids_are_lowercase_hex_and_unique(catalog: Catalog) -> None:
+    seen: dict[str, str] = {}
+    for gpu_id, gpu in catalog.gpus.items():
+        for pci_id in gpu.pci_device_ids:
+            assert _PCI_ID.match(pci_id), f"{gpu_id}: {pci_id}"
+            assert pci_id not in seen, f"{pci_id} in both {seen.get(pci_id)} and {gpu_id}"
+            seen[pci_id] = gpu_id
+
+
+def test_blackwell_needs_open_module_and_cc12(catalog: Catalog) -> None:
+    for gpu_id, gpu in catalog.gpus.items():
+        if gpu.architecture == "blackwell":
+            assert gpu.kernel_modules == ["open"], gpu_id
+            assert gpu.compute_capability == "12.0", gpu_id
+            assert int(gpu.min_driver.split(".")[0]) >= 570, gpu_id
+        else:
+            assert set(gpu.kernel_modules) == {"open", "proprietary"}, gpu_id
+
+
+def test_compute_capability_matches_architecture(catalog: Catalog) -> None:
+    expected = {"ampere": {"8.0", "8.6"}, "ada": {"8.9"}, "hopper": {"9.0"}, "blackwell": {"12.0"}}
+    for gpu_id, gpu in catalog.gpus.items():
+        assert gpu.compute_capability in expected[gpu.architecture], gpu_id
+
+
+def test_gguf_sizes_match_bits_per_weight(catalog: Catalog) -> None:
+    for model_id, model in catalog.models.items():
+        for quant_name, quant in model.quants.items():
+            if quant.format != "gguf":
+                continue
+            expected = model.params_total * quant.bits_per_weight / 8
+            ratio = quant.bytes / expected
+            assert 0.85 <= ratio <= 1.15, f"{model_id} {quant_name}: bytes/expected = {ratio:.3f}"
+
+
+def test_safetensors_bf16_is_two_bytes_per_parameter(catalog: Catalog) -> None:
+    for model_id, model in catalog.models.items():
+        bf16 = model.quants.get("BF16")
+        if bf16 is not None:
+            assert abs(bf16.bytes / (2 * model.params_total) - 1) < 0.05, model_id
+
+
+def test_gguf_and_safetensors_quants_name_a_repo(catalog: Catalog) -> None:
+    for model_id, model in catalog.models.items():
+        for quant_name, quant in model.quants.items():
+            if quant.format in {"gguf", "safetensors"}:
+                assert quant.repo and "/" in quant.repo, f"{model_id} {quant_name}"
+
+
+def test_attention_heads_are_consistent(catalog: Catalog) -> None:
+    for model_id, model in catalog.models.items():
+        assert model.attention_heads % model.kv_heads == 0, model_id
+        if model.attention == "mla":
+            assert model.kv_lora_rank and model.qk_rope_head_dim, model_id
+        if model.attention == "gqa-sliding":
+            assert model.sliding_window and 0 < model.sliding_window_layers < model.layers, model_id
+
+
+def test_context_and_params(catalog: Catalog) -> None:
+    for model_id, model in catalog.models.items():
+        assert model.max_context >= model.native_context, model_id
+        if model.yarn_factor is not None:
+            assert model.max_context == int(model.native_context * model.yarn_factor), model_id
+        assert model.params_active <= model.params_total, model_id
+
+
+def test_moe_fields_are_consistent(catalog: Catalog) -> None:
+    for model_id, model in catalog.models.items():
+        if model.is_moe:
+            assert 0 < model.experts_active < model.experts_total, model_id
+            assert 0.5 < model.expert_params_fraction < 1, model_id
+            assert model.params_active < model.params_total, model_id
+        else:
+            assert model.experts_active == 0 and model.expert_params_fraction == 0, model_id
+            assert model.params_active == model.params_total, model_id
+
+
+def test_every_mode_has_sampling(catalog: Catalog) -> None:
+    for model_id, model in catalog.models.items():
+        assert set(model.sampling) == set(model.modes), model_id
+        if "thinking" in model.modes and model.reasoning_parser is None:
+            pytest.fail(f"{model_id} thinks but names no vLLM reasoning parser")
+
+
+def test_engine_versions_have_core_flags(catalog: Catalog) -> None:
+    context_flag = {"llama.cpp": "ctx_size", "vllm": "max_model_len", "ollama": "context_length"}
+    for engine_id, engine in catalog.engines.items():
+        for version, spec in engine.versions.items():
+            flags = spec.flags
+            where = f"{engine_id} {version}"
+            assert context_flag[engine_id] in flags, where
+            assert "host" in flags, where
+            if engine_id == "ollama":
+                assert flags["host"].env == "OLLAMA_HOST", where
+            else:
+                assert "model" in flags and "port" in flags, where
+
+
+def test_engine_flags_have_a_spelling(catalog: Catalog) -> None:
+    for engine_id, engine in catalog.engines.items():
+        for version, spec in engine.versions.items():
+            for name, flag in spec.flags.items():
+                where = f"{engine_id} {version} {name}"
+                assert _ID.match(name.replace("_", "-")), where
+                if flag.flag is None and flag.env is None:
+                    assert flag.note and "Modelfile" in flag.note, where
+                if flag.flag is not None:
+                    assert flag.flag.startswith("--"), where
+                if flag.values is not None and flag.default is not None:
+                    assert str(flag.default) in flag.values, where
+
+
+def test_engine_kv_cache_types_match_cache_flags(catalog: Catalog) -> None:
+    for engine_id, engine in catalog.engines.items():
+        for version, spec in engine.versions.items():
+            for name in ("cache_type_k", "cache_type_v", "kv_cache_type", "kv_cache_dtype"):
+                flag = spec.flags.get(name)
+                if flag is not None and flag.values is not None:
+                    assert flag.values == spec.kv_cache_types, f"{engine_id} {version} {name}"
+
+
+def test_api_keys_come_from_the_environment(catalog: Catalog) -> None:
+    expected = {"llama.cpp": "LLAMA_API_KEY", "vllm": "VLLM_API_KEY"}
+    for engine_id, env in expected.items():
+        for version, spec in catalog.engines[engine_id].versions.items():
+            assert spec.flags["api_key"].env == env, f"{engine_id} {version}"
+
+
+def test_model_parsers_exist_in_a_vllm_version(catalog: Catalog) -> None:
+    known: set[str] = set()
+    for spec in catalog.engines["vllm"].versions.values():
+        for name in ("reasoning_parser", "tool_call_parser"):
+            flag = spec.flags.get(name)
+            if flag is not None:
+                known.update(flag.values or [])
+                known.update(re.findall(r"[a-z0-9_]+", flag.note or ""))
+    for model_id, model in catalog.models.items():
+        for parser in (model.reasoning_parser, model.tool_call_parser):
+            if parser is not None:
+                assert parser in known, f"{model_id}: {parser}"
