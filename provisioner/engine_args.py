@@ -131,6 +131,9 @@ def _llama_cpp(spec: Spec, placement: Placement, model_path: str) -> EngineComma
     b.flag("min_p", sampling["min_p"], "model card")
     if sampling.get("presence_penalty") and b.has("presence_penalty"):
         b.flag("presence_penalty", sampling["presence_penalty"], "model card")
+    if b.has("reasoning") and len(spec.model.modes) > 1:
+        b.choice("reasoning", "on" if p.model.mode == "thinking" else "off",
+                 f"{p.model.mode} mode, set on the server (hybrid model)")
     if p.model.mode == "thinking" and b.has("reasoning_format"):
         b.choice("reasoning_format", "deepseek",
                  "return the reasoning in reasoning_content, not in the answer")
