@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from provisioner.datadir import library_profiles
 from provisioner.errors import Problem, ProfileError
-from provisioner.profile import Profile, model_for_path
+from provisioner.profile import CONTROL_CHARS, Profile, model_for_path
 from provisioner.yamlread import Path_, Positions, dotted, load_yaml, read_text
 
 MAX_EXTENDS_DEPTH = 8
@@ -62,8 +62,10 @@ def _read_with_extends(path: Path, chain: tuple[Path, ...]) -> tuple[dict[str, A
     data, positions = load_yaml(read_text(path, label), label)
     if not isinstance(data, dict):
         where = positions.find(())
+        kind = "an empty document" if data is None else (
+            "a list" if isinstance(data, list) else "a single value")
         raise ProfileError(Problem(
-            f"a profile is a mapping of sections, got a {type(data).__name__}",
+            f"a profile is a mapping of sections, got {kind}",
             hint="start with 'apiVersion: provision/v1' and the sections of the README",
             file=label, line=where.line if where else None,
             column=where.column if where else None))
@@ -159,9 +161,14 @@ def _problems(exc: ValidationError, positions: Positions, label: str) -> list[Pr
             hint = "add it (see the README's profile reference)"
         else:
             path = _data_path(loc, known)
-            where = positions.find(path)
+            # a bad mapping key ("[key]" in loc) is reported where the key was written
+            where = positions.find(path, key=bool(loc) and loc[-1] == "[key]")
             message = _clean(error["msg"]).replace("\n", " ")
             hint = _hint_for(error)
+            if kind == "string_pattern_mismatch" and CONTROL_CHARS.search(str(error.get("input", ""))):
+                message, hint = "must not contain newlines or control characters", None
+            elif kind in {"model_type", "model_attributes_type", "dict_type"}:  # "instance of Cpu"
+                message = f"expected a mapping (key: value), got {_kind_of(error.get('input'))}"
         if path in seen:  # unions report one problem per member: keep the first
             continue
         seen.add(path)
@@ -171,6 +178,14 @@ def _problems(exc: ValidationError, positions: Positions, label: str) -> list[Pr
             line=where.line if where else None, column=where.column if where else None))
     problems.sort(key=lambda p: (p.file or "", p.line or 0, p.column or 0))
     return problems
+
+
+def _kind_of(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    if isinstance(value, list):
+        return "a list"
+    return f"{value!r}" if isinstance(value, bool | int | float) else "text"
 
 
 def _clean(message: str) -> str:

@@ -16,7 +16,11 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
+    Tag,
+    ValidationInfo,
+    field_validator,
     model_validator,
 )
 
@@ -24,11 +28,12 @@ from provisioner.units import parse_size
 
 # --- scalar types -----------------------------------------------------------
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# C0 and C1 controls, and the Unicode line/paragraph separators (line breaks to YAML and Python)
+CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def _no_control(value: str) -> str:
-    if _CONTROL.search(value):
+    if CONTROL_CHARS.search(value):
         raise ValueError("must not contain newlines or control characters")
     return value
 
@@ -53,6 +58,32 @@ def _rel_path(value: str) -> str:
     return value
 
 
+def _memlock(value: object) -> object:
+    if value == "unlimited":
+        return value
+    if isinstance(value, str) and not value.strip()[:1].isdigit():
+        raise ValueError(f"expected 'unlimited' or a size such as 64GiB, got {value!r}")
+    return parse_size(value)
+
+
+_SYSCTL_TEXT = re.compile(r"^[A-Za-z0-9_.:/ -]{1,256}$")
+
+
+def _sysctl_value(value: object) -> int | str:
+    """A number, or a word/list of words; one clear message instead of one per union member."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float):
+        value = str(value)
+    if not isinstance(value, str):
+        raise ValueError(f"a sysctl value is a number or text, got {type(value).__name__}")
+    _no_control(value)
+    if not _SYSCTL_TEXT.match(value):
+        raise ValueError(f"sysctl value {value!r} may only contain letters, digits, spaces and _.:/- "
+                         "(at most 256 characters)")
+    return value
+
+
 Text = Annotated[str, AfterValidator(_no_control)]
 Bytes = Annotated[int, BeforeValidator(parse_size)]
 AbsPath = Annotated[str, AfterValidator(_no_control), AfterValidator(_abs_path)]
@@ -67,7 +98,8 @@ Mode = Annotated[str, Field(pattern=r"^0?[0-7]{3,4}$")]
 
 class _Model(BaseModel):
     # numbers become strings where a string is expected: `version: 575` is "575"
-    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
+    # .inf / .nan are never a sensible number in a profile
+    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True, allow_inf_nan=False)
 
 
 # --- sections ---------------------------------------------------------------
@@ -142,9 +174,7 @@ class Hugepages(_Model):
         return self.size_bytes * self.count
 
 
-SysctlValue = Annotated[
-    int | Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:/ -]{1,256}$")], "sysctl value"
-]
+SysctlValue = Annotated[int | str, BeforeValidator(_sysctl_value)]
 
 
 class Os(_Model):
@@ -153,7 +183,7 @@ class Os(_Model):
     sysctl: dict[SysctlKey, SysctlValue] = {}
     transparent_hugepages: Literal["always", "madvise", "never"] = "madvise"
     hugepages: Hugepages = Hugepages()
-    memlock: Literal["unlimited"] | Bytes = "unlimited"
+    memlock: Annotated[Literal["unlimited"] | int, BeforeValidator(_memlock)] = "unlimited"
     swap: Literal["keep", "avoid"] = "avoid"
     cpu_governor: Literal["performance", "schedutil", "ondemand", "powersave"] | None = None
 
@@ -230,34 +260,53 @@ class Offload(_Model):
     cpu_offload: Bytes | None = None  # vLLM --cpu-offload-gb
 
 
-ExtraArg = Annotated[str, Field(pattern=r"^[A-Za-z0-9_./:=,+@%-]{1,256}$")]
+# flags whose value is a secret: a profile names where a secret comes from (secrets:), never the value
+_SECRET_FLAGS = frozenset({"--api-key", "--hf-token"})
+
+
+def _no_secret_flag(arg: str) -> str:
+    flag = arg.split("=", 1)[0]
+    if flag in _SECRET_FLAGS:
+        raise ValueError(f"{flag} in extra_args would write a secret into the run script; "
+                         "name where it comes from under secrets: (from_env or from_file)")
+    return arg
+
+
+ExtraArg = Annotated[str, Field(pattern=r"^[A-Za-z0-9_./:=,+@%-]{1,256}$"), AfterValidator(_no_secret_flag)]
+
+# `offload: auto` or a mapping: a tagged union, so a bad mapping reports its own keys only
+OffloadChoice = Annotated[
+    Annotated[Literal["auto"], Tag("auto")] | Annotated[Offload, Tag("explicit")],
+    Discriminator(lambda value: "auto" if isinstance(value, str) else "explicit"),
+]
 
 
 class Runtime(_Model):
     engine: Literal["llama.cpp", "vllm", "ollama"]
     version: Text
     port: int = Field(default=8080, ge=1, le=65535)
+    expose: bool = False  # before bind: bind's check reads it
     bind: Text = "127.0.0.1"
-    expose: bool = False
     parallel: int = Field(default=1, ge=1, le=256)
-    offload: Literal["auto"] | Offload = "auto"
+    offload: OffloadChoice = "auto"
     threads: int | None = Field(default=None, ge=1, le=1024)
     flash_attention: Literal["auto", "on", "off"] = "on"
     gpu_memory_utilization: float | None = Field(default=None, gt=0.1, le=0.99)
     extra_args: list[ExtraArg] = []
 
-    @model_validator(mode="after")
-    def _public_needs_expose(self) -> Runtime:
+    @field_validator("bind")
+    @classmethod
+    def _public_needs_expose(cls, bind: str, info: ValidationInfo) -> str:
         try:
-            address = ipaddress.ip_address(self.bind)
+            address = ipaddress.ip_address(bind)
         except ValueError as exc:
-            raise ValueError(f"bind must be an IP address, got {self.bind!r}") from exc
-        if not address.is_loopback and not self.expose:
+            raise ValueError(f"bind must be an IP address, got {bind!r}") from exc
+        if not address.is_loopback and not info.data.get("expose", False):
             raise ValueError(
-                f"bind {self.bind} listens beyond this machine; set runtime.expose: true "
+                f"bind {bind} listens beyond this machine; set runtime.expose: true "
                 "if that is intended (and set an API key)"
             )
-        return self
+        return bind
 
 
 class SecretRef(_Model):
@@ -265,6 +314,15 @@ class SecretRef(_Model):
 
     from_env: EnvName | None = None
     from_file: AbsPath | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _not_inline(cls, data: Any) -> Any:
+        if not isinstance(data, dict | SecretRef):
+            # the message never repeats the value: it may be the secret itself
+            raise ValueError("an inline secret is refused: name where it comes from, "
+                             "{from_env: VAR} or {from_file: /path}, never the secret itself")
+        return data
 
     @model_validator(mode="after")
     def _one(self) -> SecretRef:
@@ -319,17 +377,8 @@ class Profile(_Model):
     files: list[ExtraFile] = []
     handlers: dict[Name, Handler] = {}
     verify: Verify = Verify()
-
-    @model_validator(mode="after")
-    def _notify_known_handlers(self) -> Profile:
-        for index, extra in enumerate(self.files):
-            for name in extra.notify:
-                if name not in self.handlers and name not in BUILTIN_HANDLERS:
-                    raise ValueError(
-                        f"files[{index}].notify names handler {name!r}, which is not defined "
-                        f"under handlers (built-in: {', '.join(sorted(BUILTIN_HANDLERS))})"
-                    )
-        return self
+    # files[].notify naming an undefined handler is checked in resolve.py, where the
+    # problem can point at the name itself
 
 
 BUILTIN_HANDLERS = frozenset(

@@ -34,3 +34,59 @@ def print_table(title: str, columns: list[str], rows: list[list[str]]) -> None:
     for row in rows:
         table.add_row(*row)
     Console(stderr=True, highlight=False, soft_wrap=False, width=120).print(table)
+
+
+def host_json(host: str, plan: Any, *, ok: bool = True, generation: int | None = None,
+              error: Problem | None = None) -> dict[str, Any]:
+    """One host's entry of plan/apply JSON (the shape of issue 4)."""
+    return {
+        "host": host,
+        "ok": ok,
+        "changes": [c.as_json() for c in plan.changes] if plan is not None else [],
+        "handlers": list(plan.handlers) if plan is not None else [],
+        "pending_handlers": list(plan.pending_builtin) if plan is not None else [],
+        "reboot_required": bool(plan.reboot_required) if plan is not None else False,
+        "restart_pending": list(plan.restart_pending) if plan is not None else [],
+        "generation": generation,
+        "error": error.as_json() if error else None,
+    }
+
+
+def plan_text(host: str, plan: Any, *, show_diff: bool, color: bool) -> str:
+    """The human summary of one host's plan, diffs included when asked."""
+    lines: list[str] = []
+    counts = {a: sum(1 for c in plan.changes if c.action == a) for a in ("create", "update", "delete")}
+    if not plan.changes and not plan.handlers:
+        lines.append(f"{host}: nothing to do")
+    else:
+        lines.append(f"{host}: {counts['create']} to create, {counts['update']} to update, "
+                     f"{counts['delete']} to delete")
+    marks = {"create": "+", "update": "~", "delete": "-"}
+    paint = {"create": "32", "update": "33", "delete": "31"}
+    for change in plan.changes:
+        extra = []
+        if change.mode:
+            extra.append(f"mode {change.mode[0]} -> {change.mode[1]}")
+        if change.owner:
+            extra.append(f"owner {change.owner[0]} -> {change.owner[1]}")
+        text = f"  {marks[change.action]} {change.path}" + (f" ({', '.join(extra)})" if extra else "")
+        lines.append(_color(text, paint[change.action], color))
+        if show_diff and change.diff:
+            for diff_line in change.diff.rstrip("\n").splitlines():
+                code = "32" if diff_line.startswith("+") else "31" if diff_line.startswith("-") else ""
+                lines.append("      " + (_color(diff_line, code, color) if code else diff_line))
+    if plan.handlers:
+        lines.append(f"  handlers that will run: {', '.join(plan.handlers)}")
+    if plan.pending_builtin:
+        lines.append(f"  system handlers pending (not run under --root): {', '.join(plan.pending_builtin)}")
+    if plan.restart_pending:
+        lines.append("  restart pending: the model server is running; pass --restart to restart it")
+    if plan.reboot_required:
+        lines.append("  reboot required: a kernel module option changed")
+    for warning in plan.warnings:
+        lines.append(f"  warning: {warning}")
+    return "\n".join(lines)
+
+
+def _color(text: str, code: str, on: bool) -> str:
+    return f"\x1b[{code}m{text}\x1b[0m" if on and code else text

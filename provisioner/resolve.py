@@ -22,7 +22,7 @@ from provisioner.catalog import (
 )
 from provisioner.errors import Problem, ProfileError
 from provisioner.loader import LoadedProfile
-from provisioner.profile import Profile
+from provisioner.profile import BUILTIN_HANDLERS, Profile
 
 # Sources each engine can serve from (see README: model sources).
 _SOURCES_FOR_ENGINE = {
@@ -157,6 +157,11 @@ def _os_rules(loaded: LoadedProfile) -> list[Problem]:
             out.append(loaded.problem(("files", i, "template"),
                                       f"template not found: {extra.template}",
                                       f"paths are relative to {loaded.base_dir}"))
+        for j, name in enumerate(extra.notify):
+            if name not in p.handlers and name not in BUILTIN_HANDLERS:
+                out.append(loaded.problem(
+                    ("files", i, "notify", j), f"notify names handler {name!r}, which is not defined",
+                    f"define it under handlers, or use a built-in one: {', '.join(sorted(BUILTIN_HANDLERS))}"))
     if p.runtime.expose and p.secrets.api_key is None:
         out.append(loaded.problem(("runtime", "expose"),
                                   "the server is exposed beyond this machine without an API key",

@@ -21,6 +21,7 @@ class File:
     notify: tuple[str, ...] = ()  # handlers to run when this file changes
     secret: bool = False  # never shown in a diff, log or JSON
     template: str = ""  # where it came from, for messages
+    managed: bool = True  # False: restored by a rollback, but never provision's to delete
 
     @property
     def mode_text(self) -> str:

@@ -118,6 +118,7 @@ def read_text(path: Path, label: str) -> str:
 def load_yaml(text: str, label: str) -> tuple[Any, Positions]:
     """Parse one YAML document into plain data plus the position of every value."""
     try:
+        _check_depth(text, label)  # before composing: the composer recurses once per level
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
         problem = (exc.problem or "invalid YAML").strip()
@@ -137,6 +138,20 @@ def load_yaml(text: str, label: str) -> tuple[Any, Positions]:
     builder = _Builder(label)
     data = builder.build(node, (), 0)
     return data, builder.positions
+
+
+def _check_depth(text: str, label: str) -> None:
+    """Refuse absurd nesting from the event stream (flat, no recursion), at its position."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_DEPTH:
+                mark = event.start_mark if isinstance(event.start_mark, yaml.Mark) else None
+                raise _fail(label, "YAML is nested too deeply",
+                            f"a profile needs fewer than {MAX_DEPTH} levels", mark)
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
 
 
 def _tab_near(text: str, mark: yaml.Mark | None) -> bool:
@@ -177,13 +192,13 @@ class _Builder:
             raise self._bad_tag(node)
         result: dict[str, Any] = {}
         for key_node, value_node in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.value == "<<" and key_node.style is None:
+                raise _fail(self.label, "YAML merge keys ('<<') are not supported",
+                            "use 'extends:' to build on another profile", key_node.start_mark)
             if not isinstance(key_node, yaml.ScalarNode) or key_node.tag not in _SCALAR_TAGS | _KEEP_AS_TEXT:
                 raise _fail(self.label, "mapping keys must be plain words",
                             "remove the '?' complex key or tag", key_node.start_mark)
             key = str(key_node.value)
-            if key == "<<":
-                raise _fail(self.label, "YAML merge keys ('<<') are not supported",
-                            "use 'extends:' to build on another profile", key_node.start_mark)
             child = (*path, key)
             if key in result:
                 first = self.positions.keys[child]
@@ -201,7 +216,11 @@ class _Builder:
             raise self._bad_tag(node)
         if node.tag == "tag:yaml.org,2002:bool" and node.value.lower() not in {"true", "false"}:
             return node.value  # yes/no/on/off: a string; pydantic decides by field type
-        return self.constructor.construct_object(node, deep=True)
+        try:
+            return self.constructor.construct_object(node, deep=True)
+        except ValueError:  # e.g. an integer of more than 4300 digits (Python's int() limit)
+            raise _fail(self.label, f"cannot read the value {node.value[:40]!r}",
+                        "write a plain number of reasonable size, or quote it", node.start_mark) from None
 
     def _bad_tag(self, node: yaml.Node) -> ProfileError:
         return _fail(self.label, f"YAML tag {node.tag!r} is not allowed",

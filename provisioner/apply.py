@@ -1,0 +1,261 @@
+"""Plan -> ONE POSIX sh script that converges a host, fed on stdin.
+
+Order, so that a kill at any moment leaves every file entirely old or new and
+a failed check changes nothing:
+
+1. take the lock (flock on the state dir), or fail naming the holder;
+2. check every path still has the hash the plan saw ("changed since plan");
+3. write each new file to a temp file in its own directory, fsync, validate;
+   any failure removes the temps and exits before anything is replaced;
+4. record the generation (backups of what is replaced, manifest, the handlers
+   now owed) and make it the last one;
+5. rename each temp over its target, delete what the profile no longer has,
+   fsync the directories, mark the generation complete;
+6. run the handlers in order, each struck from the owed list when done.
+
+``PROVISION_FAILPOINT=N`` in the script's environment kills it with SIGKILL at
+step N (tests use it to prove step 5's promise for every N).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import shlex
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Any
+
+from provisioner.facts import STATE_DIR, PathState
+from provisioner.plan import Change, Plan, sha256
+
+# Exit codes of the script (mapped to messages by the caller).
+EXIT_LOCKED, EXIT_CHANGED, EXIT_INVALID, EXIT_HANDLER = 3, 4, 5, 6
+
+
+@dataclass(frozen=True)
+class ApplyInputs:
+    plan: Plan
+    root: str  # "" for the live system, else the tree managed as /
+    generation: int  # the number this apply records
+    expected_last: int  # the last generation the plan saw
+    profile_name: str
+    time: str  # ISO time for the manifest (state, never a managed file)
+    wait_lock: float = 0.0
+    run_builtin_handlers: bool = True
+
+
+def q(text: str) -> str:
+    return shlex.quote(text)
+
+
+def _old_json(state: PathState) -> dict[str, Any] | None:
+    if state.kind != "file":
+        return None
+    return {"sha256": state.sha256, "mode": f"{state.mode or 0:04o}", "owner": state.owner,
+            "group": state.group}
+
+
+def manifest(inputs: ApplyInputs) -> dict[str, Any]:
+    plan = inputs.plan
+    return {
+        "generation": inputs.generation,
+        "time": inputs.time,
+        "profile": inputs.profile_name,
+        "files": {path: {"sha256": sha256(f.content), "mode": f.mode_text, "owner": f.owner,
+                         "group": f.group, "secret": f.secret, "notify": list(f.notify)}
+                  for path, f in sorted(plan.files.items()) if f.managed},
+        "changes": [{"path": c.path, "action": c.action, "old": _old_json(c.old)}
+                    for c in plan.changes],
+        "handlers": list(plan.handlers),
+        "handler_commands": plan.handler_table,
+    }
+
+
+def apply_script(inputs: ApplyInputs) -> str:
+    plan, root = inputs.plan, inputs.root
+    out = [_PRELUDE.replace("@ROOT@", q(root)).replace("@STATE@", q(root + STATE_DIR))]
+    lock = f"flock -w {inputs.wait_lock:g} 9" if inputs.wait_lock else "flock -n 9"
+    out.append(f"""exec 9>>"$state/lock"
+if ! {lock}; then
+    echo "@error locked by another apply (pid $(cat "$state/lock.pid" 2>/dev/null || echo unknown))"
+    exit {EXIT_LOCKED}
+fi
+echo $$ > "$state/lock.pid"
+fp 1""")
+    out.append(f'[ "$(cat "$state/last" 2>/dev/null || echo 0)" = {inputs.expected_last} ] '
+               f'|| changed "$state/last"')
+    for change in plan.changes:
+        out.append(_check(change))
+    if not plan.changes:  # only handlers owed by an earlier run that died
+        out.append(_handlers(inputs))
+        out.append("echo @ok")
+        return "\n".join(out) + "\n"
+    step = 2
+    temps: list[tuple[Change, str]] = []
+    for index, change in enumerate(c for c in plan.changes if c.new is not None):
+        temp = _temp_path(root + change.path, index)
+        temps.append((change, temp))
+        out.append(_write(change, temp, root))
+        step += 1
+        out.append(f"fp {step}")
+    out.append(_validate_units(plan, temps, root))
+    out.append('[ "$invalid" = 0 ] || { rm -f $temps; exit ' + str(EXIT_INVALID) + "; }")
+    out.append(_record_generation(inputs))
+    step += 1
+    out.append(f"fp {step}")
+    for change, temp in temps:
+        target = q(root + change.path)
+        out.append(f"mv -f {q(temp)} {target}")
+        step += 1
+        out.append(f"fp {step}")
+    for change in plan.changes:
+        if change.action == "delete":
+            out.append(f"rm -f {q(root + change.path)}")
+            step += 1
+            out.append(f"fp {step}")
+    dirs = sorted({str(PurePosixPath(root + c.path).parent) for c in plan.changes})
+    if dirs:
+        out.append("sync " + " ".join(q(d) for d in dirs) + " 2>/dev/null || sync")
+    out.append('touch "$gen/complete"; sync "$gen" "$state" 2>/dev/null || true')
+    step += 1
+    out.append(f"fp {step}")
+    out.append(_handlers(inputs))
+    out.append("echo @ok")
+    return "\n".join(out) + "\n"
+
+
+_PRELUDE = r"""set -eu
+umask 022
+LC_ALL=C
+export LC_ALL
+root=@ROOT@
+state=@STATE@
+temps=""
+invalid=0
+fp() { if [ "${PROVISION_FAILPOINT:-0}" = "$1" ]; then kill -9 $$; fi; }
+changed() { echo "@error changed since plan: ${1#"$root"}"; exit 4; }
+bad() { echo "@invalid $1: $2"; invalid=1; }
+hash_of() { if [ -L "$1" ]; then echo symlink; elif [ -f "$1" ]; then sha256sum < "$1" | cut -c1-64; \
+    elif [ -e "$1" ]; then echo other; else echo absent; fi; }
+mkdir -p "$state/generations"
+"""
+
+
+def _check(change: Change) -> str:
+    expected = change.old.sha256 if change.old.kind == "file" else "absent"
+    return f'[ "$(hash_of "$root"{q(change.path)})" = {expected} ] || changed "$root"{q(change.path)}'
+
+
+def _temp_path(target: str, index: int) -> str:
+    path = PurePosixPath(target)
+    return str(path.parent / f".{path.name}.provision-new-{index}")
+
+
+def _write(change: Change, temp: str, root: str) -> str:
+    assert change.new is not None
+    item = change.new
+    data = base64.encodebytes(item.content).decode("ascii")
+    parent = q(str(PurePosixPath(temp).parent))
+    lines = [
+        f"mkdir -p {parent}",
+        f'temps="$temps {q(temp)}"',
+        f"base64 -d > {q(temp)} <<'PROVISION_EOF'",
+        data.rstrip("\n"),
+        "PROVISION_EOF",
+        f"chmod {item.mode_text} {q(temp)}",
+        _chown(item.owner, item.group, temp, root),
+        f"sync {q(temp)} 2>/dev/null || true",
+    ]
+    lines.append(_validate(item.validate, temp, item.path, root))
+    return "\n".join(line for line in lines if line)
+
+
+def _chown(owner: str, group: str, temp: str, root: str) -> str:
+    if root:
+        # An image tree's users may not exist on the building host yet.
+        return (f"if id -u {q(owner)} >/dev/null 2>&1 && getent group {q(group)} >/dev/null 2>&1; "
+                f"then chown {q(owner)}:{q(group)} {q(temp)}; "
+                f"else echo \"@warn {owner}:{group} does not exist here; left as $(id -un)\"; fi")
+    return f"chown {q(owner)}:{q(group)} {q(temp)}"
+
+
+def _validate(kind: str, temp: str, dest: str, root: str) -> str:
+    t, d = q(temp), q(dest)
+    if kind == "sh":
+        return f"sh -n {t} 2>/dev/null || bad {d} 'shell syntax error (sh -n)'"
+    if kind == "env":
+        return (f"if grep -v -e '^#' -e '^$' {t} | grep -qv '^[A-Za-z_][A-Za-z0-9_]*='; then "
+                f"bad {d} 'not KEY=value lines'; fi")
+    if kind == "sysctl" and not root:
+        return (f"for key in $(sed -n 's/^\\([a-z0-9_.\\/-]*\\) *=.*/\\1/p' {t}); do "
+                f"[ -e \"/proc/sys/$(echo \"$key\" | tr . /)\" ] || bad {d} \"unknown sysctl key $key\"; done")
+    return ""
+
+
+def _validate_units(plan: Plan, temps: list[tuple[Change, str]], root: str) -> str:
+    """systemd-analyze verify every service with its new drop-ins, in a scratch root."""
+    units = [f for f in plan.files.values() if f.validate == "systemd-unit"]
+    if not units:
+        return ""
+    temp_of = {c.path: t for c, t in temps}
+    lines = ["if command -v systemd-analyze >/dev/null 2>&1; then",
+             "    vr=$(mktemp -d)"]
+    for item in units:
+        source = temp_of.get(item.path, root + item.path)
+        lines.append(f"    mkdir -p \"$vr\"{q(str(PurePosixPath(item.path).parent))}")
+        lines.append(f"    cp {q(source)} \"$vr\"{q(item.path)}")
+    for item in units:
+        if item.path.endswith(".service"):
+            lines.append(
+                f"    out=$(SYSTEMD_LOG_LEVEL=warning systemd-analyze verify --root=\"$vr\" --man=no "
+                f"--generators=no {q(item.path)} 2>&1 || true)\n"
+                f"    if printf '%s\\n' \"$out\" | grep -E 'Unknown key|Unknown section|Failed to parse|"
+                f"Invalid|Missing' >/dev/null; then bad {q(item.path)} \"$(printf '%s' \"$out\" | "
+                f"grep -E 'Unknown|Failed to parse|Invalid|Missing' | head -n 1)\"; fi")
+    lines.append('    rm -rf "$vr"')
+    lines.append("fi")
+    return "\n".join(lines)
+
+
+def _record_generation(inputs: ApplyInputs) -> str:
+    plan, root = inputs.plan, inputs.root
+    data = base64.encodebytes(json.dumps(manifest(inputs), indent=1, sort_keys=True)
+                              .encode()).decode("ascii").rstrip("\n")
+    owed = "\n".join(plan.handlers)  # --root's system handlers are reported, never owed
+    lines = [f'gen="$state/generations/{inputs.generation}"', 'rm -rf "$gen"',
+             'mkdir -p "$gen/backup"']
+    for change in plan.changes:
+        if change.old.kind == "file":
+            backup = f'"$gen/backup"{q(change.path)}'
+            lines.append(f'mkdir -p "$(dirname {backup})" && cp -p {q(root + change.path)} {backup}')
+    paths = "\n".join(sorted(p for p, f in plan.files.items() if f.managed))
+    lines += ["base64 -d > \"$gen/manifest.json\" <<'PROVISION_EOF'", data, "PROVISION_EOF",
+              f"printf '%s\\n' {q(paths)} > \"$gen/paths\"",
+              f"printf '%s\\n' {q(owed)} | grep . > \"$state/pending-handlers\" || "
+              f"rm -f \"$state/pending-handlers\"",
+              'sync "$gen/manifest.json" 2>/dev/null || true',
+              f'echo {inputs.generation} > "$state/last.new" && mv -f "$state/last.new" "$state/last"']
+    return "\n".join(lines)
+
+
+def _handlers(inputs: ApplyInputs) -> str:
+    plan = inputs.plan
+    lines: list[str] = []
+    for name in plan.handlers:
+        command = plan.handler_commands[name]
+        lines.append(
+            f"echo '@handler-start {name}'\n"
+            f"if PROVISION_ROOT=\"$root\" sh -c {q(command)}; then\n"
+            f"    echo '@handler-ok {name}'\n"
+            f"    grep -vx {q(name)} \"$state/pending-handlers\" > \"$state/pending.new\" || true\n"
+            f"    mv -f \"$state/pending.new\" \"$state/pending-handlers\"\n"
+            f"else\n"
+            f"    echo '@error handler {name} failed; it stays owed and runs on the next apply'\n"
+            f"    exit {EXIT_HANDLER}\n"
+            f"fi")
+    if plan.pending_builtin:
+        lines.append("# --root: system handlers are not run here; they stay listed as pending")
+    else:
+        lines.append('[ -s "$state/pending-handlers" ] || rm -f "$state/pending-handlers"')
+    return "\n".join(lines)

@@ -1,0 +1,120 @@
+"""The two functions that touch a host (gather, apply) and the glue around them.
+
+Everything they call to decide is pure: facts.parse_gather, plan.make_plan,
+apply.apply_script, generations.rollback_files.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+from provisioner.apply import (
+    EXIT_CHANGED,
+    EXIT_HANDLER,
+    EXIT_INVALID,
+    EXIT_LOCKED,
+    ApplyInputs,
+    apply_script,
+)
+from provisioner.errors import ProvisionError
+from provisioner.facts import Gathered, gather_script, parse_gather
+from provisioner.generations import (
+    Generation,
+    choose_target,
+    generations_script,
+    parse_generations,
+    rollback_reads,
+    rollback_rendered,
+)
+from provisioner.plan import Plan, make_plan
+from provisioner.resources import Rendered
+from provisioner.transport import Transport
+
+
+@dataclass(frozen=True)
+class HostResult:
+    host: str
+    plan: Plan
+    gathered: Gathered
+    applied: bool = False
+    generation: int | None = None
+    handlers_run: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = field(default_factory=tuple)
+
+
+def gather(transport: Transport, paths: list[str], service: str = "") -> Gathered:
+    """Round trip 1: facts, every managed path, provision's state."""
+    result = transport.run(gather_script(paths, transport.root, service))
+    if result.returncode != 0 and "@done" not in result.stdout:
+        raise ProvisionError(f"gathering facts on {transport.name} failed: "
+                             f"{(result.stderr or result.stdout).strip()[:300]}",
+                             hint="the target needs a POSIX sh with stat, sha256sum and base64")
+    return parse_gather(result.stdout)
+
+
+def plan_host(rendered: Rendered, transport: Transport, *, service: str,
+              restart: bool = False) -> tuple[Plan, Gathered]:
+    gathered = gather(transport, [f.path for f in rendered.files], service)
+    plan = make_plan(rendered, gathered, root_mode=bool(transport.root), restart=restart,
+                     server_active=gathered.facts.get("server_active") == "yes")
+    return plan, gathered
+
+
+def apply_plan(plan: Plan, gathered: Gathered, transport: Transport, *, profile_name: str,
+               wait_lock: float = 0.0, failpoint: int | None = None) -> HostResult:
+    """Round trip 2: the batched script. Nothing to do means no round trip."""
+    if not plan.changed:
+        return HostResult(transport.name, plan, gathered, applied=False)
+    generation = gathered.last_generation + 1 if plan.changes else None
+    inputs = ApplyInputs(
+        plan=plan, root=transport.root, generation=generation or gathered.last_generation,
+        expected_last=gathered.last_generation, profile_name=profile_name,
+        time=dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(), wait_lock=wait_lock)
+    env = {"PROVISION_FAILPOINT": str(failpoint)} if failpoint is not None else None
+    result = transport.run(apply_script(inputs), env)
+    lines = result.stdout.splitlines()
+    warnings = tuple(line.removeprefix("@warn ") for line in lines if line.startswith("@warn "))
+    ran = tuple(line.split()[1] for line in lines if line.startswith("@handler-ok "))
+    if result.returncode != 0 or "@ok" not in lines:
+        raise _apply_error(result.returncode, lines, result.stderr, transport.name)
+    return HostResult(transport.name, plan, gathered, applied=True, generation=generation,
+                      handlers_run=ran, warnings=warnings)
+
+
+def _apply_error(code: int, lines: list[str], stderr: str, host: str) -> ProvisionError:
+    errors = [line.removeprefix("@error ") for line in lines if line.startswith("@error ")]
+    invalid = [line.removeprefix("@invalid ") for line in lines if line.startswith("@invalid ")]
+    if code == EXIT_LOCKED:
+        return ProvisionError(f"{host}: {errors[0] if errors else 'locked'}",
+                              hint="wait for the other apply, or pass --wait-lock SECONDS")
+    if code == EXIT_CHANGED:
+        return ProvisionError(f"{host}: {errors[0] if errors else 'changed since plan'}; nothing was replaced",
+                              hint="re-run: the plan is made again from what is there now")
+    if code == EXIT_INVALID:
+        return ProvisionError([ProvisionError(f"{host}: validation failed, nothing was replaced: {msg}")
+                               .first for msg in invalid] or
+                              [ProvisionError(f"{host}: validation failed, nothing was replaced").first])
+    if code == EXIT_HANDLER:
+        return ProvisionError(f"{host}: {errors[0] if errors else 'a handler failed'}",
+                              hint="fix the cause; the next apply runs the owed handlers")
+    detail = (errors[0] if errors else stderr.strip().splitlines()[-1] if stderr.strip()
+              else f"exit code {code}")
+    hint = "is the disk full or the target read-only?" if "No space" in stderr else \
+        "check permissions on the target" if "ermission denied" in stderr else None
+    return ProvisionError(f"{host}: apply failed: {detail}", hint=hint)
+
+
+def read_generations(transport: Transport) -> tuple[int, list[Generation]]:
+    result = transport.run(generations_script(transport.root))
+    return parse_generations(result.stdout)
+
+
+def plan_rollback(transport: Transport, to: int | None) -> tuple[Plan, Gathered, int]:
+    """Round trips: the generations, then the affected files and their backups."""
+    last, generations = read_generations(transport)
+    target = choose_target(last, generations, to)
+    gathered = gather(transport, rollback_reads(generations, target))
+    rendered = rollback_rendered(generations, target, gathered)
+    plan = make_plan(rendered, gathered, root_mode=bool(transport.root))
+    return plan, gathered, target

@@ -1,0 +1,211 @@
+"""Gathering: ONE POSIX sh script per host reads the facts, the state of every
+managed path and provision's own state; pure functions parse its output.
+
+No Python is needed on the target. Paths are written into the script
+shell-quoted and come back base64-encoded, so no file name can confuse the
+parser. Output lines:
+
+    @fact NAME VALUE...
+    @path B64PATH missing | file MODE OWNER GROUP SHA256 SIZE | dir MODE OWNER GROUP
+          | symlink B64TARGET | other
+    (file content follows a `file` line as base64 lines, closed by @end)
+    @state last N | manifest B64JSON | pending NAME...
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+import shlex
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from provisioner.errors import ProvisionError
+
+STATE_DIR = "/var/lib/provision"
+MAX_CONTENT = 1024 * 1024  # contents above this are compared by hash only
+
+Kind = Literal["missing", "file", "dir", "symlink", "other"]
+
+
+@dataclass(frozen=True)
+class PathState:
+    kind: Kind
+    mode: int | None = None
+    owner: str | None = None
+    group: str | None = None
+    sha256: str | None = None
+    size: int | None = None
+    content: bytes | None = None  # None when too large to fetch
+    link_target: str | None = None
+
+
+@dataclass(frozen=True)
+class Facts:
+    values: dict[str, str] = field(default_factory=dict)
+
+    def get(self, name: str) -> str | None:
+        return self.values.get(name)
+
+
+@dataclass(frozen=True)
+class Gathered:
+    facts: Facts
+    paths: dict[str, PathState]
+    last_generation: int
+    manifest: dict[str, Any] | None  # the last generation's manifest
+    pending_handlers: tuple[str, ...]
+
+
+def gather_script(paths: list[str], root: str = "", service: str = "") -> str:
+    """The one script that reads everything plan needs from a host."""
+    if service and not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", service):
+        raise ProvisionError(f"bad service name {service!r}")
+    quoted = " ".join(shlex.quote(root + p) for p in sorted(set(paths)))
+    return (_GATHER.replace("@ROOT@", shlex.quote(root)).replace("@PATHS@", quoted)
+            .replace("@STATE@", shlex.quote(root + STATE_DIR)).replace("@MAX@", str(MAX_CONTENT))
+            .replace("@SERVICE@", service))
+
+
+_GATHER = r"""set -u
+LC_ALL=C
+export LC_ALL
+root=@ROOT@
+state=@STATE@
+fact() { printf '@fact %s %s\n' "$1" "$2"; }
+b64() { printf '%s' "$1" | base64 | tr -d '\n'; }
+fact memtotal_kb "$(awk '/^MemTotal:/ {print $2}' /proc/meminfo 2>/dev/null)"
+fact cpus "$(getconf _NPROCESSORS_ONLN 2>/dev/null || echo 0)"
+fact kernel "$(uname -r)"
+fact arch "$(uname -m)"
+if [ -r /etc/os-release ]; then
+    fact distro "$(. /etc/os-release && printf '%s %s' "${ID:-unknown}" "${VERSION_ID:-}")"
+fi
+if command -v systemctl >/dev/null 2>&1; then
+    fact systemd "$(systemctl --version 2>/dev/null | awk 'NR==1 {print $2}')"
+fi
+if [ -d /run/systemd/system ]; then fact init systemd; else fact init other; fi
+if command -v getenforce >/dev/null 2>&1; then fact selinux "$(getenforce 2>/dev/null)"; else fact selinux absent; fi
+if [ -r /proc/driver/nvidia/version ]; then
+    fact nvidia_driver "$(sed -n 's/.*Kernel Module[^0-9]*\([0-9][0-9.]*\).*/\1/p' \
+        /proc/driver/nvidia/version | head -n 1)"
+    if grep -q 'Open Kernel Module' /proc/driver/nvidia/version; then
+        fact nvidia_module open
+    else
+        fact nvidia_module proprietary
+    fi
+else
+    fact nvidia_driver none
+fi
+fact root "$(b64 "$root")"
+emit() {
+    p=$1
+    rel=${p#"$root"}
+    if [ -L "$p" ]; then
+        printf '@path %s symlink %s\n' "$(b64 "$rel")" "$(b64 "$(readlink "$p")")"
+    elif [ -f "$p" ]; then
+        # shellcheck disable=SC2046
+        set -- $(stat -c '%a %U %G %s' "$p")
+        sum=$(sha256sum < "$p" | cut -c1-64)
+        printf '@path %s file %s %s %s %s %s\n' "$(b64 "$rel")" "$1" "$2" "$3" "$sum" "$4"
+        if [ "$4" -le @MAX@ ]; then base64 < "$p"; fi
+        echo '@end'
+    elif [ -d "$p" ]; then
+        # shellcheck disable=SC2046
+        set -- $(stat -c '%a %U %G' "$p")
+        printf '@path %s dir %s %s %s\n' "$(b64 "$rel")" "$1" "$2" "$3"
+    elif [ -e "$p" ]; then
+        printf '@path %s other\n' "$(b64 "$rel")"
+    else
+        printf '@path %s missing\n' "$(b64 "$rel")"
+    fi
+}
+for p in @PATHS@; do
+    emit "$p"
+done
+if [ -r "$state/last" ]; then
+    last=$(cat "$state/last")
+    printf '@state last %s\n' "$last"
+    gen="$state/generations/$last"
+    if [ -r "$gen/manifest.json" ]; then
+        printf '@state manifest %s\n' "$(base64 < "$gen/manifest.json" | tr -d '\n')"
+    fi
+    if [ -r "$gen/paths" ]; then
+        # the files the last generation installed: a profile that dropped one deletes it
+        while IFS= read -r rel; do emit "$root$rel"; done < "$gen/paths"
+    fi
+else
+    echo '@state last 0'
+fi
+if [ -r "$state/pending-handlers" ]; then
+    printf '@state pending %s\n' "$(tr '\n' ' ' < "$state/pending-handlers")"
+fi
+if [ -z "$root" ] && [ -n "@SERVICE@" ] && [ -d /run/systemd/system ]; then
+    if systemctl is-active --quiet "@SERVICE@.service"; then fact server_active yes; else fact server_active no; fi
+else
+    fact server_active no
+fi
+echo '@done'
+"""
+
+
+def _b64(text: str) -> str:
+    try:
+        return base64.b64decode(text, validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError) as exc:
+        raise ProvisionError(f"gather output is garbled: {exc}",
+                             hint="is the target's shell POSIX with base64 and sha256sum?") from None
+
+
+def parse_gather(output: str) -> Gathered:
+    """Pure parser of the gather script's output."""
+    facts: dict[str, str] = {}
+    paths: dict[str, PathState] = {}
+    last = 0
+    manifest: dict[str, Any] | None = None
+    pending: tuple[str, ...] = ()
+    done = False
+    lines = output.splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        i += 1
+        if line.startswith("@fact "):
+            _, name, *rest = line.split(" ", 2)
+            facts[name] = rest[0] if rest else ""
+        elif line.startswith("@path "):
+            parts = line.split()
+            path = _b64(parts[1])
+            kind = parts[2]
+            if kind == "file":
+                chunks: list[str] = []
+                while i < len(lines) and lines[i] != "@end":
+                    chunks.append(lines[i])
+                    i += 1
+                i += 1  # @end
+                size = int(parts[7])
+                content = base64.b64decode("".join(chunks)) if size <= MAX_CONTENT else None
+                paths[path] = PathState("file", int(parts[3], 8), parts[4], parts[5], parts[6],
+                                        size, content)
+            elif kind == "dir":
+                paths[path] = PathState("dir", int(parts[3], 8), parts[4], parts[5])
+            elif kind == "symlink":
+                paths[path] = PathState("symlink", link_target=_b64(parts[3]))
+            elif kind in ("missing", "other"):
+                paths[path] = PathState(kind)  # type: ignore[arg-type]
+            else:
+                raise ProvisionError(f"gather output has an unknown path kind {kind!r}")
+        elif line.startswith("@state last "):
+            last = int(line.split()[2] or 0)
+        elif line.startswith("@state manifest "):
+            manifest = json.loads(_b64(line.split()[2]))
+        elif line.startswith("@state pending"):
+            pending = tuple(line.split()[2:])
+        elif line == "@done":
+            done = True
+    if not done:
+        raise ProvisionError("gathering stopped before the end",
+                             hint="the target's shell failed; run with a POSIX sh, stat, sha256sum, base64")
+    return Gathered(Facts(facts), paths, last, manifest, pending)

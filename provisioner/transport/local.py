@@ -1,0 +1,31 @@
+"""This machine, or a tree on it managed as if it were / (``--root DIR``)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+from provisioner.errors import UsageError
+from provisioner.transport import Completed
+
+
+class LocalTransport:
+    def __init__(self, root: Path | None = None) -> None:
+        self.name = "local"
+        if root is None:
+            self.root = ""
+        else:
+            resolved = root.resolve()
+            if resolved == Path("/"):
+                raise UsageError("--root / is the live system: leave out --root instead")
+            if resolved.exists() and not resolved.is_dir():
+                raise UsageError(f"--root {root} is not a folder")
+            self.root = str(resolved)
+
+    def run(self, script: str, env: dict[str, str] | None = None) -> Completed:
+        if self.root:
+            Path(self.root).mkdir(parents=True, exist_ok=True)
+        result = subprocess.run(["sh", "-s"], input=script, capture_output=True, text=True,
+                                check=False, env={**os.environ, **(env or {})})
+        return Completed(result.returncode, result.stdout, result.stderr)
