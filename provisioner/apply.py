@@ -82,6 +82,7 @@ if ! {lock}; then
     exit {EXIT_LOCKED}
 fi
 echo $$ > "$state/lock.pid"
+trap 'rm -f $temps' EXIT
 fp 1""")
     out.append(f'[ "$(cat "$state/last" 2>/dev/null || echo 0)" = {inputs.expected_last} ] '
                f'|| changed "$state/last"')
@@ -91,7 +92,10 @@ fp 1""")
         out.append(_handlers(inputs))
         out.append("echo @ok")
         return "\n".join(out) + "\n"
-    step = 2
+    # Temp files of an earlier run killed mid-way (SIGKILL skips the trap).
+    dirs = sorted({str(PurePosixPath(root + c.path).parent) for c in plan.changes})
+    out.extend(f"rm -f {q(d)}/.*.provision-new-* 2>/dev/null || true" for d in dirs)
+    step = 1
     temps: list[tuple[Change, str]] = []
     for index, change in enumerate(c for c in plan.changes if c.new is not None):
         temp = _temp_path(root + change.path, index)
@@ -114,7 +118,6 @@ fp 1""")
             out.append(f"rm -f {q(root + change.path)}")
             step += 1
             out.append(f"fp {step}")
-    dirs = sorted({str(PurePosixPath(root + c.path).parent) for c in plan.changes})
     if dirs:
         out.append("sync " + " ".join(q(d) for d in dirs) + " 2>/dev/null || sync")
     out.append('touch "$gen/complete"; sync "$gen" "$state" 2>/dev/null || true')
@@ -231,7 +234,7 @@ def _record_generation(inputs: ApplyInputs) -> str:
             lines.append(f'mkdir -p "$(dirname {backup})" && cp -p {q(root + change.path)} {backup}')
     paths = "\n".join(sorted(p for p, f in plan.files.items() if f.managed))
     lines += ["base64 -d > \"$gen/manifest.json\" <<'PROVISION_EOF'", data, "PROVISION_EOF",
-              f"printf '%s\\n' {q(paths)} > \"$gen/paths\"",
+              f"printf '%s\\n' {q(paths)} | grep . > \"$gen/paths\" || true",
               f"printf '%s\\n' {q(owed)} | grep . > \"$state/pending-handlers\" || "
               f"rm -f \"$state/pending-handlers\"",
               'sync "$gen/manifest.json" 2>/dev/null || true',

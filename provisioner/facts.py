@@ -134,7 +134,9 @@ if [ -r "$state/last" ]; then
     fi
     if [ -r "$gen/paths" ]; then
         # the files the last generation installed: a profile that dropped one deletes it
-        while IFS= read -r rel; do emit "$root$rel"; done < "$gen/paths"
+        while IFS= read -r rel; do
+            if [ -n "$rel" ]; then emit "$root$rel"; fi
+        done < "$gen/paths"
     fi
 else
     echo '@state last 0'
@@ -176,7 +178,7 @@ def parse_gather(output: str) -> Gathered:
             _, name, *rest = line.split(" ", 2)
             facts[name] = rest[0] if rest else ""
         elif line.startswith("@path "):
-            parts = line.split()
+            parts = line.split(" ")
             path = _b64(parts[1])
             kind = parts[2]
             if kind == "file":

@@ -131,8 +131,15 @@ def load_yaml(text: str, label: str) -> tuple[Any, Positions]:
     except RecursionError:
         raise _fail(label, "YAML is nested too deeply",
                     f"a profile needs fewer than {MAX_DEPTH} levels") from None
+    except yaml.reader.ReaderError as exc:  # a character YAML refuses anywhere (control, U+FFFE)
+        code = ord(exc.character) if isinstance(exc.character, str) else exc.character
+        before = text[: exc.position]
+        line, column = before.count("\n") + 1, exc.position - (before.rfind("\n") + 1) + 1
+        raise ProfileError(Problem(f"the file contains the character U+{code:04X}, which YAML does not allow",
+                                   hint="remove it (control characters can only be written as escapes "
+                                        "inside double quotes)", file=label, line=line, column=column)) from None
     except yaml.YAMLError as exc:
-        raise _fail(label, f"YAML error: {exc}") from None
+        raise _fail(label, "YAML error: " + " ".join(str(exc).split())) from None
     if node is None:
         raise _fail(label, "file is empty", "start from a profile in profiles/ or examples/")
     builder = _Builder(label)

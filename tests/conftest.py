@@ -19,3 +19,26 @@ def good_profiles() -> list[Path]:
 @pytest.fixture
 def root_dir() -> Path:
     return ROOT
+
+
+def make_profile(tmp_path: Path, patch: dict[str, object] | None = None,
+                 files: dict[str, str] | None = None, name: str = "p.yaml") -> Path:
+    """The quickstart profile with dotted-path values replaced (None deletes)."""
+    import yaml
+
+    data = yaml.safe_load((ROOT / "examples" / "quickstart.yaml").read_text())
+    for dotted, value in (patch or {}).items():
+        node = data
+        *parents, last = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        if value is None:
+            node.pop(last, None)
+        else:
+            node[last] = value
+    for rel, text in (files or {}).items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path

@@ -4,6 +4,7 @@ systemd-analyze verify for units, shellcheck and sh -n for scripts."""
 from __future__ import annotations
 
 import os
+import sys
 import shutil
 import subprocess
 from pathlib import Path
@@ -14,7 +15,7 @@ from provisioner.pipeline import build, write_tree
 from tests.conftest import good_profiles
 
 PROFILES = good_profiles()
-SHELLCHECK = shutil.which("shellcheck") or str(Path(os.sys.executable).parent / "shellcheck")
+SHELLCHECK = shutil.which("shellcheck") or str(Path(sys.executable).parent / "shellcheck")
 
 
 def _stub(root: Path, path: str) -> None:
@@ -108,7 +109,7 @@ def test_same_profile_same_bytes(tmp_path: Path) -> None:
         write_tree(build(profile).rendered, here, overwrite=True)
         there = tmp_path / "there"
         env = {**os.environ, "PYTHONHASHSEED": "12345", "TZ": "Asia/Kathmandu"}
-        subprocess.run([os.sys.executable, "-m", "provisioner", "render", str(profile),
+        subprocess.run([sys.executable, "-m", "provisioner", "render", str(profile),
                         "--out", str(there), "--overwrite"], check=True, env=env,
                        capture_output=True)
         ours = {p.relative_to(here): p.read_bytes() for p in here.rglob("*") if p.is_file()}
