@@ -164,6 +164,8 @@ def render(profile: Path, out_dir: Path, overwrite: bool, as_json: bool) -> int:
 
 root_option = click.option("--root", "root", type=click.Path(path_type=Path), default=None,
                            help="Manage the tree under DIR as if it were / (image builds, chroots, tests).")
+ignore_fit_option = click.option("--ignore-fit", is_flag=True,
+                                 help="Go on even if fit says the model does not fit.")
 
 
 def _transport(root: Path | None) -> Any:
@@ -172,49 +174,128 @@ def _transport(root: Path | None) -> Any:
     return LocalTransport(root)
 
 
-def _plan_command(profile: Path, root: Path | None, as_json: bool, show_diff: bool, command: str,
-                  ignore_fit: bool) -> int:
-    from provisioner.engine import plan_host
-    from provisioner.pipeline import build
+def target_options(func: F) -> F:
+    """Where to converge: this machine, --root DIR, --host, or -i INVENTORY."""
+    options = [
+        click.option("--host", "host", default=None, metavar="[USER@]HOST[:PORT]",
+                     help="Converge this host over SSH."),
+        click.option("-i", "--inventory", type=click.Path(path_type=Path), default=None,
+                     help="Converge the hosts of this inventory (ours or an Ansible YAML one)."),
+        click.option("--limit", default=None, help="Only these hosts/groups (comma-separated, globs)."),
+        click.option("--forks", type=click.IntRange(1, 500), default=20, show_default=True,
+                     help="Hosts worked on in parallel."),
+        click.option("--accept-new-host-key", is_flag=True,
+                     help="Trust and record a host key seen for the first time (a changed key always fails)."),
+        click.option("--known-hosts", default=None, help="known_hosts file (default ~/.ssh/known_hosts)."),
+        click.option("--become", is_flag=True, help="Become root with passwordless sudo on the hosts."),
+        click.option("--jump", default=None, metavar="[USER@]HOST", help="Reach the hosts through this jump host."),
+        click.option("--connect-timeout", type=float, default=10.0, show_default=True, help="SSH connect timeout (s)."),
+        root_option,
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _targets(profile: Path | None, opts: dict[str, Any]) -> list[Any]:
+    from provisioner.errors import UsageError
+    from provisioner.fleet import Target, ssh_target
+    from provisioner.inventory import host_from_arg, load_inventory, select
+
+    ssh_kwargs = {"accept_new_host_key": opts["accept_new_host_key"], "known_hosts": opts["known_hosts"],
+                  "become": opts["become"], "jump": opts["jump"], "connect_timeout": opts["connect_timeout"],
+                  "root": str(opts["root"]) if opts["root"] is not None else None}
+    if opts["inventory"] is not None:
+        hosts = select(load_inventory(opts["inventory"]), opts["limit"])
+        targets = []
+        for host in hosts:
+            chosen = profile or (Path(host.profile) if host.profile else None)
+            if chosen is None:
+                raise UsageError(f"host {host.name} names no profile in the inventory",
+                                 hint="give PROFILE on the command line or `profile:` for the host")
+            targets.append(ssh_target(host, chosen, **ssh_kwargs))
+        return targets
+    if profile is None:
+        raise UsageError("PROFILE is missing", hint="give a profile file or a library profile name")
+    if opts["host"] is not None:
+        return [ssh_target(host_from_arg(opts["host"]), profile, **ssh_kwargs)]
+    root = opts["root"]
+    name = "local" if root is None else f"local:{root}"
+    return [Target(name, profile, lambda: _transport(root))]
+
+
+def _run_fleet(command: str, profile: Path | None, opts: dict[str, Any], *, apply: bool,
+               show_diff: bool, as_json: bool) -> int:
+    from provisioner.fleet import RunOptions, run
     from provisioner.report import envelope, host_json, plan_text, print_json, say
 
-    built = build(profile, ignore_fit=ignore_fit)
-    transport = _transport(root)
-    plan, _ = plan_host(built.rendered, transport, service=built.spec.profile.service.name)
+    targets = _targets(profile, opts)
+    color = sys.stderr.isatty()
+
+    def report(outcome: Any) -> None:
+        if as_json:
+            return
+        if outcome.error:
+            for problem in outcome.error:
+                say(f"error: {problem.one_line()}")
+            return
+        result = outcome.result
+        say(plan_text(outcome.name, result.plan, show_diff=show_diff, color=color))
+        for warning in result.warnings:
+            say(f"  warning: {warning}")
+        if result.applied:
+            say(f"{outcome.name}: applied" + (f", generation {result.generation}" if result.generation else "")
+                + (f", handlers run: {', '.join(result.handlers_run)}" if result.handlers_run else ""))
+
+    options = RunOptions(apply=apply, restart=opts.get("restart", False), wait_lock=opts.get("wait_lock", 0.0),
+                         ignore_fit=opts["ignore_fit"], forks=opts["forks"])
+    outcomes = run(targets, options, report)
+    errored = [o for o in outcomes if not o.ok]
+    changed = any(o.changed for o in outcomes)
     if as_json:
-        print_json(envelope(command, True, None, changed=plan.changed,
-                            hosts=[host_json(transport.name, plan)]))
-    else:
-        say(plan_text(transport.name, plan, show_diff=show_diff, color=sys.stderr.isatty()))
-    return EXIT_FINDING if plan.changed else EXIT_OK
-
-
-ignore_fit_option = click.option("--ignore-fit", is_flag=True,
-                                 help="Go on even if fit says the model does not fit.")
+        hosts = []
+        for o in outcomes:
+            if o.error:
+                hosts.append(host_json(o.name, None, ok=False, error=o.error[0]))
+            else:
+                assert o.result is not None
+                hosts.append(host_json(o.name, o.result.plan, generation=o.result.generation))
+        first = errored[0].error[0] if errored and errored[0].error else None
+        print_json(envelope(command, not errored, first, changed=changed, hosts=hosts))
+    elif len(outcomes) > 1:
+        say(f"{len(outcomes)} hosts: {len(outcomes) - len(errored)} ok, {len(errored)} failed"
+            + (f" ({', '.join(o.name for o in errored)})" if errored else ""))
+    if errored:
+        return EXIT_ERROR
+    if not apply and changed:
+        return EXIT_FINDING
+    return EXIT_OK
 
 
 @main.command()
-@click.argument("profile", type=click.Path(path_type=Path))
-@root_option
+@click.argument("profile", type=click.Path(path_type=Path), required=False)
+@target_options
 @json_option
 @ignore_fit_option
 @handle_errors("plan")
-def plan(profile: Path, root: Path | None, as_json: bool, ignore_fit: bool) -> int:
+def plan(profile: Path | None, as_json: bool, **opts: Any) -> int:
     """Show what `apply` would change, with diffs. Touches nothing.
 
     Exit 0 nothing to do, 2 changes pending, 1 error (use it in CI to catch drift).
+    Over a fleet: 1 if any host errored, else 2 if any host has changes, else 0.
 
     \b
     Example:
       provision plan examples/quickstart.yaml --root ./demo
-      provision plan examples/quickstart.yaml --json
+      provision plan examples/quickstart.yaml --host admin@gpu-box --become
+      provision plan -i examples/fleet/inventory.yaml --limit workstations --json
     """
-    return _plan_command(profile, root, as_json, True, "plan", ignore_fit)
+    return _run_fleet("plan", profile, opts, apply=False, show_diff=True, as_json=as_json)
 
 
 @main.command()
-@click.argument("profile", type=click.Path(path_type=Path))
-@root_option
+@click.argument("profile", type=click.Path(path_type=Path), required=False)
+@target_options
 @click.option("--dry-run", is_flag=True, help="Only show the plan (same as `provision plan`).")
 @click.option("--diff", "show_diff", is_flag=True, help="Show unified diffs of the changes.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask; needed without a terminal.")
@@ -224,9 +305,8 @@ def plan(profile: Path, root: Path | None, as_json: bool, ignore_fit: bool) -> i
 @json_option
 @ignore_fit_option
 @handle_errors("apply")
-def apply(profile: Path, root: Path | None, dry_run: bool, show_diff: bool, yes: bool, restart: bool,
-          wait_lock: float, as_json: bool, ignore_fit: bool) -> int:
-    """Converge this machine (or the tree under --root) to PROFILE.
+def apply(profile: Path | None, dry_run: bool, show_diff: bool, yes: bool, as_json: bool, **opts: Any) -> int:
+    """Converge this machine, a --root tree, a --host or an inventory to PROFILE.
 
     Every file is written to a temp file, validated, then renamed over the old
     one; each apply that changes something is a generation you can roll back.
@@ -235,42 +315,22 @@ def apply(profile: Path, root: Path | None, dry_run: bool, show_diff: bool, yes:
     Example:
       provision apply examples/quickstart.yaml --root ./demo --yes
       provision apply examples/quickstart.yaml --diff
+      provision apply -i examples/fleet/inventory.yaml --forks 10 --yes
     """
     if dry_run:
-        return _plan_command(profile, root, as_json, True, "apply", ignore_fit)
-    from provisioner.engine import apply_plan, plan_host
-    from provisioner.errors import UsageError
-    from provisioner.pipeline import build
-    from provisioner.report import envelope, host_json, plan_text, print_json, say
+        return _run_fleet("apply", profile, opts, apply=False, show_diff=True, as_json=as_json)
+    if not yes:
+        from provisioner.errors import UsageError
 
-    built = build(profile, ignore_fit=ignore_fit)
-    transport = _transport(root)
-    plan_, gathered = plan_host(built.rendered, transport, service=built.spec.profile.service.name,
-                                restart=restart)
-    if plan_.changed and not yes:
         if not sys.stdin.isatty():
             raise UsageError("apply needs --yes when there is no terminal to ask on",
                              hint="review with `provision plan`, then apply with --yes")
-        say(plan_text(transport.name, plan_, show_diff=True, color=sys.stderr.isatty()))
+        code = _run_fleet("apply", profile, opts, apply=False, show_diff=True, as_json=False)
+        if code != EXIT_FINDING:
+            return code
         if not click.confirm("Apply these changes?", err=True):
-            say("nothing applied")
             return EXIT_ERROR
-    elif not as_json:
-        say(plan_text(transport.name, plan_, show_diff=show_diff, color=sys.stderr.isatty()))
-    result = apply_plan(plan_, gathered, transport, profile_name=built.spec.profile.metadata.name,
-                        wait_lock=wait_lock)
-    if as_json:
-        print_json(envelope("apply", True, None, changed=plan_.changed,
-                            hosts=[host_json(transport.name, plan_, generation=result.generation)]))
-    else:
-        for warning in result.warnings:
-            say(f"warning: {warning}")
-        if result.applied:
-            say(f"{transport.name}: applied" + (f", generation {result.generation}" if result.generation else "")
-                + (f", handlers run: {', '.join(result.handlers_run)}" if result.handlers_run else ""))
-        else:
-            say(f"{transport.name}: converged, nothing to do")
-    return EXIT_OK
+    return _run_fleet("apply", profile, opts, apply=True, show_diff=show_diff, as_json=as_json)
 
 
 @main.command()

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 
 from provisioner.errors import RenderError
-from provisioner.fit import Placement
+from provisioner.fit import VLLM_DEFAULT_UTILIZATION, Placement
 from provisioner.resolve import Spec
 
 GIB = 2**30
@@ -142,6 +142,11 @@ def _llama_cpp(spec: Spec, placement: Placement, model_path: str) -> EngineComma
         b.choice("rope_scaling", "yarn", "context beyond the native length: YaRN")
         b.flag("rope_scale", factor, "YaRN factor (model card)")
         b.flag("yarn_orig_ctx", spec.model.native_context, "native context length")
+    if b.has("load_mode"):
+        pinned = spec.profile.os.memlock == "unlimited" and placement.devices[-1].weights_bytes > 0
+        b.choice("load_mode", "mmap+mlock" if pinned else "mmap",
+                 "weights in RAM are locked: the OS cannot page them out under pressure" if pinned
+                 else "map the model file (weights are read once into VRAM)")
     if b.has("metrics"):
         b.flag("metrics", None, "Prometheus metrics at /metrics")
     _extra(b, spec)
@@ -186,14 +191,20 @@ def _vllm(spec: Spec, placement: Placement, model_path: str) -> EngineCommand:
     b.flag("max_model_len", placement.context, "context per request")
     b.flag("max_num_seqs", p.runtime.parallel, "concurrent sequences")
     b.flag("tensor_parallel_size", max(spec.gpu_count, 1), "one shard per GPU")
-    b.flag("gpu_memory_utilization", p.runtime.gpu_memory_utilization or 0.90,
-           "share of each GPU vLLM may take")
+    b.flag("gpu_memory_utilization", p.runtime.gpu_memory_utilization or VLLM_DEFAULT_UTILIZATION,
+           "share of each GPU vLLM may take (fit planned with it)")
     kv = p.model.kv_cache_k
     b.flag("kv_cache_dtype", "auto" if kv in {"f16", "bf16", "auto"} else kv, "KV cache type")
     if placement.cpu_offload_bytes:
         b.flag("cpu_offload_gb", placement.cpu_offload_bytes // GIB,
-               "weights kept in system RAM (chosen by fit)")
+               "weights kept in system RAM per GPU (chosen by fit)")
+    if b.has("enable_prefix_caching"):
+        b.flag("enable_prefix_caching", None, "reuse the KV cache of a shared prompt prefix")
+    if b.has("seed"):
+        b.flag("seed", 0, "fixed seed: temperature 0 is reproducible (the default changed between releases)")
     sampling = _sampling(spec)
+    if sampling["top_k"] == 0:
+        sampling["top_k"] = -1  # vLLM spells "no top-k" as -1
     b.flag("generation_config", "vllm", "ignore the repo's generation_config.json")
     b.flag("override_generation_config", json.dumps(sampling, sort_keys=True),
            f"{p.model.mode} sampling (model card)")

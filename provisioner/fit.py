@@ -26,6 +26,8 @@ KV_BYTES_PER_ELEMENT = {
 GPU_RUNTIME_OVERHEAD = 3 * 2**30 // 2
 # Keep this much of each GPU free for fragmentation and other processes (display).
 GPU_MARGIN_FRACTION = 0.03
+# What the run script passes as --gpu-memory-utilization unless the profile says.
+VLLM_DEFAULT_UTILIZATION = 0.90
 # Host RAM kept for the OS, page cache of the run and everything else.
 RAM_RESERVE = 8 * 2**30
 
@@ -55,7 +57,7 @@ class Placement:
     kv_bytes_per_token: int
     gpu_layers: int  # llama.cpp --n-gpu-layers (repeating layers + output)
     cpu_moe_layers: int  # llama.cpp --n-cpu-moe: layers whose experts stay in RAM
-    cpu_offload_bytes: int  # vLLM --cpu-offload-gb (whole GiB)
+    cpu_offload_bytes: int  # vLLM --cpu-offload-gb (whole GiB, per GPU)
     missing_bytes: int  # how much more memory it would need; 0 if it fits
     warnings: tuple[str, ...] = ()
 
@@ -101,7 +103,11 @@ def fit(spec: Spec, context: int | None = None) -> Placement:
                           cpu_kv=kv_total, ram_capacity=ram_capacity, gpu_layers=0,
                           cpu_moe=0, offload=0, missing=max(need - ram_capacity, 0))
 
-    usable = sum(int(g.spec.vram * (1 - GPU_MARGIN_FRACTION)) * g.count for g in spec.gpus)
+    # vLLM takes exactly its --gpu-memory-utilization share of each GPU; the others
+    # take what they need, and we keep a margin.
+    share = (p.runtime.gpu_memory_utilization or VLLM_DEFAULT_UTILIZATION) if p.runtime.engine == "vllm" \
+        else 1 - GPU_MARGIN_FRACTION
+    usable = sum(int(g.spec.vram * share) * g.count for g in spec.gpus)
     budget = usable - GPU_RUNTIME_OVERHEAD * spec.gpu_count - kv_total
     explicit = p.runtime.offload if isinstance(p.runtime.offload, Offload) else None
     gpu_layers = m.layers + 1
@@ -115,12 +121,14 @@ def fit(spec: Spec, context: int | None = None) -> Placement:
             cpu_moe = explicit.cpu_moe_layers
         if explicit.cpu_offload is not None:
             offload = explicit.cpu_offload
-        on_cpu = (m.layers + 1 - gpu_layers) * per_layer + cpu_moe * expert_per_layer + offload
+        on_cpu = ((m.layers + 1 - gpu_layers) * per_layer + cpu_moe * expert_per_layer
+                  + offload * spec.gpu_count)
     elif weights > budget:
         excess = weights - budget
         if p.runtime.engine == "vllm":
-            offload = _ceil_gib(excess)
-            on_cpu = offload
+            # --cpu-offload-gb is per GPU: each tensor-parallel rank offloads that much.
+            offload = _ceil_gib(excess / spec.gpu_count)
+            on_cpu = offload * spec.gpu_count
         elif m.is_moe and expert_per_layer > 0 and p.runtime.engine == "llama.cpp":
             cpu_moe = min(m.layers, -(-int(excess) // int(expert_per_layer)))
             on_cpu = cpu_moe * expert_per_layer

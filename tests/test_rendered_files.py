@@ -4,9 +4,9 @@ systemd-analyze verify for units, shellcheck and sh -n for scripts."""
 from __future__ import annotations
 
 import os
-import sys
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest

@@ -1,0 +1,107 @@
+"""Plan or apply on many targets in parallel; one failing never stops the others."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from provisioner.engine import HostResult, apply_plan, plan_host
+from provisioner.errors import Problem, ProvisionError
+from provisioner.inventory import Host
+from provisioner.pipeline import Built, build
+from provisioner.transport import Transport
+
+
+@dataclass(frozen=True)
+class Target:
+    """What to converge and how to reach it."""
+
+    name: str
+    profile: Path
+    transport_factory: Callable[[], Transport]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    name: str
+    result: HostResult | None
+    error: list[Problem] | None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def changed(self) -> bool:
+        return self.result is not None and self.result.plan.changed
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    apply: bool
+    restart: bool = False
+    wait_lock: float = 0.0
+    ignore_fit: bool = False
+    forks: int = 20
+
+
+def ssh_target(host: Host, profile: Path, *, accept_new_host_key: bool, known_hosts: str | None,
+               become: bool, jump: str | None, connect_timeout: float, root: str | None) -> Target:
+    from provisioner.transport.ssh import SshTarget, SshTransport
+
+    spec = SshTarget(name=host.name, address=host.address, port=host.port, user=host.user, key=host.key,
+                     root=root if root is not None else host.root, jump=jump or host.jump,
+                     become=become or host.become, known_hosts=known_hosts,
+                     accept_new_host_key=accept_new_host_key, connect_timeout=connect_timeout)
+    return Target(host.name, profile, lambda: SshTransport(spec))
+
+
+def run(targets: list[Target], options: RunOptions,
+        on_done: Callable[[Outcome], None] | None = None) -> list[Outcome]:
+    """Plan (and apply) every target; results in the targets' order."""
+    builds: dict[Path, Built | list[Problem]] = {}
+    for target in targets:  # each profile is built once, up front, before any host is touched
+        if target.profile not in builds:
+            try:
+                builds[target.profile] = build(target.profile, ignore_fit=options.ignore_fit)
+            except ProvisionError as exc:
+                builds[target.profile] = exc.problems
+
+    def one(target: Target) -> Outcome:
+        built = builds[target.profile]
+        if isinstance(built, list):
+            outcome = Outcome(target.name, None, built)
+        else:
+            outcome = _converge(target, built, options)
+        if on_done is not None:
+            on_done(outcome)
+        return outcome
+
+    if len(targets) == 1:
+        return [one(targets[0])]
+    with ThreadPoolExecutor(max_workers=max(1, options.forks)) as pool:
+        return list(pool.map(one, targets))
+
+
+def _converge(target: Target, built: Built, options: RunOptions) -> Outcome:
+    transport: Any = None
+    try:
+        transport = target.transport_factory()
+        plan, gathered = plan_host(built.rendered, transport, service=built.spec.profile.service.name,
+                                   restart=options.restart)
+        if not options.apply:
+            return Outcome(target.name, HostResult(target.name, plan, gathered), None)
+        result = apply_plan(plan, gathered, transport, profile_name=built.spec.profile.metadata.name,
+                            wait_lock=options.wait_lock)
+        return Outcome(target.name, result, None)
+    except ProvisionError as exc:
+        return Outcome(target.name, None, exc.problems)
+    except Exception as exc:
+        return Outcome(target.name, None, [Problem(f"{target.name}: {type(exc).__name__}: {exc}")])
+    finally:
+        close = getattr(transport, "close", None)
+        if close is not None:
+            close()

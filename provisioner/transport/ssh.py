@@ -1,0 +1,147 @@
+"""A host over SSH, through Fabric: ~/.ssh/config, keys, agent, jump hosts.
+
+One connection per host, kept for the run; each script is ONE exec of
+``sh -s`` (``sudo -n sh -s`` with become) with the script on stdin. Host keys
+are checked against known_hosts: an unknown key fails with its fingerprint
+unless ``accept_new_host_key`` (like OpenSSH's ``accept-new``); a changed key
+always fails.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from provisioner.errors import ProvisionError
+from provisioner.transport import Completed
+
+
+@dataclass(frozen=True)
+class SshTarget:
+    name: str  # the inventory name, used in reports
+    address: str
+    port: int | None = None
+    user: str | None = None
+    key: str | None = None
+    root: str = ""  # manage this tree on the host instead of /
+    jump: str | None = None
+    become: bool = False
+    known_hosts: str | None = None  # default: ~/.ssh/known_hosts
+    accept_new_host_key: bool = False
+    connect_timeout: float = 10.0
+
+
+def fingerprint(key: Any) -> str:
+    digest = hashlib.sha256(key.asbytes()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+class _HostKeyPolicy:
+    """Unknown key: fail with the fingerprint, or record it when accepting new keys."""
+
+    def __init__(self, target: SshTarget, known_hosts: Path) -> None:
+        self.target = target
+        self.known_hosts = known_hosts
+
+    def missing_host_key(self, client: Any, hostname: str, key: Any) -> None:
+        if not self.target.accept_new_host_key:
+            raise ProvisionError(
+                f"{self.target.name}: unknown host key {key.get_name()} {fingerprint(key)} for {hostname}",
+                hint="check the fingerprint, then re-run with --accept-new-host-key (or add it to known_hosts)")
+        client.get_host_keys().add(hostname, key.get_name(), key)
+        self.known_hosts.parent.mkdir(parents=True, exist_ok=True)
+        with self.known_hosts.open("a", encoding="utf-8") as handle:
+            handle.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
+
+
+class SshTransport:
+    def __init__(self, target: SshTarget) -> None:
+        self.target = target
+        self.name = target.name
+        self.root = target.root
+        self._connection: Any = None
+
+    def _connect(self) -> Any:
+        if self._connection is not None:
+            return self._connection
+        import paramiko
+        from fabric import Config, Connection
+
+        target = self.target
+        config = Config(overrides={"load_ssh_configs": True})
+        kwargs: dict[str, Any] = {}
+        if target.key:
+            kwargs["key_filename"] = str(Path(target.key).expanduser())
+        gateway = None
+        if target.jump:
+            gateway = Connection(target.jump, config=config, connect_timeout=target.connect_timeout)
+        connection = Connection(target.address, user=target.user, port=target.port, config=config,
+                                gateway=gateway, connect_timeout=target.connect_timeout,
+                                connect_kwargs=kwargs)
+        known = Path(target.known_hosts or "~/.ssh/known_hosts").expanduser()
+        client = connection.client
+        client._host_keys = paramiko.HostKeys()  # forget Fabric's permissive defaults
+        if known.is_file():
+            client.load_host_keys(str(known))
+        client.set_missing_host_key_policy(_HostKeyPolicy(target, known))
+        try:
+            connection.open()
+        except ProvisionError:
+            raise
+        except paramiko.BadHostKeyException as exc:
+            raise ProvisionError(
+                f"{target.name}: the host key of {exc.hostname} CHANGED (now {fingerprint(exc.key)}); refusing",
+                hint="if the host was reinstalled, remove its old line from known_hosts; otherwise stop") from None
+        except paramiko.AuthenticationException as exc:
+            raise ProvisionError(f"{target.name}: SSH authentication failed: {exc}",
+                                 hint="check the user and key (or ssh-agent)") from None
+        except TimeoutError:
+            raise ProvisionError(f"{target.name}: connection to {target.address} timed out",
+                                 hint="is the host up and the port right?") from None
+        except (OSError, paramiko.SSHException) as exc:
+            raise ProvisionError(f"{target.name}: cannot connect to {target.address}: {exc}",
+                                 hint="is the host up, sshd running and the port right?") from None
+        transport = client.get_transport()
+        if transport is not None:
+            transport.set_keepalive(15)
+        self._connection = connection
+        return connection
+
+    def run(self, script: str, env: dict[str, str] | None = None) -> Completed:
+        connection = self._connect()
+        assigns = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted((env or {}).items()))
+        shell = f"env {assigns} sh -s" if assigns else "sh -s"
+        command = f"sudo -n {shell}" if self.target.become else shell
+        import paramiko
+
+        try:
+            channel = connection.client.get_transport().open_session()
+            channel.exec_command(command)
+            channel.sendall(script.encode())
+            channel.shutdown_write()
+            stdout = channel.makefile("rb").read().decode(errors="replace")
+            stderr = channel.makefile_stderr("rb").read().decode(errors="replace")
+            code = channel.recv_exit_status()
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            self.close()
+            raise ProvisionError(f"{self.name}: the connection dropped: {exc}",
+                                 hint="re-run: every file is old or new, and the next apply converges") from None
+        if code == -1:
+            self.close()
+            raise ProvisionError(f"{self.name}: the connection dropped before the command finished",
+                                 hint="re-run: every file is old or new, and the next apply converges")
+        if self.target.become and code == 1 and "password is required" in stderr:
+            raise ProvisionError(f"{self.name}: sudo needs a password for {self.target.user or 'this user'}",
+                                 hint="allow passwordless sudo (NOPASSWD) for this user, or connect as root")
+        return Completed(code, stdout, stderr)
+
+    def close(self) -> None:
+        if self._connection is not None:
+            try:
+                self._connection.close()
+            finally:
+                self._connection = None
