@@ -247,12 +247,16 @@ def _handlers(inputs: ApplyInputs) -> str:
     lines: list[str] = []
     for name in plan.handlers:
         command = plan.handler_commands[name]
+        # Run only while still owed: another apply may have run it since the plan.
         lines.append(
-            f"echo '@handler-start {name}'\n"
-            f"if PROVISION_ROOT=\"$root\" sh -c {q(command)}; then\n"
-            f"    echo '@handler-ok {name}'\n"
+            f"if ! grep -qx {q(name)} \"$state/pending-handlers\" 2>/dev/null; then\n"
+            f"    echo '@handler-skip {name}'\n"
+            f"elif PROVISION_ROOT=\"$root\" sh -c {q(command)}; then\n"
+            # Struck from the owed list before reporting: a dropped connection
+            # (SIGPIPE on echo) must not make the next apply run it twice.
             f"    grep -vx {q(name)} \"$state/pending-handlers\" > \"$state/pending.new\" || true\n"
             f"    mv -f \"$state/pending.new\" \"$state/pending-handlers\"\n"
+            f"    echo '@handler-ok {name}'\n"
             f"else\n"
             f"    echo '@error handler {name} failed; it stays owed and runs on the next apply'\n"
             f"    exit {EXIT_HANDLER}\n"

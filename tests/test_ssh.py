@@ -1,0 +1,191 @@
+"""plan/apply over real SSH to sshd instances on loopback started by the tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests import sshd
+from tests.conftest import make_profile
+
+ROOT = Path(__file__).resolve().parent.parent
+HOSTS = 10
+
+pytestmark = pytest.mark.skipif(sshd.available() is not None, reason=str(sshd.available()))
+
+
+@pytest.fixture(scope="module")
+def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[sshd.SshFarm]:
+    started = sshd.start_farm(tmp_path_factory.mktemp("ssh"), HOSTS)
+    try:
+        yield started
+    finally:
+        started.stop()
+
+
+def inventory(tmp_path: Path, farm: sshd.SshFarm, profile: Path, count: int = HOSTS,
+              down: int | None = None) -> Path:
+    lines = ["hosts:"]
+    for host in farm.hosts[:count]:
+        address = "127.0.0.99" if host.index == down else host.address  # nothing listens there
+        lines.append(f"  h{host.index}: {{address: {address}, port: {sshd.PORT}, user: root, "
+                     f"key: {farm.client_key}, root: {tmp_path}/root-{host.index}, profile: {profile}}}")
+    lines += ["groups:", f"  first: {{hosts: [h1], vars: {{}}}}"]
+    path = tmp_path / "inventory.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def provision(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "provisioner", *args], capture_output=True, text=True,
+                          check=False, cwd=ROOT, env={**os.environ, "HOME": "/nonexistent-home"})
+
+
+def execs(farm: sshd.SshFarm, count: int = HOSTS) -> list[int]:
+    return [h.execs() for h in farm.hosts[:count]]
+
+
+def test_cold_noop_change_over_ssh_count_round_trips(farm: sshd.SshFarm, tmp_path: Path) -> None:
+    base = make_profile(tmp_path, name="base.yaml")
+    inv = inventory(tmp_path, farm, base)
+    known = str(farm.known_hosts)
+    before = execs(farm)
+    cold = provision("apply", "-i", str(inv), "--known-hosts", known, "--yes", "--json")
+    assert cold.returncode == 0, cold.stderr
+    data = json.loads(cold.stdout)
+    assert data["ok"] and all(h["generation"] == 1 for h in data["hosts"])
+    assert [a - b for a, b in zip(execs(farm), before, strict=True)] == [2] * HOSTS  # gather + apply
+    for host in farm.hosts:
+        assert (tmp_path / f"root-{host.index}/etc/systemd/system/llm-server.service").is_file()
+
+    before = execs(farm)
+    noop = provision("apply", "-i", str(inv), "--known-hosts", known, "--yes", "--json")
+    assert noop.returncode == 0, noop.stderr
+    assert not json.loads(noop.stdout)["changed"]
+    assert [a - b for a, b in zip(execs(farm), before, strict=True)] == [1] * HOSTS  # a no-op is one exec
+
+    changed = make_profile(tmp_path, {"os.sysctl": {"vm.swappiness": 5, "kernel.numa_balancing": 0}},
+                           name="changed.yaml")
+    inv = inventory(tmp_path, farm, changed)
+    dry = provision("plan", "-i", str(inv), "--known-hosts", known, "--limit", "first", "--json")
+    assert dry.returncode == 2
+    host = json.loads(dry.stdout)["hosts"][0]
+    assert [c["path"] for c in host["changes"]] == ["/etc/sysctl.d/90-provision-llm-server.conf"]
+    assert host["pending_handlers"] == ["sysctl"]
+    applied = provision("apply", "-i", str(inv), "--known-hosts", known, "--limit", "h1,h2", "--yes")
+    assert applied.returncode == 0, applied.stderr
+    text = (tmp_path / "root-2/etc/sysctl.d/90-provision-llm-server.conf").read_text()
+    assert "vm.swappiness = 5" in text
+
+
+def test_one_host_down_the_others_converge(farm: sshd.SshFarm, tmp_path: Path) -> None:
+    profile = make_profile(tmp_path)
+    inv = inventory(tmp_path, farm, profile, count=3, down=2)
+    result = provision("apply", "-i", str(inv), "--known-hosts", str(farm.known_hosts), "--yes",
+                       "--connect-timeout", "3", "--json")
+    assert result.returncode == 1
+    data = json.loads(result.stdout)
+    outcome = {h["host"]: h["ok"] for h in data["hosts"]}
+    assert outcome == {"h1": True, "h2": False, "h3": True}
+    assert (tmp_path / "root-3/etc/systemd/system/llm-server.service").is_file()
+    assert not (tmp_path / "root-2").exists()
+    assert "Traceback" not in result.stderr
+
+
+def test_unknown_host_key_fails_with_fingerprint_then_accept_new(farm: sshd.SshFarm, tmp_path: Path) -> None:
+    profile = make_profile(tmp_path)
+    inv = inventory(tmp_path, farm, profile, count=1)
+    known = tmp_path / "known_hosts"
+    refused = provision("plan", "-i", str(inv), "--known-hosts", str(known))
+    assert refused.returncode == 1
+    assert "unknown host key ssh-ed25519 SHA256:" in refused.stderr
+    assert "--accept-new-host-key" in refused.stderr
+    accepted = provision("plan", "-i", str(inv), "--known-hosts", str(known), "--accept-new-host-key")
+    assert accepted.returncode == 2, accepted.stderr
+    assert "127.0.0.41" in known.read_text()
+    again = provision("plan", "-i", str(inv), "--known-hosts", str(known))
+    assert again.returncode == 2, again.stderr
+
+
+def test_changed_host_key_always_fails(farm: sshd.SshFarm, tmp_path: Path) -> None:
+    profile = make_profile(tmp_path)
+    inv = inventory(tmp_path, farm, profile, count=1)
+    other = (farm.hosts[1].folder / "host_key.pub").read_text().split()
+    known = tmp_path / "known_hosts"
+    known.write_text(f"[{farm.hosts[0].address}]:{sshd.PORT} {other[0]} {other[1]}\n")
+    for extra in ([], ["--accept-new-host-key"]):
+        result = provision("plan", "-i", str(inv), "--known-hosts", str(known), *extra)
+        assert result.returncode == 1
+        assert "CHANGED" in result.stderr
+
+
+def test_dropped_connection_mid_apply_leaves_old_or_new_and_rerun_converges(
+        farm: sshd.SshFarm, tmp_path: Path) -> None:
+    base = make_profile(tmp_path, name="base.yaml")
+    inv = inventory(tmp_path, farm, base, count=1)
+    known = str(farm.known_hosts)
+    assert provision("apply", "-i", str(inv), "--known-hosts", known, "--yes").returncode == 0
+    # A slow custom handler gives the test a window to drop the session mid-apply.
+    slow = make_profile(tmp_path, {
+        "os.sysctl": {"vm.swappiness": 5, "kernel.numa_balancing": 0},
+        "files": [{"template": "x.j2", "dest": "/etc/x.conf", "notify": ["slow"]}],
+        "handlers": {"slow": {"command": "sleep 5; echo done >> \"$PROVISION_ROOT/slow.log\""}}},
+        {"x.j2": "x\n"}, name="slow.yaml")
+    inv = inventory(tmp_path, farm, slow, count=1)
+    host = farm.hosts[0]
+    root = tmp_path / "root-1"
+
+    def drop() -> None:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if (root / "etc/x.conf").exists():
+                for child in host.session_children():
+                    sshd._kill(child)
+                return
+            time.sleep(0.02)
+
+    killer = threading.Thread(target=drop)
+    killer.start()
+    dropped = provision("apply", "-i", str(inv), "--known-hosts", known, "--yes")
+    killer.join()
+    assert dropped.returncode == 1
+    assert "Traceback" not in dropped.stderr
+    assert not (root / "slow.log").exists()
+    sysctl = (root / "etc/sysctl.d/90-provision-llm-server.conf").read_text()
+    assert "vm.swappiness = 5" in sysctl or "vm.swappiness = 10" in sysctl
+    # The remote script outlives the dropped session and finishes under its lock;
+    # the re-run waits for it, then converges whatever is left.
+    rerun = provision("apply", "-i", str(inv), "--known-hosts", known, "--yes", "--wait-lock", "30")
+    assert rerun.returncode == 0, rerun.stderr
+    assert (root / "slow.log").read_text() == "done\n"  # the handler ran exactly once
+    assert provision("plan", "-i", str(inv), "--known-hosts", known).returncode == 0
+
+
+def test_ansible_inventory_is_read(farm: sshd.SshFarm, tmp_path: Path) -> None:
+    profile = make_profile(tmp_path)
+    host = farm.hosts[0]
+    inv = tmp_path / "hosts.yml"
+    inv.write_text(f"""all:
+  vars:
+    ansible_user: root
+    ansible_port: {sshd.PORT}
+    ansible_ssh_private_key_file: {farm.client_key}
+  children:
+    gpus:
+      hosts:
+        box1:
+          ansible_host: {host.address}
+          provision_root: {tmp_path}/ansible-root
+""")
+    result = provision("plan", str(profile), "-i", str(inv), "--known-hosts", str(farm.known_hosts),
+                       "--limit", "gpus", "--json")
+    assert result.returncode == 2, result.stderr
+    assert json.loads(result.stdout)["hosts"][0]["host"] == "box1"
