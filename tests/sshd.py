@@ -6,6 +6,7 @@ Host i listens on 127.0.0.(40+i):2222. Stopped by PID, never by name.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -71,10 +72,8 @@ class SshFarm:
 
 
 def _kill(pid: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def available() -> str | None:
@@ -135,7 +134,7 @@ SetEnv SHLVL=1
     deadline = time.monotonic() + 10
     for host in hosts:
         while "Server listening" not in (host.log.read_text(errors="replace") if host.log.exists() else ""):
-            if host.process is not None and host.process.poll() is not None or time.monotonic() > deadline:
+            if (host.process is not None and host.process.poll() is not None) or time.monotonic() > deadline:
                 farm.stop()
                 raise RuntimeError(f"sshd h{host.index} did not start: {host.log.read_text(errors='replace')}")
             time.sleep(0.05)

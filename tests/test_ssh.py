@@ -38,7 +38,7 @@ def inventory(tmp_path: Path, farm: sshd.SshFarm, profile: Path, count: int = HO
         address = "127.0.0.99" if host.index == down else host.address  # nothing listens there
         lines.append(f"  h{host.index}: {{address: {address}, port: {sshd.PORT}, user: root, "
                      f"key: {farm.client_key}, root: {tmp_path}/root-{host.index}, profile: {profile}}}")
-    lines += ["groups:", f"  first: {{hosts: [h1], vars: {{}}}}"]
+    lines += ["groups:", "  first: {hosts: [h1], vars: {}}"]
     path = tmp_path / "inventory.yaml"
     path.write_text("\n".join(lines) + "\n")
     return path
