@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
-from provisioner.facts import STATE_DIR, PathState
+from provisioner.facts import PathState
 from provisioner.plan import Change, Plan, sha256
 
 # Exit codes of the script (mapped to messages by the caller).
@@ -37,6 +37,7 @@ EXIT_LOCKED, EXIT_CHANGED, EXIT_INVALID, EXIT_HANDLER = 3, 4, 5, 6
 class ApplyInputs:
     plan: Plan
     root: str  # "" for the live system, else the tree managed as /
+    state_dir: str  # provision's state dir on the host
     generation: int  # the number this apply records
     expected_last: int  # the last generation the plan saw
     profile_name: str
@@ -74,7 +75,7 @@ def manifest(inputs: ApplyInputs) -> dict[str, Any]:
 
 def apply_script(inputs: ApplyInputs) -> str:
     plan, root = inputs.plan, inputs.root
-    out = [_PRELUDE.replace("@ROOT@", q(root)).replace("@STATE@", q(root + STATE_DIR))]
+    out = [_PRELUDE.replace("@ROOT@", q(root)).replace("@STATE@", q(inputs.state_dir))]
     lock = f"flock -w {inputs.wait_lock:g} 9" if inputs.wait_lock else "flock -n 9"
     out.append(f"""exec 9>>"$state/lock"
 if ! {lock}; then

@@ -7,6 +7,7 @@ apply.apply_script, generations.rollback_files.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from provisioner.apply import (
@@ -43,9 +44,11 @@ class HostResult:
     warnings: tuple[str, ...] = field(default_factory=tuple)
 
 
-def gather(transport: Transport, paths: list[str], service: str = "") -> Gathered:
+def gather(transport: Transport, paths: list[str], service: str = "",
+           host_paths: list[str] | None = None) -> Gathered:
     """Round trip 1: facts, every managed path, provision's state."""
-    result = transport.run(gather_script(paths, transport.root, service))
+    script = gather_script(paths, transport.root, service, transport.state_dir, host_paths)
+    result = transport.run(script)
     if result.returncode != 0 and "@done" not in result.stdout:
         raise ProvisionError(f"gathering facts on {transport.name} failed: "
                              f"{(result.stderr or result.stdout).strip()[:300]}",
@@ -53,9 +56,13 @@ def gather(transport: Transport, paths: list[str], service: str = "") -> Gathere
     return parse_gather(result.stdout)
 
 
-def plan_host(rendered: Rendered, transport: Transport, *, service: str,
-              restart: bool = False) -> tuple[Plan, Gathered]:
+def plan_host(rendered: Rendered, transport: Transport, *, service: str, restart: bool = False,
+              rerender: Callable[[dict[str, str]], Rendered] | None = None) -> tuple[Plan, Gathered]:
+    """Gather, then plan. ``rerender`` renders again with the host's facts (the
+    destinations never depend on facts, so the first render names the paths)."""
     gathered = gather(transport, [f.path for f in rendered.files], service)
+    if rerender is not None:
+        rendered = rerender(gathered.facts.values)
     plan = make_plan(rendered, gathered, root_mode=bool(transport.root), restart=restart,
                      server_active=gathered.facts.get("server_active") == "yes")
     return plan, gathered
@@ -68,7 +75,8 @@ def apply_plan(plan: Plan, gathered: Gathered, transport: Transport, *, profile_
         return HostResult(transport.name, plan, gathered, applied=False)
     generation = gathered.last_generation + 1 if plan.changes else None
     inputs = ApplyInputs(
-        plan=plan, root=transport.root, generation=generation or gathered.last_generation,
+        plan=plan, root=transport.root, state_dir=transport.state_dir,
+        generation=generation or gathered.last_generation,
         expected_last=gathered.last_generation, profile_name=profile_name,
         time=dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(), wait_lock=wait_lock)
     env = {"PROVISION_FAILPOINT": str(failpoint)} if failpoint is not None else None
@@ -106,7 +114,7 @@ def _apply_error(code: int, lines: list[str], stderr: str, host: str) -> Provisi
 
 
 def read_generations(transport: Transport) -> tuple[int, list[Generation]]:
-    result = transport.run(generations_script(transport.root))
+    result = transport.run(generations_script(transport.state_dir))
     return parse_generations(result.stdout)
 
 
@@ -114,7 +122,8 @@ def plan_rollback(transport: Transport, to: int | None) -> tuple[Plan, Gathered,
     """Round trips: the generations, then the affected files and their backups."""
     last, generations = read_generations(transport)
     target = choose_target(last, generations, to)
-    gathered = gather(transport, rollback_reads(generations, target))
-    rendered = rollback_rendered(generations, target, gathered)
+    paths, backups = rollback_reads(generations, target, transport.state_dir)
+    gathered = gather(transport, paths, host_paths=backups)
+    rendered = rollback_rendered(generations, target, gathered, transport.state_dir, transport.root)
     plan = make_plan(rendered, gathered, root_mode=bool(transport.root))
     return plan, gathered, target

@@ -59,13 +59,23 @@ class Gathered:
     pending_handlers: tuple[str, ...]
 
 
-def gather_script(paths: list[str], root: str = "", service: str = "") -> str:
-    """The one script that reads everything plan needs from a host."""
+def visible(host_path: str, root: str) -> str:
+    """How a host path appears in gather output: without the root prefix, if it has one."""
+    return host_path[len(root):] if root and host_path.startswith(root + "/") else host_path
+
+
+def gather_script(paths: list[str], root: str = "", service: str = "", state_dir: str | None = None,
+                  host_paths: list[str] | None = None) -> str:
+    """The one script that reads everything plan needs from a host.
+
+    ``paths`` are managed paths (under ``root``); ``host_paths`` are read as they
+    are (generation backups, wherever the state dir lives)."""
     if service and not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", service):
         raise ProvisionError(f"bad service name {service!r}")
-    quoted = " ".join(shlex.quote(root + p) for p in sorted(set(paths)))
+    quoted = " ".join([shlex.quote(root + p) for p in sorted(set(paths))]
+                      + [shlex.quote(p) for p in sorted(set(host_paths or []))])
     return (_GATHER.replace("@ROOT@", shlex.quote(root)).replace("@PATHS@", quoted)
-            .replace("@STATE@", shlex.quote(root + STATE_DIR)).replace("@MAX@", str(MAX_CONTENT))
+            .replace("@STATE@", shlex.quote(state_dir or root + STATE_DIR)).replace("@MAX@", str(MAX_CONTENT))
             .replace("@SERVICE@", service))
 
 
@@ -76,7 +86,7 @@ root=@ROOT@
 state=@STATE@
 fact() { printf '@fact %s %s\n' "$1" "$2"; }
 b64() { printf '%s' "$1" | base64 | tr -d '\n'; }
-fact memtotal_kb "$(awk '/^MemTotal:/ {print $2}' /proc/meminfo 2>/dev/null)"
+fact mem_total_kb "$(awk '/^MemTotal:/ {print $2}' /proc/meminfo 2>/dev/null)"
 fact cpus "$(getconf _NPROCESSORS_ONLN 2>/dev/null || echo 0)"
 fact kernel "$(uname -r)"
 fact arch "$(uname -m)"

@@ -1,16 +1,26 @@
 """Where every byte goes: weights, KV cache and buffers per device (pure).
 
-The first cut of the fit model: it decides the placement flags that the run
-scripts state (llama.cpp ``--n-gpu-layers``/``--n-cpu-moe``, vLLM
-``--cpu-offload-gb``, Ollama ``num_gpu``) and refuses what cannot fit.
+The fit model decides the placement flags that the run scripts state (llama.cpp
+``--n-gpu-layers``/``--n-cpu-moe``, vLLM ``--cpu-offload-gb``, Ollama ``num_gpu``)
+and refuses what cannot fit. Its overheads are data: ``catalog/fit.yaml``.
+Speed is predicted from the placement by ``predict.py``; docs/fit.md explains both.
 """
 
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import yaml
 
 from provisioner.profile import Offload
-from provisioner.resolve import Spec
+from provisioner.resolve import GpuGroup, Spec
+
+GIB = 2**30
+MIB = 2**20
 
 # Bytes per cached element. GGML block formats: q8_0 stores 32 values in 34
 # bytes, q4_0 in 18, q4_1 in 20, q5_0 in 22, q5_1 in 24, iq4_nl in 18
@@ -20,16 +30,26 @@ KV_BYTES_PER_ELEMENT = {
     "q8_0": 34 / 32, "q4_0": 18 / 32, "q4_1": 20 / 32, "q5_0": 22 / 32, "q5_1": 24 / 32,
     "iq4_nl": 18 / 32, "fp8": 1.0, "fp8_e4m3": 1.0, "fp8_e5m2": 1.0,
 }
-# Per GPU: CUDA context, cuBLAS workspace and the engine's compute buffers.
-# A measured llama.cpp CUDA context + compute buffer at 32K context is 0.5-1.5 GiB;
-# we budget the upper end so that "fits" means fits.
-GPU_RUNTIME_OVERHEAD = 3 * 2**30 // 2
-# Keep this much of each GPU free for fragmentation and other processes (display).
-GPU_MARGIN_FRACTION = 0.03
+_UNQUANTISED_KV = {"f32", "f16", "bf16", "auto"}
+
+
+@functools.cache
+def params() -> dict[str, Any]:
+    """The factors and overheads of catalog/fit.yaml."""
+    text = resources.files("provisioner.catalog").joinpath("fit.yaml").read_text(encoding="utf-8")
+    data = yaml.safe_load(text)
+    assert isinstance(data, dict)
+    return data
+
+
+def _mem(key: str) -> float:
+    return float(params()["memory"][key])
+
+
 # What the run script passes as --gpu-memory-utilization unless the profile says.
-VLLM_DEFAULT_UTILIZATION = 0.90
-# Host RAM kept for the OS, page cache of the run and everything else.
-RAM_RESERVE = 8 * 2**30
+VLLM_DEFAULT_UTILIZATION = _mem("vllm_default_utilization")
+GPU_MARGIN_FRACTION = _mem("gpu_margin_fraction")
+RAM_RESERVE = int(_mem("ram_reserve_gib") * GIB)
 
 
 @dataclass(frozen=True)
@@ -39,6 +59,8 @@ class Device:
     weights_bytes: int
     kv_cache_bytes: int
     buffers_bytes: int
+    expert_bytes: int = 0  # of weights_bytes: routed-expert tensors (MoE)
+    bandwidth_gb_s: float = 0.0  # memory bandwidth of this device (data sheet / profile)
 
     @property
     def used_bytes(self) -> int:
@@ -48,22 +70,39 @@ class Device:
     def free_bytes(self) -> int:
         return self.capacity_bytes - self.used_bytes
 
+    def as_json(self) -> dict[str, Any]:
+        return {"name": self.name, "capacity_bytes": self.capacity_bytes,
+                "weights_bytes": self.weights_bytes, "kv_cache_bytes": self.kv_cache_bytes,
+                "buffers_bytes": self.buffers_bytes, "free_bytes": self.free_bytes}
+
 
 @dataclass(frozen=True)
 class Placement:
     fits: bool
-    devices: tuple[Device, ...]
-    context: int
+    devices: tuple[Device, ...]  # one per GPU, then "CPU RAM" (always last)
+    context: int  # tokens per sequence (per llama.cpp slot)
     kv_bytes_per_token: int
     gpu_layers: int  # llama.cpp --n-gpu-layers (repeating layers + output)
     cpu_moe_layers: int  # llama.cpp --n-cpu-moe: layers whose experts stay in RAM
     cpu_offload_bytes: int  # vLLM --cpu-offload-gb (whole GiB, per GPU)
     missing_bytes: int  # how much more memory it would need; 0 if it fits
     warnings: tuple[str, ...] = ()
+    parallel: int = 1  # sequences (llama.cpp slots, vLLM max_num_seqs, Ollama NUM_PARALLEL)
+    kv_bytes_per_sequence: int = 0  # one sequence at the full context
+    max_concurrency: float | None = None  # vLLM: sequences at full context its KV pool holds
+    tensor_parallel: bool = False  # vLLM: every GPU holds a shard and works on every token
+
+    @property
+    def gpus(self) -> tuple[Device, ...]:
+        return self.devices[:-1]
+
+    @property
+    def ram(self) -> Device:
+        return self.devices[-1]
 
 
 def kv_bytes_per_token(spec: Spec) -> int:
-    """KV cache bytes for one token of context, over all layers."""
+    """KV cache bytes for one token of context, over all layers (full-attention view)."""
     m = spec.model
     k_size = KV_BYTES_PER_ELEMENT.get(spec.profile.model.kv_cache_k, 2.0)
     v_size = KV_BYTES_PER_ELEMENT.get(spec.profile.model.kv_cache_value, 2.0)
@@ -75,6 +114,7 @@ def kv_bytes_per_token(spec: Spec) -> int:
 
 
 def kv_cache_bytes(spec: Spec, context: int) -> int:
+    """KV cache of one sequence holding ``context`` tokens."""
     m = spec.model
     per_token = kv_bytes_per_token(spec)
     if m.attention == "gqa-sliding" and m.sliding_window and m.sliding_window_layers:
@@ -86,91 +126,218 @@ def kv_cache_bytes(spec: Spec, context: int) -> int:
     return per_token * context
 
 
+@dataclass(frozen=True)
+class WeightSplit:
+    """The weight file split the way offload flags move it (per layer, dense vs experts)."""
+
+    total: int
+    expert_total: float  # routed-expert tensors, spread over the repeating layers
+    dense_per_layer: float  # attention, norms, shared experts; "+1" layer: embeddings/output
+    expert_per_layer: float
+    layers: int
+
+    @classmethod
+    def of(cls, spec: Spec) -> WeightSplit:
+        m = spec.model
+        total = spec.quant.bytes
+        experts = total * m.expert_params_fraction if m.is_moe else 0.0
+        return cls(total, experts, (total - experts) / (m.layers + 1),
+                   experts / m.layers, m.layers)
+
+
 def fit(spec: Spec, context: int | None = None) -> Placement:
     p = spec.profile
-    m = spec.model
     ctx = context or p.model.context
+    if p.runtime.engine == "vllm":
+        return _fit_vllm(spec, ctx)
+    return _fit_layers(spec, ctx)
+
+
+def _gpu_names(spec: Spec) -> list[tuple[GpuGroup, str]]:
+    out: list[tuple[GpuGroup, str]] = []
+    for group in spec.gpus:
+        for _ in range(group.count):
+            out.append((group, f"GPU{len(out)} {group.spec.name}"))
+    return out
+
+
+def _ram_capacity(spec: Spec) -> int:
+    return max(spec.profile.hardware.ram - RAM_RESERVE, 0)
+
+
+def _ram_device(spec: Spec, weights: int, experts: int, kv: int, buffers: int) -> Device:
+    return Device("CPU RAM", _ram_capacity(spec), weights, kv, buffers, experts,
+                  spec.profile.hardware.memory.bandwidth())
+
+
+def _fit_layers(spec: Spec, ctx: int) -> Placement:
+    """llama.cpp and Ollama: whole layers (or a layer's experts) live on one device."""
+    p = spec.profile
+    m = spec.model
+    w = WeightSplit.of(spec)
     slots = p.runtime.parallel
-    weights = spec.quant.bytes
-    kv_total = kv_cache_bytes(spec, ctx) * slots
-    per_layer = weights / (m.layers + 1)  # +1: embeddings and output head
-    expert_per_layer = per_layer * m.expert_params_fraction
-    ram_capacity = max(p.hardware.ram - RAM_RESERVE, 0)
+    kv_seq = kv_cache_bytes(spec, ctx)
+    kv_total = kv_seq * slots
+    kv_per_layer = kv_total / m.layers
+    gpus = _gpu_names(spec)
+    gpu_buffer = _llama_gpu_buffer(spec, ctx * slots)
 
-    if not spec.gpus:
-        need = weights + kv_total
-        return _placement(spec, ctx, gpu=None, gpu_weights=0, gpu_kv=0, cpu_weights=weights,
-                          cpu_kv=kv_total, ram_capacity=ram_capacity, gpu_layers=0,
-                          cpu_moe=0, offload=0, missing=max(need - ram_capacity, 0))
+    if not gpus:
+        buffers = int(_mem("llama_cpp_cpu_compute_buffer_mib") * MIB)
+        ram = _ram_device(spec, w.total, int(w.expert_total), kv_total, buffers)
+        missing = max(ram.used_bytes - ram.capacity_bytes, 0)
+        return _placement(spec, ctx, (ram,), gpu_layers=0, cpu_moe=0, offload=0, missing=missing,
+                          kv_seq=kv_seq)
 
-    # vLLM takes exactly its --gpu-memory-utilization share of each GPU; the others
-    # take what they need, and we keep a margin.
-    share = (p.runtime.gpu_memory_utilization or VLLM_DEFAULT_UTILIZATION) if p.runtime.engine == "vllm" \
-        else 1 - GPU_MARGIN_FRACTION
-    usable = sum(int(g.spec.vram * share) * g.count for g in spec.gpus)
-    budget = usable - GPU_RUNTIME_OVERHEAD * spec.gpu_count - kv_total
+    usable = sum(int(g.spec.vram * (1 - GPU_MARGIN_FRACTION)) for g, _ in gpus)
+    budget = usable - gpu_buffer * len(gpus)
+
+    def gpu_need(gpu_layers: int, cpu_moe: int) -> float:
+        repeating = min(gpu_layers, m.layers)
+        dense = w.dense_per_layer * gpu_layers
+        experts = w.expert_per_layer * max(repeating - max(cpu_moe - (m.layers - repeating), 0), 0)
+        return dense + experts + kv_per_layer * repeating
+
     explicit = p.runtime.offload if isinstance(p.runtime.offload, Offload) else None
     gpu_layers = m.layers + 1
     cpu_moe = 0
-    offload = 0
-    on_cpu = 0.0
     if explicit is not None:
-        if explicit.gpu_layers is not None:
-            gpu_layers = explicit.gpu_layers
-        if explicit.cpu_moe_layers is not None:
-            cpu_moe = explicit.cpu_moe_layers
-        if explicit.cpu_offload is not None:
-            offload = explicit.cpu_offload
-        on_cpu = ((m.layers + 1 - gpu_layers) * per_layer + cpu_moe * expert_per_layer
-                  + offload * spec.gpu_count)
-    elif weights > budget:
-        excess = weights - budget
-        if p.runtime.engine == "vllm":
-            # --cpu-offload-gb is per GPU: each tensor-parallel rank offloads that much.
-            offload = _ceil_gib(excess / spec.gpu_count)
-            on_cpu = offload * spec.gpu_count
-        elif m.is_moe and expert_per_layer > 0 and p.runtime.engine == "llama.cpp":
-            cpu_moe = min(m.layers, -(-int(excess) // int(expert_per_layer)))
-            on_cpu = cpu_moe * expert_per_layer
-            if cpu_moe == m.layers and on_cpu < excess:
-                gpu_layers = _layers_fitting(m.layers, per_layer - expert_per_layer,
-                                             budget - (weights - on_cpu))
-                on_cpu += (m.layers + 1 - gpu_layers) * (per_layer - expert_per_layer)
-        else:
-            gpu_layers = _layers_fitting(m.layers, per_layer, budget)
-            on_cpu = (m.layers + 1 - gpu_layers) * per_layer
-    on_cpu = min(on_cpu, weights)
-    gpu_weights = int(weights - on_cpu)
-    missing = max(gpu_weights - budget, 0) + max(int(on_cpu) - ram_capacity, 0)
-    return _placement(spec, ctx, gpu=usable, gpu_weights=gpu_weights, gpu_kv=kv_total,
-                      cpu_weights=int(on_cpu), cpu_kv=0, ram_capacity=ram_capacity,
-                      gpu_layers=gpu_layers, cpu_moe=cpu_moe, offload=offload, missing=missing)
+        gpu_layers = min(explicit.gpu_layers if explicit.gpu_layers is not None else m.layers + 1,
+                         m.layers + 1)
+        cpu_moe = min(explicit.cpu_moe_layers or 0, m.layers)
+    elif gpu_need(gpu_layers, 0) > budget:
+        if m.is_moe and p.runtime.engine == "llama.cpp" and w.expert_per_layer > 0:
+            excess = gpu_need(gpu_layers, 0) - budget
+            cpu_moe = min(m.layers, math.ceil(excess / w.expert_per_layer))
+        while gpu_layers > 0 and gpu_need(gpu_layers, cpu_moe) > budget:
+            gpu_layers -= 1
+    # Layers not on the GPU are the first ones (llama.cpp offloads the last n); --n-cpu-moe
+    # counts from the first layer too, so the two overlap on the CPU layers.
+    repeating_gpu = min(gpu_layers, m.layers)
+    cpu_only_layers = m.layers - repeating_gpu
+    moe_on_cpu_of_gpu_layers = max(cpu_moe - cpu_only_layers, 0)
+    gpu_experts = w.expert_per_layer * (repeating_gpu - moe_on_cpu_of_gpu_layers)
+    gpu_dense = w.dense_per_layer * gpu_layers
+    gpu_weights = int(gpu_dense + gpu_experts)
+    gpu_kv = int(kv_per_layer * repeating_gpu)
+    cpu_weights = w.total - gpu_weights
+    cpu_experts = int(w.expert_total - gpu_experts)
+    cpu_kv = kv_total - gpu_kv
+
+    devices: list[Device] = []
+    vram_total = sum(g.spec.vram for g, _ in gpus)
+    for group, name in gpus:
+        share = group.spec.vram / vram_total  # llama.cpp's default split: by free memory
+        devices.append(Device(name, int(group.spec.vram * (1 - GPU_MARGIN_FRACTION)),
+                              int(gpu_weights * share), int(gpu_kv * share), gpu_buffer,
+                              int(gpu_experts * share), group.spec.memory_bandwidth_gb_s))
+    host_buffer = int(_mem("llama_cpp_host_buffer_mib") * MIB) if cpu_weights else 0
+    ram = _ram_device(spec, cpu_weights, cpu_experts, cpu_kv, host_buffer)
+    devices.append(ram)
+    missing = (max(int(gpu_need(gpu_layers, cpu_moe)) - budget, 0)
+               + max(ram.used_bytes - ram.capacity_bytes, 0))
+    return _placement(spec, ctx, tuple(devices), gpu_layers=gpu_layers, cpu_moe=cpu_moe,
+                      offload=0, missing=missing, kv_seq=kv_seq)
 
 
-def _layers_fitting(layers: int, per_layer: float, budget: float) -> int:
-    if per_layer <= 0:
-        return layers + 1
-    return max(0, min(layers + 1, int(budget // per_layer)))
+def _llama_gpu_buffer(spec: Spec, total_ctx: int) -> int:
+    """CUDA context + llama.cpp compute buffer on each GPU."""
+    mib = _mem("cuda_context_mib") + _mem("llama_cpp_compute_buffer_mib")
+    if spec.profile.runtime.flash_attention == "off":
+        mib += _mem("llama_cpp_no_fa_buffer_mib_per_1k_context") * total_ctx / 1024
+    return int(mib * MIB)
+
+
+def vllm_overhead(spec: Spec) -> int:
+    """Per GPU, besides weights and KV cache: activations, CUDA graphs, NCCL."""
+    mib = _mem("vllm_overhead_mib")
+    if spec.model.is_moe:
+        mib += _mem("vllm_moe_extra_mib")
+    if spec.gpu_count > 1:
+        mib += _mem("vllm_tp_extra_mib")
+    return int(mib * MIB)
+
+
+def _fit_vllm(spec: Spec, ctx: int) -> Placement:
+    """vLLM: tensor parallel over all GPUs, a fixed share of each, KV pool = the rest."""
+    p = spec.profile
+    m = spec.model
+    gpus = _gpu_names(spec)
+    n = len(gpus)
+    util = p.runtime.gpu_memory_utilization or VLLM_DEFAULT_UTILIZATION
+    # KV heads are split over the ranks; with fewer KV heads than GPUs they are replicated.
+    replicas = max(1.0, n / m.kv_heads) if m.attention != "mla" else float(n)
+    kv_seq = kv_cache_bytes(spec, ctx)
+    kv_seq_gpu = int(kv_seq * replicas / n)
+    # Conservative: the full context for every sequence (vLLM pages the cache on
+    # demand, so short requests need less).
+    kv_need_gpu = kv_seq_gpu * p.runtime.parallel
+    overhead = vllm_overhead(spec)
+    weights_gpu = spec.quant.bytes / n
+    smallest = min(int(g.spec.vram * util) for g, _ in gpus)
+    explicit = p.runtime.offload if isinstance(p.runtime.offload, Offload) else None
+    if explicit is not None and explicit.cpu_offload is not None:
+        offload = explicit.cpu_offload
+    else:
+        deficit = weights_gpu + overhead + kv_need_gpu - smallest
+        offload = _ceil_gib(deficit) if deficit > 0 else 0
+    resident = int(max(weights_gpu - offload, 0))
+    devices: list[Device] = []
+    pool = 0
+    missing = 0
+    for group, name in gpus:
+        capacity = int(group.spec.vram * util)
+        pool = capacity - resident - overhead
+        missing = max(missing, resident + overhead + kv_need_gpu - capacity)
+        devices.append(Device(name, capacity, resident, kv_need_gpu, overhead,
+                              int(resident * m.expert_params_fraction),
+                              group.spec.memory_bandwidth_gb_s))
+    ram_weights = int(offload * n * _mem("vllm_cpu_offload_ram_factor"))
+    ram = _ram_device(spec, ram_weights, int(ram_weights * m.expert_params_fraction), 0, 0)
+    devices.append(ram)
+    missing = missing * n + max(ram.used_bytes - ram.capacity_bytes, 0)
+    if offload > weights_gpu:
+        missing = max(missing, int(offload - weights_gpu))
+    concurrency = pool / kv_seq_gpu if kv_seq_gpu else None
+    return _placement(spec, ctx, tuple(devices), gpu_layers=m.layers + 1, cpu_moe=0,
+                      offload=offload, missing=missing, kv_seq=kv_seq,
+                      concurrency=concurrency, tensor_parallel=True)
 
 
 def _ceil_gib(num_bytes: float) -> int:
-    gib = 2**30
-    return int(-(-num_bytes // gib)) * gib
+    return int(-(-num_bytes // GIB)) * GIB
 
 
-def _placement(spec: Spec, ctx: int, *, gpu: int | None, gpu_weights: int, gpu_kv: int,
-               cpu_weights: int, cpu_kv: int, ram_capacity: int, gpu_layers: int,
-               cpu_moe: int, offload: int, missing: int) -> Placement:
-    devices: list[Device] = []
-    if gpu is not None:
-        names = " + ".join(f"{g.count}x {g.spec.name}" for g in spec.gpus)
-        devices.append(Device(names, gpu, gpu_weights, gpu_kv,
-                              GPU_RUNTIME_OVERHEAD * spec.gpu_count))
-    devices.append(Device("CPU RAM", ram_capacity, cpu_weights, cpu_kv, 0))
+def _placement(spec: Spec, ctx: int, devices: tuple[Device, ...], *, gpu_layers: int,
+               cpu_moe: int, offload: int, missing: int, kv_seq: int,
+               concurrency: float | None = None, tensor_parallel: bool = False) -> Placement:
+    p = spec.profile
     warnings: list[str] = []
-    if spec.profile.model.kv_cache_value in {"q4_0", "q4_1", "iq4_nl"}:
-        warnings.append("a 4-bit KV cache degrades long reasoning; prefer q8_0 or f16")
-    return Placement(fits=missing == 0, devices=tuple(devices), context=ctx,
+    kv_k, kv_v = p.model.kv_cache_k, p.model.kv_cache_value
+    if kv_v in {"q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1"} or kv_k in {"q4_0", "q4_1", "iq4_nl"}:
+        warnings.append("a 4-bit KV cache degrades long reasoning and long-context recall; "
+                        "prefer q8_0 or f16")
+    elif (kv_k not in _UNQUANTISED_KV or kv_v not in _UNQUANTISED_KV) and p.model.mode == "thinking":
+        warnings.append(f"quantised KV cache ({kv_k}/{kv_v}) in thinking mode: small but measurable "
+                        "quality loss on long reasoning chains; f16 is the safe choice")
+    if spec.gpus and gpu_layers < spec.model.layers + 1:
+        warnings.append(f"only {gpu_layers} of {spec.model.layers + 1} layers on the GPU: "
+                        "the rest (attention included) runs on the CPU, which is slow")
+    if offload:
+        warnings.append(f"--cpu-offload-gb {offload // GIB}: vLLM streams these weights over PCIe "
+                        "on every step; expect a large slowdown")
+    if p.runtime.engine == "vllm" and p.runtime.parallel > 1:
+        warnings.append(f"KV cache reserved for the full context of each of {p.runtime.parallel} "
+                        "sequences (conservative: vLLM pages it on demand)")
+    if concurrency is not None and concurrency < p.runtime.parallel and not missing:
+        warnings.append(f"vLLM's KV pool holds {concurrency:.1f} sequences at {ctx} tokens, "
+                        f"fewer than max_num_seqs {p.runtime.parallel}")
+    if spec.gpus and not tensor_parallel and spec.gpu_count > 1:
+        warnings.append("llama.cpp splits layers over the GPUs: they take turns on each token, "
+                        "so decode runs at one GPU's bandwidth (set CUDA_DEVICE_ORDER=PCI_BUS_ID)")
+    return Placement(fits=missing <= 0, devices=devices, context=ctx,
                      kv_bytes_per_token=kv_bytes_per_token(spec), gpu_layers=gpu_layers,
-                     cpu_moe_layers=cpu_moe, cpu_offload_bytes=offload, missing_bytes=missing,
-                     warnings=tuple(warnings))
+                     cpu_moe_layers=cpu_moe, cpu_offload_bytes=offload,
+                     missing_bytes=max(int(missing), 0), warnings=tuple(warnings),
+                     parallel=p.runtime.parallel, kv_bytes_per_sequence=kv_seq,
+                     max_concurrency=concurrency, tensor_parallel=tensor_parallel)

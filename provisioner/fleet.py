@@ -12,6 +12,7 @@ from provisioner.engine import HostResult, apply_plan, plan_host
 from provisioner.errors import Problem, ProvisionError
 from provisioner.inventory import Host
 from provisioner.pipeline import Built, build
+from provisioner.render import render
 from provisioner.transport import Transport
 
 
@@ -91,7 +92,8 @@ def _converge(target: Target, built: Built, options: RunOptions) -> Outcome:
     try:
         transport = target.transport_factory()
         plan, gathered = plan_host(built.rendered, transport, service=built.spec.profile.service.name,
-                                   restart=options.restart)
+                                   restart=options.restart,
+                                   rerender=lambda facts: render(built.spec, built.placement, facts))
         if not options.apply:
             return Outcome(target.name, HostResult(target.name, plan, gathered), None)
         result = apply_plan(plan, gathered, transport, profile_name=built.spec.profile.metadata.name,

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from provisioner.errors import ProvisionError, UsageError
-from provisioner.facts import STATE_DIR, Gathered, PathState
+from provisioner.facts import Gathered, PathState, visible
 from provisioner.resources import File, Rendered
 
 
@@ -40,8 +40,8 @@ class Generation:
                 "changes": self.manifest.get("changes", [])}
 
 
-def generations_script(root: str) -> str:
-    state = shlex.quote(root + STATE_DIR)
+def generations_script(state_dir: str) -> str:
+    state = shlex.quote(state_dir)
     return f"""set -u
 state={state}
 last=$(cat "$state/last" 2>/dev/null || echo 0)
@@ -71,14 +71,16 @@ def parse_generations(output: str) -> tuple[int, list[Generation]]:
     return last, sorted(found, key=lambda g: g.number)
 
 
-def backup_path(generation: int, path: str) -> str:
-    return f"{STATE_DIR}/generations/{generation}/backup{path}"
+def backup_path(state_dir: str, generation: int, path: str) -> str:
+    """Where generation N keeps the file it replaced at ``path`` (a host path)."""
+    return f"{state_dir}/generations/{generation}/backup{path}"
 
 
-def rollback_reads(generations: list[Generation], target: int) -> list[str]:
-    """The paths the rollback gather must read: current files and backups."""
+def rollback_reads(generations: list[Generation], target: int, state_dir: str) -> tuple[list[str], list[str]]:
+    """What the rollback gather reads: managed paths, and backups (host paths)."""
     later = [g for g in generations if g.number > target]
     paths: set[str] = set()
+    backups: set[str] = set()
     for gen in generations:
         if gen.number == target or gen.number == generations[-1].number:
             paths.update(gen.manifest.get("files", {}))
@@ -86,8 +88,8 @@ def rollback_reads(generations: list[Generation], target: int) -> list[str]:
         for change in gen.manifest.get("changes", []):
             paths.add(change["path"])
             if change.get("old"):
-                paths.add(backup_path(gen.number, change["path"]))
-    return sorted(paths)
+                backups.add(backup_path(state_dir, gen.number, change["path"]))
+    return sorted(paths), sorted(backups)
 
 
 def choose_target(last: int, generations: list[Generation], to: int | None) -> int:
@@ -107,7 +109,8 @@ def choose_target(last: int, generations: list[Generation], to: int | None) -> i
     return target
 
 
-def rollback_rendered(generations: list[Generation], target: int, gathered: Gathered) -> Rendered:
+def rollback_rendered(generations: list[Generation], target: int, gathered: Gathered, state_dir: str,
+                      root: str) -> Rendered:
     """The desired state that equals generation ``target``."""
     by_number = {g.number: g for g in generations}
     target_files: dict[str, Any] = by_number[target].manifest["files"] if target else {}
@@ -122,7 +125,7 @@ def rollback_rendered(generations: list[Generation], target: int, gathered: Gath
             number, old = earliest_old[path]
             if old is None:
                 continue  # created after the target: it goes
-            content = _content(gathered, backup_path(number, path))
+            content = _content(gathered, visible(backup_path(state_dir, number, path), root))
             mode, owner, group = old["mode"], old["owner"], old["group"]
         else:
             assert meta is not None

@@ -147,9 +147,18 @@ def context(spec: Spec, placement: Placement) -> dict[str, Any]:
     }
 
 
-def render(spec: Spec, placement: Placement) -> Rendered:
-    """All managed files for this profile, byte for byte."""
+def profile_facts(spec: Spec) -> dict[str, str]:
+    """The facts a host would report, taken from the profile (render without a host)."""
+    hardware = spec.profile.hardware
+    return {"mem_total_kb": str(hardware.ram // 1024), "cpus": str(hardware.cpu.cores)}
+
+
+def render(spec: Spec, placement: Placement, facts: dict[str, str] | None = None) -> Rendered:
+    """All managed files for this profile, byte for byte.
+
+    ``facts`` are the host's (from gathering), else the profile's hardware."""
     ctx = context(spec, placement)
+    ctx["facts"] = {**profile_facts(spec), **(facts or {})}
     env = _environment(str(data_dir("templates")))
     files: list[File] = []
     for entry in manifest():
@@ -185,7 +194,9 @@ def _render_one(env: SandboxedEnvironment, template: str, entry: dict[str, Any],
 
 
 def _user_files(spec: Spec, ctx: dict[str, Any]) -> list[File]:
-    """The profile's own templates: the same sandbox, the same context."""
+    """The profile's own templates: the same sandbox and context, plus the facts
+    and the profile's ``vars`` as top-level names (as Ansible users expect)."""
+    ctx = {**ctx, **ctx["facts"], **getattr(spec.profile, "vars", {})}
     out: list[File] = []
     base = spec.loaded.base_dir
     for extra in spec.profile.files:

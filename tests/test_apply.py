@@ -132,7 +132,7 @@ def _steps(profile: Path, root: Path) -> int:
     built = build(profile)
     transport = LocalTransport(root)
     plan, gathered = plan_host(built.rendered, transport, service="llm-server")
-    script = apply_script(ApplyInputs(plan, transport.root, gathered.last_generation + 1,
+    script = apply_script(ApplyInputs(plan, transport.root, transport.state_dir, gathered.last_generation + 1,
                                       gathered.last_generation, "t", "now"))
     return sum(1 for line in script.splitlines() if line.startswith("fp "))
 

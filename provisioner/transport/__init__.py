@@ -18,5 +18,6 @@ class Transport(Protocol):
 
     name: str
     root: str  # "" for the real /, else the tree managed as /
+    state_dir: str  # provision's state (lock, generations) as a path on the host
 
     def run(self, script: str, env: dict[str, str] | None = None) -> Completed: ...

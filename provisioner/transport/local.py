@@ -7,11 +7,12 @@ import subprocess
 from pathlib import Path
 
 from provisioner.errors import UsageError
+from provisioner.facts import STATE_DIR
 from provisioner.transport import Completed
 
 
 class LocalTransport:
-    def __init__(self, root: Path | None = None) -> None:
+    def __init__(self, root: Path | None = None, state_dir: str | None = None) -> None:
         self.name = "local"
         if root is None:
             self.root = ""
@@ -22,6 +23,7 @@ class LocalTransport:
             if resolved.exists() and not resolved.is_dir():
                 raise UsageError(f"--root {root} is not a folder")
             self.root = str(resolved)
+        self.state_dir = state_dir or self.root + STATE_DIR
 
     def run(self, script: str, env: dict[str, str] | None = None) -> Completed:
         if self.root:

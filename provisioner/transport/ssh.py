@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from provisioner.errors import ProvisionError
+from provisioner.facts import STATE_DIR
 from provisioner.transport import Completed
 
 
@@ -28,6 +29,7 @@ class SshTarget:
     user: str | None = None
     key: str | None = None
     root: str = ""  # manage this tree on the host instead of /
+    state_dir: str | None = None  # default: <root>/var/lib/provision
     jump: str | None = None
     become: bool = False
     known_hosts: str | None = None  # default: ~/.ssh/known_hosts
@@ -63,6 +65,7 @@ class SshTransport:
         self.target = target
         self.name = target.name
         self.root = target.root
+        self.state_dir = target.state_dir or target.root + STATE_DIR
         self._connection: Any = None
 
     def _connect(self) -> Any:

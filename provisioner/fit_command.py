@@ -1,0 +1,95 @@
+"""`provision fit`: the placement table, the flags chosen, predicted speed, what would fit.
+
+Works on profiles that do NOT fit (that is its point), so it never goes through
+pipeline.build(), which refuses them. Errors in the profile raise ProvisionError;
+cli.py turns them into exit 1.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from provisioner.engine_args import engine_command
+from provisioner.errors import UsageError
+from provisioner.fit import Placement, fit
+from provisioner.fit_suggest import suggestions
+from provisioner.loader import load_profile
+from provisioner.predict import Prediction, predict
+from provisioner.render import model_path
+from provisioner.report import envelope, print_json, print_table, say
+from provisioner.resolve import Spec, resolve
+from provisioner.units import format_size
+
+
+def flags(spec: Spec, placement: Placement) -> dict[str, Any]:
+    """The engine's flags (and environment) as fit chose them: flag -> value."""
+    command = engine_command(spec, placement, model_path(spec))
+    out: dict[str, Any] = {}
+    for arg in command.args:
+        if not arg.words or not arg.words[0].startswith("-"):
+            continue
+        value: Any = True if len(arg.words) == 1 else " ".join(arg.words[1:])
+        out[arg.words[0]] = value
+    out.update(command.env)
+    return out
+
+
+def fit_command(profile: Path, context: int | None, as_json: bool, ignore_fit: bool = False) -> int:
+    """Exit 0 if the profile fits (or ignore_fit), 2 if it does not."""
+    spec = resolve(load_profile(profile))
+    if context is not None and context > spec.model.max_context:
+        raise UsageError(f"--context {context} exceeds {spec.model.name}'s maximum of "
+                         f"{spec.model.max_context}", hint=f"use at most {spec.model.max_context}")
+    placement = fit(spec, context)
+    speed = predict(spec, placement)
+    chosen = flags(spec, placement)
+    hints = suggestions(spec, placement)
+    code = 0 if placement.fits or ignore_fit else 2
+    if as_json:
+        print_json(envelope(
+            "fit", True, None, fits=placement.fits,
+            devices=[d.as_json() for d in placement.devices],
+            kv_bytes_per_token=placement.kv_bytes_per_token, context=placement.context,
+            parallel=placement.parallel, missing_bytes=placement.missing_bytes,
+            max_concurrency=(round(placement.max_concurrency, 2)
+                             if placement.max_concurrency is not None else None),
+            flags=chosen, **speed.as_json(), decode_ms=speed.decode_ms,
+            warnings=list(placement.warnings), suggestions=hints))
+        return code
+    _human(spec, placement, speed, chosen, hints)
+    return code
+
+
+def _gib(num: int) -> str:
+    return format_size(num)
+
+
+def _human(spec: Spec, placement: Placement, speed: Prediction, chosen: dict[str, Any],
+           hints: list[dict[str, Any]]) -> None:
+    p = spec.profile
+    print_table(f"{p.metadata.name}: {spec.model.name} {p.model.quant}, {p.runtime.engine} "
+                f"{p.runtime.version}, {placement.context} tokens x {placement.parallel}",
+                ["device", "capacity", "weights", "KV cache", "buffers", "free"],
+                [[d.name, _gib(d.capacity_bytes), _gib(d.weights_bytes), _gib(d.kv_cache_bytes),
+                  _gib(d.buffers_bytes), _gib(d.free_bytes)] for d in placement.devices])
+    say(f"KV cache: {placement.kv_bytes_per_token} bytes per token, "
+        f"{_gib(placement.kv_bytes_per_sequence)} per sequence at {placement.context} tokens")
+    if placement.max_concurrency is not None:
+        say(f"vLLM KV pool: room for {placement.max_concurrency:.1f} sequences at full context")
+    say("flags: " + " ".join(f"{k}" if v is True else f"{k}={v}" for k, v in chosen.items()
+                             if k.startswith("-") and k not in {"--override-generation-config"}))
+    say(f"predicted: {speed.decode_tokens_per_s:.1f} tok/s decode (short prompt), "
+        f"{speed.decode_tokens_per_s_at_context:.1f} tok/s with {placement.context} tokens cached, "
+        f"{speed.prefill_tokens_per_s:.0f} tok/s prefill; bottleneck: {speed.bottleneck}")
+    for warning in placement.warnings:
+        say(f"warning: {warning}")
+    if placement.fits:
+        say("fits")
+        return
+    say(f"does NOT fit: {_gib(placement.missing_bytes)} missing")
+    if not hints:
+        say("no single change in the catalog makes it fit: more VRAM or RAM is needed")
+    for hint in hints:
+        note = f" ({hint['note']})" if "note" in hint else ""
+        say(f"  would fit: {hint['change']} -> {hint['decode_tokens_per_s']} tok/s{note}")
