@@ -399,3 +399,33 @@ def rollback(root: Path | None, to: int | None, yes: bool, as_json: bool) -> int
         say(f"{transport.name}: rolled back to generation {target}"
             + (f" (recorded as generation {result.generation})" if result.generation else ""))
     return EXIT_OK
+
+
+@main.command()
+@click.argument("profile", type=click.Path(path_type=Path))
+@click.option("--context", type=click.IntRange(256, 10_000_000), default=None,
+              help="Fit at this context instead of the profile's.")
+@json_option
+@ignore_fit_option
+@handle_errors("fit")
+def fit(profile: Path, context: int | None, as_json: bool, ignore_fit: bool) -> int:
+    """Where every byte goes and how fast it will run.
+
+    Prints the placement per device (weights, KV cache, buffers, free) for each
+    GPU and for system RAM, the engine flags chosen (the same ones the run
+    script states), and the predicted decode speed (short prompt, and with the
+    cache filled to the context) and prefill speed, with the bottleneck. When
+    the model does not fit, says how much is missing and the cheapest changes
+    that would fit (smaller quant, shorter context, fewer slots, experts on the
+    CPU, quantised KV cache, another engine), each checked.
+
+    Exit codes: 0 fits, 2 does not fit, 1 bad input.
+
+    \b
+    Example:
+      provision fit examples/quickstart.yaml
+      provision fit profiles/rtx-3090-gpt-oss-120b-llamacpp.yaml --context 65536 --json
+    """
+    from provisioner.fit_command import fit_command
+
+    return fit_command(profile, context, as_json, ignore_fit)

@@ -54,7 +54,8 @@ def ssh_target(host: Host, profile: Path, *, accept_new_host_key: bool, known_ho
     from provisioner.transport.ssh import SshTarget, SshTransport
 
     spec = SshTarget(name=host.name, address=host.address, port=host.port, user=host.user, key=host.key,
-                     root=root if root is not None else host.root, jump=jump or host.jump,
+                     root=root if root is not None else host.root, state_dir=host.state_dir,
+                     jump=jump or host.jump,
                      become=become or host.become, known_hosts=known_hosts,
                      accept_new_host_key=accept_new_host_key, connect_timeout=connect_timeout)
     return Target(host.name, profile, lambda: SshTransport(spec))

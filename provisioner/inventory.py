@@ -24,10 +24,11 @@ from typing import Any
 from provisioner.errors import ProfileError, UsageError
 from provisioner.yamlread import load_yaml, read_text
 
-_HOST_KEYS = {"address", "port", "user", "key", "profile", "root", "become", "jump"}
+_HOST_KEYS = {"address", "port", "user", "key", "profile", "root", "state_dir", "become", "jump"}
 _ANSIBLE = {"ansible_host": "address", "ansible_port": "port", "ansible_user": "user",
             "ansible_ssh_private_key_file": "key", "ansible_become": "become",
-            "provision_profile": "profile", "provision_root": "root", "provision_jump": "jump"}
+            "provision_profile": "profile", "provision_root": "root", "provision_jump": "jump",
+            "provision_state_dir": "state_dir"}
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class Host:
     key: str | None = None
     profile: str | None = None  # a path (relative to the inventory) or a library name
     root: str = ""
+    state_dir: str | None = None  # default: <root>/var/lib/provision
     become: bool = False
     jump: str | None = None
     groups: tuple[str, ...] = field(default_factory=tuple)
@@ -72,7 +74,7 @@ def _host(name: str, values: dict[str, Any], groups: tuple[str, ...], label: str
     become = values.get("become", False)
     return Host(name=name, address=str(values.get("address") or name), port=port,
                 user=values.get("user"), key=values.get("key"), profile=values.get("profile"),
-                root=str(values.get("root") or ""), become=become in (True, "true", "yes", "True"),
+                root=str(values.get("root") or ""), state_dir=values.get("state_dir"), become=become in (True, "true", "yes", "True"),
                 jump=values.get("jump"), groups=groups)
 
 

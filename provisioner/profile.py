@@ -376,6 +376,11 @@ class Profile(_Model):
     service: Service = Service()
     files: list[ExtraFile] = []
     handlers: dict[Name, Handler] = {}
+    # false: install only the profile's own `files:` (provision as a plain,
+    # transactional file deployer; the model sections are still checked).
+    builtin_files: bool = True
+    # Variables for the profile's own templates (files:), as top-level names.
+    vars: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")], Any] = {}
     verify: Verify = Verify()
     # files[].notify naming an undefined handler is checked in resolve.py, where the
     # problem can point at the name itself

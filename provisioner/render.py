@@ -161,7 +161,7 @@ def render(spec: Spec, placement: Placement, facts: dict[str, str] | None = None
     ctx["facts"] = {**profile_facts(spec), **(facts or {})}
     env = _environment(str(data_dir("templates")))
     files: list[File] = []
-    for entry in manifest():
+    for entry in manifest() if spec.profile.builtin_files else []:
         when = entry.get("when")
         if when and not env.compile_expression(when)(**ctx):
             continue
@@ -196,7 +196,7 @@ def _render_one(env: SandboxedEnvironment, template: str, entry: dict[str, Any],
 def _user_files(spec: Spec, ctx: dict[str, Any]) -> list[File]:
     """The profile's own templates: the same sandbox and context, plus the facts
     and the profile's ``vars`` as top-level names (as Ansible users expect)."""
-    ctx = {**ctx, **ctx["facts"], **getattr(spec.profile, "vars", {})}
+    ctx = {**ctx, **ctx["facts"], **spec.profile.vars}
     out: list[File] = []
     base = spec.loaded.base_dir
     for extra in spec.profile.files:

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Adapter for ../shared/bench-peers (see its README for the contract):
+#   adapter.sh install | version | apply N VARS | check N VARS | reset
+# The workload is expressed as a user would: a profile whose `files:` are the
+# fixture templates, `vars:` the fixture variables, one custom handler that
+# every file notifies, and an inventory of N hosts, each with its target root.
+# `builtin_files: false` keeps provision's own LLM files out of the bench tree,
+# and each host's state dir sits beside its root so check.sh sees only the 7 files.
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+REPO=$(cd "$HERE/../../.." && pwd)
+W=${BENCH_WORK:?}/provision
+VENV=$BENCH_WORK/venv-provision
+
+write_inputs() {  # write_inputs N VARS -> $W/profile.yaml and $W/inventory.yaml
+  local n=$1 vars=$2
+  mkdir -p "$W"
+  rm -rf "$W/templates" && cp -r "${BENCH_FIXTURES:?}/templates" "$W/templates"
+  "$VENV/bin/python" - "$vars" "$BENCH_FIXTURES/manifest.yml" "$W/profile.yaml" <<'PY'
+import sys, yaml
+variables = yaml.safe_load(open(sys.argv[1]))
+manifest = yaml.safe_load(open(sys.argv[2]))
+profile = {
+    "apiVersion": "provision/v1", "kind": "MachineProfile",
+    "metadata": {"name": "bench", "description": "bench-peers workload: 7 templated files"},
+    # The model sections are validated as always; nothing of them is installed.
+    "hardware": {"gpus": [], "ram": "64GiB", "memory": {"type": "ddr5-5600", "channels": 2},
+                 "cpu": {"cores": 8}},
+    "model": {"id": "llama-3.1-8b", "quant": "Q4_K_M", "context": 8192,
+              "source": {"files": [{"path": "/srv/models/llama-3.1-8b-q4_k_m.gguf", "bytes": 4920734656,
+                                    "sha256": "a" * 64}]}},
+    "runtime": {"engine": "llama.cpp", "version": "b11312"},
+    "builtin_files": False,
+    "vars": variables,
+    "files": [{"template": "templates/" + f["src"], "dest": "/" + f["dest"], "mode": f["mode"],
+               "notify": ["bench-handler"]} for f in manifest["managed_files"]],
+    "handlers": {"bench-handler": {"command": 'echo changed >> "$PROVISION_ROOT/handler.log"'}},
+}
+yaml.safe_dump(profile, open(sys.argv[3], "w"), sort_keys=False)
+PY
+  {
+    echo "hosts:"
+    for i in $(seq 1 "$n"); do
+      echo "  h$i: {address: 127.0.0.$((10 + i)), port: 2222, user: root, key: ${BENCH_SSH_KEY:?}, root: /tmp/bench-root-$i, state_dir: /tmp/bench-state-$i, profile: $W/profile.yaml}"
+    done
+  } > "$W/inventory.yaml"
+}
+
+case ${1:-} in
+  install)
+    [[ -x $VENV/bin/provision ]] || { python3 -m venv "$VENV" && "$VENV/bin/pip" install -q "$REPO"; } ;;
+  version) echo "provision $("$VENV/bin/provision" --version | awk '{print $NF}')" ;;
+  apply)
+    write_inputs "$2" "$3"
+    "$VENV/bin/provision" apply -i "$W/inventory.yaml" --known-hosts "${BENCH_KNOWN_HOSTS:?}" --forks 20 --yes ;;
+  check)
+    write_inputs "$2" "$3"
+    out=$(mktemp); trap 'rm -f "$out"' EXIT
+    set +e
+    "$VENV/bin/provision" plan -i "$W/inventory.yaml" --known-hosts "$BENCH_KNOWN_HOSTS" 2>&1 | tee "$out"
+    set -e
+    files=$(grep -oP '^  [~+-] /\K\S+' "$out" | sort -u | tr '\n' ' ' || true)
+    handler=$(grep -q 'handlers that will run: .*bench-handler' "$out" && echo handler || true)
+    echo "BENCH_PENDING: $files$handler" ;;
+  reset) : ;;  # nothing persists between runs: each run opens its own connections
+  *) echo "usage: $0 install|version|apply N VARS|check N VARS|reset" >&2; exit 2 ;;
+esac

@@ -1,0 +1,112 @@
+"""Published measurements vs the fit model (tests/cases/fit/*.yaml).
+
+Each case is a real measurement with its source. The factors in
+provisioner/catalog/fit.yaml were set on the `train` cases; `held-out` cases were
+not looked at while setting them. `pytest -s` prints the error table (docs/fit.md
+has a copy).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from provisioner.catalog import load_catalog
+from provisioner.fit import Placement, fit
+from provisioner.loader import load_profile
+from provisioner.predict import predict
+from provisioner.resolve import Spec, resolve
+
+CASES = Path(__file__).parent / "cases" / "fit"
+TOLERANCE = 0.25  # decode tok/s
+MEMORY_TOLERANCE = 0.10
+ENGINE_VERSION = {"llama.cpp": "b11312", "vllm": "0.11.0", "ollama": "0.34.4"}
+SHA = "0" * 64
+
+
+def load_cases() -> list[tuple[str, dict[str, Any]]]:
+    return [(p.stem, yaml.safe_load(p.read_text())) for p in sorted(CASES.glob("*.yaml"))]
+
+
+def case_profile(name: str, case: dict[str, Any]) -> dict[str, Any]:
+    """A minimal valid profile for the case's hardware, model and flags."""
+    engine = case["runtime"]["engine"]
+    source: dict[str, Any]
+    if engine == "vllm":
+        source = {"directory": f"/srv/models/{name}"}
+    elif engine == "ollama":
+        source = {"ollama": "model:tag"}
+    else:
+        source = {"files": [{"path": f"/srv/models/{name}.gguf", "bytes": 1, "sha256": SHA}]}
+    runtime = {"version": ENGINE_VERSION[engine], **case["runtime"]}
+    mode = load_catalog().models[case["model"]["id"]].modes[0]
+    return {
+        "metadata": {"name": name.lower()[:60], "sources": [case["source"]]},
+        "hardware": case["hardware"],
+        "model": {"mode": mode, **case["model"], "source": source},
+        "runtime": runtime,
+    }
+
+
+def build(name: str, case: dict[str, Any], tmp_path: Path) -> tuple[Spec, Placement]:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(case_profile(name, case), sort_keys=False))
+    spec = resolve(load_profile(path))
+    return spec, fit(spec)
+
+
+def _row(name: str, case: dict[str, Any], predicted: float, measured: float) -> str:
+    error = predicted / measured - 1
+    mark = " (xfail)" if case.get("xfail") else ""
+    return (f"| {name} | {case['split']} | {case['kind']} | {measured:g} | {predicted:.1f} | "
+            f"{error:+.0%}{mark} |")
+
+
+SPEED = [(n, c) for n, c in load_cases() if "decode_tokens_per_s" in c["measured"]]
+MEMORY = [(n, c) for n, c in load_cases() if "decode_tokens_per_s" not in c["measured"]]
+
+
+def test_case_files_are_complete() -> None:
+    assert len(SPEED) >= 15
+    held_out = [n for n, c in SPEED if c["split"] == "held-out"]
+    assert len(held_out) * 3 >= len(SPEED), "at least a third of the cases are held out"
+    for _, case in load_cases():
+        assert case["split"] in {"train", "held-out"}
+        assert case["source"].startswith("https://")
+
+
+def test_print_error_table(tmp_path: Path) -> None:
+    lines = ["| case | split | kind | measured tok/s | predicted | error |", "|---|---|---|---|---|---|"]
+    for name, case in SPEED:
+        spec, placement = build(name, case, tmp_path)
+        predicted = predict(spec, placement, depth=case["depth"]).decode_tokens_per_s
+        lines.append(_row(name, case, predicted, case["measured"]["decode_tokens_per_s"]))
+    print("\n" + "\n".join(lines))
+
+
+@pytest.mark.parametrize(("name", "case"), SPEED, ids=[n for n, _ in SPEED])
+def test_decode_speed_within_tolerance(name: str, case: dict[str, Any], tmp_path: Path) -> None:
+    if case.get("xfail"):
+        pytest.xfail(case["xfail"])
+    spec, placement = build(name, case, tmp_path)
+    predicted = predict(spec, placement, depth=case["depth"]).decode_tokens_per_s
+    measured = case["measured"]["decode_tokens_per_s"]
+    assert abs(predicted / measured - 1) <= TOLERANCE, f"{name}: predicted {predicted:.1f}, measured {measured}"
+
+
+@pytest.mark.parametrize(("name", "case"), MEMORY, ids=[n for n, _ in MEMORY])
+def test_memory_within_tolerance(name: str, case: dict[str, Any], tmp_path: Path) -> None:
+    spec, placement = build(name, case, tmp_path)
+    measured = case["measured"]
+    if "kv_bytes_per_token_per_gpu" in measured:
+        gpus = spec.gpu_count
+        replicas = max(1.0, gpus / spec.model.kv_heads)
+        predicted = placement.kv_bytes_per_token * replicas / gpus
+        expected = measured["kv_bytes_per_token_per_gpu"]
+    else:
+        predicted = placement.kv_bytes_per_sequence
+        expected = measured["kv_cache_bytes"]
+    assert abs(predicted / expected - 1) <= MEMORY_TOLERANCE, f"{name}: {predicted} vs {expected}"
