@@ -429,3 +429,57 @@ def fit(profile: Path, context: int | None, as_json: bool, ignore_fit: bool) -> 
     from provisioner.fit_command import fit_command
 
     return fit_command(profile, context, as_json, ignore_fit)
+
+
+@main.command()
+@target_options
+@json_option
+@handle_errors("facts")
+def facts(as_json: bool, **opts: Any) -> int:
+    """Print what provision sees on a host: memory, CPUs, kernel, distro,
+    systemd, SELinux, NVIDIA driver and kernel module flavour, generation.
+
+    \b
+    Example:
+      provision facts
+      provision facts --host admin@gpu-box --json
+      provision facts -i examples/fleet/inventory.yaml --limit gpu1
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from provisioner.engine import gather
+    from provisioner.report import print_json, print_table, say
+
+    placeholder = Path("-")  # facts need no profile; targets carry one for plan/apply only
+    targets = _targets(placeholder, opts)
+
+    def one(target: Any) -> dict[str, Any]:
+        transport = target.transport_factory()
+        try:
+            gathered = gather(transport, [])
+            values = {k: v for k, v in gathered.facts.values.items() if k != "root"}
+            return {"host": target.name, "ok": True, "facts": values,
+                    "generation": gathered.last_generation, "error": None}
+        except ProvisionError as exc:
+            return {"host": target.name, "ok": False, "facts": {}, "generation": None,
+                    "error": exc.first.as_json()}
+        finally:
+            close = getattr(transport, "close", None)
+            if close is not None:
+                close()
+
+    with ThreadPoolExecutor(max_workers=opts["forks"]) as pool:
+        hosts = list(pool.map(one, targets))
+    failed = [h for h in hosts if not h["ok"]]
+    if as_json:
+        first = failed[0]["error"] if failed else None
+        print_json({"command": "facts", "ok": not failed, "error": first, "hosts": hosts})
+    else:
+        for host in hosts:
+            if not host["ok"]:
+                say(f"error: {host['host']}: {host['error']['message']}")
+                continue
+            rows = [[k, v] for k, v in sorted(host["facts"].items())]
+            rows.append(["generation", str(host["generation"])])
+            print_table(host["host"], ["fact", "value"], rows)
+    return EXIT_ERROR if failed else EXIT_OK

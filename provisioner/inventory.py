@@ -74,7 +74,8 @@ def _host(name: str, values: dict[str, Any], groups: tuple[str, ...], label: str
     become = values.get("become", False)
     return Host(name=name, address=str(values.get("address") or name), port=port,
                 user=values.get("user"), key=values.get("key"), profile=values.get("profile"),
-                root=str(values.get("root") or ""), state_dir=values.get("state_dir"), become=become in (True, "true", "yes", "True"),
+                root=str(values.get("root") or ""), state_dir=values.get("state_dir"),
+                become=become in (True, "true", "yes", "True"),
                 jump=values.get("jump"), groups=groups)
 
 
