@@ -119,6 +119,11 @@ fp 1""")
             out.append(f"rm -f {q(root + change.path)}")
             step += 1
             out.append(f"fp {step}")
+    if not root and temps:
+        # Files written under a temp name carry the temp's SELinux label: restore the policy's.
+        targets = " ".join(q(c.path) for c, _ in temps)
+        out.append(f"if command -v selinuxenabled >/dev/null 2>&1 && selinuxenabled; then "
+                   f"restorecon -F {targets} || true; fi")
     if dirs:
         out.append("sync " + " ".join(q(d) for d in dirs) + " 2>/dev/null || sync")
     out.append('touch "$gen/complete"; sync "$gen" "$state" 2>/dev/null || true')

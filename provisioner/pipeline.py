@@ -27,11 +27,15 @@ def build(path: Path, *, ignore_fit: bool = False) -> Built:
     spec = resolve(loaded)
     placement = fit(spec)
     if not placement.fits and not ignore_fit:
+        from provisioner.fit_suggest import suggestions
+
+        fitting = [s for s in suggestions(spec, placement) if s["fits"]]
+        cheapest = f"cheapest change that fits: {fitting[0]['change']}; " if fitting else ""
         raise ProfileError(loaded.problem(
             ("model",),
             f"{spec.model.name} {spec.profile.model.quant} at {placement.context} tokens does "
             f"not fit this machine: {format_size(placement.missing_bytes)} missing",
-            "run `provision fit` for the placement and cheaper options, or pass --ignore-fit"))
+            f"{cheapest}`provision fit` shows the placement and every option, or pass --ignore-fit"))
     return Built(spec, placement, render(spec, placement))
 
 

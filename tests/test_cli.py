@@ -87,7 +87,8 @@ def test_library_profile_by_name(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
 
 
-@pytest.mark.parametrize("command", [[], ["validate"], ["render"]])
+@pytest.mark.parametrize("command", [[], ["validate"], ["render"], ["fit"], ["plan"], ["apply"],
+                                     ["generations"], ["rollback"], ["facts"]])
 def test_every_help_has_an_example(command: list[str]) -> None:
     result = CliRunner().invoke(main, [*command, "--help"])
     assert result.exit_code == 0
