@@ -199,6 +199,8 @@ class HfSource(_Model):
     revision: Annotated[str, Field(pattern=r"^[0-9a-f]{40}$")]
     include: list[Text] = []
     dest: AbsPath
+    # llama.cpp loads one file: the GGUF (first shard) inside dest, e.g. Q8_0/x-00001-of-00006.gguf
+    file: RelPath | None = None
 
 
 class ModelSource(_Model):

@@ -96,7 +96,7 @@ def model_path(spec: Spec) -> str:
     if source.files:
         return source.files[0].path
     if source.hf is not None:
-        return source.hf.dest
+        return f"{source.hf.dest}/{source.hf.file}" if source.hf.file else source.hf.dest
     if source.directory is not None:
         return source.directory
     return source.ollama or ""

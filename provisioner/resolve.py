@@ -205,6 +205,15 @@ def _engine_rules(loaded: LoadedProfile, engine: EngineSpec, version: EngineVers
             ("model", "source", p.model.source.kind),
             f"{engine.name} cannot serve a model from {p.model.source.kind}",
             f"use one of: {', '.join(sorted(allowed))}"))
+    if p.runtime.engine == "ollama" and p.secrets.api_key is not None:
+        out.append(loaded.problem(
+            ("secrets", "api_key"), "Ollama has no API key: the key would be silently ignored",
+            "keep runtime.bind on loopback and put an authenticating proxy in front"))
+    hf = p.model.source.hf
+    if p.runtime.engine == "llama.cpp" and hf is not None and hf.file is None:
+        out.append(loaded.problem(
+            ("model", "source", "hf"), "llama.cpp loads one GGUF file: name it in hf.file",
+            "e.g. file: Q8_0/Qwen3-235B-A22B-Q8_0-00001-of-00006.gguf (the first shard; the rest are found)"))
     if quant is not None and quant.format != engine.weights_format:
         out.append(loaded.problem(
             ("model", "quant"),

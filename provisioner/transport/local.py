@@ -13,7 +13,7 @@ from provisioner.transport import Completed
 
 class LocalTransport:
     def __init__(self, root: Path | None = None, state_dir: str | None = None) -> None:
-        self.name = "local"
+        self.name = "local" if root is None else f"local:{root}"
         if root is None:
             self.root = ""
         else:
