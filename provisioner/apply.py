@@ -30,7 +30,7 @@ from provisioner.facts import PathState
 from provisioner.plan import Change, Plan, sha256
 
 # Exit codes of the script (mapped to messages by the caller).
-EXIT_LOCKED, EXIT_CHANGED, EXIT_INVALID, EXIT_HANDLER = 3, 4, 5, 6
+EXIT_LOCKED, EXIT_CHANGED, EXIT_INVALID, EXIT_HANDLER, EXIT_NOT_READY = 3, 4, 5, 6, 7
 
 
 @dataclass(frozen=True)
@@ -248,11 +248,56 @@ def _record_generation(inputs: ApplyInputs) -> str:
     return "\n".join(lines)
 
 
+_WAIT_READY = r"""wait_ready() {
+    url=$1; limit=${PROVISION_READY_TIMEOUT:-$2}; waited=0
+    while [ "$waited" -lt "$limit" ]; do
+        if command -v curl >/dev/null 2>&1; then
+            curl -fsS -o /dev/null --max-time 5 "$url" 2>/dev/null && return 0
+        elif command -v wget >/dev/null 2>&1; then
+            wget -q -O /dev/null -T 5 "$url" 2>/dev/null && return 0
+        else
+            echo "@warn neither curl nor wget on the host: did not wait for $url"
+            return 0
+        fi
+        sleep 1
+        waited=$((waited + 1))
+    done
+    return 1
+}"""
+
+
+def _restore(inputs: ApplyInputs) -> str:
+    """Put back what this generation replaced, rerun the handlers, restart the old server."""
+    plan, root = inputs.plan, inputs.root
+    lines = []
+    for change in plan.changes:
+        target = q(root + change.path)
+        if change.old.kind == "file":
+            temp = q(_temp_path(root + change.path, 9999))
+            lines.append(f'    cp -p "$gen/backup"{q(change.path)} {temp} && mv -f {temp} {target}')
+        else:
+            lines.append(f"    rm -f {target}")
+    lines.append(f'    echo {inputs.expected_last} > "$state/last"')
+    lines.append(f'    mv "$gen" "$state/generations/failed-{inputs.generation}-$$"')
+    for name in plan.handlers:
+        if name != "restart-server":
+            lines.append(f"    PROVISION_ROOT=\"$root\" sh -c {q(plan.handler_commands[name])} || true")
+    lines.append(f"    PROVISION_ROOT=\"$root\" sh -c {q(plan.handler_commands['restart-server'])} || true")
+    lines.append('    rm -f "$state/pending-handlers"')
+    return "\n".join(lines)
+
+
 def _handlers(inputs: ApplyInputs) -> str:
     plan = inputs.plan
     lines: list[str] = []
+    if plan.readiness is not None:
+        lines.append(_WAIT_READY)
     for name in plan.handlers:
         command = plan.handler_commands[name]
+        if name == "restart-server" and plan.readiness is not None:
+            url, seconds = plan.readiness
+            lines.append(_restart_and_wait(inputs, command, url, seconds))
+            continue
         # Run only while still owed: another apply may have run it since the plan.
         lines.append(
             f"if ! grep -qx {q(name)} \"$state/pending-handlers\" 2>/dev/null; then\n"
@@ -272,3 +317,19 @@ def _handlers(inputs: ApplyInputs) -> str:
     else:
         lines.append('[ -s "$state/pending-handlers" ] || rm -f "$state/pending-handlers"')
     return "\n".join(lines)
+
+
+def _restart_and_wait(inputs: ApplyInputs, command: str, url: str, seconds: int) -> str:
+    """--restart: restart, wait for readiness; if it never comes, restore and restart the old."""
+    restore = _restore(inputs) if inputs.plan.changes else "    :"
+    return (
+        f"if PROVISION_ROOT=\"$root\" sh -c {q(command)} && wait_ready {q(url)} {seconds}; then\n"
+        f"    grep -vx restart-server \"$state/pending-handlers\" > \"$state/pending.new\" || true\n"
+        f"    mv -f \"$state/pending.new\" \"$state/pending-handlers\"\n"
+        f"    echo '@handler-ok restart-server'\n"
+        f"else\n"
+        f"{restore}\n"
+        f"    echo \"@error the model server did not answer {url} within {seconds}s; "
+        f"restored generation {inputs.expected_last} and restarted it\"\n"
+        f"    exit {EXIT_NOT_READY}\n"
+        f"fi")

@@ -15,6 +15,7 @@ from provisioner.apply import (
     EXIT_HANDLER,
     EXIT_INVALID,
     EXIT_LOCKED,
+    EXIT_NOT_READY,
     ApplyInputs,
     apply_script,
 )
@@ -103,6 +104,10 @@ def _apply_error(code: int, lines: list[str], stderr: str, host: str) -> Provisi
         return ProvisionError([ProvisionError(f"{host}: validation failed, nothing was replaced: {msg}")
                                .first for msg in invalid] or
                               [ProvisionError(f"{host}: validation failed, nothing was replaced").first])
+    if code == EXIT_NOT_READY:
+        return ProvisionError(f"{host}: {errors[0] if errors else 'the restarted server never became ready'}",
+                              hint="the previous generation is back and running; read the server's journal "
+                              "(journalctl -u SERVICE) for why the new one did not start")
     if code == EXIT_HANDLER:
         return ProvisionError(f"{host}: {errors[0] if errors else 'a handler failed'}",
                               hint="fix the cause; the next apply runs the owed handlers")

@@ -49,6 +49,7 @@ echo "@last $last"
 for dir in "$state"/generations/*/; do
     [ -r "$dir/manifest.json" ] || continue
     n=$(basename "$dir")
+    case "$n" in *[!0-9]*) continue ;; esac  # failed-N: an apply --restart that was undone
     if [ -e "$dir/complete" ]; then c=complete; else c=incomplete; fi
     printf '@gen %s %s %s\\n' "$n" "$c" "$(base64 < "$dir/manifest.json" | tr -d '\\n')"
 done

@@ -49,6 +49,7 @@ class Plan:
     pending_builtin: tuple[str, ...] = ()  # --root: system handlers listed, not run
     files: dict[str, File] = field(default_factory=dict)  # the whole desired set
     handler_table: dict[str, str] = field(default_factory=dict)  # every handler's command
+    readiness: tuple[str, int] | None = None  # set when restart-server must wait for the server
     warnings: tuple[str, ...] = ()
 
     @property
@@ -143,9 +144,10 @@ def make_plan(rendered: Rendered, gathered: Gathered, *, root_mode: bool,
     if unknown:
         raise ProvisionError(f"handler {unknown[0]!r} is owed but has no command",
                              hint="it was notified by an earlier run; add it back under handlers")
+    readiness = rendered.readiness if restart and server_active and "restart-server" in ordered else None
     return Plan(tuple(sorted(changes, key=lambda c: c.path)), tuple(ordered), commands,
                 restart_pending, reboot, pending_builtin,
-                {f.path: f for f in rendered.files}, table, rendered.warnings)
+                {f.path: f for f in rendered.files}, table, readiness, rendered.warnings)
 
 
 _BUILTIN_EXTRA = {"initramfs": "update-initramfs -u 2>/dev/null || dracut -f"}

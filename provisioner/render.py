@@ -174,8 +174,12 @@ def render(spec: Spec, placement: Placement, facts: dict[str, str] | None = None
                           hint="a files[] dest collides with a file provision manages")
     handlers = _handlers(spec)
     directories = (Directory(BIN_DIR), Directory(f"/etc/provision/{spec.profile.service.name}"))
+    runtime = spec.profile.runtime
+    host = "127.0.0.1" if runtime.bind in {"0.0.0.0", "::"} else runtime.bind  # noqa: S104 - a comparison
+    host = f"[{host}]" if ":" in host else host
+    readiness = (f"http://{host}:{runtime.port}{spec.engine.health_path}", spec.profile.service.start_timeout_s)
     return Rendered(files=tuple(sorted(files, key=lambda f: f.path)), directories=directories,
-                    handlers=handlers, warnings=placement.warnings)
+                    handlers=handlers, warnings=placement.warnings, readiness=readiness)
 
 
 def _render_one(env: SandboxedEnvironment, template: str, entry: dict[str, Any],

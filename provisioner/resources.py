@@ -48,6 +48,8 @@ class Rendered:
     directories: tuple[Directory, ...] = ()
     handlers: dict[str, str] = field(default_factory=dict)  # name -> shell command
     warnings: tuple[str, ...] = ()
+    # (URL, seconds): how apply --restart knows the restarted server is ready
+    readiness: tuple[str, int] | None = None
 
     def file(self, path: str) -> File:
         for item in self.files:

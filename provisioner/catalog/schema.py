@@ -117,6 +117,7 @@ class EngineVersion(_Entry):
 class EngineSpec(_Entry):
     name: str
     weights_format: QuantFormat
+    health_path: str = "/health"  # answers 200 once the model is loaded (apply --restart waits on it)
     versions: dict[str, EngineVersion] = Field(min_length=1)
     sources: list[str] = Field(min_length=1)
 
