@@ -101,13 +101,14 @@ def test_restart_waits_for_readiness_and_restores_the_old_generation_if_it_never
     story = tmp_path / "story.sh"
     story.write_text(f"""set -u
 py={shlex.quote(sys.executable)}
+t={tmp_path}
 $py -m provisioner apply {base} --yes --json > {tmp_path}/1.json 2> {tmp_path}/1.err; echo $? > {tmp_path}/1.code
 cp /opt/provision/bin/llm-server-run.sh {tmp_path}/run-after-1.sh
-$py -m provisioner apply {moved} --yes --restart --json > {tmp_path}/2.json 2> {tmp_path}/2.err; echo $? > {tmp_path}/2.code
+$py -m provisioner apply {moved} --yes --restart --json > $t/2.json 2> $t/2.err; echo $? > $t/2.code
 cp /opt/provision/bin/llm-server-run.sh {tmp_path}/run-after-2.sh
 cat /var/lib/provision/last > {tmp_path}/last-after-2
 touch {tmp_path}/ready
-$py -m provisioner apply {moved} --yes --restart --json > {tmp_path}/3.json 2> {tmp_path}/3.err; echo $? > {tmp_path}/3.code
+$py -m provisioner apply {moved} --yes --restart --json > $t/3.json 2> $t/3.err; echo $? > $t/3.code
 cp /opt/provision/bin/llm-server-run.sh {tmp_path}/run-after-3.sh
 """)
     result = live(tmp_path, "--version", env_extra=env)  # prepares the shims
