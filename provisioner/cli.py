@@ -187,7 +187,9 @@ def target_options(func: F) -> F:
         click.option("--accept-new-host-key", is_flag=True,
                      help="Trust and record a host key seen for the first time (a changed key always fails)."),
         click.option("--known-hosts", default=None, help="known_hosts file (default ~/.ssh/known_hosts)."),
-        click.option("--become", is_flag=True, help="Become root with passwordless sudo on the hosts."),
+        click.option("--become", is_flag=True, help="Become root with sudo on the hosts."),
+        click.option("--ask-become-pass", "-K", is_flag=True,
+                     help="Ask for the sudo password (or set PROVISION_BECOME_PASSWORD); never on the command line."),
         click.option("--jump", default=None, metavar="[USER@]HOST", help="Reach the hosts through this jump host."),
         click.option("--connect-timeout", type=float, default=10.0, show_default=True, help="SSH connect timeout (s)."),
         root_option,
@@ -202,7 +204,11 @@ def _targets(profile: Path | None, opts: dict[str, Any]) -> list[Any]:
     from provisioner.fleet import Target, ssh_target
     from provisioner.inventory import host_from_arg, load_inventory, select
 
+    password = os.environ.get("PROVISION_BECOME_PASSWORD")
+    if opts["ask_become_pass"]:
+        password = click.prompt("sudo password", hide_input=True, err=True)
     ssh_kwargs = {"accept_new_host_key": opts["accept_new_host_key"], "known_hosts": opts["known_hosts"],
+                  "become_password": password,
                   "become": opts["become"], "jump": opts["jump"], "connect_timeout": opts["connect_timeout"],
                   "root": str(opts["root"]) if opts["root"] is not None else None}
     if opts["inventory"] is not None:

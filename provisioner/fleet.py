@@ -50,13 +50,14 @@ class RunOptions:
 
 
 def ssh_target(host: Host, profile: Path, *, accept_new_host_key: bool, known_hosts: str | None,
-               become: bool, jump: str | None, connect_timeout: float, root: str | None) -> Target:
+               become: bool, jump: str | None, connect_timeout: float, root: str | None,
+               become_password: str | None = None) -> Target:
     from provisioner.transport.ssh import SshTarget, SshTransport
 
     spec = SshTarget(name=host.name, address=host.address, port=host.port, user=host.user, key=host.key,
                      root=root if root is not None else host.root, state_dir=host.state_dir,
                      jump=jump or host.jump,
-                     become=become or host.become, known_hosts=known_hosts,
+                     become=become or host.become, become_password=become_password, known_hosts=known_hosts,
                      accept_new_host_key=accept_new_host_key, connect_timeout=connect_timeout)
     return Target(host.name, profile, lambda: SshTransport(spec))
 

@@ -110,7 +110,7 @@ def start_farm(folder: Path, count: int) -> SshFarm:
         config.write_text(f"""ListenAddress {host.address}:{PORT}
 HostKey {key}
 PidFile {host.folder}/sshd.pid
-AuthorizedKeysFile {authorized}
+AuthorizedKeysFile {authorized} .ssh/authorized_keys
 PermitRootLogin prohibit-password
 PubkeyAuthentication yes
 PasswordAuthentication no

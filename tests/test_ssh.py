@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -189,3 +190,95 @@ def test_ansible_inventory_is_read(farm: sshd.SshFarm, tmp_path: Path) -> None:
                        "--limit", "gpus", "--json")
     assert result.returncode == 2, result.stderr
     assert json.loads(result.stdout)["hosts"][0]["host"] == "box1"
+
+
+SUDO_USER = "provision-sudo"  # a throwaway account for the become tests
+SUDO_PASSWORD = "correct horse 'battery' $staple"  # noqa: S105 - a throwaway test account
+
+
+@pytest.fixture(scope="module")
+def sudo_user(tmp_path_factory: pytest.TempPathFactory, farm: sshd.SshFarm) -> Iterator[Path]:
+    """An unprivileged user who may sudo with a password, one try only, with a sudo log."""
+    if shutil.which("sudo") is None or shutil.which("useradd") is None:
+        pytest.skip("needs sudo and useradd (scripts/test installs sudo)")
+    folder = tmp_path_factory.mktemp("sudo")
+    log = folder / "sudo.log"
+    if subprocess.run(["id", SUDO_USER], capture_output=True, check=False).returncode != 0:
+        subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", SUDO_USER], check=True)
+    subprocess.run(["chpasswd"], input=f"{SUDO_USER}:{SUDO_PASSWORD}\n", text=True, check=True)
+    home = Path(f"~{SUDO_USER}").expanduser()
+    (home / ".ssh").mkdir(mode=0o700, exist_ok=True)
+    shutil.copy(farm.client_key.with_suffix(".pub"), home / ".ssh/authorized_keys")
+    subprocess.run(["chown", "-R", f"{SUDO_USER}:", str(home / ".ssh")], check=True)
+    sudoers = Path("/etc/sudoers.d/provision-tests")
+    sudoers.write_text(f"Defaults:{SUDO_USER} passwd_tries=1, logfile={log}, !lecture\n"
+                       f"{SUDO_USER} ALL=(ALL) ALL\n")
+    sudoers.chmod(0o440)
+    try:
+        yield log
+    finally:
+        sudoers.unlink()
+        subprocess.run(["sudo", "-K", "-u", SUDO_USER], check=False, capture_output=True)
+
+
+def become_inventory(tmp_path: Path, farm: sshd.SshFarm, profile: Path) -> Path:
+    host = farm.hosts[0]
+    path = tmp_path / "become.yaml"
+    path.write_text(f"hosts:\n  b1: {{address: {host.address}, port: {sshd.PORT}, user: {SUDO_USER}, "
+                    f"key: {farm.client_key}, become: true, root: {tmp_path}/become-root, profile: {profile}}}\n")
+    return path
+
+
+def test_sudo_with_password_applies_and_never_leaks_it(farm: sshd.SshFarm, sudo_user: Path, tmp_path: Path) -> None:
+    profile = make_profile(tmp_path)
+    inv = become_inventory(tmp_path, farm, profile)
+    env_password = {"PROVISION_BECOME_PASSWORD": SUDO_PASSWORD}
+    result = subprocess.run([sys.executable, "-m", "provisioner", "apply", "-i", str(inv), "--known-hosts",
+                             str(farm.known_hosts), "--yes"], capture_output=True, text=True, check=False,
+                            cwd=ROOT, env={**os.environ, **env_password})
+    assert result.returncode == 0, result.stderr
+    unit = tmp_path / "become-root/etc/systemd/system/llm-server.service"
+    assert unit.stat().st_uid == 0, "written as root through sudo"
+    assert SUDO_PASSWORD not in result.stdout + result.stderr
+    assert SUDO_PASSWORD not in farm.hosts[0].log.read_text(errors="replace")
+    assert SUDO_PASSWORD not in sudo_user.read_text(errors="replace")
+
+
+def test_wrong_sudo_password_fails_once_clearly(farm: sshd.SshFarm, sudo_user: Path, tmp_path: Path) -> None:
+    profile = make_profile(tmp_path)
+    inv = become_inventory(tmp_path, farm, profile)
+    before = sudo_user.read_text(errors="replace").count("incorrect password") if sudo_user.exists() else 0
+    result = subprocess.run([sys.executable, "-m", "provisioner", "plan", "-i", str(inv), "--known-hosts",
+                             str(farm.known_hosts)], capture_output=True, text=True, check=False, cwd=ROOT,
+                            env={**os.environ, "PROVISION_BECOME_PASSWORD": "wrong"})
+    assert result.returncode == 1
+    assert "sudo refused the password" in result.stderr and "not retried" in result.stderr
+    assert "Traceback" not in result.stderr
+    after = sudo_user.read_text(errors="replace").count("incorrect password")
+    assert after - before == 1, "exactly one attempt reaches sudo"
+    assert not (tmp_path / "become-root").exists()
+
+
+def test_become_without_password_says_what_to_do(farm: sshd.SshFarm, sudo_user: Path, tmp_path: Path) -> None:
+    profile = make_profile(tmp_path)
+    inv = become_inventory(tmp_path, farm, profile)
+    env = {k: v for k, v in os.environ.items() if k != "PROVISION_BECOME_PASSWORD"}
+    result = subprocess.run([sys.executable, "-m", "provisioner", "plan", "-i", str(inv), "--known-hosts",
+                             str(farm.known_hosts)], capture_output=True, text=True, check=False, cwd=ROOT, env=env)
+    assert result.returncode == 1
+    assert "sudo needs a password" in result.stderr
+
+
+def test_through_a_jump_host(farm: sshd.SshFarm, tmp_path: Path) -> None:
+    """h2 reached through h1 (direct-tcpip), host keys checked on both."""
+    profile = make_profile(tmp_path)
+    jump, target = farm.hosts[0], farm.hosts[1]
+    inv = tmp_path / "jump.yaml"
+    inv.write_text(f"hosts:\n  far: {{address: {target.address}, port: {sshd.PORT}, user: root, "
+                   f"key: {farm.client_key}, "
+                   f"root: {tmp_path}/far-root, jump: 'root@{jump.address}:{sshd.PORT}', profile: {profile}}}\n")
+    before = jump.connections()
+    result = provision("apply", "-i", str(inv), "--known-hosts", str(farm.known_hosts), "--yes")
+    assert result.returncode == 0, result.stderr
+    assert jump.connections() == before + 1
+    assert (tmp_path / "far-root/etc/systemd/system/llm-server.service").is_file()

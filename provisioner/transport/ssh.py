@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,8 @@ class SshTarget:
     state_dir: str | None = None  # default: <root>/var/lib/provision
     jump: str | None = None
     become: bool = False
+    # never logged, never on a command line: it reaches sudo through a pipe of its own
+    become_password: str | None = field(default=None, repr=False)
     known_hosts: str | None = None  # default: ~/.ssh/known_hosts
     accept_new_host_key: bool = False
     connect_timeout: float = 10.0
@@ -40,6 +42,22 @@ class SshTarget:
 def fingerprint(key: Any) -> str:
     digest = hashlib.sha256(key.asbytes()).digest()
     return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+_WRONG_PASSWORD = 97
+# sudo -v checks the password once (stdin holds exactly one line, so a wrong
+# one is never retried); -k then makes sudo read it again for the command, so
+# the script that follows on the same pipe is never taken for a password.
+_SUDO_WRAPPER = """IFS= read -r pw
+if sudo -n true 2>/dev/null; then
+    exec sudo -n @SHELL@
+fi
+if ! printf '%s\\n' "$pw" | sudo -k -S -p '' -v 2>/dev/null; then
+    echo '@become-refused' >&2
+    exit 97
+fi
+{ printf '%s\\n' "$pw"; cat; } | sudo -k -S -p '' @SHELL@
+"""
 
 
 class _HostKeyPolicy:
@@ -79,18 +97,24 @@ class SshTransport:
         kwargs: dict[str, Any] = {}
         if target.key:
             kwargs["key_filename"] = str(Path(target.key).expanduser())
+        known = Path(target.known_hosts or "~/.ssh/known_hosts").expanduser()
+
+        def checked(connection: Any) -> Any:
+            """Host keys checked against known_hosts, for the host and the jump host alike."""
+            client = connection.client
+            client._host_keys = paramiko.HostKeys()  # forget Fabric's permissive defaults
+            if known.is_file():
+                client.load_host_keys(str(known))
+            client.set_missing_host_key_policy(_HostKeyPolicy(target, known))
+            return connection
+
         gateway = None
         if target.jump:
-            gateway = Connection(target.jump, config=config, connect_timeout=target.connect_timeout)
-        connection = Connection(target.address, user=target.user, port=target.port, config=config,
-                                gateway=gateway, connect_timeout=target.connect_timeout,
-                                connect_kwargs=kwargs)
-        known = Path(target.known_hosts or "~/.ssh/known_hosts").expanduser()
-        client = connection.client
-        client._host_keys = paramiko.HostKeys()  # forget Fabric's permissive defaults
-        if known.is_file():
-            client.load_host_keys(str(known))
-        client.set_missing_host_key_policy(_HostKeyPolicy(target, known))
+            gateway = checked(Connection(target.jump, config=config, connect_timeout=target.connect_timeout,
+                                         connect_kwargs=dict(kwargs)))
+        connection = checked(Connection(target.address, user=target.user, port=target.port, config=config,
+                                        gateway=gateway, connect_timeout=target.connect_timeout,
+                                        connect_kwargs=kwargs))
         try:
             connection.open()
         except ProvisionError:
@@ -108,7 +132,7 @@ class SshTransport:
         except (OSError, paramiko.SSHException) as exc:
             raise ProvisionError(f"{target.name}: cannot connect to {target.address}: {exc}",
                                  hint="is the host up, sshd running and the port right?") from None
-        transport = client.get_transport()
+        transport = connection.client.get_transport()
         if transport is not None:
             transport.set_keepalive(15)
         self._connection = connection
@@ -118,13 +142,22 @@ class SshTransport:
         connection = self._connect()
         assigns = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted((env or {}).items()))
         shell = f"env {assigns} sh -s" if assigns else "sh -s"
-        command = f"sudo -n {shell}" if self.target.become else shell
+        payload = script.encode()
+        if self.target.become and self.target.become_password is not None:
+            # The password is the first line of stdin, always consumed by this wrapper
+            # (never by the script's shell); sudo gets it on a pipe of its own.
+            command = "sh -c " + shlex.quote(_SUDO_WRAPPER.replace("@SHELL@", shell))
+            payload = self.target.become_password.encode() + b"\n" + payload
+        elif self.target.become:
+            command = f"sudo -n {shell}"
+        else:
+            command = shell
         import paramiko
 
         try:
             channel = connection.client.get_transport().open_session()
             channel.exec_command(command)
-            channel.sendall(script.encode())
+            channel.sendall(payload)
             channel.shutdown_write()
             stdout = channel.makefile("rb").read().decode(errors="replace")
             stderr = channel.makefile_stderr("rb").read().decode(errors="replace")
@@ -137,6 +170,10 @@ class SshTransport:
             self.close()
             raise ProvisionError(f"{self.name}: the connection dropped before the command finished",
                                  hint="re-run: every file is old or new, and the next apply converges")
+        if code == _WRONG_PASSWORD and "@become-refused" in stderr:
+            raise ProvisionError(f"{self.name}: sudo refused the password for {self.target.user or 'this user'} "
+                                 "(one attempt, not retried)",
+                                 hint="check the password (--ask-become-pass or PROVISION_BECOME_PASSWORD)")
         if self.target.become and code == 1 and "password is required" in stderr:
             raise ProvisionError(f"{self.name}: sudo needs a password for {self.target.user or 'this user'}",
                                  hint="allow passwordless sudo (NOPASSWD) for this user, or connect as root")
