@@ -231,7 +231,8 @@ def _targets(profile: Path | None, opts: dict[str, Any]) -> list[Any]:
 
 
 def _run_fleet(command: str, profile: Path | None, opts: dict[str, Any], *, apply: bool,
-               show_diff: bool, as_json: bool) -> int:
+               show_diff: bool, as_json: bool, collect: dict[str, Any] | None = None) -> int:
+    """Plan or apply on every target; with ``collect``, the JSON goes there instead of stdout."""
     from provisioner.fleet import RunOptions, run
     from provisioner.report import envelope, host_json, plan_text, print_json, say
 
@@ -267,7 +268,11 @@ def _run_fleet(command: str, profile: Path | None, opts: dict[str, Any], *, appl
                 assert o.result is not None
                 hosts.append(host_json(o.name, o.result.plan, generation=o.result.generation))
         first = errored[0].error[0] if errored and errored[0].error else None
-        print_json(envelope(command, not errored, first, changed=changed, hosts=hosts))
+        data = envelope(command, not errored, first, changed=changed, hosts=hosts)
+        if collect is not None:
+            collect.update(data)
+        else:
+            print_json(data)
     elif len(outcomes) > 1:
         say(f"{len(outcomes)} hosts: {len(outcomes) - len(errored)} ok, {len(errored)} failed"
             + (f" ({', '.join(o.name for o in errored)})" if errored else ""))
@@ -308,10 +313,13 @@ def plan(profile: Path | None, as_json: bool, **opts: Any) -> int:
 @click.option("--restart", is_flag=True, help="Restart the model server if it runs and its files changed.")
 @click.option("--wait-lock", type=float, default=0.0, metavar="SECONDS",
               help="Wait this long for another apply's lock instead of failing at once.")
+@click.option("--verify", "then_verify", is_flag=True,
+              help="Run `provision verify` after a successful apply (exit 2 if a check fails).")
 @json_option
 @ignore_fit_option
 @handle_errors("apply")
-def apply(profile: Path | None, dry_run: bool, show_diff: bool, yes: bool, as_json: bool, **opts: Any) -> int:
+def apply(profile: Path | None, dry_run: bool, show_diff: bool, yes: bool, then_verify: bool, as_json: bool,
+          **opts: Any) -> int:
     """Converge this machine, a --root tree, a --host or an inventory to PROFILE.
 
     Every file is written to a temp file, validated, then renamed over the old
@@ -336,7 +344,20 @@ def apply(profile: Path | None, dry_run: bool, show_diff: bool, yes: bool, as_js
             return code
         if not click.confirm("Apply these changes?", err=True):
             return EXIT_ERROR
-    return _run_fleet("apply", profile, opts, apply=True, show_diff=show_diff, as_json=as_json)
+    if not then_verify:
+        return _run_fleet("apply", profile, opts, apply=True, show_diff=show_diff, as_json=as_json)
+    from provisioner.report import print_json
+    from provisioner.verify.run import VerifyOptions
+
+    applied: dict[str, Any] = {}
+    code = _run_fleet("apply", profile, opts, apply=True, show_diff=show_diff, as_json=as_json, collect=applied)
+    if code == EXIT_OK:
+        checked: dict[str, Any] = {}
+        code = _run_verify(profile, opts, VerifyOptions(), as_json, collect=checked)
+        applied["verify"] = checked
+    if as_json:
+        print_json(applied)
+    return code
 
 
 @main.command()
@@ -489,3 +510,96 @@ def facts(as_json: bool, **opts: Any) -> int:
             rows.append(["generation", str(host["generation"])])
             print_table(host["host"], ["fact", "value"], rows)
     return EXIT_ERROR if failed else EXIT_OK
+
+
+@main.command()
+@click.argument("profile", type=click.Path(path_type=Path), required=False)
+@target_options
+@click.option("--endpoint", default=None, metavar="URL",
+              help="The model server to check (default: the profile's address, on this machine).")
+@click.option("--only", default=None, metavar="GROUPS", help="Comma-separated: gpu,drift,model,endpoint.")
+@click.option("--no-needle", is_flag=True, help="Skip the long-prompt needle check (slow on big contexts).")
+@json_option
+@ignore_fit_option
+@handle_errors("verify")
+def verify(profile: Path | None, endpoint: str | None, only: str | None, no_needle: bool, as_json: bool,
+           **opts: Any) -> int:
+    """Prove the box is right: GPU and driver, drift, model files, the live endpoint.
+
+    Exit 0 every check passed (warnings allowed), 2 a check failed, 1 could not run.
+
+    \b
+    Example:
+      provision verify examples/quickstart.yaml
+      provision verify examples/quickstart.yaml --root ./demo --only drift,model
+      provision verify my.yaml --host admin@gpu-box --endpoint http://127.0.0.1:8080 --json
+    """
+    from provisioner.errors import UsageError
+    from provisioner.verify.run import GROUPS, VerifyOptions
+
+    groups = frozenset(g.strip() for g in (only or ",".join(GROUPS)).split(",") if g.strip())
+    unknown = groups - set(GROUPS)
+    if unknown:
+        raise UsageError(f"--only: unknown group {sorted(unknown)[0]!r}", hint=f"groups: {', '.join(GROUPS)}")
+    options = VerifyOptions(only=groups, endpoint=endpoint, needle=not no_needle)
+    return _run_verify(profile, opts, options, as_json)
+
+
+def _run_verify(profile: Path | None, opts: dict[str, Any], options: Any, as_json: bool,
+                collect: dict[str, Any] | None = None) -> int:
+    """verify every target; with ``collect``, the JSON goes there instead of stdout."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from provisioner.pipeline import build
+    from provisioner.report import print_json, print_table, say
+    from provisioner.verify import failures_first, worst
+    from provisioner.verify.run import verify_target
+
+    targets = _targets(profile, opts)
+    builds = {t.profile: build(t.profile, ignore_fit=opts["ignore_fit"]) for t in targets}
+
+    def one(target: Any) -> dict[str, Any]:
+        transport = None
+        try:
+            transport = target.transport_factory()
+            checks = failures_first(verify_target(builds[target.profile], transport, options))
+            return {"host": target.name, "ok": True, "error": None, "checks": checks}
+        except ProvisionError as exc:
+            return {"host": target.name, "ok": False, "error": exc.first, "checks": []}
+        finally:
+            close = getattr(transport, "close", None)
+            if close is not None:
+                close()
+
+    with ThreadPoolExecutor(max_workers=opts["forks"]) as pool:
+        hosts = list(pool.map(one, targets))
+    errored = [h for h in hosts if not h["ok"]]
+    failed = [h for h in hosts if h["ok"] and worst(h["checks"]) == "fail"]
+    if as_json:
+        first = errored[0]["error"].as_json() if errored else None
+        data = {"command": "verify", "ok": not errored, "error": first,
+                "hosts": [{"host": h["host"], "ok": h["ok"], "error": h["error"].as_json() if h["error"] else None,
+                           "checks": [c.as_json() for c in h["checks"]]} for h in hosts]}
+        if collect is not None:
+            collect.update(data)
+        else:
+            print_json(data)
+    else:
+        for host in hosts:
+            if host["error"]:
+                say(f"error: {host['error'].one_line()}")
+                continue
+            rows = [[c.id, c.status, _first_line(c.observed), _first_line(c.expected), c.hint or ""]
+                    for c in host["checks"]]
+            print_table(f"{host['host']}: {worst(host['checks'])}", ["check", "status", "observed", "expected",
+                                                                      "hint"], rows)
+    if errored:
+        return EXIT_ERROR
+    return EXIT_FINDING if failed else EXIT_OK
+
+
+def _first_line(text: str | None) -> str:
+    if not text:
+        return ""
+    line = text.splitlines()[0]
+    return line if len(line) <= 60 else line[:57] + "..."

@@ -46,9 +46,9 @@ class HostResult:
 
 
 def gather(transport: Transport, paths: list[str], service: str = "",
-           host_paths: list[str] | None = None) -> Gathered:
+           host_paths: list[str] | None = None, extra: str = "") -> Gathered:
     """Round trip 1: facts, every managed path, provision's state."""
-    script = gather_script(paths, transport.root, service, transport.state_dir, host_paths)
+    script = gather_script(paths, transport.root, service, transport.state_dir, host_paths, extra)
     result = transport.run(script)
     if result.returncode != 0 and "@done" not in result.stdout:
         raise ProvisionError(f"gathering facts on {transport.name} failed: "

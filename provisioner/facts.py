@@ -57,6 +57,7 @@ class Gathered:
     last_generation: int
     manifest: dict[str, Any] | None  # the last generation's manifest
     pending_handlers: tuple[str, ...]
+    output: str = ""  # the raw output, for the parsers of extra probes
 
 
 def visible(host_path: str, root: str) -> str:
@@ -65,18 +66,19 @@ def visible(host_path: str, root: str) -> str:
 
 
 def gather_script(paths: list[str], root: str = "", service: str = "", state_dir: str | None = None,
-                  host_paths: list[str] | None = None) -> str:
+                  host_paths: list[str] | None = None, extra: str = "") -> str:
     """The one script that reads everything plan needs from a host.
 
     ``paths`` are managed paths (under ``root``); ``host_paths`` are read as they
-    are (generation backups, wherever the state dir lives)."""
+    are (generation backups, wherever the state dir lives); ``extra`` is more sh
+    (verify's live values, GPU and model probes) printing lines of its own marks."""
     if service and not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", service):
         raise ProvisionError(f"bad service name {service!r}")
     quoted = " ".join([shlex.quote(root + p) for p in sorted(set(paths))]
                       + [shlex.quote(p) for p in sorted(set(host_paths or []))])
     return (_GATHER.replace("@ROOT@", shlex.quote(root)).replace("@PATHS@", quoted)
             .replace("@STATE@", shlex.quote(state_dir or root + STATE_DIR)).replace("@MAX@", str(MAX_CONTENT))
-            .replace("@SERVICE@", service))
+            .replace("@SERVICE@", service).replace("@EXTRA@\n", extra.rstrip("\n") + "\n" if extra else ""))
 
 
 _GATHER = r"""set -u
@@ -159,6 +161,7 @@ if [ -z "$root" ] && [ -n "@SERVICE@" ] && [ -d /run/systemd/system ]; then
 else
     fact server_active no
 fi
+@EXTRA@
 echo '@done'
 """
 
@@ -220,4 +223,4 @@ def parse_gather(output: str) -> Gathered:
     if not done:
         raise ProvisionError("gathering stopped before the end",
                              hint="the target's shell failed; run with a POSIX sh, stat, sha256sum, base64")
-    return Gathered(Facts(facts), paths, last, manifest, pending)
+    return Gathered(Facts(facts), paths, last, manifest, pending, output)

@@ -282,3 +282,21 @@ def test_through_a_jump_host(farm: sshd.SshFarm, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert jump.connections() == before + 1
     assert (tmp_path / "far-root/etc/systemd/system/llm-server.service").is_file()
+
+
+def test_verify_over_ssh_finds_drift(farm: sshd.SshFarm, tmp_path: Path) -> None:
+    profile = make_profile(tmp_path)
+    inv = inventory(tmp_path, farm, profile, count=1)
+    known = str(farm.known_hosts)
+    assert provision("apply", "-i", str(inv), "--known-hosts", known, "--yes").returncode == 0
+    clean = provision("verify", "-i", str(inv), "--known-hosts", known, "--only", "drift,endpoint", "--json")
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    checks = {c["id"]: c for c in json.loads(clean.stdout)["hosts"][0]["checks"]}
+    assert checks["drift.files"]["status"] == "pass"
+    assert checks["endpoint"]["status"] == "skip"  # no --endpoint for a remote host
+    unit = tmp_path / "root-1/etc/systemd/system/llm-server.service"
+    unit.write_text(unit.read_text().replace("Restart=on-failure", "Restart=no"))
+    drifted = provision("verify", "-i", str(inv), "--known-hosts", known, "--only", "drift", "--json")
+    assert drifted.returncode == 2
+    ids = [c["id"] for c in json.loads(drifted.stdout)["hosts"][0]["checks"] if c["status"] == "fail"]
+    assert ids == ["drift.file:/etc/systemd/system/llm-server.service"]

@@ -1,0 +1,145 @@
+"""verify on one target: one gather (files, facts, live values, model hashes, GPU
+probe), then pure checks; the endpoint, if asked, over HTTP from here."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from provisioner.engine import gather
+from provisioner.pipeline import Built
+from provisioner.plan import make_plan
+from provisioner.render import render, sysctl_settings
+from provisioner.transport import Transport
+from provisioner.verify import Check
+from provisioner.verify import drift as drift_checks
+from provisioner.verify import model as model_checks
+
+GROUPS = ("gpu", "drift", "model", "endpoint")
+
+
+@dataclass(frozen=True)
+class VerifyOptions:
+    only: frozenset[str] = frozenset(GROUPS)
+    endpoint: str | None = None  # URL; default: the profile's address, on a local live target
+    needle: bool = True
+
+
+def verify_target(built: Built, transport: Transport, options: VerifyOptions) -> list[Check]:
+    spec, placement = built.spec, built.placement
+    root_mode = bool(transport.root)
+    files = list(spec.profile.model.source.files or [])
+    wanted_sysctl = sysctl_settings(spec)
+    probes = []
+    if "drift" in options.only:
+        probes.append(drift_checks.live_probe(spec, list(wanted_sysctl)))
+    if "model" in options.only and files:
+        probes.append(model_checks.model_probe([f.path for f in files], transport.root, transport.state_dir))
+    gpu = _gpu_module() if "gpu" in options.only and not root_mode else None
+    if gpu is not None and spec.gpus:
+        probes.append(gpu.GPU_GATHER)
+    gathered = gather(transport, [f.path for f in built.rendered.files], spec.profile.service.name,
+                      extra="\n".join(probes))
+    checks: list[Check] = []
+    if "drift" in options.only:
+        rendered = render(spec, placement, gathered.facts.values)
+        plan = make_plan(rendered, gathered, root_mode=root_mode)
+        checks += drift_checks.file_checks(plan)
+        checks += drift_checks.live_checks(spec, wanted_sysctl, drift_checks.parse_live(gathered.output),
+                                           root_mode=root_mode)
+    if "model" in options.only:
+        checks += _model(built, transport, gathered.output)
+    if "gpu" in options.only:
+        checks += [Check("gpu", "skip", hint="--root: a tree has no GPU to look at")] if root_mode \
+            else _gpu(built, gathered.output, gpu)
+    if "endpoint" in options.only:
+        checks += _endpoint(built, transport, options)
+    return checks
+
+
+def _model(built: Built, transport: Transport, output: str) -> list[Check]:
+    spec = built.spec
+    source = spec.profile.model.source
+    if not source.files:
+        return [Check("model.files", "skip", hint=f"the model comes from {source.kind}: "
+                      "only GGUF files are checked so far")]
+    checks = model_checks.file_checks(spec, model_checks.parse_model(output))
+    first = source.files[0]
+    if not isinstance(transport, _local_type()):
+        return [*checks, Check("model.header", "skip",
+                               hint="the GGUF header is read where provision runs: local and --root targets")]
+    path = Path(transport.root + first.path)
+    if not path.is_file():
+        return checks
+    try:
+        facts = model_checks.header_facts(path)
+    except (ValueError, OSError, KeyError, IndexError) as exc:
+        return [*checks, Check("model.header", "fail", f"not a readable GGUF file: {exc}", "a GGUF header",
+                               "the file is damaged or not GGUF")]
+    return [*checks, *model_checks.header_checks(spec, facts, len(source.files))]
+
+
+def _local_type() -> type:
+    from provisioner.transport.local import LocalTransport
+
+    return LocalTransport
+
+
+def _gpu_module() -> Any:
+    try:
+        from provisioner.verify import gpu
+    except ImportError:  # pragma: no cover - the module ships with the package
+        return None
+    return gpu
+
+
+def _gpu(built: Built, output: str, gpu: Any) -> list[Check]:
+    spec = built.spec
+    if not spec.gpus:
+        return [Check("gpu.present", "skip", hint="the profile has no GPU")]
+    if gpu is None:  # pragma: no cover
+        return [Check("gpu.present", "skip", hint="GPU checks are not available in this build")]
+    report = gpu.parse_gpu(output)
+    expected = [(g.spec, g.count) for g in spec.gpus]
+    min_driver = max((g.spec.min_driver for g in spec.gpus), key=lambda v: tuple(int(x) for x in v.split(".")))
+    driver = spec.profile.driver
+    checks: list[Check] = gpu.gpu_checks(report, expected, driver.kernel_module, min_driver, driver.persistence,
+                                         driver.power_limit_w)
+    return checks
+
+
+def _endpoint(built: Built, transport: Transport, options: VerifyOptions) -> list[Check]:
+    spec = built.spec
+    url = options.endpoint
+    if url is None:
+        if transport.root:
+            return [Check("endpoint", "skip", hint="--root: a tree serves nothing; give --endpoint URL to check one")]
+        if not isinstance(transport, _local_type()):
+            return [Check("endpoint", "skip",
+                          hint="give --endpoint URL (e.g. through an SSH tunnel) for a remote host")]
+        runtime = spec.profile.runtime
+        host = "127.0.0.1" if runtime.bind in {"0.0.0.0", "::"} else runtime.bind  # noqa: S104 - a comparison
+        url = f"http://{host}:{runtime.port}"
+    try:
+        from provisioner.verify import endpoint
+    except ImportError:  # pragma: no cover
+        return [Check("endpoint", "skip", hint="endpoint checks are not available in this build")]
+    from provisioner.predict import predict
+
+    speed = predict(spec, built.placement).decode_tokens_per_s
+    checks: list[Check] = endpoint.endpoint_checks(spec, built.placement, speed, url, _api_key(built),
+                                                   needle=options.needle)
+    return checks
+
+
+def _api_key(built: Built) -> str | None:
+    ref = built.spec.profile.secrets.api_key
+    if ref is None:
+        return None
+    if ref.from_env:
+        return os.environ.get(ref.from_env)
+    if ref.from_file and Path(ref.from_file).is_file():
+        return Path(ref.from_file).read_text().strip()
+    return None
