@@ -87,23 +87,27 @@ trap 'rm -f $temps' EXIT
 fp 1""")
     out.append(f'[ "$(cat "$state/last" 2>/dev/null || echo 0)" = {inputs.expected_last} ] '
                f'|| changed "$state/last"')
-    for change in plan.changes:
-        out.append(_check(change))
+    out.append(_checks(plan.changes, root))
     if not plan.changes:  # only handlers owed by an earlier run that died
         out.append(_handlers(inputs))
         out.append("echo @ok")
         return "\n".join(out) + "\n"
     # Temp files of an earlier run killed mid-way (SIGKILL skips the trap).
     dirs = sorted({str(PurePosixPath(root + c.path).parent) for c in plan.changes})
-    out.extend(f"rm -f {q(d)}/.*.provision-new-* 2>/dev/null || true" for d in dirs)
+    out.append("rm -f " + " ".join(f"{q(d)}/.*.provision-new-*" for d in dirs) + " 2>/dev/null || true")
+    new_dirs = sorted({str(PurePosixPath(root + c.path).parent) for c in plan.changes if c.new is not None})
+    if new_dirs:
+        out.append("mkdir -p " + " ".join(q(d) for d in new_dirs))
     step = 1
     temps: list[tuple[Change, str]] = []
     for index, change in enumerate(c for c in plan.changes if c.new is not None):
         temp = _temp_path(root + change.path, index)
         temps.append((change, temp))
-        out.append(_write(change, temp, root))
+        out.append(_write(change, temp))
         step += 1
         out.append(f"fp {step}")
+    out.append(_modes_owners_sync(temps, root))
+    out.extend(_validate(c.new.validate, t, c.path, root) for c, t in temps if c.new is not None)
     out.append(_validate_units(plan, temps, root))
     out.append('[ "$invalid" = 0 ] || { rm -f $temps; exit ' + str(EXIT_INVALID) + "; }")
     out.append(_record_generation(inputs))
@@ -151,9 +155,23 @@ mkdir -p "$state/generations"
 """
 
 
-def _check(change: Change) -> str:
-    expected = change.old.sha256 if change.old.kind == "file" else "absent"
-    return f'[ "$(hash_of "$root"{q(change.path)})" = {expected} ] || changed "$root"{q(change.path)}'
+def _checks(changes: tuple[Change, ...], root: str) -> str:
+    """Every path still as the plan saw it: one sha256sum -c for all files, builtins for the rest."""
+    lines = []
+    hashed = [(c.old.sha256, root + c.path) for c in changes if c.old.kind == "file"]
+    for change in changes:
+        path = q(root + change.path)
+        if change.old.kind == "file":
+            lines.append(f"[ -L {path} ] && changed {path}")
+        else:
+            lines.append(f"{{ [ -e {path} ] || [ -L {path} ]; }} && changed {path}")
+    if hashed:
+        listing = "\n".join(f"{digest}  {path}" for digest, path in hashed)
+        # On a mismatch, name the file (the slow path runs only when something changed).
+        lines.append(f"if ! printf '%s\\n' {q(listing)} | sha256sum -c --status 2>/dev/null; then")
+        lines += [f'    [ "$(hash_of {q(path)})" = {digest} ] || changed {q(path)}' for digest, path in hashed]
+        lines.append("fi")
+    return "\n".join(lines)
 
 
 def _temp_path(target: str, index: int) -> str:
@@ -161,32 +179,34 @@ def _temp_path(target: str, index: int) -> str:
     return str(path.parent / f".{path.name}.provision-new-{index}")
 
 
-def _write(change: Change, temp: str, root: str) -> str:
+def _write(change: Change, temp: str) -> str:
     assert change.new is not None
-    item = change.new
-    data = base64.encodebytes(item.content).decode("ascii")
-    parent = q(str(PurePosixPath(temp).parent))
-    lines = [
-        f"mkdir -p {parent}",
-        f'temps="$temps {q(temp)}"',
-        f"base64 -d > {q(temp)} <<'PROVISION_EOF'",
-        data.rstrip("\n"),
-        "PROVISION_EOF",
-        f"chmod {item.mode_text} {q(temp)}",
-        _chown(item.owner, item.group, temp, root),
-        f"sync {q(temp)} 2>/dev/null || true",
-    ]
-    lines.append(_validate(item.validate, temp, item.path, root))
-    return "\n".join(line for line in lines if line)
+    data = base64.encodebytes(change.new.content).decode("ascii")
+    return "\n".join([f'temps="$temps {q(temp)}"', f"base64 -d > {q(temp)} <<'PROVISION_EOF'",
+                      data.rstrip("\n"), "PROVISION_EOF"])
 
 
-def _chown(owner: str, group: str, temp: str, root: str) -> str:
-    if root:
-        # An image tree's users may not exist on the building host yet.
-        return (f"if id -u {q(owner)} >/dev/null 2>&1 && getent group {q(group)} >/dev/null 2>&1; "
-                f"then chown {q(owner)}:{q(group)} {q(temp)}; "
-                f"else echo \"@warn {owner}:{group} does not exist here; left as $(id -un)\"; fi")
-    return f"chown {q(owner)}:{q(group)} {q(temp)}"
+def _modes_owners_sync(temps: list[tuple[Change, str]], root: str) -> str:
+    """chmod and chown grouped by value, one sync for all: one fork per distinct value."""
+    by_mode: dict[str, list[str]] = {}
+    by_owner: dict[tuple[str, str], list[str]] = {}
+    for change, temp in temps:
+        assert change.new is not None
+        by_mode.setdefault(change.new.mode_text, []).append(q(temp))
+        by_owner.setdefault((change.new.owner, change.new.group), []).append(q(temp))
+    lines = [f"chmod {mode} {' '.join(files)}" for mode, files in sorted(by_mode.items())]
+    for (owner, group), files in sorted(by_owner.items()):
+        chown = f"chown {q(owner)}:{q(group)} {' '.join(files)}"
+        if root:
+            # An image tree's users may not exist on the building host yet.
+            lines.append(f"if id -u {q(owner)} >/dev/null 2>&1 && getent group {q(group)} >/dev/null 2>&1; "
+                         f"then {chown}; else echo \"@warn {owner}:{group} does not exist here; "
+                         f"left as $(id -un)\"; fi")
+        else:
+            lines.append(chown)
+    if temps:
+        lines.append("sync " + " ".join(q(t) for _, t in temps) + " 2>/dev/null || true")
+    return "\n".join(lines)
 
 
 def _validate(kind: str, temp: str, dest: str, root: str) -> str:

@@ -25,7 +25,9 @@ from typing import Any, Literal
 from provisioner.errors import ProvisionError
 
 STATE_DIR = "/var/lib/provision"
-MAX_CONTENT = 1024 * 1024  # contents above this are compared by hash only
+MAX_CONTENT = 1024 * 1024  # kept for callers; contents are read in one batch now
+# Paths written into the gather script unquoted-safe: they never hold blanks or quotes.
+_SAFE_PATH = re.compile(r"^/[A-Za-z0-9_./@+:,=-]*$")
 
 Kind = Literal["missing", "file", "dir", "symlink", "other"]
 
@@ -74,8 +76,12 @@ def gather_script(paths: list[str], root: str = "", service: str = "", state_dir
     (verify's live values, GPU and model probes) printing lines of its own marks."""
     if service and not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", service):
         raise ProvisionError(f"bad service name {service!r}")
-    quoted = " ".join([shlex.quote(root + p) for p in sorted(set(paths))]
-                      + [shlex.quote(p) for p in sorted(set(host_paths or []))])
+    every = [root + p for p in sorted(set(paths))] + sorted(set(host_paths or []))
+    unsafe = [p for p in every if not _SAFE_PATH.match(p)]
+    if unsafe:
+        raise ProvisionError(f"path {unsafe[0]!r} has characters provision does not manage",
+                             hint="managed paths, roots and state dirs use letters, digits and _./@+:,=- only")
+    quoted = " ".join(every)
     return (_GATHER.replace("@ROOT@", shlex.quote(root)).replace("@PATHS@", quoted)
             .replace("@STATE@", shlex.quote(state_dir or root + STATE_DIR)).replace("@MAX@", str(MAX_CONTENT))
             .replace("@SERVICE@", service).replace("@EXTRA@\n", extra.rstrip("\n") + "\n" if extra else ""))
@@ -112,26 +118,21 @@ else
     fact nvidia_driver none
 fi
 fact root "$(b64 "$root")"
+files=""
 emit() {
+    # Classify one path. Regular files are only collected here and read below in
+    # one stat, one sha256sum and one cat for all of them: forks are the cost.
     p=$1
-    rel=${p#"$root"}
     if [ -L "$p" ]; then
-        printf '@path %s symlink %s\n' "$(b64 "$rel")" "$(b64 "$(readlink "$p")")"
+        printf '@path symlink %s %s\n' "$(b64 "$(readlink "$p")")" "$p"
     elif [ -f "$p" ]; then
-        # shellcheck disable=SC2046
-        set -- $(stat -c '%a %U %G %s' "$p")
-        sum=$(sha256sum < "$p" | cut -c1-64)
-        printf '@path %s file %s %s %s %s %s\n' "$(b64 "$rel")" "$1" "$2" "$3" "$sum" "$4"
-        if [ "$4" -le @MAX@ ]; then base64 < "$p"; fi
-        echo '@end'
+        files="$files $p"
     elif [ -d "$p" ]; then
-        # shellcheck disable=SC2046
-        set -- $(stat -c '%a %U %G' "$p")
-        printf '@path %s dir %s %s %s\n' "$(b64 "$rel")" "$1" "$2" "$3"
+        printf '@path dir - %s\n' "$p"
     elif [ -e "$p" ]; then
-        printf '@path %s other\n' "$(b64 "$rel")"
+        printf '@path other - %s\n' "$p"
     else
-        printf '@path %s missing\n' "$(b64 "$rel")"
+        printf '@path missing - %s\n' "$p"
     fi
 }
 for p in @PATHS@; do
@@ -156,6 +157,15 @@ fi
 if [ -r "$state/pending-handlers" ]; then
     printf '@state pending %s\n' "$(tr '\n' ' ' < "$state/pending-handlers")"
 fi
+if [ -n "$files" ]; then
+    # shellcheck disable=SC2086 # the paths hold no blanks (provision checks them)
+    set -- $files
+    stat -c '@stat %a %U %G %s %n' "$@"
+    sha256sum "$@" | sed 's/^/@sum /'
+    echo '@blob'
+    cat "$@" | base64
+    echo '@blob-end'
+fi
 if [ -z "$root" ] && [ -n "@SERVICE@" ] && [ -d /run/systemd/system ]; then
     if systemctl is-active --quiet "@SERVICE@.service"; then fact server_active yes; else fact server_active no; fi
 else
@@ -178,40 +188,39 @@ def parse_gather(output: str) -> Gathered:
     """Pure parser of the gather script's output."""
     facts: dict[str, str] = {}
     paths: dict[str, PathState] = {}
+    stats: list[tuple[str, int, str, str, int]] = []  # path, mode, owner, group, size: in cat order
+    sums: dict[str, str] = {}
+    blob: list[str] = []
     last = 0
     manifest: dict[str, Any] | None = None
     pending: tuple[str, ...] = ()
     done = False
-    lines = output.splitlines()
-    i = 0
-    while i < len(lines):
-        line = lines[i]
-        i += 1
-        if line.startswith("@fact "):
+    in_blob = False
+    for line in output.splitlines():
+        if in_blob:
+            if line == "@blob-end":
+                in_blob = False
+            else:
+                blob.append(line)
+        elif line.startswith("@fact "):
             _, name, *rest = line.split(" ", 2)
             facts[name] = rest[0] if rest else ""
         elif line.startswith("@path "):
-            parts = line.split(" ")
-            path = _b64(parts[1])
-            kind = parts[2]
-            if kind == "file":
-                chunks: list[str] = []
-                while i < len(lines) and lines[i] != "@end":
-                    chunks.append(lines[i])
-                    i += 1
-                i += 1  # @end
-                size = int(parts[7])
-                content = base64.b64decode("".join(chunks)) if size <= MAX_CONTENT else None
-                paths[path] = PathState("file", int(parts[3], 8), parts[4], parts[5], parts[6],
-                                        size, content)
-            elif kind == "dir":
-                paths[path] = PathState("dir", int(parts[3], 8), parts[4], parts[5])
-            elif kind == "symlink":
-                paths[path] = PathState("symlink", link_target=_b64(parts[3]))
-            elif kind in ("missing", "other"):
+            _, kind, extra, path = line.split(" ", 3)
+            if kind == "symlink":
+                paths[path] = PathState("symlink", link_target=_b64(extra))
+            elif kind in ("missing", "other", "dir"):
                 paths[path] = PathState(kind)  # type: ignore[arg-type]
             else:
                 raise ProvisionError(f"gather output has an unknown path kind {kind!r}")
+        elif line.startswith("@stat "):
+            _, mode_text, user, group_name, size_text, file_path = line.split(" ", 5)
+            stats.append((file_path, int(mode_text, 8), user, group_name, int(size_text)))
+        elif line.startswith("@sum "):
+            _, digest, path = line.split(" ", 2)
+            sums[path.lstrip(" *")] = digest
+        elif line == "@blob":
+            in_blob = True
         elif line.startswith("@state last "):
             last = int(line.split()[2] or 0)
         elif line.startswith("@state manifest "):
@@ -223,4 +232,12 @@ def parse_gather(output: str) -> Gathered:
     if not done:
         raise ProvisionError("gathering stopped before the end",
                              hint="the target's shell failed; run with a POSIX sh, stat, sha256sum, base64")
+    data = base64.b64decode("".join(blob)) if blob else b""
+    offset = 0
+    for path, mode, owner, group, size in stats:
+        content = data[offset:offset + size] if len(data) >= offset + size else None
+        offset += size
+        paths[path] = PathState("file", mode, owner, group, sums.get(path), size, content)
+    root = _b64(facts.get("root", "")) if facts.get("root") else ""
+    paths = {visible(path, root): state for path, state in paths.items()}
     return Gathered(Facts(facts), paths, last, manifest, pending, output)
