@@ -146,7 +146,8 @@ def _llama_cpp(spec: Spec, placement: Placement, model_path: str) -> EngineComma
         pinned = spec.profile.os.memlock == "unlimited" and placement.devices[-1].weights_bytes > 0
         b.choice("load_mode", "mmap+mlock" if pinned else "mmap",
                  "weights in RAM are locked: the OS cannot page them out under pressure" if pinned
-                 else "map the model file (weights are read once into VRAM)")
+                 else "map the model file (weights are read once into VRAM)" if spec.gpus
+                 else "map the model file; memlock is not unlimited, so pages are not locked")
     if b.has("metrics"):
         b.flag("metrics", None, "Prometheus metrics at /metrics")
     _extra(b, spec)

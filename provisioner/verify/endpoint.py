@@ -1,0 +1,467 @@
+"""Endpoint checks: the live OpenAI-compatible server (llama.cpp, vLLM, Ollama).
+
+``endpoint_checks`` talks to the server with the standard library only and
+returns one ``Check`` per property:
+
+- endpoint.answers        GET /v1/models answers (with the API key; 401 is a clear fail)
+- endpoint.model_id       the profile's model name is served
+- endpoint.context        the served context per sequence is the profile's (llama.cpp
+                          /props and /slots, vLLM /v1/models max_model_len, Ollama /api/ps)
+- endpoint.slots          llama.cpp: as many slots as runtime.parallel
+- endpoint.needle         a prompt near the full context with a fact at its very start
+                          is answered with that fact (catches truncation and context shift)
+- endpoint.deterministic  three temperature-0 requests, prompt caching off, same text
+- endpoint.template       no raw chat-template tokens in the answers
+- endpoint.speed          decode tok/s of a fixed request against fit's prediction
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from provisioner.verify import Check
+
+if TYPE_CHECKING:
+    from provisioner.fit import Placement
+    from provisioner.resolve import Spec
+
+# Raw chat-template tokens: seeing one in an answer means the template was not applied
+# (or the stop tokens are wrong) and the model is continuing the conversation itself.
+TEMPLATE_TOKENS = ("<|im_start|>", "<|im_end|>", "<|eot_id|>", "<|start_header_id|>",
+                   "<|end_header_id|>", "<|start|>", "<|end|>", "<|endoftext|>",
+                   "<|begin_of_text|>", "<start_of_turn>", "<end_of_turn>", "[INST]", "[/INST]")
+
+SPEED_WARN = 0.70  # below this share of the prediction: warn
+SPEED_FAIL = 0.40  # below this: fail (a silent CPU spill)
+SPEED_TOKENS = 128  # the fixed request's length
+NEEDLE_FILL = 0.90  # share of the context the needle prompt aims at
+NEEDLE_ANSWER_TOKENS = 48
+NEEDLE_FACT = "The secret passphrase is BLUE-HERON-7341."
+NEEDLE_KEY = "BLUE-HERON-7341"
+NEEDLE_QUESTION = ("What is the secret passphrase stated in the first sentence of this message? "
+                   "Answer with the passphrase only.")
+DETERMINISM_PROMPT = "Write four short lines about a lighthouse keeper."
+SPEED_PROMPT = "Count upwards from 1, one number per line, and do not stop."
+_FILLER = (
+    "The archive room held ledgers of grain prices from many harvests.",
+    "A clerk copied each column by hand and checked the totals twice.",
+    "Rain fell on the slate roof while the lamps burned low.",
+    "Nobody could remember who had first ordered the shelves by colour.",
+    "Outside, carts rolled past towards the market on the river bank.",
+    "The ink dried slowly in the cold air of the northern wing.",
+    "Every spring the floors were swept and the windows washed.",
+    "A cat slept on the warmest shelf, above the accounts of the mill.",
+)
+
+
+class _HttpError(Exception):
+    def __init__(self, status: int | None, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass
+class _Client:
+    base_url: str
+    api_key: str | None
+    timeout_s: float
+
+    def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        url = self.base_url.rstrip("/") + path
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(url, data=data, method=method)  # noqa: S310 - http(s) checked in endpoint_checks
+        req.add_header("Accept", "application/json")
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        if self.api_key:
+            req.add_header("Authorization", f"Bearer {self.api_key}")
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:  # noqa: S310 - URL given by the user
+                raw = resp.read()
+        except urllib.error.HTTPError as exc:
+            detail = exc.read().decode("utf-8", "replace")
+            raise _HttpError(exc.code, f"HTTP {exc.code}: {_error_message(detail) or exc.reason}") from exc
+        except (urllib.error.URLError, OSError) as exc:
+            reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+            raise _HttpError(None, f"no answer from {url}: {reason}") from exc
+        try:
+            return json.loads(raw)
+        except ValueError as exc:
+            raise _HttpError(None, f"{url} did not answer JSON: {raw[:80]!r}") from exc
+
+    def get(self, path: str) -> Any:
+        return self.request("GET", path)
+
+    def post(self, path: str, body: dict[str, Any]) -> Any:
+        return self.request("POST", path, body)
+
+
+def _error_message(text: str) -> str:
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return text.strip()[:200]
+    if isinstance(data, dict):
+        err = data.get("error", data)
+        if isinstance(err, dict):
+            return str(err.get("message") or err)[:300]
+        return str(err)[:300]
+    return text.strip()[:200]
+
+
+@dataclass
+class _Answer:
+    content: str
+    reasoning: str
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    timings: dict[str, Any]
+    seconds: float
+
+    @property
+    def text(self) -> str:
+        return self.reasoning + self.content
+
+
+@dataclass
+class _Run:
+    spec: Spec
+    client: _Client
+    model: str
+    answers: list[_Answer] = field(default_factory=list)
+
+    @property
+    def engine(self) -> str:
+        return self.spec.profile.runtime.engine
+
+    def chat(self, prompt: str, max_tokens: int, *, ignore_eos: bool = False) -> _Answer:
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": [{"role": "user", "content": prompt}],
+            "max_tokens": max_tokens,
+            "temperature": 0.0,
+            "top_p": 1.0,
+            "seed": 1234,
+            "stream": False,
+        }
+        if self.engine in ("llama.cpp", "vllm"):
+            # short answers: no reasoning phase on hybrid models (ignored by other templates)
+            body["chat_template_kwargs"] = {"enable_thinking": False}
+        if self.engine == "llama.cpp":
+            body["cache_prompt"] = False  # same work every time: determinism and honest timings
+            body["top_k"] = 1
+        if ignore_eos and self.engine in ("llama.cpp", "vllm"):
+            body["ignore_eos"] = True
+        start = time.monotonic()
+        data = self.client.post("/v1/chat/completions", body)
+        seconds = time.monotonic() - start
+        choice = (data.get("choices") or [{}])[0]
+        message = choice.get("message") or {}
+        usage = data.get("usage") or {}
+        answer = _Answer(
+            content=str(message.get("content") or ""),
+            reasoning=str(message.get("reasoning_content") or message.get("reasoning") or ""),
+            prompt_tokens=_int(usage.get("prompt_tokens")),
+            completion_tokens=_int(usage.get("completion_tokens")),
+            timings=data.get("timings") or {},
+            seconds=seconds,
+        )
+        self.answers.append(answer)
+        return answer
+
+
+def _int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def endpoint_checks(spec: Spec, placement: Placement, predicted_decode_tps: float | None, base_url: str,
+                    api_key: str | None, *, needle: bool = True, timeout_s: float = 120.0) -> list[Check]:
+    """Check the live server at ``base_url`` against the profile; one Check per property."""
+    if base_url.startswith(("http://", "https://")):
+        client = _Client(base_url, api_key, timeout_s)
+        answers, served = _check_answers(client, api_key)
+    else:
+        answers, served = Check("endpoint.answers", "fail", f"not an HTTP URL: {base_url!r}", "http(s)://HOST:PORT",
+                                "give the server's base URL, e.g. http://127.0.0.1:8080"), []
+    if answers.status == "fail":
+        reason = "the endpoint does not answer (see endpoint.answers)"
+        return [answers] + [Check(cid, "skip", hint=reason) for cid in
+                            ("endpoint.model_id", "endpoint.context", "endpoint.slots", "endpoint.needle",
+                             "endpoint.deterministic", "endpoint.template", "endpoint.speed")]
+    model_check, model = _check_model_id(spec, served)
+    run = _Run(spec, _Client(base_url, api_key, timeout_s), model)
+    checks = [answers, model_check]
+    if spec.profile.runtime.engine == "ollama":
+        _warm_up(run)  # Ollama loads the model on the first request; /api/ps is empty before
+    checks += _check_context(run, placement)
+    checks.append(_check_needle(run, placement) if needle
+                  else Check("endpoint.needle", "skip", hint="disabled by --no-needle"))
+    checks.append(_check_deterministic(run))
+    speed = _check_speed(run, predicted_decode_tps)
+    checks.append(_check_template(run))
+    checks.append(speed)
+    return checks
+
+
+# -- answers and model id ----------------------------------------------------------------------
+
+def _check_answers(client: _Client, api_key: str | None) -> tuple[Check, list[str]]:
+    expected = "HTTP 200 from GET /v1/models"
+    try:
+        data = client.get("/v1/models")
+    except _HttpError as exc:
+        if exc.status in (401, 403):
+            hint = ("the server rejected the API key: use the key the profile's secrets.api_key names"
+                    if api_key else
+                    "the server requires an API key: set the one the profile's secrets.api_key names "
+                    "(it is sent as Authorization: Bearer)")
+            return Check("endpoint.answers", "fail", exc.message, expected, hint), []
+        hint = ("is the server running and listening there? check the service "
+                "(systemctl status, journalctl -u) and runtime.bind/port"
+                if exc.status is None else "the server answered with an error: see its log")
+        return Check("endpoint.answers", "fail", exc.message, expected, hint), []
+    served: list[str] = []
+    for entry in (data.get("data") or []) if isinstance(data, dict) else []:
+        if isinstance(entry, dict):
+            served += [str(entry.get("id"))] + [str(a) for a in entry.get("aliases") or []]
+    served = list(dict.fromkeys(served))  # llama.cpp lists its --alias as id and again as an alias
+    return Check("endpoint.answers", "pass", f"HTTP 200, {len(served)} model name(s)", expected), served
+
+
+def _expected_names(spec: Spec) -> list[str]:
+    names = [spec.model_id]
+    tag = getattr(spec.profile.model.source, "ollama", None)
+    if spec.profile.runtime.engine == "ollama":
+        names.append(f"{spec.model_id}:latest")
+        if tag:
+            names += [tag] if ":" in tag else [tag, f"{tag}:latest"]
+    return names
+
+
+def _check_model_id(spec: Spec, served: list[str]) -> tuple[Check, str]:
+    names = _expected_names(spec)
+    observed = ", ".join(served) or "(none)"
+    for name in names:
+        if name in served:
+            return Check("endpoint.model_id", "pass", observed, spec.model_id), name
+    return (Check("endpoint.model_id", "fail", observed, spec.model_id,
+                  "another model is served here: check --alias / --served-model-name in the run script, "
+                  "or whether another server holds the port"),
+            served[0] if served else spec.model_id)
+
+
+def _warm_up(run: _Run) -> None:
+    with contextlib.suppress(_HttpError):  # the checks that need an answer report it
+        run.chat("Hello", 1)
+
+
+# -- context and slots -------------------------------------------------------------------------
+
+def _check_context(run: _Run, placement: Placement) -> list[Check]:
+    expected_ctx = placement.context
+    slots = run.spec.profile.runtime.parallel
+    engine = run.engine
+    try:
+        if engine == "llama.cpp":
+            return _llama_context(run, expected_ctx, slots)
+        if engine == "vllm":
+            return [_vllm_context(run, expected_ctx),
+                    Check("endpoint.slots", "skip", hint="vLLM schedules sequences dynamically "
+                          "(max_num_seqs): no fixed slots to count")]
+        return [_ollama_context(run, expected_ctx),
+                Check("endpoint.slots", "skip", hint="Ollama does not report OLLAMA_NUM_PARALLEL over its API")]
+    except _HttpError as exc:
+        return [Check("endpoint.context", "fail", exc.message, f"{expected_ctx} tokens per sequence",
+                      "the server did not report its context"),
+                Check("endpoint.slots", "skip", hint="the context could not be read")]
+
+
+def _context_verdict(observed: int | None, expected: int, source: str, *, detail: str = "") -> Check:
+    exp = f"{expected} tokens per sequence"
+    if observed is None:
+        return Check("endpoint.context", "fail", f"{source}: no context reported", exp,
+                     "the server did not report its context length")
+    obs = f"{observed} tokens per sequence ({source}){detail}"
+    if observed < expected:
+        return Check("endpoint.context", "fail", obs, exp,
+                     "the server serves less context than the profile: long prompts are cut or refused; "
+                     "check --ctx-size / --parallel (llama.cpp), --max-model-len (vLLM), num_ctx (Ollama)")
+    if observed > expected:
+        return Check("endpoint.context", "warn", obs, exp,
+                     "more context than the profile: more memory than fit planned for")
+    return Check("endpoint.context", "pass", obs, exp)
+
+
+def _llama_context(run: _Run, expected: int, slots: int) -> list[Check]:
+    props = run.client.get("/props")
+    settings = props.get("default_generation_settings") or {}
+    n_ctx = _int(settings.get("n_ctx"))
+    total_slots = _int(props.get("total_slots"))
+    slot_ctx: list[int] = []
+    try:
+        data = run.client.get("/slots")
+        if isinstance(data, list):
+            slot_ctx = [c for c in (_int(s.get("n_ctx")) for s in data if isinstance(s, dict)) if c is not None]
+    except _HttpError:
+        pass  # /slots is off (--no-slots): /props alone
+    observed = min(slot_ctx) if slot_ctx else n_ctx
+    detail = ""
+    if slot_ctx and len(set(slot_ctx)) > 1:
+        detail = f"; slots range {min(slot_ctx)}..{max(slot_ctx)}"
+    context = _context_verdict(observed, expected, "/slots" if slot_ctx else "/props", detail=detail)
+    count = len(slot_ctx) if slot_ctx else total_slots
+    if count is None:
+        slot_check = Check("endpoint.slots", "fail", "no slot count in /props", f"{slots} slot(s)",
+                           "the server did not report total_slots")
+    elif count != slots:
+        slot_check = Check("endpoint.slots", "fail", f"{count} slot(s)", f"{slots} slot(s)",
+                           "check --parallel in the run script: the context is split between the slots")
+    else:
+        slot_check = Check("endpoint.slots", "pass", f"{count} slot(s)", f"{slots} slot(s)")
+    return [context, slot_check]
+
+
+def _vllm_context(run: _Run, expected: int) -> Check:
+    data = run.client.get("/v1/models")
+    for entry in data.get("data") or []:
+        if isinstance(entry, dict) and entry.get("id") == run.model:
+            return _context_verdict(_int(entry.get("max_model_len")), expected, "/v1/models max_model_len")
+    return _context_verdict(None, expected, "/v1/models")
+
+
+def _ollama_context(run: _Run, expected: int) -> Check:
+    data = run.client.get("/api/ps")
+    models = [m for m in data.get("models") or [] if isinstance(m, dict)]
+    names = set(_expected_names(run.spec)) | {run.model}
+    for entry in models:
+        if entry.get("name") in names or entry.get("model") in names:
+            return _context_verdict(_int(entry.get("context_length")), expected, "/api/ps context_length")
+    return Check("endpoint.context", "fail", f"{run.model} not loaded (/api/ps lists "
+                 f"{', '.join(str(m.get('name')) for m in models) or 'nothing'})",
+                 f"{expected} tokens per sequence", "the model did not load: see the Ollama log")
+
+
+# -- needle ------------------------------------------------------------------------------------
+
+def _needle_prompt(blocks: int) -> str:
+    lines = [NEEDLE_FACT]
+    lines += [f"{_FILLER[i % len(_FILLER)]}" for i in range(blocks)]
+    lines.append(NEEDLE_QUESTION)
+    return "\n".join(lines)
+
+
+def _check_needle(run: _Run, placement: Placement) -> Check:
+    context = placement.context
+    target = int(context * NEEDLE_FILL) - NEEDLE_ANSWER_TOKENS
+    try:
+        # Calibrate the tokenizer: the prompt without and with a known amount of filler.
+        base = run.chat(_needle_prompt(0), 1)
+        probe_blocks = 4 * len(_FILLER)
+        probe = run.chat(_needle_prompt(probe_blocks), 1)
+    except _HttpError as exc:
+        return Check("endpoint.needle", "fail", f"calibration request failed: {exc.message}",
+                     "the fact from the prompt's start", "the server refused a short prompt: see its log")
+    if base.prompt_tokens is None or probe.prompt_tokens is None or probe.prompt_tokens <= base.prompt_tokens:
+        return Check("endpoint.needle", "skip", hint="the server reports no usage.prompt_tokens: "
+                     "cannot size a prompt to the context")
+    per_block = (probe.prompt_tokens - base.prompt_tokens) / probe_blocks
+    blocks = max(0, int((target - base.prompt_tokens) / per_block))
+    planned = base.prompt_tokens + int(blocks * per_block)
+    expected = f"{NEEDLE_KEY} recalled from a ~{planned}-token prompt ({context}-token context)"
+    try:
+        answer = run.chat(_needle_prompt(blocks), NEEDLE_ANSWER_TOKENS)
+    except _HttpError as exc:
+        hint = ("the server refused a prompt that fits the profile's context: it serves less context"
+                if exc.status is not None and exc.status < 500 else "the request failed: see the server log")
+        return Check("endpoint.needle", "fail", f"~{planned}-token prompt refused: {exc.message}", expected, hint)
+    got = answer.prompt_tokens
+    said = answer.text.strip().replace("\n", " ")
+    said = said if len(said) <= 80 else said[:77] + "..."
+    if got is not None and got < planned * 0.9:
+        return Check("endpoint.needle", "fail",
+                     f"the server processed {got} of ~{planned} prompt tokens; answered {said!r}", expected,
+                     "the prompt was truncated (the start is lost): the served context is smaller than the "
+                     "profile's (Ollama: num_ctx / OLLAMA_CONTEXT_LENGTH)")
+    if NEEDLE_KEY.lower() in answer.text.lower().replace(" ", ""):
+        return Check("endpoint.needle", "pass", f"recalled from a {got or planned}-token prompt", expected)
+    return Check("endpoint.needle", "fail",
+                 f"not recalled from a {got or planned}-token prompt; answered {said!r}", expected,
+                 "the fact at the prompt's start was lost: context shift or truncation (llama.cpp: "
+                 "--no-context-shift, --ctx-size), or a model too weak to recall it "
+                 "(--no-needle skips this check)")
+
+
+# -- determinism, template, speed ---------------------------------------------------------------
+
+def _check_deterministic(run: _Run) -> Check:
+    texts: list[str] = []
+    try:
+        for _ in range(3):
+            texts.append(run.chat(DETERMINISM_PROMPT, 48).text)
+    except _HttpError as exc:
+        return Check("endpoint.deterministic", "fail", exc.message, "3 identical answers at temperature 0",
+                     "the server failed a short request: see its log")
+    expected = "3 identical answers at temperature 0"
+    if all(t == texts[0] for t in texts):
+        if not texts[0].strip():
+            return Check("endpoint.deterministic", "warn", "3 empty answers", expected,
+                         "the model answered nothing: nothing to compare")
+        return Check("endpoint.deterministic", "pass", f"3 identical answers ({len(texts[0])} chars)", expected)
+    distinct = len(set(texts))
+    a, b = next((x, y) for x, y in itertools.pairwise(texts) if x != y)
+    at = next((i for i, (ca, cb) in enumerate(zip(a, b, strict=False)) if ca != cb), min(len(a), len(b)))
+    return Check("endpoint.deterministic", "fail", f"{distinct} different answers (first difference at "
+                 f"character {at})", expected,
+                 "greedy decoding should repeat itself: a server-side sampler override, batching across "
+                 "slots, or prompt caching changing numerics (llama.cpp: cache_prompt false)")
+
+
+def _check_template(run: _Run) -> Check:
+    texts = [a.text for a in run.answers if a.completion_tokens != 1]
+    expected = "no raw template tokens in answers"
+    if not texts:
+        return Check("endpoint.template", "skip", hint="no answers to inspect (earlier requests failed)")
+    found = sorted({tok for tok in TEMPLATE_TOKENS for t in texts if tok in t})
+    if found:
+        return Check("endpoint.template", "fail", f"{', '.join(found)} in {len(texts)} answer(s)", expected,
+                     "the chat template is not applied or its stop tokens are wrong: llama.cpp --jinja with "
+                     "the model's own template; check the GGUF's tokenizer.chat_template")
+    return Check("endpoint.template", "pass", f"none in {len(texts)} answer(s)", expected)
+
+
+def _check_speed(run: _Run, predicted: float | None) -> Check:
+    if predicted is None or predicted <= 0:
+        return Check("endpoint.speed", "skip", hint="no speed prediction for this profile")
+    try:
+        answer = run.chat(SPEED_PROMPT, SPEED_TOKENS, ignore_eos=True)
+    except _HttpError as exc:
+        return Check("endpoint.speed", "fail", exc.message, f"{predicted:.1f} tok/s predicted",
+                     "the speed request failed: see the server log")
+    tps = answer.timings.get("predicted_per_second")
+    if isinstance(tps, (int, float)) and tps > 0:
+        rate, source = float(tps), f"server timings, {answer.timings.get('predicted_n', '?')} tokens"
+    elif answer.completion_tokens and answer.seconds > 0:
+        rate = answer.completion_tokens / answer.seconds
+        source = f"wall clock, {answer.completion_tokens} tokens"
+    else:
+        return Check("endpoint.speed", "skip", hint="the server reported neither timings nor usage")
+    ratio = rate / predicted
+    observed = f"{rate:.1f} tok/s decode ({source}), {ratio:.0%} of predicted"
+    expected = f">= {SPEED_WARN:.0%} of {predicted:.1f} tok/s predicted"
+    if ratio < SPEED_FAIL:
+        return Check("endpoint.speed", "fail", observed, expected,
+                     f"below {SPEED_FAIL:.0%} of the prediction: a silent CPU spill? check the GPU layers the "
+                     "server loaded, nvidia-smi memory use, and that the GPU is not throttled")
+    if ratio < SPEED_WARN:
+        return Check("endpoint.speed", "warn", observed, expected,
+                     "slower than predicted: other load on the machine, power limit or clocks, or part of the "
+                     "model in system RAM")
+    return Check("endpoint.speed", "pass", observed, expected)

@@ -1,0 +1,114 @@
+"""A tiny Qwen2 GGUF for tests against a real llama-server: 2 layers, random weights.
+
+The vocabulary, merges and chat template are copied from a vocab-only GGUF that
+llama.cpp ships (``models/ggml-vocab-qwen2.gguf`` in its sources, vendored in
+the llama-cpp-python sdist), so the server tokenizes real text and applies the
+real ChatML template. The weights are random (fixed seed): the model answers
+deterministically but says nothing sensible, which is what the tests need.
+
+    python -m tests.tinymodel VOCAB.gguf OUT.gguf
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
+from gguf.quants import quantize
+
+ARCH = "qwen2"
+LAYERS = 2
+EMBED = 64
+HEADS = 4
+KV_HEADS = 2
+FFN = 128
+TRAIN_CONTEXT = 32768
+SEED = 20240611
+
+# Keys copied verbatim from the vocab file (whatever of them it has).
+_TOKENIZER_PREFIXES = ("tokenizer.",)
+
+
+def _field_value(reader: GGUFReader, key: str) -> tuple[Any, GGUFValueType, GGUFValueType | None]:
+    field = reader.fields[key]
+    kind = field.types[0]
+    sub = field.types[-1] if kind == GGUFValueType.ARRAY and len(field.types) > 1 else None
+    return field.contents(), kind, sub
+
+
+def write_tiny_model(vocab_gguf: Path, out: Path, *, name: str = "tiny-qwen2",
+                     seed: int = SEED) -> Path:
+    """Write a 2-layer Qwen2 GGUF with ``vocab_gguf``'s tokenizer to ``out``; return ``out``."""
+    reader = GGUFReader(vocab_gguf)
+    arch = reader.fields["general.architecture"].contents()
+    if arch != ARCH:
+        raise ValueError(f"{vocab_gguf}: vocabulary of a {arch} model, expected {ARCH}")
+    n_vocab = len(reader.fields["tokenizer.ggml.tokens"].data)
+
+    writer = GGUFWriter(out, ARCH)
+    writer.add_name(name)
+    writer.add_context_length(TRAIN_CONTEXT)
+    writer.add_embedding_length(EMBED)
+    writer.add_block_count(LAYERS)
+    writer.add_feed_forward_length(FFN)
+    writer.add_head_count(HEADS)
+    writer.add_head_count_kv(KV_HEADS)
+    writer.add_rope_freq_base(1_000_000.0)
+    writer.add_layer_norm_rms_eps(1e-6)
+    writer.add_file_type(int(GGMLQuantizationType.F32))
+    for key in reader.fields:
+        if not key.startswith(_TOKENIZER_PREFIXES):
+            continue
+        value, kind, sub = _field_value(reader, key)
+        writer.add_key_value(key, value, kind, sub_type=sub)
+
+    rng = np.random.default_rng(seed)
+
+    def weight(rows: int, cols: int) -> np.ndarray[Any, np.dtype[np.float32]]:
+        values: np.ndarray[Any, np.dtype[np.float32]] = (rng.standard_normal((rows, cols))
+                                                         / np.sqrt(cols)).astype(np.float32)
+        return values
+
+    head_dim = EMBED // HEADS
+    # The embedding (also the output layer: qwen2 ties them when output.weight is absent)
+    # is most of the file: Q8_0 keeps it at ~10 MB for Qwen2's 151936 tokens.
+    embed = weight(n_vocab, EMBED)
+    writer.add_tensor("token_embd.weight", quantize(embed, GGMLQuantizationType.Q8_0),
+                      raw_dtype=GGMLQuantizationType.Q8_0)
+    writer.add_tensor("output_norm.weight", np.ones(EMBED, dtype=np.float32))
+    for i in range(LAYERS):
+        p = f"blk.{i}."
+        writer.add_tensor(p + "attn_norm.weight", np.ones(EMBED, dtype=np.float32))
+        writer.add_tensor(p + "attn_q.weight", weight(EMBED, EMBED))
+        writer.add_tensor(p + "attn_k.weight", weight(KV_HEADS * head_dim, EMBED))
+        writer.add_tensor(p + "attn_v.weight", weight(KV_HEADS * head_dim, EMBED))
+        writer.add_tensor(p + "attn_q.bias", np.zeros(EMBED, dtype=np.float32))
+        writer.add_tensor(p + "attn_k.bias", np.zeros(KV_HEADS * head_dim, dtype=np.float32))
+        writer.add_tensor(p + "attn_v.bias", np.zeros(KV_HEADS * head_dim, dtype=np.float32))
+        writer.add_tensor(p + "attn_output.weight", weight(EMBED, EMBED))
+        writer.add_tensor(p + "ffn_norm.weight", np.ones(EMBED, dtype=np.float32))
+        writer.add_tensor(p + "ffn_gate.weight", weight(FFN, EMBED))
+        writer.add_tensor(p + "ffn_up.weight", weight(FFN, EMBED))
+        writer.add_tensor(p + "ffn_down.weight", weight(EMBED, FFN))
+
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return out
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2:
+        print(__doc__, file=sys.stderr)
+        return 1
+    path = write_tiny_model(Path(argv[0]), Path(argv[1]))
+    print(f"{path}: {path.stat().st_size} bytes")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
