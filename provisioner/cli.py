@@ -603,3 +603,87 @@ def _first_line(text: str | None) -> str:
         return ""
     line = text.splitlines()[0]
     return line if len(line) <= 60 else line[:57] + "..."
+
+
+@main.group()
+def profiles() -> None:
+    """The library of known-good profiles: hardware + model combinations with
+    sources, measured speeds, pitfalls and what `provision fit` predicts.
+
+    \b
+    Example:
+      provision profiles list
+      provision profiles show rtx-pro-6000-qwen3-235b-q3-llamacpp
+    """
+
+
+@profiles.command("list")
+@json_option
+@handle_errors("profiles")
+def profiles_list(as_json: bool) -> int:
+    """List the library profiles: GPU, RAM, model and quant, engine, context and the
+    decode speed `provision fit` predicts (one stream, short prompt).
+
+    \b
+    Example:
+      provision profiles list
+      provision profiles list --json
+    """
+    from provisioner.library import profiles_list_command
+
+    return profiles_list_command(as_json)
+
+
+@profiles.command("show")
+@click.argument("name")
+@json_option
+@handle_errors("profiles")
+def profiles_show(name: str, as_json: bool) -> int:
+    """Print the library profile NAME (sources, measured speed, pitfalls) followed by
+    what `provision fit` says about it, as YAML comments. Use it with `extends: NAME`.
+
+    \b
+    Example:
+      provision profiles show rtx-4090-qwen3-30b-a3b-llamacpp
+      provision profiles show cpu-only-256g-qwen3-235b-llamacpp > my.yaml
+    """
+    from provisioner.library import profiles_show_command
+
+    return profiles_show_command(name, as_json)
+
+
+@main.command()
+@target_options
+@click.option("--model", default=None, metavar="ID",
+              help="Only library profiles serving this catalog model id (e.g. qwen3-235b-a22b).")
+@json_option
+@handle_errors("init")
+def init(model: str | None, as_json: bool, **opts: Any) -> int:
+    """Read a host's facts (GPUs by PCI device id, RAM, cores, NUMA, memory type where
+    readable) and print a commented profile extending the best-fitting library profile.
+
+    A library profile written for this hardware (same GPU models and counts, at least
+    its RAM) is used as is; otherwise the closest is adapted to the host's GPUs, RAM and
+    cores and checked with fit. The printed profile passes `provision validate`.
+    With --become, dmidecode gives the installed RAM and memory type.
+    Exit 0 a profile was printed; 1 no library profile fits, or the host could not be read.
+
+    \b
+    Example:
+      provision init > my-box.yaml
+      provision init --host admin@gpu-box --become --model gpt-oss-120b > gpu-box.yaml
+      provision validate my-box.yaml && provision plan my-box.yaml
+    """
+    from provisioner.errors import UsageError
+    from provisioner.init_command import init_command
+
+    targets = _targets(Path("-"), opts)
+    if len(targets) != 1:
+        raise UsageError("init reads one host", hint="give --host HOST (or --limit to one inventory host)")
+    transport = targets[0].transport_factory()
+    try:
+        return init_command(transport, model, as_json)
+    finally:
+        close = getattr(transport, "close", None)
+        if close is not None:
+            close()
