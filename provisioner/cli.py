@@ -550,19 +550,18 @@ def _run_verify(profile: Path | None, opts: dict[str, Any], options: Any, as_jso
     """verify every target; with ``collect``, the JSON goes there instead of stdout."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from provisioner.pipeline import build
     from provisioner.report import print_json, print_table, say
     from provisioner.verify import failures_first, worst
     from provisioner.verify.run import verify_target
 
     targets = _targets(profile, opts)
-    builds = {t.profile: build(t.profile, ignore_fit=opts["ignore_fit"]) for t in targets}
+    builds = {t.key: t.build(opts["ignore_fit"]) for t in targets}
 
     def one(target: Any) -> dict[str, Any]:
         transport = None
         try:
             transport = target.transport_factory()
-            checks = failures_first(verify_target(builds[target.profile], transport, options))
+            checks = failures_first(verify_target(builds[target.key], transport, options))
             return {"host": target.name, "ok": True, "error": None, "checks": checks}
         except ProvisionError as exc:
             return {"host": target.name, "ok": False, "error": exc.first, "checks": []}

@@ -65,7 +65,8 @@ def plan_host(rendered: Rendered, transport: Transport, *, service: str, restart
     if rerender is not None:
         rendered = rerender(gathered.facts.values)
     plan = make_plan(rendered, gathered, root_mode=bool(transport.root), restart=restart,
-                     server_active=gathered.facts.get("server_active") == "yes")
+                     server_active=gathered.facts.get("server_active") == "yes",
+                     server_enabled={"yes": True, "no": False}.get(gathered.facts.get("server_enabled") or ""))
     return plan, gathered
 
 

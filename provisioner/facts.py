@@ -168,6 +168,7 @@ if [ -n "$files" ]; then
 fi
 if [ -z "$root" ] && [ -n "@SERVICE@" ] && [ -d /run/systemd/system ]; then
     if systemctl is-active --quiet "@SERVICE@.service"; then fact server_active yes; else fact server_active no; fi
+    if systemctl is-enabled --quiet "@SERVICE@.service"; then fact server_enabled yes; else fact server_enabled no; fi
 else
     fact server_active no
 fi

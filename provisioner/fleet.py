@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,6 +24,15 @@ class Target:
     name: str
     profile: Path
     transport_factory: Callable[[], Transport]
+    overrides: str = ""  # the inventory host's profile overrides, as sorted JSON ("" for none)
+
+    @property
+    def key(self) -> tuple[Path, str]:
+        return (self.profile, self.overrides)
+
+    def build(self, ignore_fit: bool) -> Built:
+        return build(self.profile, ignore_fit=ignore_fit,
+                     overrides=json.loads(self.overrides) if self.overrides else None)
 
 
 @dataclass(frozen=True)
@@ -59,22 +69,23 @@ def ssh_target(host: Host, profile: Path, *, accept_new_host_key: bool, known_ho
                      jump=jump or host.jump,
                      become=become or host.become, become_password=become_password, known_hosts=known_hosts,
                      accept_new_host_key=accept_new_host_key, connect_timeout=connect_timeout)
-    return Target(host.name, profile, lambda: SshTransport(spec))
+    overrides = json.dumps(host.overrides, sort_keys=True) if host.overrides else ""
+    return Target(host.name, profile, lambda: SshTransport(spec), overrides)
 
 
 def run(targets: list[Target], options: RunOptions,
         on_done: Callable[[Outcome], None] | None = None) -> list[Outcome]:
     """Plan (and apply) every target; results in the targets' order."""
-    builds: dict[Path, Built | list[Problem]] = {}
+    builds: dict[tuple[Path, str], Built | list[Problem]] = {}
     for target in targets:  # each profile is built once, up front, before any host is touched
-        if target.profile not in builds:
+        if target.key not in builds:
             try:
-                builds[target.profile] = build(target.profile, ignore_fit=options.ignore_fit)
+                builds[target.key] = target.build(options.ignore_fit)
             except ProvisionError as exc:
-                builds[target.profile] = exc.problems
+                builds[target.key] = exc.problems
 
     def one(target: Target) -> Outcome:
-        built = builds[target.profile]
+        built = builds[target.key]
         if isinstance(built, list):
             outcome = Outcome(target.name, None, built)
         else:

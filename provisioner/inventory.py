@@ -24,11 +24,11 @@ from typing import Any
 from provisioner.errors import ProfileError, UsageError
 from provisioner.yamlread import load_yaml, read_text
 
-_HOST_KEYS = {"address", "port", "user", "key", "profile", "root", "state_dir", "become", "jump"}
+_HOST_KEYS = {"address", "port", "user", "key", "profile", "root", "state_dir", "become", "jump", "overrides"}
 _ANSIBLE = {"ansible_host": "address", "ansible_port": "port", "ansible_user": "user",
             "ansible_ssh_private_key_file": "key", "ansible_become": "become",
             "provision_profile": "profile", "provision_root": "root", "provision_jump": "jump",
-            "provision_state_dir": "state_dir"}
+            "provision_state_dir": "state_dir", "provision_overrides": "overrides"}
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,8 @@ class Host:
     become: bool = False
     jump: str | None = None
     groups: tuple[str, ...] = field(default_factory=tuple)
+    # merged over the host's profile (deeply, like extends): e.g. {runtime: {port: 8081}}
+    overrides: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
 
 def load_inventory(path: Path) -> list[Host]:
@@ -76,7 +78,14 @@ def _host(name: str, values: dict[str, Any], groups: tuple[str, ...], label: str
                 user=values.get("user"), key=values.get("key"), profile=values.get("profile"),
                 root=str(values.get("root") or ""), state_dir=values.get("state_dir"),
                 become=become in (True, "true", "yes", "True"),
-                jump=values.get("jump"), groups=groups)
+                jump=values.get("jump"), groups=groups, overrides=_overrides(name, values, label))
+
+
+def _overrides(name: str, values: dict[str, Any], label: str) -> dict[str, Any]:
+    overrides = values.get("overrides") or {}
+    if not isinstance(overrides, dict):
+        raise ProfileError(f"host {name}: overrides must be a mapping of profile sections", file=label)
+    return overrides
 
 
 def _ours(data: dict[str, Any], label: str) -> list[Host]:

@@ -44,12 +44,15 @@ class LoadedProfile:
         return self.path.parent
 
 
-def load_profile(path: Path | str) -> LoadedProfile:
-    """Read, merge ``extends``, validate. Raises ``ProfileError`` with all problems."""
+def load_profile(path: Path | str, overrides: dict[str, Any] | None = None) -> LoadedProfile:
+    """Read, merge ``extends`` and then ``overrides`` (an inventory host's), validate.
+    Raises ``ProfileError`` with all problems."""
     path = Path(path)
     if not path.exists() and path.name == str(path) and path.suffix == "":
         path = library_profiles().get(path.name, path)  # a library profile by name
     data, positions = _read_with_extends(path, chain=())
+    if overrides:
+        data = deep_merge(data, overrides)
     try:
         profile = Profile.model_validate(data)
     except ValidationError as exc:
@@ -146,8 +149,11 @@ def _problems(exc: ValidationError, positions: Positions, label: str) -> list[Pr
         kind = error["type"]
         if kind == "extra_forbidden":
             path = _data_path(loc, known)
+            if not path or path[-1] != loc[-1]:
+                # a key with no recorded position (an inventory host's overrides): name it anyway
+                path = (*path, str(loc[-1]))
             where = positions.find(path, key=True)
-            key = str(path[-1]) if path else str(loc[-1])
+            key = str(path[-1])
             owner = model_for_path(path[:-1])
             close = difflib.get_close_matches(key, list(owner.model_fields), n=1) if owner else []
             hint = f"did you mean `{close[0]}`?" if close else (

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from provisioner.errors import ProfileError, UsageError
 from provisioner.fit import Placement, fit
@@ -22,8 +23,8 @@ class Built:
     rendered: Rendered
 
 
-def build(path: Path, *, ignore_fit: bool = False) -> Built:
-    loaded = load_profile(path)
+def build(path: Path, *, ignore_fit: bool = False, overrides: dict[str, Any] | None = None) -> Built:
+    loaded = load_profile(path, overrides)
     spec = resolve(loaded)
     placement = fit(spec)
     if not placement.fits and not ignore_fit:

@@ -18,7 +18,7 @@ Action = Literal["create", "update", "delete"]
 REDACTED = "<redacted>"
 # Built-in handlers run in this order, then the profile's own in profile order.
 HANDLER_ORDER = ("daemon-reload", "sysctl", "tmpfiles", "tuned", "initramfs", "gpu-settings",
-                 "restart-server")
+                 "enable-server", "restart-server")
 # Changing these needs the initramfs rebuilt and a reboot to take effect.
 REBOOT_PREFIXES = ("/etc/modprobe.d/",)
 
@@ -104,7 +104,9 @@ def file_change(item: File, current: PathState, *, allow_symlink: bool = False) 
 
 
 def make_plan(rendered: Rendered, gathered: Gathered, *, root_mode: bool,
-              restart: bool = False, server_active: bool = False) -> Plan:
+              restart: bool = False, server_active: bool = False, server_enabled: bool | None = None) -> Plan:
+    """``server_enabled`` False (systemd runs, the unit is not enabled) owes enable-server:
+    the first apply on a machine enables and starts the model server."""
     changes: list[Change] = []
     for item in rendered.files:
         change = file_change(item, gathered.paths.get(item.path, PathState("missing")))
@@ -127,6 +129,10 @@ def make_plan(rendered: Rendered, gathered: Gathered, *, root_mode: bool,
         owed.update(notify)
         if change.path.startswith(REBOOT_PREFIXES):
             owed.add("initramfs")
+    if server_enabled is False and not root_mode:
+        owed.add("enable-server")
+    if "enable-server" in owed:
+        owed.discard("restart-server")  # enable --now starts it with the new files already
     reboot = "initramfs" in owed
     ordered = [h for h in HANDLER_ORDER if h in owed]
     ordered += [h for h in rendered.handlers if h in owed and h not in HANDLER_ORDER]

@@ -389,7 +389,7 @@ class Profile(_Model):
 
 
 BUILTIN_HANDLERS = frozenset(
-    {"daemon-reload", "sysctl", "tmpfiles", "tuned", "restart-server", "gpu-settings"}
+    {"daemon-reload", "sysctl", "tmpfiles", "tuned", "initramfs", "gpu-settings", "enable-server", "restart-server"}
 )
 
 

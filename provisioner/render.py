@@ -228,6 +228,8 @@ def _handlers(spec: Spec) -> dict[str, str]:
         "tmpfiles": "systemd-tmpfiles --create",
         "tuned": "systemctl restart tuned",
         "gpu-settings": "systemctl restart nvidia-gpu-settings.service",
+        "enable-server": f"systemctl enable --now {'nvidia-gpu-settings.service ' if spec.gpus else ''}"
+                         f"{name}.service",
         "restart-server": f"systemctl try-restart {name}.service",
     }
     custom = {key: h.command for key, h in spec.profile.handlers.items()}

@@ -29,11 +29,14 @@ def print_table(title: str, columns: list[str], rows: list[list[str]]) -> None:
     from rich.table import Table
 
     table = Table(title=title, title_justify="left", box=None, pad_edge=False)
-    for column in columns:
-        table.add_column(column, overflow="fold")
+    for index, column in enumerate(columns):
+        # every column but the last keeps its cells on one line; the last wraps if it must
+        table.add_column(column, no_wrap=index < len(columns) - 1, overflow="fold")
     for row in rows:
         table.add_row(*row)
-    Console(stderr=True, highlight=False, soft_wrap=False, width=120).print(table)
+    widths = [max([len(column)] + [len(row[i]) for row in rows]) for i, column in enumerate(columns)]
+    width = min(max(sum(widths) + 2 * len(columns), 60), 220)
+    Console(stderr=True, highlight=False, soft_wrap=False, width=width).print(table)
 
 
 def host_json(host: str, plan: Any, *, ok: bool = True, generation: int | None = None,

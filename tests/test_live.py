@@ -49,6 +49,12 @@ def live(tmp_path: Path, *args: str, env_extra: dict[str, str] | None = None) ->
         body = f'echo "{name} $*" >> {log}\n'
         if name == "curl":  # the server is "ready" once the test creates this file
             body += f'[ -e {tmp_path / "ready"} ]\n'
+        if name == "systemctl":  # a unit is enabled/active once the test or `enable --now` says so
+            body += (f'case "$1" in\n'
+                     f'  is-enabled) [ -e {tmp_path / "enabled"} ] ;;\n'
+                     f'  is-active) [ -e {tmp_path / "active"} ] ;;\n'
+                     f'  enable) touch {tmp_path / "enabled"} {tmp_path / "active"} ;;\n'
+                     f'esac\n')
         shim.write_text("#!/bin/sh\n" + body)
         shim.chmod(0o755)
     script = tmp_path / "sandbox.sh"
@@ -111,6 +117,8 @@ touch {tmp_path}/ready
 $py -m provisioner apply {moved} --yes --restart --json > $t/3.json 2> $t/3.err; echo $? > $t/3.code
 cp /opt/provision/bin/llm-server-run.sh {tmp_path}/run-after-3.sh
 """)
+    (tmp_path / "enabled").touch()  # the server is installed, enabled and running
+    (tmp_path / "active").touch()
     result = live(tmp_path, "--version", env_extra=env)  # prepares the shims
     assert result.returncode == 0
     script = tmp_path / "sandbox.sh"
@@ -131,3 +139,24 @@ cp /opt/provision/bin/llm-server-run.sh {tmp_path}/run-after-3.sh
     assert (tmp_path / "3.code").read_text().strip() == "0", (tmp_path / "3.err").read_text()
     assert json.loads((tmp_path / "3.json").read_text())["hosts"][0]["generation"] == 2
     assert "--port 8081" in (tmp_path / "run-after-3.sh").read_text()
+
+
+def test_first_live_apply_enables_and_starts_the_server_once(tmp_path: Path) -> None:
+    profile = make_profile(tmp_path, {"os.sysctl": {"vm.swappiness": 10}})
+    story = tmp_path / "story.sh"
+    py = shlex.quote(sys.executable)
+    story.write_text(f"""set -u
+{py} -m provisioner apply {profile} --yes --json > {tmp_path}/1.json
+{py} -m provisioner apply {profile} --yes --json > {tmp_path}/2.json
+""")
+    live(tmp_path, "--version")  # prepares the shims
+    env = {**os.environ, "PATH": f"{tmp_path / 'shims'}:{os.environ['PATH']}", "FAKE_SYSTEMD": "1"}
+    done = subprocess.run(["unshare", "-m", "sh", str(tmp_path / "sandbox.sh"), str(tmp_path / "work"), "sh",
+                           str(story)], capture_output=True, text=True, check=False, env=env)
+    assert done.returncode == 0, done.stderr
+    first = json.loads((tmp_path / "1.json").read_text())["hosts"][0]
+    assert "enable-server" in first["handlers"] and "restart-server" not in first["handlers"]
+    second = json.loads((tmp_path / "2.json").read_text())["hosts"][0]
+    assert second["handlers"] == [] and second["changes"] == []
+    ran = (tmp_path / "handlers.log").read_text().splitlines()
+    assert ran.count("systemctl enable --now nvidia-gpu-settings.service llm-server.service") == 1

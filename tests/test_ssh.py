@@ -300,3 +300,23 @@ def test_verify_over_ssh_finds_drift(farm: sshd.SshFarm, tmp_path: Path) -> None
     assert drifted.returncode == 2
     ids = [c["id"] for c in json.loads(drifted.stdout)["hosts"][0]["checks"] if c["status"] == "fail"]
     assert ids == ["drift.file:/etc/systemd/system/llm-server.service"]
+
+
+def test_per_host_overrides_merge_over_the_profile(farm: sshd.SshFarm, tmp_path: Path) -> None:
+    profile = make_profile(tmp_path)
+    h1, h2 = farm.hosts[0], farm.hosts[1]
+    common = f"port: {sshd.PORT}, user: root, key: {farm.client_key}, profile: {profile}"
+    inv = tmp_path / "overrides.yaml"
+    inv.write_text("hosts:\n"
+                   f"  plain: {{address: {h1.address}, {common}, root: {tmp_path}/plain}}\n"
+                   f"  moved: {{address: {h2.address}, {common}, root: {tmp_path}/moved,\n"
+                   "          overrides: {runtime: {port: 8081}, service: {name: llm-b}}}\n")
+    result = provision("apply", "-i", str(inv), "--known-hosts", str(farm.known_hosts), "--yes")
+    assert result.returncode == 0, result.stderr
+    assert "--port 8080" in (tmp_path / "plain/opt/provision/bin/llm-server-run.sh").read_text()
+    assert "--port 8081" in (tmp_path / "moved/opt/provision/bin/llm-b-run.sh").read_text()
+    bad = tmp_path / "bad-overrides.yaml"
+    bad.write_text(f"hosts:\n  x: {{address: {h1.address}, {common}, overrides: {{runtime: {{prot: 1}}}}}}\n")
+    refused = provision("plan", "-i", str(bad), "--known-hosts", str(farm.known_hosts))
+    assert refused.returncode == 1
+    assert "unknown key 'prot'" in refused.stderr and "did you mean `port`" in refused.stderr

@@ -48,7 +48,9 @@ PY
 
 case ${1:-} in
   install)
-    [[ -x $VENV/bin/provision ]] || { python3 -m venv "$VENV" && "$VENV/bin/pip" install -q "$REPO"; } ;;
+    [[ -x $VENV/bin/python ]] || python3 -m venv "$VENV"
+    # the checkout as it is now (a copy, not editable: the benchmark measures an installed tool)
+    "$VENV/bin/pip" install -q "$REPO" && "$VENV/bin/pip" install -q --force-reinstall --no-deps "$REPO" ;;
   version) echo "provision $("$VENV/bin/provision" --version | awk '{print $NF}')" ;;
   apply)
     write_inputs "$2" "$3"
