@@ -14,8 +14,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-import yaml
-
+from provisioner.catalog import load_bundled_yaml
 from provisioner.profile import Offload
 from provisioner.resolve import GpuGroup, Spec
 
@@ -37,7 +36,7 @@ _UNQUANTISED_KV = {"f32", "f16", "bf16", "auto"}
 def params() -> dict[str, Any]:
     """The factors and overheads of catalog/fit.yaml."""
     text = resources.files("provisioner.catalog").joinpath("fit.yaml").read_text(encoding="utf-8")
-    data = yaml.safe_load(text)
+    data = load_bundled_yaml(text)
     assert isinstance(data, dict)
     return data
 

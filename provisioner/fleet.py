@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ from provisioner.engine import HostResult, apply_plan, plan_host
 from provisioner.errors import Problem, ProvisionError
 from provisioner.inventory import Host
 from provisioner.pipeline import Built, build
-from provisioner.render import render
+from provisioner.render import render, template_facts
 from provisioner.transport import Transport
 
 
@@ -100,13 +101,26 @@ def run(targets: list[Target], options: RunOptions,
         return list(pool.map(one, targets))
 
 
+_RENDERED: dict[tuple[int, str], Any] = {}
+_RENDER_LOCK = threading.Lock()
+
+
+def _render_for(built: Built, facts: dict[str, str]) -> Any:
+    """Render with a host's facts, once per distinct facts (a fleet's hosts mostly share them)."""
+    facts = template_facts(facts)
+    key = (id(built), json.dumps(facts, sort_keys=True))
+    with _RENDER_LOCK:
+        if key not in _RENDERED:
+            _RENDERED[key] = render(built.spec, built.placement, facts)
+        return _RENDERED[key]
+
+
 def _converge(target: Target, built: Built, options: RunOptions) -> Outcome:
     transport: Any = None
     try:
         transport = target.transport_factory()
         plan, gathered = plan_host(built.rendered, transport, service=built.spec.profile.service.name,
-                                   restart=options.restart,
-                                   rerender=lambda facts: render(built.spec, built.placement, facts))
+                                   restart=options.restart, rerender=lambda facts: _render_for(built, facts))
         if not options.apply:
             return Outcome(target.name, HostResult(target.name, plan, gathered), None)
         result = apply_plan(plan, gathered, transport, profile_name=built.spec.profile.metadata.name,

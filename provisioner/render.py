@@ -16,10 +16,10 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-import yaml
 from jinja2 import FileSystemLoader, StrictUndefined, TemplateError
 from jinja2.sandbox import SandboxedEnvironment
 
+from provisioner.catalog import load_bundled_yaml
 from provisioner.datadir import data_dir
 from provisioner.engine_args import engine_command
 from provisioner.errors import RenderError
@@ -84,9 +84,20 @@ def _environment(folder: str) -> SandboxedEnvironment:
 
 
 @functools.cache
+def _condition(text: str) -> Any:
+    """A manifest `when:` compiled once per process (a fleet renders once per host)."""
+    return _environment(str(data_dir("templates"))).compile_expression(text)
+
+
+@functools.cache
+def _dest(text: str) -> Any:
+    return _environment(str(data_dir("templates"))).from_string(text)
+
+
+@functools.cache
 def manifest() -> list[dict[str, Any]]:
     text = (data_dir("templates") / "manifest.yaml").read_text(encoding="utf-8")
-    entries = yaml.safe_load(text)
+    entries = load_bundled_yaml(text)
     assert isinstance(entries, list)
     return entries
 
@@ -153,17 +164,25 @@ def profile_facts(spec: Spec) -> dict[str, str]:
     return {"mem_total_kb": str(hardware.ram // 1024), "cpus": str(hardware.cpu.cores)}
 
 
+# Gather bookkeeping, not facts about the machine: templates never see them.
+_NOT_FACTS = frozenset({"root", "server_active", "server_enabled"})
+
+
+def template_facts(facts: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in facts.items() if k not in _NOT_FACTS}
+
+
 def render(spec: Spec, placement: Placement, facts: dict[str, str] | None = None) -> Rendered:
     """All managed files for this profile, byte for byte.
 
     ``facts`` are the host's (from gathering), else the profile's hardware."""
     ctx = context(spec, placement)
-    ctx["facts"] = {**profile_facts(spec), **(facts or {})}
+    ctx["facts"] = {**profile_facts(spec), **template_facts(facts or {})}
     env = _environment(str(data_dir("templates")))
     files: list[File] = []
     for entry in manifest() if spec.profile.builtin_files else []:
         when = entry.get("when")
-        if when and not env.compile_expression(when)(**ctx):
+        if when and not _condition(when)(**ctx):
             continue
         files.append(_render_one(env, entry["template"], entry, ctx))
     files += _user_files(spec, ctx)
@@ -185,7 +204,7 @@ def render(spec: Spec, placement: Placement, facts: dict[str, str] | None = None
 def _render_one(env: SandboxedEnvironment, template: str, entry: dict[str, Any],
                 ctx: dict[str, Any]) -> File:
     try:
-        dest = env.from_string(entry["dest"]).render(**ctx)
+        dest = _dest(entry["dest"]).render(**ctx)
         content = env.get_template(template).render(**ctx)
     except RenderError:
         raise

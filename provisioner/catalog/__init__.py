@@ -36,11 +36,16 @@ __all__ = [
 _PARTS = ("gpus", "models", "engines")
 
 
+def load_bundled_yaml(text: str) -> Any:
+    """Parse YAML that ships with provision (catalog, manifest): trusted, so the C
+    parser (much faster than the pure-Python one) is fine; profiles never come here."""
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    return yaml.load(text, Loader=loader)  # noqa: S506 - a safe loader either way
+
+
 def _read(part: str) -> dict[str, Any]:
     text = resources.files(__package__).joinpath(f"{part}.yaml").read_text(encoding="utf-8")
-    # The catalog is our own trusted data: the C parser keeps `validate` fast.
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    data = yaml.load(text, Loader=loader)  # noqa: S506 - a safe loader either way
+    data = load_bundled_yaml(text)
     if not isinstance(data, dict):
         raise CatalogError(f"catalog {part}.yaml is not a mapping", file=f"{part}.yaml")
     return data

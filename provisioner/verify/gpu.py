@@ -33,10 +33,9 @@ from dataclasses import dataclass, field, fields
 from importlib import resources
 from typing import Any, Literal
 
-import yaml
 from packaging.version import InvalidVersion, Version
 
-from provisioner.catalog import GpuSpec
+from provisioner.catalog import GpuSpec, load_bundled_yaml
 from provisioner.verify import Check, Status
 
 _CORE = ("pci.bus_id,name,pci.device_id,driver_version,persistence_mode,power.limit,power.default_limit,"
@@ -405,7 +404,7 @@ def proc_driver_version(proc_version: str | None) -> str | None:
 
 def load_xid_table() -> dict[int, dict[str, str]]:
     text = resources.files("provisioner.verify").joinpath("xid.yaml").read_text(encoding="utf-8")
-    data = yaml.safe_load(text)
+    data = load_bundled_yaml(text)
     return {int(k): {"meaning": str(v["meaning"]), "severity": str(v["severity"])} for k, v in data.items()}
 
 
