@@ -472,7 +472,6 @@ def facts(as_json: bool, **opts: Any) -> int:
       provision facts --host admin@gpu-box --json
       provision facts -i examples/fleet/inventory.yaml --limit gpu1
     """
-    from concurrent.futures import ThreadPoolExecutor
 
     from provisioner.engine import gather
     from provisioner.report import print_json, print_table, say
@@ -480,23 +479,18 @@ def facts(as_json: bool, **opts: Any) -> int:
     placeholder = Path("-")  # facts need no profile; targets carry one for plan/apply only
     targets = _targets(placeholder, opts)
 
-    def one(target: Any) -> dict[str, Any]:
-        transport = target.transport_factory()
-        try:
-            gathered = gather(transport, [])
-            values = {k: v for k, v in gathered.facts.values.items() if k != "root"}
-            return {"host": target.name, "ok": True, "facts": values,
-                    "generation": gathered.last_generation, "error": None}
-        except ProvisionError as exc:
-            return {"host": target.name, "ok": False, "facts": {}, "generation": None,
-                    "error": exc.first.as_json()}
-        finally:
-            close = getattr(transport, "close", None)
-            if close is not None:
-                close()
+    def work(target: Any, transport: Any) -> dict[str, Any]:
+        gathered = gather(transport, [])
+        values = {k: v for k, v in gathered.facts.values.items() if k != "root"}
+        return {"host": target.name, "ok": True, "facts": values, "generation": gathered.last_generation,
+                "error": None}
 
-    with ThreadPoolExecutor(max_workers=opts["forks"]) as pool:
-        hosts = list(pool.map(one, targets))
+    def on_error(target: Any, exc: ProvisionError) -> dict[str, Any]:
+        return {"host": target.name, "ok": False, "facts": {}, "generation": None, "error": exc.first.as_json()}
+
+    from provisioner.fleet import map_targets
+
+    hosts = map_targets(targets, opts["forks"], work, on_error)
     failed = [h for h in hosts if not h["ok"]]
     if as_json:
         first = failed[0]["error"] if failed else None
@@ -548,7 +542,6 @@ def verify(profile: Path | None, endpoint: str | None, only: str | None, no_need
 def _run_verify(profile: Path | None, opts: dict[str, Any], options: Any, as_json: bool,
                 collect: dict[str, Any] | None = None) -> int:
     """verify every target; with ``collect``, the JSON goes there instead of stdout."""
-    from concurrent.futures import ThreadPoolExecutor
 
     from provisioner.report import print_json, print_table, say
     from provisioner.verify import failures_first, worst
@@ -557,21 +550,16 @@ def _run_verify(profile: Path | None, opts: dict[str, Any], options: Any, as_jso
     targets = _targets(profile, opts)
     builds = {t.key: t.build(opts["ignore_fit"]) for t in targets}
 
-    def one(target: Any) -> dict[str, Any]:
-        transport = None
-        try:
-            transport = target.transport_factory()
-            checks = failures_first(verify_target(builds[target.key], transport, options))
-            return {"host": target.name, "ok": True, "error": None, "checks": checks}
-        except ProvisionError as exc:
-            return {"host": target.name, "ok": False, "error": exc.first, "checks": []}
-        finally:
-            close = getattr(transport, "close", None)
-            if close is not None:
-                close()
+    def work(target: Any, transport: Any) -> dict[str, Any]:
+        checks = failures_first(verify_target(builds[target.key], transport, options))
+        return {"host": target.name, "ok": True, "error": None, "checks": checks}
 
-    with ThreadPoolExecutor(max_workers=opts["forks"]) as pool:
-        hosts = list(pool.map(one, targets))
+    def on_error(target: Any, exc: ProvisionError) -> dict[str, Any]:
+        return {"host": target.name, "ok": False, "error": exc.first, "checks": []}
+
+    from provisioner.fleet import map_targets
+
+    hosts = map_targets(targets, opts["forks"], work, on_error)
     errored = [h for h in hosts if not h["ok"]]
     failed = [h for h in hosts if h["ok"] and worst(h["checks"]) == "fail"]
     if as_json:

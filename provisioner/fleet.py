@@ -8,7 +8,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from provisioner.engine import HostResult, apply_plan, plan_host
 from provisioner.errors import Problem, ProvisionError
@@ -134,3 +134,27 @@ def _converge(target: Target, built: Built, options: RunOptions) -> Outcome:
         close = getattr(transport, "close", None)
         if close is not None:
             close()
+
+
+T = TypeVar("T")
+
+
+def map_targets(targets: list[Target], forks: int, work: Callable[[Target, Transport], T],
+                failed: Callable[[Target, ProvisionError], T]) -> list[T]:
+    """Run ``work`` on every target in parallel, each with its own open transport
+    (always closed); a ProvisionError becomes ``failed``'s result for that target."""
+
+    def one(target: Target) -> T:
+        transport: Any = None
+        try:
+            transport = target.transport_factory()
+            return work(target, transport)
+        except ProvisionError as exc:
+            return failed(target, exc)
+        finally:
+            close = getattr(transport, "close", None)
+            if close is not None:
+                close()
+
+    with ThreadPoolExecutor(max_workers=max(1, forks)) as pool:
+        return list(pool.map(one, targets))
