@@ -289,11 +289,10 @@ def test_verify_over_ssh_finds_drift(farm: sshd.SshFarm, tmp_path: Path) -> None
     inv = inventory(tmp_path, farm, profile, count=1)
     known = str(farm.known_hosts)
     assert provision("apply", "-i", str(inv), "--known-hosts", known, "--yes").returncode == 0
-    clean = provision("verify", "-i", str(inv), "--known-hosts", known, "--only", "drift,endpoint", "--json")
+    clean = provision("verify", "-i", str(inv), "--known-hosts", known, "--only", "drift", "--json")
     assert clean.returncode == 0, clean.stdout + clean.stderr
     checks = {c["id"]: c for c in json.loads(clean.stdout)["hosts"][0]["checks"]}
     assert checks["drift.files"]["status"] == "pass"
-    assert checks["endpoint"]["status"] == "skip"  # no --endpoint for a remote host
     unit = tmp_path / "root-1/etc/systemd/system/llm-server.service"
     unit.write_text(unit.read_text().replace("Restart=on-failure", "Restart=no"))
     drifted = provision("verify", "-i", str(inv), "--known-hosts", known, "--only", "drift", "--json")
@@ -320,3 +319,30 @@ def test_per_host_overrides_merge_over_the_profile(farm: sshd.SshFarm, tmp_path:
     refused = provision("plan", "-i", str(bad), "--known-hosts", str(farm.known_hosts))
     assert refused.returncode == 1
     assert "unknown key 'prot'" in refused.stderr and "did you mean `port`" in refused.stderr
+
+
+def test_verify_reaches_the_model_server_on_the_hosts_loopback_through_ssh(
+        farm: sshd.SshFarm, tmp_path: Path) -> None:
+    """Without --endpoint, verify tunnels through the SSH connection (like ssh -L) to the
+    profile's bind:port as the host sees it."""
+    from tests.standin_server import StandinServer
+
+    with StandinServer("ok", model="qwen3-235b-a22b", context=32768, slots=1, tps=60.0) as server:
+        port = int(server.base_url.rsplit(":", 1)[1])
+        profile = make_profile(tmp_path, {"runtime.port": port})
+        host = farm.hosts[0]
+        inv = tmp_path / "live.yaml"  # no root: the live host (verify only reads it)
+        inv.write_text(f"hosts:\n  live: {{address: {host.address}, port: {sshd.PORT}, user: root, "
+                       f"key: {farm.client_key}, profile: {profile}}}\n")
+        before = farm.hosts[0].execs()
+        result = subprocess.run([sys.executable, "-m", "provisioner", "verify", "-i", str(inv), "--known-hosts",
+                                 str(farm.known_hosts), "--only", "endpoint", "--no-needle", "--json"],
+                                capture_output=True, text=True, check=False, cwd=ROOT,
+                                env={**os.environ, "LLM_API_KEY": "sekrit"})
+    report = json.loads(result.stdout)["hosts"][0]
+    assert report["ok"], result.stdout + result.stderr
+    checks = {c["id"]: c["status"] for c in report["checks"]}
+    assert checks.get("endpoint.answers") == "pass", result.stdout
+    assert checks["endpoint.model_id"] == "pass" and checks["endpoint.context"] == "pass"
+    assert checks["endpoint.deterministic"] == "pass"
+    assert farm.hosts[0].execs() - before == 1  # the gather; the HTTP went through a forwarded channel

@@ -10,8 +10,13 @@ always fails.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
+import select
 import shlex
+import socket
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -178,6 +183,52 @@ class SshTransport:
             raise ProvisionError(f"{self.name}: sudo needs a password for {self.target.user or 'this user'}",
                                  hint="allow passwordless sudo (NOPASSWD) for this user, or connect as root")
         return Completed(code, stdout, stderr)
+
+    @contextlib.contextmanager
+    def forward(self, remote_host: str, remote_port: int) -> Iterator[int]:
+        """A local port on 127.0.0.1 tunnelled to remote_host:remote_port as seen from the
+        host (like ssh -L): verify reaches a model server that listens on the host's loopback."""
+        transport = self._connect().client.get_transport()
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        listener.settimeout(0.2)
+        stop = threading.Event()
+
+        def bridge(client: socket.socket, channel: Any) -> None:
+            with contextlib.closing(client), contextlib.closing(channel):
+                while not stop.is_set():
+                    ready, _, _ = select.select([client, channel], [], [], 0.5)
+                    for source, sink in ((client, channel), (channel, client)):
+                        if source in ready:
+                            data = source.recv(65536)
+                            if not data:
+                                return
+                            sink.sendall(data)
+
+        def accept() -> None:
+            while not stop.is_set():
+                try:
+                    client, peer = listener.accept()
+                except TimeoutError:
+                    continue
+                except OSError:
+                    return
+                try:
+                    channel = transport.open_channel("direct-tcpip", (remote_host, remote_port), peer)
+                except Exception:
+                    client.close()
+                    continue
+                threading.Thread(target=bridge, args=(client, channel), daemon=True).start()
+
+        acceptor = threading.Thread(target=accept, daemon=True)
+        acceptor.start()
+        try:
+            yield listener.getsockname()[1]
+        finally:
+            stop.set()
+            listener.close()
+            acceptor.join(timeout=2)
 
     def close(self) -> None:
         if self._connection is not None:

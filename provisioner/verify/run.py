@@ -116,12 +116,18 @@ def _endpoint(built: Built, transport: Transport, options: VerifyOptions) -> lis
     if url is None:
         if transport.root:
             return [Check("endpoint", "skip", hint="--root: a tree serves nothing; give --endpoint URL to check one")]
-        if not isinstance(transport, _local_type()):
-            return [Check("endpoint", "skip",
-                          hint="give --endpoint URL (e.g. through an SSH tunnel) for a remote host")]
         runtime = spec.profile.runtime
         host = "127.0.0.1" if runtime.bind in {"0.0.0.0", "::"} else runtime.bind  # noqa: S104 - a comparison
+        forward = getattr(transport, "forward", None)
+        if forward is not None:  # a remote host: through the SSH connection, to its own loopback
+            with forward(host, runtime.port) as local_port:
+                return _endpoint_at(built, f"http://127.0.0.1:{local_port}", options)
         url = f"http://{host}:{runtime.port}"
+    return _endpoint_at(built, url, options)
+
+
+def _endpoint_at(built: Built, url: str, options: VerifyOptions) -> list[Check]:
+    spec = built.spec
     try:
         from provisioner.verify import endpoint
     except ImportError:  # pragma: no cover
