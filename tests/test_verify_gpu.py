@@ -21,7 +21,8 @@ from provisioner.catalog import load_catalog
 from provisioner.verify.gpu import GPU_GATHER, gpu_checks, load_xid_table, parse_gpu
 
 CASES = Path(__file__).parent / "cases" / "gpu"
-BLOCKS = ("smi-q", "proc-version", "uname", "vermagic", "modversion", "loaded", "dkms", "reboot-pkgs", "xid")
+BLOCKS = ("smi-q", "proc-version", "uname", "vermagic", "modversion", "license", "loaded", "dkms", "reboot-pkgs",
+          "xid")
 
 
 def to_gather(raw: dict[str, Any]) -> str:
@@ -35,7 +36,7 @@ def to_gather(raw: dict[str, Any]) -> str:
     for block in BLOCKS:
         if block in raw:
             out += [f"@gpu line {block} |{ln}" for ln in str(raw[block]).splitlines()]
-    for status in ("reboot", "log"):
+    for status in ("modinfo", "reboot", "log"):
         if status in raw:
             out.append(f"@gpu {status} {raw[status]}")
     return "\n".join(out) + "\n"

@@ -10,11 +10,14 @@ a larger gather script's output:
     @gpu line NAME |TEXT            one line of a command's output, verbatim
     @gpu log dmesg | journalctl | unreadable
     @gpu reboot yes | no
+    @gpu modinfo present | missing  (present and no vermagic line: no nvidia module for the running kernel)
 
 Line blocks: ``smi-q`` (nvidia-smi -q), ``csv-core``, ``csv-clocks``,
 ``csv-remap`` (nvidia-smi --query-gpu, noheader, nounits), ``proc-version``
-(/proc/driver/nvidia/version), ``uname``, ``vermagic`` and ``modversion``
-(modinfo of the nvidia module for the running kernel), ``loaded`` (the loaded
+(/proc/driver/nvidia/version), ``uname``, ``vermagic``, ``modversion`` and
+``license`` (modinfo of the nvidia module for the running kernel: the licence
+tells the flavour, "Dual MIT/GPL" open and "NVIDIA" proprietary, as NVIDIA's
+kernel_open README says), ``loaded`` (the loaded
 module's /sys/module/nvidia/version), ``dkms``, ``reboot-pkgs``, ``xid``.
 
 Field names are those of ``nvidia-smi --help-query-gpu`` (driver 590.48.01 as
@@ -69,8 +72,12 @@ fi
 if [ -r /proc/driver/nvidia/version ]; then gpu_lines proc-version < /proc/driver/nvidia/version; fi
 uname -r | gpu_lines uname
 if command -v modinfo >/dev/null 2>&1; then
+    echo '@gpu modinfo present'
     modinfo -F vermagic nvidia 2>/dev/null | gpu_lines vermagic
     modinfo -F version nvidia 2>/dev/null | gpu_lines modversion
+    modinfo -F license nvidia 2>/dev/null | gpu_lines license
+else
+    echo '@gpu modinfo missing'
 fi
 if [ -r /sys/module/nvidia/version ]; then gpu_lines loaded < /sys/module/nvidia/version; fi
 if command -v dkms >/dev/null 2>&1; then dkms status 2>&1 | grep -i nvidia | gpu_lines dkms; fi
@@ -140,6 +147,8 @@ class GpuReport:
     kernel: str | None = None
     vermagic: str | None = None
     module_version: str | None = None  # on disk, for the running kernel
+    module_license: str | None = None  # modinfo -F license: "Dual MIT/GPL" (open) or "NVIDIA" (proprietary)
+    modinfo: bool | None = None  # modinfo ran (None: not recorded)
     loaded_version: str | None = None
     dkms: tuple[str, ...] | None = None  # None: dkms not installed
     reboot_required: bool | None = None
@@ -149,9 +158,11 @@ class GpuReport:
 
     @property
     def module_flavour(self) -> Literal["open", "proprietary"] | None:
-        if not self.proc_version:
-            return None
-        return "open" if "Open Kernel Module" in self.proc_version else "proprietary"
+        if self.proc_version:  # the loaded module
+            return "open" if "Open Kernel Module" in self.proc_version else "proprietary"
+        if self.module_license:  # installed for the running kernel, not loaded (or /proc not readable)
+            return "open" if "GPL" in self.module_license else "proprietary"
+        return None
 
 
 # --------------------------------------------------------------------------- parsing
@@ -389,7 +400,9 @@ def parse_gpu(text: str) -> GpuReport:
     return GpuReport(
         smi=smi, smi_error=smi_error, driver_version=driver, gpus=report_gpus,
         proc_version=one("proc-version"), kernel=one("uname"), vermagic=one("vermagic"),
-        module_version=one("modversion"), loaded_version=one("loaded"), dkms=dkms,
+        module_version=one("modversion"), module_license=one("license"),
+        modinfo={"present": True, "missing": False}.get(status.get("modinfo", "")),
+        loaded_version=one("loaded"), dkms=dkms,
         reboot_required=reboot, reboot_pkgs=tuple(ln.strip() for ln in blocks.get("reboot-pkgs", []) if ln.strip()),
         log=log, xid_lines=tuple(ln for ln in blocks.get("xid", []) if "Xid" in ln),
     )
@@ -530,7 +543,7 @@ def _module(report: GpuReport, expected: list[tuple[GpuSpec, int]], kernel_modul
     flavour = report.module_flavour
     if flavour is None:
         return _skip("gpu.kernel_module", "/proc/driver/nvidia/version not readable (module not loaded?)", want)
-    observed = f"{flavour}: {report.proc_version}"
+    observed = f"{flavour}: " + (report.proc_version or f"modinfo license {report.module_license} (not loaded)")
     if flavour not in allowed:
         return Check("gpu.kernel_module", "fail", observed, want,
                      f"these GPUs need the {'/'.join(sorted(allowed))} kernel module (e.g. nvidia-open / -open DKMS)")
@@ -549,7 +562,8 @@ def _module_kernel(report: GpuReport) -> Check:
     notes: list[str] = []
     status = "pass"
     if report.vermagic is None:
-        if report.dkms is None and report.module_version is None and report.proc_version is None:
+        if not report.modinfo and report.dkms is None and report.module_version is None \
+                and report.proc_version is None:
             return _skip("gpu.module_kernel", "module information not recorded (modinfo unavailable)", want)
         problems.append(f"no nvidia module installed for {kernel}")
         status = "fail"
