@@ -1,5 +1,6 @@
 """The model on disk: every shard with its exact size and sha256, and the GGUF
-header (read with the ``gguf`` package) against the profile and the catalog.
+header (read with the ``gguf`` package) against the profile and the catalog; a
+vLLM model directory's config.json and safetensors index; an Ollama tag.
 
 Hashing runs on the target (sha256sum, streamed) and is cached in the state
 dir by path, size and mtime, so a second verify does not read 100 GB again.
@@ -8,8 +9,9 @@ dir by path, size and mtime, so a second verify does not read 100 GB again.
 from __future__ import annotations
 
 import base64
+import json
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -137,3 +139,214 @@ def _equal(check_id: str, observed: Any, expected: Any) -> Check:
     ok = observed is not None and str(observed) == str(expected)
     return Check(check_id, "pass" if ok else "fail", str(observed), str(expected),
                  None if ok else "the file is not the model the profile names")
+
+
+# --------------------------------------------------------------------------- model directories and Ollama tags
+#
+# A vLLM model directory (model.source.directory, or model.source.hf's dest) is checked from one probe:
+#
+#     @modeldir dir B64PATH present | missing
+#     @modeldir config missing | B64(config.json)
+#     @modeldir index missing | B64(model.safetensors.index.json)   (a few MB at most: the weight map)
+#     @modeldir file B64NAME SIZE                                    (every *.safetensors in the directory)
+#     @modeldir gguf B64NAME SIZE | B64NAME missing                  (hf.file: the GGUF llama.cpp loads)
+#
+# An Ollama tag from ``ollama list`` on the target:
+#
+#     @modeldir ollama missing | present RC
+#     @modeldir ollama-line |TEXT
+
+
+def dir_probe(directory: str, root: str, gguf: str | None = None) -> str:
+    """sh printing ``@modeldir`` lines for a model directory (see above)."""
+    d = shlex.quote(root + directory)
+    script = f"""md={d}
+if [ -d "$md" ]; then
+    printf '@modeldir dir %s present\\n' "$(b64 {shlex.quote(directory)})"
+    for mf in config.json model.safetensors.index.json; do
+        case $mf in config.json) mk=config ;; *) mk=index ;; esac
+        if [ -f "$md/$mf" ]; then
+            printf '@modeldir %s %s\\n' "$mk" "$(base64 < "$md/$mf" | tr -d '\\n')"
+        else
+            printf '@modeldir %s missing\\n' "$mk"
+        fi
+    done
+    for mf in "$md"/*.safetensors; do
+        [ -f "$mf" ] || continue
+        printf '@modeldir file %s %s\\n' "$(b64 "${{mf##*/}}")" "$(stat -c '%s' "$mf")"
+    done
+else
+    printf '@modeldir dir %s missing\\n' "$(b64 {shlex.quote(directory)})"
+fi
+"""
+    if gguf is not None:
+        g = shlex.quote(root + directory + "/" + gguf)
+        script += f"""if [ -f {g} ]; then
+    printf '@modeldir gguf %s %s\\n' "$(b64 {shlex.quote(gguf)})" "$(stat -c '%s' {g})"
+else
+    printf '@modeldir gguf %s missing\\n' "$(b64 {shlex.quote(gguf)})"
+fi
+"""
+    return script
+
+
+def ollama_probe(host: str) -> str:
+    """sh printing ``@modeldir ollama ...`` and the lines of ``ollama list`` (against ``host``:port)."""
+    return f"""if command -v ollama >/dev/null 2>&1; then
+    ol_out=$(OLLAMA_HOST={shlex.quote(host)} ollama list 2>&1)
+    printf '@modeldir ollama present %s\\n' "$?"
+    printf '%s\\n' "$ol_out" | sed 's/^/@modeldir ollama-line |/'
+    ol_out=
+else
+    echo '@modeldir ollama missing'
+fi
+"""
+
+
+@dataclass
+class ModelDir:
+    present: bool | None = None  # None: not gathered
+    config: bytes | None = None
+    config_missing: bool = False
+    index: bytes | None = None
+    files: dict[str, int] = field(default_factory=dict)  # *.safetensors name -> bytes
+    gguf: tuple[str, int | None] | None = None  # hf.file: name, size (None: missing)
+    ollama: str | None = None  # "missing" or the exit code of ollama list
+    ollama_lines: list[str] = field(default_factory=list)
+
+
+def parse_model_dir(output: str) -> ModelDir:
+    found = ModelDir()
+    for line in output.splitlines():
+        if line.startswith("@modeldir ollama-line |"):
+            found.ollama_lines.append(line.removeprefix("@modeldir ollama-line |"))
+            continue
+        if not line.startswith("@modeldir "):
+            continue
+        kind, *rest = line.split(" ")[1:]
+        if kind == "dir":
+            found.present = rest[1] == "present"
+        elif kind in {"config", "index"}:
+            data = None if rest[:1] == ["missing"] else base64.b64decode(rest[0] if rest else "")
+            setattr(found, kind, data)
+            if kind == "config":
+                found.config_missing = data is None
+        elif kind == "file":
+            found.files[base64.b64decode(rest[0]).decode()] = int(rest[1])
+        elif kind == "gguf":
+            found.gguf = (base64.b64decode(rest[0]).decode(), None if rest[1] == "missing" else int(rest[1]))
+        elif kind == "ollama":
+            found.ollama = rest[1] if rest[0] == "present" else "missing"
+    return found
+
+
+def dir_checks(spec: Spec, directory: str, seen: ModelDir) -> list[Check]:
+    """model.dir, model.config (layers against the catalog), model.shards (the index's weight map on disk)."""
+    if seen.present is None:
+        return [Check("model.dir", "skip", hint="the model directory was not gathered")]
+    if not seen.present:
+        return [Check("model.dir", "fail", "missing", directory,
+                      "download the model there (e.g. `hf download REPO --revision REV --local-dir DIR`)")]
+    return [Check("model.dir", "pass", "present", directory), _config_check(spec, seen),
+            _shards_check(seen)]
+
+
+def _config_check(spec: Spec, seen: ModelDir) -> Check:
+    layers = spec.model.layers
+    # The catalog's architecture is the GGUF name (e.g. qwen3moe); HF's model_type (qwen3_moe) is another
+    # vocabulary, so only the layer count is compared and model_type is reported.
+    want = f"config.json with num_hidden_layers {layers} (layers compared; model_type reported, not compared)"
+    if seen.config is None:
+        return Check("model.config", "fail", "config.json missing", want,
+                     "an incomplete download: fetch config.json (and the tokenizer files) into the directory")
+    try:
+        config = json.loads(seen.config)
+    except ValueError as exc:
+        return Check("model.config", "fail", f"config.json is not JSON: {exc}", want,
+                     "the file is damaged: download it again")
+    if not isinstance(config, dict):
+        return Check("model.config", "fail", "config.json is not a JSON object", want, "download it again")
+    nested = config.get("text_config")  # multimodal configs keep the language model's values here
+    text: dict[str, Any] = nested if isinstance(nested, dict) else {}
+    got = config.get("num_hidden_layers", text.get("num_hidden_layers"))
+    model_type = config.get("model_type", text.get("model_type"))
+    observed = f"model_type {model_type}, num_hidden_layers {got}"
+    if got is None:
+        return Check("model.config", "warn", observed, want, "config.json names no num_hidden_layers")
+    if got != layers:
+        return Check("model.config", "fail", observed, want,
+                     f"this is not {spec.model.name} ({layers} layers): the directory holds another model")
+    return Check("model.config", "pass", observed, want)
+
+
+def _single_file_check(seen: ModelDir) -> Check:
+    """No index: a small model is one model.safetensors."""
+    want = "model.safetensors (no index: one file)"
+    zero = sorted(n for n, size in seen.files.items() if size == 0)
+    if not seen.files:
+        return Check("model.shards", "fail", "no *.safetensors files", want, "download the weights")
+    if zero:
+        return Check("model.shards", "fail", f"empty: {', '.join(zero)}", want, "download them again")
+    if "model.safetensors" not in seen.files:
+        return Check("model.shards", "fail", f"{len(seen.files)} *.safetensors file(s), no index", want,
+                     "model.safetensors.index.json is missing: download it")
+    return Check("model.shards", "pass", f"model.safetensors {seen.files['model.safetensors']} bytes", want)
+
+
+def _shards_check(seen: ModelDir) -> Check:
+    if seen.index is None:
+        return _single_file_check(seen)
+    try:
+        index = json.loads(seen.index)
+        weight_map = index["weight_map"]
+        names = sorted(set(weight_map.values()))
+        total = int((index.get("metadata") or {}).get("total_size") or 0)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        return Check("model.shards", "fail", f"model.safetensors.index.json unreadable: {exc!r}",
+                     "a weight_map naming every shard", "the index is damaged: download it again")
+    want = f"the {len(names)} shard(s) named in model.safetensors.index.json, none empty"
+    missing = [n for n in names if n not in seen.files]
+    empty = [n for n in names if seen.files.get(n) == 0]
+    on_disk = sum(seen.files.get(n, 0) for n in names)
+    problems = []
+    if missing:
+        problems.append(f"missing: {', '.join(missing[:5])}" + (f" (+{len(missing) - 5})" if len(missing) > 5 else ""))
+    if empty:
+        problems.append(f"empty: {', '.join(empty[:5])}" + (f" (+{len(empty) - 5})" if len(empty) > 5 else ""))
+    if not missing and total and on_disk < total:
+        problems.append(f"{on_disk} bytes on disk < total_size {total}: a shard is truncated")
+    if problems:
+        return Check("model.shards", "fail", "; ".join(problems), want,
+                     "an incomplete download: fetch the missing shards again (hf download resumes)")
+    return Check("model.shards", "pass", f"{len(names)} shard(s), {on_disk} bytes"
+                 + (f" (tensors {total})" if total else ""), want)
+
+
+def gguf_file_check(name: str, size: int | None) -> Check:
+    """hf.file: the GGUF llama.cpp loads, present and not empty (no size or hash is pinned for it)."""
+    if size is None:
+        return Check(f"model.file:{name}", "fail", "missing", "present", "download the repo's file into hf.dest")
+    if size == 0:
+        return Check(f"model.file:{name}", "fail", "0 bytes", "present", "an empty file: download it again")
+    return Check(f"model.file:{name}", "pass", f"{size} bytes", "present")
+
+
+def ollama_checks(tag: str, seen: ModelDir) -> list[Check]:
+    """model.ollama: the tag is listed by ``ollama list`` (its ID, the digest prefix, reported)."""
+    want = f"{tag} listed by `ollama list`"
+    if seen.ollama is None:
+        return [Check("model.ollama", "skip", None, want, "ollama list was not gathered")]
+    if seen.ollama == "missing":
+        return [Check("model.ollama", "skip", None, want, "ollama is not installed on the target")]
+    lines = [ln for ln in seen.ollama_lines if ln.strip()]
+    if seen.ollama != "0":
+        return [Check("model.ollama", "warn", f"ollama list failed: {lines[0] if lines else 'exit ' + seen.ollama}",
+                      want, "is the Ollama server running? (the endpoint checks say more)")]
+    full = tag if ":" in tag else f"{tag}:latest"
+    for line in lines[1:] if lines and lines[0].startswith("NAME") else lines:
+        cols = line.split()
+        if cols and cols[0] in {tag, full}:
+            ident = cols[1] if len(cols) > 1 else "?"
+            return [Check("model.ollama", "pass", f"{cols[0]} id {ident}", want)]
+    listed = ", ".join(ln.split()[0] for ln in lines[1:] if ln.split()) or "none"
+    return [Check("model.ollama", "fail", f"not listed (have: {listed})", want, f"run `ollama pull {tag}`")]

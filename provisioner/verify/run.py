@@ -30,13 +30,12 @@ class VerifyOptions:
 def verify_target(built: Built, transport: Transport, options: VerifyOptions) -> list[Check]:
     spec, placement = built.spec, built.placement
     root_mode = bool(transport.root)
-    files = list(spec.profile.model.source.files or [])
     wanted_sysctl = sysctl_settings(spec)
     probes = []
     if "drift" in options.only:
         probes.append(drift_checks.live_probe(spec, list(wanted_sysctl)))
-    if "model" in options.only and files:
-        probes.append(model_checks.model_probe([f.path for f in files], transport.root, transport.state_dir))
+    if "model" in options.only:
+        probes += _model_probes(built, transport)
     gpu = _gpu_module() if "gpu" in options.only and not root_mode else None
     if gpu is not None and spec.gpus:
         probes.append(gpu.GPU_GATHER)
@@ -59,26 +58,63 @@ def verify_target(built: Built, transport: Transport, options: VerifyOptions) ->
     return checks
 
 
+def _model_probes(built: Built, transport: Transport) -> list[str]:
+    source, runtime = built.spec.profile.model.source, built.spec.profile.runtime
+    if source.files:
+        return [model_checks.model_probe([f.path for f in source.files], transport.root, transport.state_dir)]
+    if source.directory is not None:
+        return [model_checks.dir_probe(source.directory, transport.root)]
+    if source.hf is not None:
+        return [model_checks.dir_probe(source.hf.dest, transport.root, source.hf.file)]
+    if source.ollama is not None and not transport.root:
+        host = "127.0.0.1" if runtime.bind in {"0.0.0.0", "::"} else runtime.bind  # noqa: S104 - a comparison
+        return [model_checks.ollama_probe(f"{host}:{runtime.port}")]
+    return []
+
+
 def _model(built: Built, transport: Transport, output: str) -> list[Check]:
     spec = built.spec
     source = spec.profile.model.source
-    if not source.files:
-        return [Check("model.files", "skip", hint=f"the model comes from {source.kind}: "
-                      "only GGUF files are checked so far")]
+    if source.ollama is not None:
+        if transport.root:
+            return [Check("model.ollama", "skip", hint="--root: a tree runs no Ollama to list the tag")]
+        return model_checks.ollama_checks(source.ollama, model_checks.parse_model_dir(output))
+    if source.directory is not None or source.hf is not None:
+        return _model_dir(built, transport, model_checks.parse_model_dir(output))
+    if not source.files:  # pragma: no cover - the profile validates to one source
+        return []
     checks = model_checks.file_checks(spec, model_checks.parse_model(output))
-    first = source.files[0]
+    return [*checks, *_header(built, transport, source.files[0].path, len(source.files))]
+
+
+def _model_dir(built: Built, transport: Transport, seen: model_checks.ModelDir) -> list[Check]:
+    source = built.spec.profile.model.source
+    if source.hf is not None and source.hf.file:  # llama.cpp: one GGUF inside dest, not a safetensors repo
+        if seen.gguf is None:
+            return [Check("model.file", "skip", hint="the model file was not gathered")]
+        name, size = seen.gguf
+        return [model_checks.gguf_file_check(name, size),
+                *_header(built, transport, f"{source.hf.dest}/{source.hf.file}", None)]
+    return model_checks.dir_checks(built.spec, source.hf.dest if source.hf else str(source.directory), seen)
+
+
+def _header(built: Built, transport: Transport, first: str, shard_count: int | None) -> list[Check]:
+    """The GGUF header's checks, read here (local and --root targets). ``shard_count`` None: the
+    header's own split.count is trusted (an hf file names only the first shard)."""
+    spec = built.spec
     if not isinstance(transport, _local_type()):
-        return [*checks, Check("model.header", "skip",
-                               hint="the GGUF header is read where provision runs: local and --root targets")]
-    path = Path(transport.root + first.path)
-    if not path.is_file():
-        return checks
+        return [Check("model.header", "skip",
+                      hint="the GGUF header is read where provision runs: local and --root targets")]
+    path = Path(transport.root + first)
+    if not path.is_file() or path.stat().st_size == 0:
+        return []
     try:
         facts = model_checks.header_facts(path)
     except (ValueError, OSError, KeyError, IndexError) as exc:
-        return [*checks, Check("model.header", "fail", f"not a readable GGUF file: {exc}", "a GGUF header",
-                               "the file is damaged or not GGUF")]
-    return [*checks, *model_checks.header_checks(spec, facts, len(source.files))]
+        return [Check("model.header", "fail", f"not a readable GGUF file: {exc}", "a GGUF header",
+                      "the file is damaged or not GGUF")]
+    count = shard_count if shard_count is not None else int(facts.get("split_count") or 1)
+    return model_checks.header_checks(spec, facts, count)
 
 
 def _local_type() -> type:
