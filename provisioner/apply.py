@@ -235,7 +235,7 @@ def _validate_units(plan: Plan, temps: list[tuple[Change, str]], root: str) -> s
         lines.append(f"    mkdir -p \"$vr\"{q(str(PurePosixPath(item.path).parent))}")
         lines.append(f"    cp {q(source)} \"$vr\"{q(item.path)}")
     for item in units:
-        if item.path.endswith(".service"):
+        if item.path.endswith((".service", ".timer")):
             lines.append(
                 f"    out=$(SYSTEMD_LOG_LEVEL=warning systemd-analyze verify --root=\"$vr\" --man=no "
                 f"--generators=no {q(item.path)} 2>&1 || true)\n"

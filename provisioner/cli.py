@@ -674,3 +674,35 @@ def init(model: str | None, as_json: bool, **opts: Any) -> int:
         close = getattr(transport, "close", None)
         if close is not None:
             close()
+
+
+@main.command()
+@click.argument("profile", type=click.Path(path_type=Path), required=False)
+@target_options
+@click.option("--once", is_flag=True, help="Two samples INTERVAL apart, print, exit (2 if a check failed).")
+@click.option("--interval", type=click.FloatRange(0.1, 3600), default=5.0, show_default=True, metavar="S",
+              help="Seconds between samples.")
+@click.option("--samples", type=click.IntRange(1), default=None, metavar="N", help="Stop after N samples per host.")
+@json_option
+@handle_errors("monitor")
+def monitor(profile: Path | None, once: bool, interval: float, samples: int | None, as_json: bool,
+            **opts: Any) -> int:
+    """Watch the serving model: swap, memory/IO pressure, page cache vs model, the server's RSS,
+    locked memory and major faults, GPU temperature, power vs limit, clocks and throttle reasons,
+    VRAM, PCIe link and RX/TX, CPU governor. Each sample is pass/warn/fail with a hint.
+
+    Without PROFILE the defaults apply and no server is expected. On a terminal a live view,
+    otherwise one JSON object per sample and host. --once exits 0 ok, 2 a check failed,
+    1 a host could not be read.
+
+    \b
+    Example:
+      provision monitor examples/quickstart.yaml --once
+      provision monitor --host admin@gpu-box --interval 2
+      provision monitor -i examples/fleet/inventory.yaml --once --json
+      provision monitor my.yaml --samples 10 --json > samples.jsonl
+    """
+    from provisioner.monitor import monitor_command
+
+    targets = _targets(profile or Path("-"), opts)  # "-": no profile, like `facts`
+    return monitor_command(targets, opts["forks"], once, interval, as_json, samples)

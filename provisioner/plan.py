@@ -18,7 +18,7 @@ Action = Literal["create", "update", "delete"]
 REDACTED = "<redacted>"
 # Built-in handlers run in this order, then the profile's own in profile order.
 HANDLER_ORDER = ("daemon-reload", "sysctl", "tmpfiles", "tuned", "initramfs", "gpu-settings",
-                 "enable-server", "restart-server")
+                 "enable-server", "enable-metrics", "restart-server")
 # Changing these needs the initramfs rebuilt and a reboot to take effect.
 REBOOT_PREFIXES = ("/etc/modprobe.d/",)
 

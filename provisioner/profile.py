@@ -363,6 +363,8 @@ class Verify(_Model):
     min_tokens_per_s: float | None = Field(default=None, gt=0)
     context_probe: bool = True
     determinism: bool = True
+    # install a service + timer that writes Prometheus metrics for node_exporter's textfile collector
+    monitor: bool = False
 
 
 class Profile(_Model):
@@ -389,7 +391,8 @@ class Profile(_Model):
 
 
 BUILTIN_HANDLERS = frozenset(
-    {"daemon-reload", "sysctl", "tmpfiles", "tuned", "initramfs", "gpu-settings", "enable-server", "restart-server"}
+    {"daemon-reload", "sysctl", "tmpfiles", "tuned", "initramfs", "gpu-settings", "enable-server",
+     "enable-metrics", "restart-server"}
 )
 
 

@@ -249,6 +249,7 @@ def _handlers(spec: Spec) -> dict[str, str]:
         "gpu-settings": "systemctl restart nvidia-gpu-settings.service",
         "enable-server": f"systemctl enable --now {'nvidia-gpu-settings.service ' if spec.gpus else ''}"
                          f"{name}.service",
+        "enable-metrics": f"systemctl enable --now {name}-metrics.timer",
         "restart-server": f"systemctl try-restart {name}.service",
     }
     custom = {key: h.command for key, h in spec.profile.handlers.items()}

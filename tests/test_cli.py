@@ -89,7 +89,7 @@ def test_library_profile_by_name(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("command", [[], ["validate"], ["render"], ["fit"], ["plan"], ["apply"],
                                      ["generations"], ["rollback"], ["facts"], ["verify"], ["init"],
-                                     ["profiles"], ["profiles", "list"], ["profiles", "show"]])
+                                     ["profiles"], ["profiles", "list"], ["profiles", "show"], ["monitor"]])
 def test_every_help_has_an_example(command: list[str]) -> None:
     result = CliRunner().invoke(main, [*command, "--help"])
     assert result.exit_code == 0

@@ -32,7 +32,7 @@ def tree(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Path, list[str
     built = build(request.param)
     write_tree(built.rendered, tmp_path, overwrite=True)
     units = [f.path for f in built.rendered.files if f.validate == "systemd-unit"
-             and f.path.endswith(".service")]
+             and f.path.endswith((".service", ".timer"))]
     scripts = [f.path for f in built.rendered.files if f.validate == "sh"]
     # The binaries the units start: stubs, so that verify checks the units themselves.
     for stub in ("/usr/bin/nvidia-smi", "/usr/local/bin/llama-server", "/usr/local/bin/vllm",

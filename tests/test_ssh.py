@@ -346,3 +346,16 @@ def test_verify_reaches_the_model_server_on_the_hosts_loopback_through_ssh(
     assert checks["endpoint.model_id"] == "pass" and checks["endpoint.context"] == "pass"
     assert checks["endpoint.deterministic"] == "pass"
     assert farm.hosts[0].execs() - before == 1  # the gather; the HTTP went through a forwarded channel
+
+
+def test_monitor_once_over_ssh_is_one_exec_per_sample(farm: sshd.SshFarm, tmp_path: Path) -> None:
+    profile = make_profile(tmp_path)
+    inv = inventory(tmp_path, farm, profile, count=2)
+    before = execs(farm, 2)
+    result = provision("monitor", "-i", str(inv), "--known-hosts", str(farm.known_hosts), "--once",
+                       "--interval", "0.5", "--json")
+    assert result.returncode in (0, 2), result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+    assert {line["host"] for line in lines} == {"h1", "h2"}
+    assert all(line["ok"] for line in lines)
+    assert [a - b for a, b in zip(execs(farm, 2), before, strict=True)] == [2, 2]  # two samples, one exec each
