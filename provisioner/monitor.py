@@ -9,6 +9,7 @@ is the sh/awk script apply installs to write a subset of them on the host itself
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import queue
 import re
@@ -188,8 +189,10 @@ def watch_for(target: Target) -> Watch:
     command = engine_command(spec, placement, model_path(spec))
     locked = any("mlock" in word for arg in command.args for word in arg.words)
     ram = placement.devices[-1]  # "CPU RAM" is always last
-    thresholds = Thresholds(require_locked=locked, cpu_governor=spec.profile.os.cpu_governor,
-                            gpus_expected=spec.gpu_count)
+    overrides: dict[str, Any] = dict(spec.profile.verify.thresholds)  # names checked when it was loaded
+    thresholds = dataclasses.replace(
+        Thresholds(require_locked=locked, cpu_governor=spec.profile.os.cpu_governor, gpus_expected=spec.gpu_count),
+        **overrides)
     return Watch(spec.profile.service.name, thresholds, ram.weights_bytes)
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from provisioner.monitor_probe import GpuSample, Rates, Sample, rates
 from provisioner.verify import ORDER, Check, Status, worst
-from provisioner.verify.gpu import BAD_CLOCK_REASONS
+from provisioner.verify.gpu import BAD_CLOCK_REASONS, load_xid_table
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,11 @@ class Thresholds:
     expect_server: bool = True
 
 
+def threshold_names() -> frozenset[str]:
+    """The numeric thresholds a profile may set (verify.thresholds)."""
+    return frozenset(f.name for f in fields(Thresholds) if f.type in ("float", float))
+
+
 def _skip(check_id: str, why: str, expected: str | None = None) -> Check:
     return Check(check_id, "skip", None, expected, why)
 
@@ -73,7 +79,34 @@ def evaluate(prev: Sample | None, cur: Sample, thresholds: Thresholds, model_byt
     checks = [_swap(cur, r, t), _faults(r, t), *_pressure(cur, t), _page_cache(cur, model_bytes),
               *_server(cur, t), _governor(cur, t)]
     checks += _gpu_checks(cur, t)
+    checks.append(_xid(prev, cur, t))
     return checks
+
+
+_XID_NUMBER = re.compile(r"NVRM: Xid \(([^)]*)\): (\d+)")
+
+
+def _xid(prev: Sample | None, cur: Sample, t: Thresholds) -> Check:
+    """Xid events that appeared since the previous sample, with their meaning."""
+    if cur.xid_readable is None:
+        return _skip("monitor.xid", "the kernel log was not gathered")
+    if not cur.xid_readable:
+        return _skip("monitor.xid", "the kernel log is not readable: run as root (--become)")
+    if prev is None:
+        return _skip("monitor.xid", "new events need two samples of the same host")
+    seen = set(prev.xid_lines)
+    new = [line for line in cur.xid_lines if line not in seen]
+    if not new:
+        return Check("monitor.xid", "pass", "no new Xid events", "no new Xid events")
+    table = load_xid_table()
+    described = []
+    for line in new[-3:]:
+        match = _XID_NUMBER.search(line)
+        number = int(match.group(2)) if match else None
+        meaning = table.get(number, {}).get("meaning", "see NVIDIA's Xid catalog") if number is not None else ""
+        described.append(f"Xid {number} on {match.group(1) if match else '?'}: {meaning}")
+    return Check("monitor.xid", "fail", f"{len(new)} new: " + "; ".join(described), "no new Xid events",
+                 "the GPU reported an error while serving: check `dmesg | grep Xid` and the meaning above")
 
 
 def _swap(cur: Sample, r: Rates, t: Thresholds) -> Check:

@@ -19,6 +19,8 @@ One run of ``SAMPLE_PROBE`` is one sample. Every line it prints starts with ``@m
     @mon status |LINE               Name, VmRSS, VmLck, VmSwap of /proc/PID/status
     @mon stat |LINE                 /proc/PID/stat (majflt is field 12)
     @mon governor NAME              cpu0's cpufreq scaling governor
+    @mon xid-log readable | unreadable   whether the kernel log could be read (root)
+    @mon xid |LINE                  the last NVRM Xid lines of the kernel log
 
 The output has no ``@done``: it is not a gather script (engine.gather), it is run
 alone with ``transport.run`` for the least overhead per sample.
@@ -97,6 +99,12 @@ fi
 if [ -r /sys/devices/system/cpu/cpu0/cpufreq/scaling_governor ]; then
     echo "@mon governor $(cat /sys/devices/system/cpu/cpu0/cpufreq/scaling_governor)"
 fi
+if mon_log=$(dmesg 2>/dev/null); then
+    echo '@mon xid-log readable'
+    printf '%s\n' "$mon_log" | grep 'NVRM: Xid' | tail -n 50 | mon_lines xid
+else
+    echo '@mon xid-log unreadable'
+fi
 """.replace("@FIELDS@", GPU_FIELDS)
 
 
@@ -164,6 +172,8 @@ class Sample:
     server_swap_kb: int | None = None
     server_majflt: int | None = None
     governor: str | None = None
+    xid_readable: bool | None = None  # None: not gathered
+    xid_lines: tuple[str, ...] = ()  # the last NVRM Xid lines of the kernel log (with timestamps)
 
     def pressure(self, resource: str, kind: str) -> Pressure | None:
         return self.psi.get(resource, {}).get(kind)
@@ -299,6 +309,8 @@ def parse_sample(text: str) -> Sample:
             values["server_pid"] = int(rest)
         elif key == "governor":
             values["governor"] = rest or None
+        elif key == "xid-log":
+            values["xid_readable"] = rest == "readable"
     gpus: list[GpuSample] = []
     if values.get("smi") == "present":
         rows = blocks.get("gpu", [])
@@ -321,6 +333,7 @@ def parse_sample(text: str) -> Sample:
     stat = blocks.get("stat", [])
     if stat:
         values["server_majflt"] = _majflt(stat[0])
+    values["xid_lines"] = tuple(blocks.get("xid", []))
     return Sample(**values)
 
 

@@ -365,6 +365,22 @@ class Verify(_Model):
     determinism: bool = True
     # install a service + timer that writes Prometheus metrics for node_exporter's textfile collector
     monitor: bool = False
+    # `provision monitor` thresholds replacing the defaults, e.g. {swap_fail_mbs: 5, gpu_temp_warn_c: 80}
+    thresholds: dict[Annotated[str, Field(pattern=r"^[a-z0-9_]+$")], float] = {}
+
+    @model_validator(mode="after")
+    def _known_thresholds(self) -> Verify:
+        from provisioner.monitor_checks import threshold_names
+
+        known = threshold_names()
+        for name in self.thresholds:
+            if name not in known:
+                import difflib
+
+                close = difflib.get_close_matches(name, sorted(known), n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(sorted(known))}"
+                raise ValueError(f"unknown monitor threshold {name!r}{hint}")
+        return self
 
 
 class Profile(_Model):

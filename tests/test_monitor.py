@@ -436,3 +436,38 @@ def test_metrics_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
     for unit in ("/etc/systemd/system/llm-server-metrics.service", "/etc/systemd/system/llm-server-metrics.timer"):
         problems = verify_problems(tmp_path, unit)
         assert not problems, f"{unit}:\n" + "\n".join(problems)
+
+
+def test_profile_thresholds_replace_the_defaults_and_unknown_names_are_refused(tmp_path: Path) -> None:
+    from provisioner.errors import ProfileError
+    from provisioner.fleet import Target
+    from provisioner.loader import load_profile
+    from provisioner.monitor import watch_for
+    from tests.conftest import make_profile
+
+    profile = make_profile(tmp_path, {"verify.thresholds": {"swap_fail_mbs": 5, "gpu_temp_warn_c": 78}})
+    watch = watch_for(Target("t", profile, lambda: None))  # type: ignore[arg-type,return-value]
+    assert watch.thresholds.swap_fail_mbs == 5 and watch.thresholds.gpu_temp_warn_c == 78
+    assert watch.thresholds.swap_warn_mbs == 1.0  # the rest keep their defaults
+    bad = make_profile(tmp_path, {"verify.thresholds": {"swap_fail_mb": 5}}, name="bad.yaml")
+    with pytest.raises(ProfileError, match="did you mean 'swap_fail_mbs'"):
+        load_profile(bad)
+
+
+def test_new_xid_events_between_samples_fail_with_their_meaning() -> None:
+    """The Xid line is the real one of tests/cases/gpu/rtx-5080-xid79.yaml
+    (https://github.com/NVIDIA/open-gpu-kernel-modules/issues/1151)."""
+    from provisioner.monitor_checks import Thresholds, evaluate
+    from provisioner.monitor_probe import parse_sample
+
+    xid = "May 18 19:02:39 kernel: NVRM: Xid (PCI:0000:2b:00): 79, GPU has fallen off the bus."
+    before = parse_sample("@mon time 100.0\n@mon xid-log readable\n")
+    after = parse_sample(f"@mon time 105.0\n@mon xid-log readable\n@mon xid |{xid}\n")
+    checks = {c.id: c for c in evaluate(before, after, Thresholds(expect_server=False), 0)}
+    assert checks["monitor.xid"].status == "fail"
+    assert "Xid 79 on PCI:0000:2b:00" in (checks["monitor.xid"].observed or "")
+    again = {c.id: c for c in evaluate(after, after, Thresholds(expect_server=False), 0)}
+    assert again["monitor.xid"].status == "pass"  # the same event is not new any more
+    unreadable = parse_sample("@mon time 105.0\n@mon xid-log unreadable\n")
+    assert {c.id: c for c in evaluate(before, unreadable, Thresholds(expect_server=False), 0)}[
+        "monitor.xid"].status == "skip"
