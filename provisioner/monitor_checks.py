@@ -80,7 +80,21 @@ def evaluate(prev: Sample | None, cur: Sample, thresholds: Thresholds, model_byt
               *_server(cur, t), _governor(cur, t)]
     checks += _gpu_checks(cur, t)
     checks.append(_xid(prev, cur, t))
+    checks.append(_nvlink(cur))
     return checks
+
+
+def _nvlink(cur: Sample) -> Check:
+    """NVLink, where present: every link up (a down link halves tensor-parallel bandwidth or worse)."""
+    if not cur.nvlink:
+        return _skip("monitor.nvlink", "no NVLink reported (none fitted, or nvidia-smi is missing)")
+    down = [f"GPU{gpu} link {link}" for gpu, link, speed in cur.nvlink if speed is None]
+    total = sum(speed or 0.0 for _, _, speed in cur.nvlink)
+    observed = f"{len(cur.nvlink) - len(down)}/{len(cur.nvlink)} links up, {total:g} GB/s in all"
+    if down:
+        return Check("monitor.nvlink", "warn", observed + f"; down: {', '.join(down[:4])}", "every link up",
+                     "a bridge or NVSwitch link is down: reseat the bridge or check the fabric manager")
+    return Check("monitor.nvlink", "pass", observed, "every link up")
 
 
 _XID_NUMBER = re.compile(r"NVRM: Xid \(([^)]*)\): (\d+)")

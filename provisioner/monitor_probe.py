@@ -19,6 +19,7 @@ One run of ``SAMPLE_PROBE`` is one sample. Every line it prints starts with ``@m
     @mon status |LINE               Name, VmRSS, VmLck, VmSwap of /proc/PID/status
     @mon stat |LINE                 /proc/PID/stat (majflt is field 12)
     @mon governor NAME              cpu0's cpufreq scaling governor
+    @mon nvlink |LINE               `nvidia-smi nvlink -s`: each GPU's links and their speed
     @mon xid-log readable | unreadable   whether the kernel log could be read (root)
     @mon xid |LINE                  the last NVRM Xid lines of the kernel log
 
@@ -73,6 +74,8 @@ if command -v nvidia-smi >/dev/null 2>&1; then
     else
         nvidia-smi dmon -s t -c 1 2>&1 | mon_lines dmon
     fi
+    # NVLink, where present: link state and speed (GPUs without NVLink print nothing or an error)
+    nvidia-smi nvlink -s 2>/dev/null | mon_lines nvlink
 else
     echo '@mon smi missing'
 fi
@@ -174,6 +177,7 @@ class Sample:
     governor: str | None = None
     xid_readable: bool | None = None  # None: not gathered
     xid_lines: tuple[str, ...] = ()  # the last NVRM Xid lines of the kernel log (with timestamps)
+    nvlink: tuple[tuple[int, int, float | None], ...] = ()  # (gpu, link, GB/s or None when inactive)
 
     def pressure(self, resource: str, kind: str) -> Pressure | None:
         return self.psi.get(resource, {}).get(kind)
@@ -220,6 +224,26 @@ def _gpu_row(names: list[str], row: str) -> GpuSample | None:
         clock_reasons=reasons, clock_mask=mask, memory_used_mib=_num(values.get("memory.used")),
         memory_total_mib=_num(values.get("memory.total")), utilization_pct=_num(values.get("utilization.gpu")),
         pcie_gen=_whole(values.get("pcie.link.gen.current")), pcie_width=_whole(values.get("pcie.link.width.current")))
+
+
+_NVLINK_GPU = re.compile(r"^GPU (\d+):")
+_NVLINK_LINK = re.compile(r"^\s*Link (\d+):\s*(.*)$")
+
+
+def parse_nvlink(lines: Iterable[str]) -> tuple[tuple[int, int, float | None], ...]:
+    """`nvidia-smi nvlink -s` -> (gpu, link, GB/s); an inactive link ("<inactive>") has None."""
+    out: list[tuple[int, int, float | None]] = []
+    gpu: int | None = None
+    for line in lines:
+        head = _NVLINK_GPU.match(line)
+        if head:
+            gpu = int(head.group(1))
+            continue
+        link = _NVLINK_LINK.match(line)
+        if link and gpu is not None:
+            speed = re.match(r"([0-9.]+)\s*GB/s", link.group(2).strip())
+            out.append((gpu, int(link.group(1)), float(speed.group(1)) if speed else None))
+    return tuple(out)
 
 
 def parse_dmon(lines: Iterable[str]) -> dict[int, tuple[float | None, float | None]]:
@@ -334,6 +358,7 @@ def parse_sample(text: str) -> Sample:
     if stat:
         values["server_majflt"] = _majflt(stat[0])
     values["xid_lines"] = tuple(blocks.get("xid", []))
+    values["nvlink"] = parse_nvlink(blocks.get("nvlink", []))
     return Sample(**values)
 
 

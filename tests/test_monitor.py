@@ -471,3 +471,24 @@ def test_new_xid_events_between_samples_fail_with_their_meaning() -> None:
     unreadable = parse_sample("@mon time 105.0\n@mon xid-log unreadable\n")
     assert {c.id: c for c in evaluate(before, unreadable, Thresholds(expect_server=False), 0)}[
         "monitor.xid"].status == "skip"
+
+
+def test_nvlink_links_up_pass_and_a_down_link_warns() -> None:
+    """Real `nvidia-smi nvlink -s` output (tests/cases/monitor/gb200-nvlink-status.yaml); the
+    down-link variant replaces one link's speed with nvidia-smi's `<inactive>`."""
+    import yaml
+
+    from provisioner.monitor_checks import Thresholds, evaluate
+    from provisioner.monitor_probe import parse_sample
+
+    case = yaml.safe_load((Path(__file__).parent / "cases/monitor/gb200-nvlink-status.yaml").read_text())
+    lines = "".join(f"@mon nvlink |{line}\n" for line in case["nvlink_s"].splitlines())
+    sample = parse_sample("@mon time 1.0\n" + lines)
+    assert len(sample.nvlink) == 18 and sample.nvlink[0] == (0, 0, 53.125)
+    check = {c.id: c for c in evaluate(None, sample, Thresholds(expect_server=False), 0)}["monitor.nvlink"]
+    assert check.status == "pass" and "18/18 links up, 956.25 GB/s" in (check.observed or "")
+    down = parse_sample("@mon time 1.0\n" + lines.replace("Link 7: 53.125 GB/s", "Link 7: <inactive>"))
+    check = {c.id: c for c in evaluate(None, down, Thresholds(expect_server=False), 0)}["monitor.nvlink"]
+    assert check.status == "warn" and "GPU0 link 7" in (check.observed or "")
+    none = {c.id: c for c in evaluate(None, parse_sample("@mon time 1.0\n"), Thresholds(expect_server=False), 0)}
+    assert none["monitor.nvlink"].status == "skip"
