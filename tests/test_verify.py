@@ -140,3 +140,28 @@ def test_live_values_compare_sysctl_thp_and_service(tmp_path: Path) -> None:
 def test_verify_help_and_bad_group() -> None:
     result = provision("verify", "examples/quickstart.yaml", "--only", "gpu,nope")
     assert result.returncode == 1 and "unknown group 'nope'" in result.stderr
+
+
+def test_prehash_fills_the_probes_cache_and_the_probe_trusts_it(tmp_path: Path) -> None:
+    """Local and --root targets hash shards here (with a progress bar on a terminal) into the
+    cache the probe reads by size and mtime: a second verify reads nothing again."""
+    from provisioner.verify.model import prehash
+
+    root = tmp_path / "root"
+    blob = root / "srv/models/m.gguf"
+    blob.parent.mkdir(parents=True)
+    data = b"GGUF" + bytes(range(256)) * 512
+    blob.write_bytes(data)
+    state = root / "var/lib/provision"
+    assert prehash(["/srv/models/m.gguf"], str(root), str(state), show_progress=False) == 1
+    assert prehash(["/srv/models/m.gguf"], str(root), str(state), show_progress=False) == 0  # cached
+    cached = (state / "sha256-cache").read_text().split()
+    assert cached[2] == str(blob) and cached[3] == hashlib.sha256(data).hexdigest()
+    source = {"files": [{"path": "/srv/models/m.gguf", "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}]}
+    profile = make_profile(tmp_path, {"model.source": source})
+    result = provision("verify", str(profile), "--root", str(root), "--only", "model", "--json")
+    assert checks_of(result)["model.file:m.gguf"]["status"] == "pass"
+    # The probe believes the cache for an unchanged size and mtime (that is what makes it instant):
+    (state / "sha256-cache").write_text(" ".join([*cached[:3], "0" * 64]) + "\n")
+    result = provision("verify", str(profile), "--root", str(root), "--only", "model", "--json")
+    assert checks_of(result)["model.file:m.gguf"]["observed"] == "sha256 " + "0" * 64

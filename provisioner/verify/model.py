@@ -350,3 +350,46 @@ def ollama_checks(tag: str, seen: ModelDir) -> list[Check]:
             return [Check("model.ollama", "pass", f"{cols[0]} id {ident}", want)]
     listed = ", ".join(ln.split()[0] for ln in lines[1:] if ln.split()) or "none"
     return [Check("model.ollama", "fail", f"not listed (have: {listed})", want, f"run `ollama pull {tag}`")]
+
+
+def prehash(paths: list[str], root: str, state_dir: str, *, show_progress: bool) -> int:
+    """Hash GGUF shards here, with a progress bar, into the same cache the probe reads
+    (size, mtime, path, sha256), so the probe finds them hashed. Only for targets whose
+    files this process can read (local and --root); returns how many files it hashed."""
+    import hashlib
+    import os
+
+    cache = Path(state_dir) / "sha256-cache"
+    known: set[tuple[str, str, str]] = set()
+    if cache.is_file():
+        for line in cache.read_text(errors="replace").splitlines():
+            parts = line.split(" ")
+            if len(parts) == 4:
+                known.add((parts[0], parts[1], parts[2]))
+    todo = []
+    for rel in paths:
+        host_path = root + rel
+        try:
+            stat = os.stat(host_path)
+        except OSError:
+            continue
+        key = (str(stat.st_size), str(int(stat.st_mtime)), host_path)
+        if key not in known:
+            todo.append((host_path, key, stat.st_size))
+    if not todo:
+        return 0
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    with Progress(TextColumn("sha256 {task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                  disable=not show_progress, transient=True) as progress:
+        for host_path, key, size in todo:
+            task = progress.add_task(Path(host_path).name, total=size)
+            digest = hashlib.sha256()
+            with open(host_path, "rb") as handle:
+                while chunk := handle.read(8 * 1024 * 1024):
+                    digest.update(chunk)
+                    progress.advance(task, len(chunk))
+            with cache.open("a", encoding="utf-8") as out:
+                out.write(f"{key[0]} {key[1]} {key[2]} {digest.hexdigest()}\n")
+    return len(todo)

@@ -4,6 +4,7 @@ probe), then pure checks; the endpoint, if asked, over HTTP from here."""
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,11 @@ def verify_target(built: Built, transport: Transport, options: VerifyOptions) ->
     if "drift" in options.only:
         probes.append(drift_checks.live_probe(spec, list(wanted_sysctl)))
     if "model" in options.only:
+        files = spec.profile.model.source.files or []
+        if files and isinstance(transport, _local_type()):
+            # big shards take minutes: hash them here with a progress bar on a terminal
+            model_checks.prehash([f.path for f in files], transport.root, transport.state_dir,
+                                 show_progress=sys.stderr.isatty())
         probes += _model_probes(built, transport)
     gpu = _gpu_module() if "gpu" in options.only and not root_mode else None
     if gpu is not None and spec.gpus:
