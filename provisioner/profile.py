@@ -211,6 +211,8 @@ class ModelSource(_Model):
     hf: HfSource | None = None
     directory: AbsPath | None = None
     ollama: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._/-]*(:[A-Za-z0-9._-]+)?$")] | None = None
+    # the build an Ollama tag must point at: the ID `ollama list` shows, or the full sha256 digest
+    ollama_digest: Annotated[str, Field(pattern=r"^(sha256:)?[0-9a-f]{12,64}$")] | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> ModelSource:
@@ -222,6 +224,8 @@ class ModelSource(_Model):
             )
         if self.files is not None and not self.files:
             raise ValueError("files must list at least one file")
+        if self.ollama_digest is not None and self.ollama is None:
+            raise ValueError("ollama_digest pins an Ollama tag: give ollama too")
         return self
 
     @property

@@ -230,3 +230,21 @@ def test_hf_gguf_file_for_llama_cpp(tmp_path: Path) -> None:
     code, checks = model_checks(profile, root)
     assert checks[name]["status"] == "pass"
     assert checks["model.header"]["status"] == "fail" and "not a readable GGUF" in checks["model.header"]["observed"]
+
+
+def test_ollama_pinned_digest_must_match_the_listed_id() -> None:
+    listing = "@modeldir ollama present 0\n" + "".join(f"@modeldir ollama-line |{line}\n"
+                                                      for line in OLLAMA_LIST.splitlines())
+    seen = parse_model_dir(listing)
+    # a full digest that starts with the listed ID (the rest of it is made up: only the prefix is listed)
+    digest = "sha256:a6990ed6be41" + "2c6a217614b0ec8e9cd6800a743d5dd7e1d7fbe3e0e6a8d3d0e3"
+    (same,) = ollama_checks("llama3:8b", seen, digest)
+    assert same.status == "pass"
+    (moved,) = ollama_checks("llama3:8b", seen, "0123456789ab")
+    assert moved.status == "fail" and "another build" in (moved.hint or "")
+
+
+def test_ollama_digest_needs_an_ollama_source(tmp_path: Path) -> None:
+    profile = write_profile(tmp_path, OLLAMA_PROFILE, {"directory": "/srv/models/x", "ollama_digest": "a6990ed6be41"})
+    result = provision("validate", str(profile))
+    assert result.returncode == 1 and "ollama_digest pins an Ollama tag" in result.stderr

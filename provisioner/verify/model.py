@@ -331,9 +331,11 @@ def gguf_file_check(name: str, size: int | None) -> Check:
     return Check(f"model.file:{name}", "pass", f"{size} bytes", "present")
 
 
-def ollama_checks(tag: str, seen: ModelDir) -> list[Check]:
-    """model.ollama: the tag is listed by ``ollama list`` (its ID, the digest prefix, reported)."""
-    want = f"{tag} listed by `ollama list`"
+def ollama_checks(tag: str, seen: ModelDir, digest: str | None = None) -> list[Check]:
+    """model.ollama: the tag is listed by ``ollama list``; with a pinned digest, its ID (the
+    digest's first 12 hex digits) must match: a re-pull can move a tag to another build."""
+    pinned = digest.removeprefix("sha256:") if digest else None
+    want = f"{tag} listed by `ollama list`" + (f" with id {pinned[:12]}" if pinned else "")
     if seen.ollama is None:
         return [Check("model.ollama", "skip", None, want, "ollama list was not gathered")]
     if seen.ollama == "missing":
@@ -347,6 +349,10 @@ def ollama_checks(tag: str, seen: ModelDir) -> list[Check]:
         cols = line.split()
         if cols and cols[0] in {tag, full}:
             ident = cols[1] if len(cols) > 1 else "?"
+            if pinned and not (pinned.startswith(ident) or ident.startswith(pinned)):
+                return [Check("model.ollama", "fail", f"{cols[0]} id {ident}", want,
+                              "the tag points at another build than the profile pins: re-pull the pinned "
+                              "build or update model.source.ollama_digest")]
             return [Check("model.ollama", "pass", f"{cols[0]} id {ident}", want)]
     listed = ", ".join(ln.split()[0] for ln in lines[1:] if ln.split()) or "none"
     return [Check("model.ollama", "fail", f"not listed (have: {listed})", want, f"run `ollama pull {tag}`")]

@@ -84,7 +84,7 @@ def _model(built: Built, transport: Transport, output: str) -> list[Check]:
     if source.ollama is not None:
         if transport.root:
             return [Check("model.ollama", "skip", hint="--root: a tree runs no Ollama to list the tag")]
-        return model_checks.ollama_checks(source.ollama, model_checks.parse_model_dir(output))
+        return model_checks.ollama_checks(source.ollama, model_checks.parse_model_dir(output), source.ollama_digest)
     if source.directory is not None or source.hf is not None:
         return _model_dir(built, transport, model_checks.parse_model_dir(output))
     if not source.files:  # pragma: no cover - the profile validates to one source
