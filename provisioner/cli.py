@@ -432,10 +432,12 @@ def rollback(root: Path | None, to: int | None, yes: bool, as_json: bool) -> int
 @click.argument("profile", type=click.Path(path_type=Path))
 @click.option("--context", type=click.IntRange(256, 10_000_000), default=None,
               help="Fit at this context instead of the profile's.")
+@click.option("--here", is_flag=True, help="Use this machine's real GPUs, RAM and cores instead of the profile's.")
+@target_options
 @json_option
 @ignore_fit_option
 @handle_errors("fit")
-def fit(profile: Path, context: int | None, as_json: bool, ignore_fit: bool) -> int:
+def fit(profile: Path, context: int | None, here: bool, as_json: bool, ignore_fit: bool, **opts: Any) -> int:
     """Where every byte goes and how fast it will run.
 
     Prints the placement per device (weights, KV cache, buffers, free) for each
@@ -446,16 +448,36 @@ def fit(profile: Path, context: int | None, as_json: bool, ignore_fit: bool) -> 
     that would fit (smaller quant, shorter context, fewer slots, experts on the
     CPU, quantised KV cache, another engine), each checked.
 
+    With --host (or -i with --limit, or --here for this machine) the host's real
+    GPUs (by PCI device id), installed RAM, cores and NUMA nodes replace the
+    profile's hardware numbers: will it fit *that* box.
+
     Exit codes: 0 fits, 2 does not fit, 1 bad input.
 
     \b
     Example:
       provision fit examples/quickstart.yaml
       provision fit profiles/rtx-3090-gpt-oss-120b-llamacpp.yaml --context 65536 --json
+      provision fit rtx-4090-qwen3-30b-a3b-llamacpp --host admin@gpu-box   # that box's GPUs and RAM
     """
+    from provisioner.errors import UsageError
     from provisioner.fit_command import fit_command
 
-    return fit_command(profile, context, as_json, ignore_fit)
+    if not here and opts["host"] is None and opts["inventory"] is None:
+        return fit_command(profile, context, as_json, ignore_fit)
+    from provisioner.init_command import gather_host
+
+    targets = _targets(profile, opts)
+    if len(targets) != 1:
+        raise UsageError("fit reads one host's hardware", hint="give --host HOST (or --limit to one inventory host)")
+    transport = targets[0].transport_factory()
+    try:
+        facts = gather_host(transport)
+    finally:
+        close = getattr(transport, "close", None)
+        if close is not None:
+            close()
+    return fit_command(profile, context, as_json, ignore_fit, host_facts=facts, host=targets[0].name)
 
 
 @main.command()

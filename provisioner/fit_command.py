@@ -35,9 +35,26 @@ def flags(spec: Spec, placement: Placement) -> dict[str, Any]:
     return out
 
 
-def fit_command(profile: Path, context: int | None, as_json: bool, ignore_fit: bool = False) -> int:
-    """Exit 0 if the profile fits (or ignore_fit), 2 if it does not."""
-    spec = resolve(load_profile(profile))
+def hardware_overrides(facts: Any) -> dict[str, Any]:
+    """The profile's hardware replaced by a host's facts (provisioner.init_command.HostFacts):
+    its GPUs (catalog ids by PCI device id), installed RAM, cores and NUMA nodes, and the
+    memory type where dmidecode could read it. Memory channels stay the profile's."""
+    hardware: dict[str, Any] = {
+        "gpus": [{"model": gid, "count": count} for gid, count in facts.gpu_groups],
+        "ram": facts.ram_bytes,
+        "cpu": {"cores": facts.cores or facts.cpus, "numa_nodes": facts.numa_nodes or 1},
+    }
+    if facts.memory_type:
+        hardware["memory"] = {"type": facts.memory_type}
+    return {"hardware": hardware}
+
+
+def fit_command(profile: Path, context: int | None, as_json: bool, ignore_fit: bool = False,
+                host_facts: Any = None, host: str | None = None) -> int:
+    """Exit 0 if the profile fits (or ignore_fit), 2 if it does not. With ``host_facts``
+    the host's real GPUs, RAM and cores replace the profile's hardware numbers."""
+    overrides = hardware_overrides(host_facts) if host_facts is not None else None
+    spec = resolve(load_profile(profile, overrides))
     if context is not None and context > spec.model.max_context:
         raise UsageError(f"--context {context} exceeds {spec.model.name}'s maximum of "
                          f"{spec.model.max_context}", hint=f"use at most {spec.model.max_context}")
@@ -55,8 +72,14 @@ def fit_command(profile: Path, context: int | None, as_json: bool, ignore_fit: b
             max_concurrency=(round(placement.max_concurrency, 2)
                              if placement.max_concurrency is not None else None),
             flags=chosen, **speed.as_json(), decode_ms=speed.decode_ms,
-            warnings=list(placement.warnings), suggestions=hints))
+            warnings=list(placement.warnings), suggestions=hints,
+            hardware_from=host, hardware=overrides["hardware"] if overrides else None))
         return code
+    if overrides is not None:
+        hw = overrides["hardware"]
+        gpus = ", ".join(f"{g['count']}x {g['model']}" for g in hw["gpus"]) or "no GPU in the catalog"
+        say(f"hardware from {host}: {gpus}, {format_size(hw['ram'])} RAM, {hw['cpu']['cores']} cores "
+            "(the profile's values replaced)")
     _human(spec, placement, speed, chosen, hints)
     return code
 

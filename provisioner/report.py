@@ -35,7 +35,7 @@ def print_table(title: str, columns: list[str], rows: list[list[str]]) -> None:
     for row in rows:
         table.add_row(*row)
     widths = [max([len(column)] + [len(row[i]) for row in rows]) for i, column in enumerate(columns)]
-    width = min(max(sum(widths) + 2 * len(columns), 60), 220)
+    width = min(max(sum(widths) + 2 * len(columns), len(title) + 2, 60), 220)
     Console(stderr=True, highlight=False, soft_wrap=False, width=width).print(table)
 
 

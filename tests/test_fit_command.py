@@ -46,3 +46,29 @@ def test_human_output_says_what_is_missing(tmp_path: Path, capsys: pytest.Captur
 @pytest.mark.parametrize("profile", good_profiles(), ids=lambda p: p.name)
 def test_every_bundled_profile_fits(profile: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert fit_command(profile, None, True) == 0
+
+
+def test_fit_with_a_hosts_recorded_facts_replaces_the_profiles_hardware(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The recorded facts of an RTX 4090 + 64 GiB desktop (tests/cases/init/rtx-4090-64g.yaml)
+    against the quickstart's Qwen3-235B profile written for an RTX PRO 6000 + 192 GiB."""
+    import json
+
+    import yaml
+
+    from provisioner.fit_command import fit_command
+    from provisioner.init_command import host_facts
+
+    root = Path(__file__).resolve().parent.parent
+    case = yaml.safe_load((root / "tests/cases/init/rtx-4090-64g.yaml").read_text())
+    facts = host_facts(case["facts"])
+    code = fit_command(root / "examples/quickstart.yaml", None, True, host_facts=facts, host="desk")
+    data = json.loads(capsys.readouterr().out)
+    assert data["hardware_from"] == "desk"
+    assert data["hardware"]["gpus"] == [{"model": "rtx-4090", "count": 1}]
+    assert data["hardware"]["ram"] == 64 * 2**30 and data["hardware"]["cpu"]["cores"] == 16
+    assert data["devices"][0]["name"].startswith("GPU0 NVIDIA GeForce RTX 4090")
+    assert code == 2 and not data["fits"]  # 235B at 3 bit needs more than 24 GB + 64 GiB
+    same = fit_command(root / "profiles/rtx-4090-qwen3-30b-a3b-llamacpp.yaml", None, True, host_facts=facts,
+                       host="desk")
+    assert same == 0 and json.loads(capsys.readouterr().out)["fits"]

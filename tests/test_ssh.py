@@ -359,3 +359,16 @@ def test_monitor_once_over_ssh_is_one_exec_per_sample(farm: sshd.SshFarm, tmp_pa
     assert {line["host"] for line in lines} == {"h1", "h2"}
     assert all(line["ok"] for line in lines)
     assert [a - b for a, b in zip(execs(farm, 2), before, strict=True)] == [2, 2]  # two samples, one exec each
+
+
+def test_fit_against_a_hosts_real_hardware_over_ssh(farm: sshd.SshFarm, tmp_path: Path) -> None:
+    profile = make_profile(tmp_path)
+    inv = inventory(tmp_path, farm, profile, count=2)
+    before = execs(farm, 2)
+    result = provision("fit", str(profile), "-i", str(inv), "--known-hosts", str(farm.known_hosts), "--limit", "h1",
+                       "--json")
+    data = json.loads(result.stdout)
+    assert data["hardware_from"] == "h1"
+    assert data["hardware"]["gpus"] == []  # this machine has no GPU: the model cannot fit
+    assert result.returncode == 2 and not data["fits"]
+    assert [a - b for a, b in zip(execs(farm, 2), before, strict=True)] == [1, 0]  # one gather, h1 only
