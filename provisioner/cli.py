@@ -230,6 +230,16 @@ def _targets(profile: Path | None, opts: dict[str, Any]) -> list[Any]:
     return [Target(name, profile, lambda: _transport(root))]
 
 
+def _one_target(profile: Path, opts: dict[str, Any], what: str) -> Any:
+    """The single target `fit --host` and `init` read; more than one is a usage error."""
+    from provisioner.errors import UsageError
+
+    targets = _targets(profile, opts)
+    if len(targets) != 1:
+        raise UsageError(what, hint="give --host HOST (or --limit to one inventory host)")
+    return targets[0]
+
+
 def _run_fleet(command: str, profile: Path | None, opts: dict[str, Any], *, apply: bool,
                show_diff: bool, as_json: bool, collect: dict[str, Any] | None = None) -> int:
     """Plan or apply on every target; with ``collect``, the JSON goes there instead of stdout."""
@@ -460,24 +470,16 @@ def fit(profile: Path, context: int | None, here: bool, as_json: bool, ignore_fi
       provision fit profiles/rtx-3090-gpt-oss-120b-llamacpp.yaml --context 65536 --json
       provision fit rtx-4090-qwen3-30b-a3b-llamacpp --host admin@gpu-box   # that box's GPUs and RAM
     """
-    from provisioner.errors import UsageError
     from provisioner.fit_command import fit_command
 
     if not here and opts["host"] is None and opts["inventory"] is None:
         return fit_command(profile, context, as_json, ignore_fit)
     from provisioner.init_command import gather_host
 
-    targets = _targets(profile, opts)
-    if len(targets) != 1:
-        raise UsageError("fit reads one host's hardware", hint="give --host HOST (or --limit to one inventory host)")
-    transport = targets[0].transport_factory()
-    try:
+    target = _one_target(profile, opts, "fit reads one host's hardware")
+    with target.opened() as transport:
         facts = gather_host(transport)
-    finally:
-        close = getattr(transport, "close", None)
-        if close is not None:
-            close()
-    return fit_command(profile, context, as_json, ignore_fit, host_facts=facts, host=targets[0].name)
+    return fit_command(profile, context, as_json, ignore_fit, host_facts=facts, host=target.name)
 
 
 @main.command()
@@ -683,19 +685,10 @@ def init(model: str | None, as_json: bool, **opts: Any) -> int:
       provision init --host admin@gpu-box --become --model gpt-oss-120b > gpu-box.yaml
       provision validate my-box.yaml && provision plan my-box.yaml
     """
-    from provisioner.errors import UsageError
     from provisioner.init_command import init_command
 
-    targets = _targets(Path("-"), opts)
-    if len(targets) != 1:
-        raise UsageError("init reads one host", hint="give --host HOST (or --limit to one inventory host)")
-    transport = targets[0].transport_factory()
-    try:
+    with _one_target(Path("-"), opts, "init reads one host").opened() as transport:
         return init_command(transport, model, as_json)
-    finally:
-        close = getattr(transport, "close", None)
-        if close is not None:
-            close()
 
 
 @main.command()

@@ -25,7 +25,6 @@ from typing import Any, Literal
 from provisioner.errors import ProvisionError
 
 STATE_DIR = "/var/lib/provision"
-MAX_CONTENT = 1024 * 1024  # kept for callers; contents are read in one batch now
 # Paths written into the gather script unquoted-safe: they never hold blanks or quotes.
 _SAFE_PATH = re.compile(r"^/[A-Za-z0-9_./@+:,=-]*$")
 
@@ -83,7 +82,7 @@ def gather_script(paths: list[str], root: str = "", service: str = "", state_dir
                              hint="managed paths, roots and state dirs use letters, digits and _./@+:,=- only")
     quoted = " ".join(every)
     return (_GATHER.replace("@ROOT@", shlex.quote(root)).replace("@PATHS@", quoted)
-            .replace("@STATE@", shlex.quote(state_dir or root + STATE_DIR)).replace("@MAX@", str(MAX_CONTENT))
+            .replace("@STATE@", shlex.quote(state_dir or root + STATE_DIR))
             .replace("@SERVICE@", service).replace("@EXTRA@\n", extra.rstrip("\n") + "\n" if extra else ""))
 
 

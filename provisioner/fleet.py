@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,17 @@ class Target:
     @property
     def key(self) -> tuple[Path, str]:
         return (self.profile, self.overrides)
+
+    @contextlib.contextmanager
+    def opened(self) -> Iterator[Transport]:
+        """The target's transport, closed afterwards whatever happens."""
+        transport = self.transport_factory()
+        try:
+            yield transport
+        finally:
+            close = getattr(transport, "close", None)
+            if close is not None:
+                close()
 
     def build(self, ignore_fit: bool) -> Built:
         return build(self.profile, ignore_fit=ignore_fit,
@@ -116,24 +128,19 @@ def _render_for(built: Built, facts: dict[str, str]) -> Any:
 
 
 def _converge(target: Target, built: Built, options: RunOptions) -> Outcome:
-    transport: Any = None
     try:
-        transport = target.transport_factory()
-        plan, gathered = plan_host(built.rendered, transport, service=built.spec.profile.service.name,
-                                   restart=options.restart, rerender=lambda facts: _render_for(built, facts))
-        if not options.apply:
-            return Outcome(target.name, HostResult(target.name, plan, gathered), None)
-        result = apply_plan(plan, gathered, transport, profile_name=built.spec.profile.metadata.name,
-                            wait_lock=options.wait_lock)
-        return Outcome(target.name, result, None)
+        with target.opened() as transport:
+            plan, gathered = plan_host(built.rendered, transport, service=built.spec.profile.service.name,
+                                       restart=options.restart, rerender=lambda facts: _render_for(built, facts))
+            if not options.apply:
+                return Outcome(target.name, HostResult(target.name, plan, gathered), None)
+            result = apply_plan(plan, gathered, transport, profile_name=built.spec.profile.metadata.name,
+                                wait_lock=options.wait_lock)
+            return Outcome(target.name, result, None)
     except ProvisionError as exc:
         return Outcome(target.name, None, exc.problems)
     except Exception as exc:
         return Outcome(target.name, None, [Problem(f"{target.name}: {type(exc).__name__}: {exc}")])
-    finally:
-        close = getattr(transport, "close", None)
-        if close is not None:
-            close()
 
 
 T = TypeVar("T")
@@ -145,16 +152,11 @@ def map_targets(targets: list[Target], forks: int, work: Callable[[Target, Trans
     (always closed); a ProvisionError becomes ``failed``'s result for that target."""
 
     def one(target: Target) -> T:
-        transport: Any = None
         try:
-            transport = target.transport_factory()
-            return work(target, transport)
+            with target.opened() as transport:
+                return work(target, transport)
         except ProvisionError as exc:
             return failed(target, exc)
-        finally:
-            close = getattr(transport, "close", None)
-            if close is not None:
-                close()
 
     with ThreadPoolExecutor(max_workers=max(1, forks)) as pool:
         return list(pool.map(one, targets))

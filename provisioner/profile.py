@@ -300,6 +300,11 @@ class Runtime(_Model):
     gpu_memory_utilization: float | None = Field(default=None, gt=0.1, le=0.99)
     extra_args: list[ExtraArg] = []
 
+    @property
+    def local_address(self) -> str:
+        """Where a client on the host itself reaches the server (a wildcard bind -> loopback)."""
+        return "127.0.0.1" if self.bind in {"0.0.0.0", "::"} else self.bind  # noqa: S104 - a comparison
+
     @field_validator("bind")
     @classmethod
     def _public_needs_expose(cls, bind: str, info: ValidationInfo) -> str:

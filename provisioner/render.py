@@ -151,8 +151,7 @@ def context(spec: Spec, placement: Placement) -> dict[str, Any]:
         "check_script": f"{BIN_DIR}/{service.name}-check-gpu.sh",
         "env_file": f"/etc/default/{service.name}",
         "secrets_env_file": f"/etc/provision/{service.name}/secrets.env",
-        "min_driver": max((g.spec.min_driver for g in spec.gpus),
-                          key=lambda v: tuple(int(x) for x in v.split(".")), default=""),
+        "min_driver": spec.min_driver,
         "sampling": spec.model.sampling[p.model.mode],
         "hugepages_kb": spec.profile.os.hugepages.size_bytes // 1024,
     }
@@ -194,7 +193,7 @@ def render(spec: Spec, placement: Placement, facts: dict[str, str] | None = None
     handlers = _handlers(spec)
     directories = (Directory(BIN_DIR), Directory(f"/etc/provision/{spec.profile.service.name}"))
     runtime = spec.profile.runtime
-    host = "127.0.0.1" if runtime.bind in {"0.0.0.0", "::"} else runtime.bind  # noqa: S104 - a comparison
+    host = runtime.local_address
     host = f"[{host}]" if ":" in host else host
     readiness = (f"http://{host}:{runtime.port}{spec.engine.health_path}", spec.profile.service.start_timeout_s)
     return Rendered(files=tuple(sorted(files, key=lambda f: f.path)), directories=directories,

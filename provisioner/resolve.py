@@ -59,6 +59,12 @@ class Spec:
         return sum(g.count for g in self.gpus)
 
     @property
+    def min_driver(self) -> str:
+        """The newest of the GPUs' minimum drivers ("" without a GPU)."""
+        return max((g.spec.min_driver for g in self.gpus), key=lambda v: tuple(int(x) for x in v.split(".")),
+                   default="")
+
+    @property
     def vram_bytes(self) -> int:
         return sum(g.spec.vram * g.count for g in self.gpus)
 

@@ -73,8 +73,7 @@ def _model_probes(built: Built, transport: Transport) -> list[str]:
     if source.hf is not None:
         return [model_checks.dir_probe(source.hf.dest, transport.root, source.hf.file)]
     if source.ollama is not None and not transport.root:
-        host = "127.0.0.1" if runtime.bind in {"0.0.0.0", "::"} else runtime.bind  # noqa: S104 - a comparison
-        return [model_checks.ollama_probe(f"{host}:{runtime.port}")]
+        return [model_checks.ollama_probe(f"{runtime.local_address}:{runtime.port}")]
     return []
 
 
@@ -145,9 +144,8 @@ def _gpu(built: Built, output: str, gpu: Any) -> list[Check]:
         return [Check("gpu.present", "skip", hint="GPU checks are not available in this build")]
     report = gpu.parse_gpu(output)
     expected = [(g.spec, g.count) for g in spec.gpus]
-    min_driver = max((g.spec.min_driver for g in spec.gpus), key=lambda v: tuple(int(x) for x in v.split(".")))
     driver = spec.profile.driver
-    checks: list[Check] = gpu.gpu_checks(report, expected, driver.kernel_module, min_driver, driver.persistence,
+    checks: list[Check] = gpu.gpu_checks(report, expected, driver.kernel_module, spec.min_driver, driver.persistence,
                                          driver.power_limit_w)
     return checks
 
@@ -159,7 +157,7 @@ def _endpoint(built: Built, transport: Transport, options: VerifyOptions) -> lis
         if transport.root:
             return [Check("endpoint", "skip", hint="--root: a tree serves nothing; give --endpoint URL to check one")]
         runtime = spec.profile.runtime
-        host = "127.0.0.1" if runtime.bind in {"0.0.0.0", "::"} else runtime.bind  # noqa: S104 - a comparison
+        host = runtime.local_address
         forward = getattr(transport, "forward", None)
         if forward is not None:  # a remote host: through the SSH connection, to its own loopback
             with forward(host, runtime.port) as local_port:
