@@ -1,7 +1,7 @@
 """Real sshd instances on loopback for the tests: own host keys, own client key,
 key-only root login, DEBUG1 logs to count connections and exec requests.
 
-Host i listens on 127.0.0.(40+i):2222. Stopped by PID, never by name.
+Host i listens on 127.0.0.(40+i):2222 ($PROVISION_TEST_SSH_PORT). Stopped by PID, never by name.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
-PORT = 2222
+# Another checkout running its tests at the same time sets its own port.
+PORT = int(os.environ.get("PROVISION_TEST_SSH_PORT", "2222"))
 EXEC = re.compile(r"session_input_channel_req: session \d+ req exec")
 CONNECTION = re.compile(r"Connection from 127\.0\.0\.\d+ port \d+")
 
