@@ -460,7 +460,11 @@ def fit(profile: Path, context: int | None, here: bool, as_json: bool, ignore_fi
 
     With --host (or -i with --limit, or --here for this machine) the host's real
     GPUs (by PCI device id), installed RAM, cores and NUMA nodes replace the
-    profile's hardware numbers: will it fit *that* box.
+    profile's hardware numbers: will it fit *that* box. What other processes
+    hold on each GPU (not the profile's own server and its children) and RAM
+    reserved as hugepages are subtracted; GPU pairs without peer-to-peer
+    access are reported and priced. Model files on this machine (or under
+    --root) give the real per-layer sizes from their GGUF header.
 
     Exit codes: 0 fits, 2 does not fit, 1 bad input.
 
@@ -469,17 +473,18 @@ def fit(profile: Path, context: int | None, here: bool, as_json: bool, ignore_fi
       provision fit examples/quickstart.yaml
       provision fit profiles/rtx-3090-gpt-oss-120b-llamacpp.yaml --context 65536 --json
       provision fit rtx-4090-qwen3-30b-a3b-llamacpp --host admin@gpu-box   # that box's GPUs and RAM
+      provision fit examples/quickstart.yaml --here   # this machine, minus what others hold
     """
-    from provisioner.fit_command import fit_command
+    from provisioner.fit_command import fit_command, gather_fit_host
 
+    root = str(opts["root"]) if opts.get("root") else ""
     if not here and opts["host"] is None and opts["inventory"] is None:
-        return fit_command(profile, context, as_json, ignore_fit)
-    from provisioner.init_command import gather_host
-
+        return fit_command(profile, context, as_json, ignore_fit, root=root)
     target = _one_target(profile, opts, "fit reads one host's hardware")
     with target.opened() as transport:
-        facts = gather_host(transport)
-    return fit_command(profile, context, as_json, ignore_fit, host_facts=facts, host=target.name)
+        facts, output = gather_fit_host(transport, profile)
+    return fit_command(profile, context, as_json, ignore_fit, host_facts=facts, host=target.name,
+                       host_output=output, root=root, read_model_files=here or bool(root))
 
 
 @main.command()

@@ -9,7 +9,6 @@ Speed is predicted from the placement by ``predict.py``; docs/fit.md explains bo
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -90,6 +89,9 @@ class Placement:
     kv_bytes_per_sequence: int = 0  # one sequence at the full context
     max_concurrency: float | None = None  # vLLM: sequences at full context its KV pool holds
     tensor_parallel: bool = False  # vLLM: every GPU holds a shard and works on every token
+    weights_from: str = "catalog"  # or "GGUF header of FILE": where the per-layer sizes came from
+    tensor_split: tuple[float, ...] = ()  # llama.cpp, several GPUs: share of the layers on each
+    p2p_missing: bool = False  # host facts: some GPU pair has no peer-to-peer access
 
     @property
     def gpus(self) -> tuple[Device, ...]:
@@ -130,18 +132,40 @@ class WeightSplit:
     """The weight file split the way offload flags move it (per layer, dense vs experts)."""
 
     total: int
-    expert_total: float  # routed-expert tensors, spread over the repeating layers
-    dense_per_layer: float  # attention, norms, shared experts; "+1" layer: embeddings/output
-    expert_per_layer: float
-    layers: int
+    dense: tuple[float, ...]  # per repeating layer: attention, norms, router, shared experts
+    experts: tuple[float, ...]  # per repeating layer: routed-expert tensors
+    outside: float  # embeddings/output/final norm: the "+1" layer of --n-gpu-layers
+    source: str  # "catalog" or the GGUF file(s) read
+
+    @property
+    def layers(self) -> int:
+        return len(self.dense)
+
+    @property
+    def expert_total(self) -> float:
+        return sum(self.experts)
 
     @classmethod
     def of(cls, spec: Spec) -> WeightSplit:
         m = spec.model
+        layout = spec.layout
+        if layout is not None and layout.layers == m.layers:
+            return cls(layout.total, tuple(map(float, layout.dense)), tuple(map(float, layout.experts)),
+                       float(layout.outside), f"GGUF header of {layout.source}")
+        # The catalog's estimate: uniform bits per weight, experts spread evenly.
         total = spec.quant.bytes
         experts = total * m.expert_params_fraction if m.is_moe else 0.0
-        return cls(total, experts, (total - experts) / (m.layers + 1),
-                   experts / m.layers, m.layers)
+        dense = (total - experts) / (m.layers + 1)
+        return cls(total, (dense,) * m.layers, (experts / m.layers,) * m.layers, dense, "catalog")
+
+    def on_gpu(self, gpu_layers: int, cpu_moe: int) -> tuple[float, float]:
+        """(dense, expert) bytes on the GPUs: llama.cpp offloads the LAST ``gpu_layers``
+        (the output counts as one when all repeating layers are offloaded) and
+        ``--n-cpu-moe N`` keeps the experts of the FIRST N layers in RAM."""
+        first_gpu = self.layers - min(gpu_layers, self.layers)
+        dense = sum(self.dense[first_gpu:]) + (self.outside if gpu_layers > self.layers else 0.0)
+        experts = sum(self.experts[max(first_gpu, cpu_moe):])
+        return dense, experts
 
 
 def fit(spec: Spec, context: int | None = None) -> Placement:
@@ -160,13 +184,28 @@ def _gpu_names(spec: Spec) -> list[tuple[GpuGroup, str]]:
     return out
 
 
+def _hugepages_bytes(spec: Spec) -> int:
+    """RAM reserved for hugetlbfs, which the engines do not use: the profile's own
+    os.hugepages (apply sets them) or else what the host has reserved now."""
+    hp = spec.profile.os.hugepages
+    if hp.count:
+        return hp.total_bytes
+    return spec.host.hugepages_bytes if spec.host is not None else 0
+
+
 def _ram_capacity(spec: Spec) -> int:
-    return max(spec.profile.hardware.ram - RAM_RESERVE, 0)
+    return max(spec.profile.hardware.ram - RAM_RESERVE - _hugepages_bytes(spec), 0)
 
 
 def _ram_device(spec: Spec, weights: int, experts: int, kv: int, buffers: int) -> Device:
     return Device("CPU RAM", _ram_capacity(spec), weights, kv, buffers, experts,
                   spec.profile.hardware.memory.bandwidth())
+
+
+def _others(spec: Spec, index: int) -> int:
+    """VRAM that other processes hold on GPU ``index`` (host facts; 0 without them)."""
+    used = spec.host.gpu_used_by_others if spec.host is not None else ()
+    return used[index] if index < len(used) else 0
 
 
 def _fit_layers(spec: Spec, ctx: int) -> Placement:
@@ -186,16 +225,15 @@ def _fit_layers(spec: Spec, ctx: int) -> Placement:
         ram = _ram_device(spec, w.total, int(w.expert_total), kv_total, buffers)
         missing = max(ram.used_bytes - ram.capacity_bytes, 0)
         return _placement(spec, ctx, (ram,), gpu_layers=0, cpu_moe=0, offload=0, missing=missing,
-                          kv_seq=kv_seq)
+                          kv_seq=kv_seq, weights_from=w.source)
 
-    usable = sum(int(g.spec.vram * (1 - GPU_MARGIN_FRACTION)) for g, _ in gpus)
-    budget = usable - gpu_buffer * len(gpus)
+    capacities = [max(int(g.spec.vram * (1 - GPU_MARGIN_FRACTION)) - _others(spec, i), 0)
+                  for i, (g, _) in enumerate(gpus)]
+    budget = sum(capacities) - gpu_buffer * len(gpus)
 
     def gpu_need(gpu_layers: int, cpu_moe: int) -> float:
-        repeating = min(gpu_layers, m.layers)
-        dense = w.dense_per_layer * gpu_layers
-        experts = w.expert_per_layer * max(repeating - max(cpu_moe - (m.layers - repeating), 0), 0)
-        return dense + experts + kv_per_layer * repeating
+        dense, experts = w.on_gpu(gpu_layers, cpu_moe)
+        return dense + experts + kv_per_layer * min(gpu_layers, m.layers)
 
     explicit = p.runtime.offload if isinstance(p.runtime.offload, Offload) else None
     gpu_layers = m.layers + 1
@@ -205,30 +243,29 @@ def _fit_layers(spec: Spec, ctx: int) -> Placement:
                          m.layers + 1)
         cpu_moe = min(explicit.cpu_moe_layers or 0, m.layers)
     elif gpu_need(gpu_layers, 0) > budget:
-        if m.is_moe and p.runtime.engine == "llama.cpp" and w.expert_per_layer > 0:
-            excess = gpu_need(gpu_layers, 0) - budget
-            cpu_moe = min(m.layers, math.ceil(excess / w.expert_per_layer))
+        if m.is_moe and p.runtime.engine == "llama.cpp" and w.expert_total > 0:
+            # the fewest layers whose experts go to RAM (layer by layer: real sizes differ)
+            while cpu_moe < m.layers and gpu_need(gpu_layers, cpu_moe) > budget:
+                cpu_moe += 1
         while gpu_layers > 0 and gpu_need(gpu_layers, cpu_moe) > budget:
             gpu_layers -= 1
     # Layers not on the GPU are the first ones (llama.cpp offloads the last n); --n-cpu-moe
     # counts from the first layer too, so the two overlap on the CPU layers.
     repeating_gpu = min(gpu_layers, m.layers)
-    cpu_only_layers = m.layers - repeating_gpu
-    moe_on_cpu_of_gpu_layers = max(cpu_moe - cpu_only_layers, 0)
-    gpu_experts = w.expert_per_layer * (repeating_gpu - moe_on_cpu_of_gpu_layers)
-    gpu_dense = w.dense_per_layer * gpu_layers
-    gpu_weights = int(gpu_dense + gpu_experts)
+    dense_gpu, gpu_experts = w.on_gpu(gpu_layers, cpu_moe)
+    gpu_weights = int(dense_gpu + gpu_experts)
     gpu_kv = int(kv_per_layer * repeating_gpu)
     cpu_weights = w.total - gpu_weights
     cpu_experts = int(w.expert_total - gpu_experts)
     cpu_kv = kv_total - gpu_kv
 
     devices: list[Device] = []
-    vram_total = sum(g.spec.vram for g, _ in gpus)
-    for group, name in gpus:
-        share = group.spec.vram / vram_total  # llama.cpp's default split: by free memory
-        devices.append(Device(name, int(group.spec.vram * (1 - GPU_MARGIN_FRACTION)),
-                              int(gpu_weights * share), int(gpu_kv * share), gpu_buffer,
+    room = sum(capacities) or 1
+    split: list[float] = []
+    for (group, name), capacity in zip(gpus, capacities, strict=True):
+        share = capacity / room  # the layer split fit states with --tensor-split
+        split.append(share)
+        devices.append(Device(name, capacity, int(gpu_weights * share), int(gpu_kv * share), gpu_buffer,
                               int(gpu_experts * share), group.spec.memory_bandwidth_gb_s))
     host_buffer = int(_mem("llama_cpp_host_buffer_mib") * MIB) if cpu_weights else 0
     ram = _ram_device(spec, cpu_weights, cpu_experts, cpu_kv, host_buffer)
@@ -236,7 +273,8 @@ def _fit_layers(spec: Spec, ctx: int) -> Placement:
     missing = (max(int(gpu_need(gpu_layers, cpu_moe)) - budget, 0)
                + max(ram.used_bytes - ram.capacity_bytes, 0))
     return _placement(spec, ctx, tuple(devices), gpu_layers=gpu_layers, cpu_moe=cpu_moe,
-                      offload=0, missing=missing, kv_seq=kv_seq)
+                      offload=0, missing=missing, kv_seq=kv_seq, weights_from=w.source,
+                      tensor_split=tuple(split) if len(split) > 1 else ())
 
 
 def _llama_gpu_buffer(spec: Spec, total_ctx: int) -> int:
@@ -273,7 +311,11 @@ def _fit_vllm(spec: Spec, ctx: int) -> Placement:
     kv_need_gpu = kv_seq_gpu * p.runtime.parallel
     overhead = vllm_overhead(spec)
     weights_gpu = spec.quant.bytes / n
-    smallest = min(int(g.spec.vram * util) for g, _ in gpus)
+    # vLLM takes vram x utilisation of each GPU; what other processes hold beyond the
+    # rest (1 - utilisation) comes out of that share (vLLM 0.11 refuses to start then).
+    capacities = [min(int(g.spec.vram * util), g.spec.vram - _others(spec, i))
+                  for i, (g, _) in enumerate(gpus)]
+    smallest = min(capacities)
     explicit = p.runtime.offload if isinstance(p.runtime.offload, Offload) else None
     if explicit is not None and explicit.cpu_offload is not None:
         offload = explicit.cpu_offload
@@ -284,8 +326,7 @@ def _fit_vllm(spec: Spec, ctx: int) -> Placement:
     devices: list[Device] = []
     pool = 0
     missing = 0
-    for group, name in gpus:
-        capacity = int(group.spec.vram * util)
+    for (group, name), capacity in zip(gpus, capacities, strict=True):
         pool = capacity - resident - overhead
         missing = max(missing, resident + overhead + kv_need_gpu - capacity)
         devices.append(Device(name, capacity, resident, kv_need_gpu, overhead,
@@ -300,7 +341,7 @@ def _fit_vllm(spec: Spec, ctx: int) -> Placement:
     concurrency = pool / kv_seq_gpu if kv_seq_gpu else None
     return _placement(spec, ctx, tuple(devices), gpu_layers=m.layers + 1, cpu_moe=0,
                       offload=offload, missing=missing, kv_seq=kv_seq,
-                      concurrency=concurrency, tensor_parallel=True)
+                      concurrency=concurrency, tensor_parallel=True, weights_from="catalog")
 
 
 def _ceil_gib(num_bytes: float) -> int:
@@ -309,9 +350,10 @@ def _ceil_gib(num_bytes: float) -> int:
 
 def _placement(spec: Spec, ctx: int, devices: tuple[Device, ...], *, gpu_layers: int,
                cpu_moe: int, offload: int, missing: int, kv_seq: int,
-               concurrency: float | None = None, tensor_parallel: bool = False) -> Placement:
+               concurrency: float | None = None, tensor_parallel: bool = False,
+               weights_from: str = "catalog", tensor_split: tuple[float, ...] = ()) -> Placement:
     p = spec.profile
-    warnings: list[str] = []
+    warnings: list[str] = _host_warnings(spec, tensor_parallel)
     kv_k, kv_v = p.model.kv_cache_k, p.model.kv_cache_value
     if kv_v in {"q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1"} or kv_k in {"q4_0", "q4_1", "iq4_nl"}:
         warnings.append("a 4-bit KV cache degrades long reasoning and long-context recall; "
@@ -333,10 +375,43 @@ def _placement(spec: Spec, ctx: int, devices: tuple[Device, ...], *, gpu_layers:
                         f"fewer than max_num_seqs {p.runtime.parallel}")
     if spec.gpus and not tensor_parallel and spec.gpu_count > 1:
         warnings.append("llama.cpp splits layers over the GPUs: they take turns on each token, "
-                        "so decode runs at one GPU's bandwidth (set CUDA_DEVICE_ORDER=PCI_BUS_ID)")
+                        "so decode runs at one GPU's bandwidth")
+    if spec.layout is not None and spec.layout.layers != spec.model.layers:
+        warnings.append(f"the GGUF file has {spec.layout.layers} layers, the catalog's "
+                        f"{spec.model.name} {spec.model.layers}: placed with the catalog's sizes")
     return Placement(fits=missing <= 0, devices=devices, context=ctx,
                      kv_bytes_per_token=kv_bytes_per_token(spec), gpu_layers=gpu_layers,
                      cpu_moe_layers=cpu_moe, cpu_offload_bytes=offload,
                      missing_bytes=max(int(missing), 0), warnings=tuple(warnings),
                      parallel=p.runtime.parallel, kv_bytes_per_sequence=kv_seq,
-                     max_concurrency=concurrency, tensor_parallel=tensor_parallel)
+                     max_concurrency=concurrency, tensor_parallel=tensor_parallel,
+                     weights_from=weights_from, tensor_split=tensor_split,
+                     p2p_missing=bool(spec.host and spec.host.p2p and spec.host.p2p.missing))
+
+
+def _host_warnings(spec: Spec, tensor_parallel: bool) -> list[str]:
+    """What the host's facts change: memory others hold, hugepages, GPUs without peer access."""
+    host = spec.host
+    if host is None:
+        return []
+    out: list[str] = []
+    for i, used in enumerate(host.gpu_used_by_others):
+        if used:
+            out.append(f"GPU{i}: {used / GIB:.1f} GiB held by other processes (not the model server): "
+                       "subtracted from its capacity")
+    if host.apps_error:
+        out.append(f"nvidia-smi could not list the GPU processes ({host.apps_error}): "
+                   "VRAM other processes hold is not known")
+    if host.hugepages_bytes and not spec.profile.os.hugepages.count:
+        out.append(f"{host.hugepages_bytes / GIB:.1f} GiB of RAM reserved as hugepages, which the engine "
+                   "does not use: subtracted from RAM")
+    if host.p2p is not None and host.p2p.missing and spec.gpu_count > 1:
+        from provisioner.fit_host import P2P_LEGEND
+
+        i, j, code = host.p2p.missing[0]
+        how = ("the all-reduce of every layer" if tensor_parallel
+               else "the activations at each GPU boundary")
+        out.append(f"no peer-to-peer access between GPU{i} and GPU{j} ({code}: "
+                   f"{P2P_LEGEND.get(code, 'unknown')}): {how} go through host memory "
+                   f"(slower; the prediction includes it)")
+    return out

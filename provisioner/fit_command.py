@@ -7,13 +7,16 @@ cli.py turns them into exit 1.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 from provisioner.engine_args import engine_command
 from provisioner.errors import UsageError
 from provisioner.fit import Placement, fit
+from provisioner.fit_host import HostLoad, fit_gather, host_load
 from provisioner.fit_suggest import suggestions
+from provisioner.gguf_layout import local_layout
 from provisioner.loader import load_profile
 from provisioner.predict import Prediction, predict
 from provisioner.render import model_path
@@ -49,12 +52,43 @@ def hardware_overrides(facts: Any) -> dict[str, Any]:
     return {"hardware": hardware}
 
 
+def gpu_order(facts: Any, output: str) -> list[str]:
+    """Bus ids of the host's catalog GPUs in the order the Spec numbers them: by catalog
+    group (first appearance), nvidia-smi order within a group."""
+    from provisioner.verify.gpu import parse_gpu
+
+    buses = [g.bus_id for g in parse_gpu(output).gpus]
+    pairs = list(zip((g.catalog_id for g in facts.gpus), buses, strict=False))
+    return [bus for cid, _ in facts.gpu_groups for gid, bus in pairs if gid == cid]
+
+
+def gather_fit_host(transport: Any, profile: Path) -> tuple[Any, str]:
+    """ONE round trip: base facts, the GPU probe, init's probe and fit's own (processes
+    on the GPUs, hugepages, peer access, the model server's processes)."""
+    from provisioner.engine import gather
+    from provisioner.init_command import INIT_GATHER, HostFacts
+    from provisioner.verify.gpu import GPU_GATHER
+
+    service = load_profile(profile).profile.service.name
+    gathered = gather(transport, [], extra=GPU_GATHER + INIT_GATHER + fit_gather(service))
+    return HostFacts.from_gathered(gathered), gathered.output
+
+
 def fit_command(profile: Path, context: int | None, as_json: bool, ignore_fit: bool = False,
-                host_facts: Any = None, host: str | None = None) -> int:
+                host_facts: Any = None, host: str | None = None, host_output: str | None = None,
+                root: str = "", read_model_files: bool = True) -> int:
     """Exit 0 if the profile fits (or ignore_fit), 2 if it does not. With ``host_facts``
-    the host's real GPUs, RAM and cores replace the profile's hardware numbers."""
+    the host's real GPUs, RAM and cores replace the profile's hardware numbers; with
+    ``host_output`` (the gather's text) the memory other processes hold and reserved
+    hugepages are subtracted. Model files on this machine (under ``root``) give the
+    real per-layer sizes (``read_model_files``: not for a remote host's facts)."""
     overrides = hardware_overrides(host_facts) if host_facts is not None else None
     spec = resolve(load_profile(profile, overrides))
+    load: HostLoad | None = None
+    if host_facts is not None and host_output is not None:
+        load = host_load(host_output, gpu_order(host_facts, host_output))
+    layout = local_layout(spec, root) if read_model_files else None
+    spec = dataclasses.replace(spec, host=load, layout=layout)
     if context is not None and context > spec.model.max_context:
         raise UsageError(f"--context {context} exceeds {spec.model.name}'s maximum of "
                          f"{spec.model.max_context}", hint=f"use at most {spec.model.max_context}")
@@ -72,7 +106,8 @@ def fit_command(profile: Path, context: int | None, as_json: bool, ignore_fit: b
             max_concurrency=(round(placement.max_concurrency, 2)
                              if placement.max_concurrency is not None else None),
             flags=chosen, **speed.as_json(), decode_ms=speed.decode_ms,
-            warnings=list(placement.warnings), suggestions=hints,
+            warnings=list(placement.warnings), suggestions=hints, weights_from=placement.weights_from,
+            host_load=_load_json(load),
             hardware_from=host, hardware=overrides["hardware"] if overrides else None))
         return code
     if overrides is not None:
@@ -82,6 +117,18 @@ def fit_command(profile: Path, context: int | None, as_json: bool, ignore_fit: b
             "(the profile's values replaced)")
     _human(spec, placement, speed, chosen, hints)
     return code
+
+
+def _load_json(load: HostLoad | None) -> dict[str, Any] | None:
+    if load is None:
+        return None
+    return {"gpu_used_by_others_bytes": list(load.gpu_used_by_others),
+            "other_processes": [{"bus_id": p.bus_id, "pid": p.pid, "used_bytes": p.used_bytes}
+                                for p in load.others],
+            "server_processes": [p.pid for p in load.processes if p.server],
+            "hugepages_bytes": load.hugepages_bytes,
+            "p2p_missing": [{"gpus": [i, j], "status": code} for i, j, code in load.p2p.missing]
+            if load.p2p is not None else None}
 
 
 def _gib(num: int) -> str:
@@ -96,6 +143,7 @@ def _human(spec: Spec, placement: Placement, speed: Prediction, chosen: dict[str
                 ["device", "capacity", "weights", "KV cache", "buffers", "free"],
                 [[d.name, _gib(d.capacity_bytes), _gib(d.weights_bytes), _gib(d.kv_cache_bytes),
                   _gib(d.buffers_bytes), _gib(d.free_bytes)] for d in placement.devices])
+    say(f"weights: {placement.weights_from}")
     say(f"KV cache: {placement.kv_bytes_per_token} bytes per token, "
         f"{_gib(placement.kv_bytes_per_sequence)} per sequence at {placement.context} tokens")
     if placement.max_concurrency is not None:

@@ -113,8 +113,11 @@ def decode_step_s(spec: Spec, placement: Placement, depth: int) -> dict[str, flo
         fixed += handoffs * float(_speed("cpu_gpu_handoff_us"))
         if placement.tensor_parallel and spec.gpu_count > 1:
             nvlink = all("sxm" in g.id or g.id.startswith("h200") for g in spec.gpus)
-            link = "nvlink" if nvlink else "pcie"
+            link = "nvlink" if nvlink else "pcie-no-p2p" if placement.p2p_missing else "pcie"
             fixed += 2 * m.layers * float(_speed("tp_allreduce_us")[link])
+        elif spec.gpu_count > 1 and placement.p2p_missing:
+            # layer split: each token's activations cross every GPU boundary through host memory
+            fixed += (spec.gpu_count - 1) * float(_speed("gpu_boundary_no_p2p_us"))
     else:
         fixed = m.layers * float(_speed("cpu_layer_overhead_us"))
     steps["compute"] = fixed / 1e6
@@ -130,14 +133,21 @@ def prefill_tokens_per_s(spec: Spec, placement: Placement) -> float:
         return cores * float(_speed("cpu_gflops_per_core")) * 1e9 / flops_per_token
     eff = _per_engine("gpu_compute_efficiency", engine)
     flops = sum(g.spec.fp16_dense_tflops * g.count for g in spec.gpus) * 1e12 * eff
-    batch = int(_speed("llama_cpp_ubatch")) if engine != "vllm" else 8192
+    batch = ubatch(spec) if engine != "vllm" else 8192
     compute = batch * flops_per_token / flops
-    # Weights in host RAM cross PCIe once per batch (llama.cpp copies CPU-resident
-    # layers/experts to the GPU for large batches; vLLM streams its offload).
+    # Weights in host RAM cross PCIe once per ubatch (llama.cpp copies CPU-resident
+    # layers/experts to the GPU for batches of 32+ tokens; vLLM streams its offload).
+    # The copy of the next layer overlaps the compute of this one, so a ubatch takes
+    # the longer of the two, not their sum.
     host = placement.cpu_offload_bytes * spec.gpu_count if placement.cpu_offload_bytes \
         else placement.ram.weights_bytes
     copy = host / (pcie_gb_s(spec) * 1e9 * float(_speed("pcie_efficiency")))
-    return batch / (compute + copy)
+    return batch / max(compute, copy)
+
+
+def ubatch(spec: Spec) -> int:
+    """llama.cpp's physical batch (-ub): the profile's, else fit.yaml's."""
+    return int(_speed("llama_cpp_ubatch"))
 
 
 def predict(spec: Spec, placement: Placement, depth: int = 0) -> Prediction:

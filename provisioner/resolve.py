@@ -21,6 +21,8 @@ from provisioner.catalog import (
     load_catalog,
 )
 from provisioner.errors import Problem, ProfileError
+from provisioner.fit_host import HostLoad
+from provisioner.gguf_layout import TensorLayout
 from provisioner.loader import LoadedProfile
 from provisioner.profile import BUILTIN_HANDLERS, Profile
 
@@ -49,6 +51,10 @@ class Spec:
     quant: QuantSpec
     engine: EngineSpec
     engine_version: EngineVersion
+    # fit --host/--here: memory other processes hold, hugepages, GPU peer access
+    host: HostLoad | None = None
+    # the GGUF header of the real model file, when it is on this machine
+    layout: TensorLayout | None = None
 
     @property
     def profile(self) -> Profile:
