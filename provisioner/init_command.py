@@ -140,32 +140,49 @@ def _int(text: str | None) -> int | None:
 
 
 def _dimm_size(text: str) -> int | None:
-    m = re.fullmatch(r"(\d+)\s*(MB|GB|TB)", text.strip())
+    """dmidecode prints "16384 MB"/"16 GB" (before 3.6) or "32 GiB" (3.6 and later)."""
+    m = re.fullmatch(r"(\d+)\s*(MB|GB|TB|MiB|GiB|TiB)", text.strip())
     if not m:
         return None
-    return int(m.group(1)) * {"MB": 2**20, "GB": 2**30, "TB": 2**40}[m.group(2)]
+    return int(m.group(1)) * {"M": 2**20, "G": 2**30, "T": 2**40}[m.group(2)[0]]
 
 
 def _dimms(lines: list[str]) -> tuple[str | None, int | None, int | None]:
-    """(memory type like ddr5-5600, installed bytes, populated DIMMs) from dmidecode -t 17."""
+    """(memory type like ddr5-5600, installed bytes, populated DIMMs) from dmidecode -t 17.
+
+    The speed is the slowest DIMM's "Configured Memory Speed" (what the controller runs:
+    below the rating with two DIMMs per channel, above it with XMP/EXPO), else its
+    rated "Speed" where the configured one is unknown."""
     sizes: list[int] = []
     types: set[str] = set()
     speeds: list[int] = []
+    rated: int | None = None
     populated = False
+
+    def close() -> None:  # the previous DIMM's speed, once its block is read
+        nonlocal rated
+        if rated is not None:
+            speeds.append(rated)
+        rated = None
+
     for line in lines:
         key, _, value = line.partition(":")
         key, value = key.strip(), value.strip()
+        mts = re.match(r"(\d+)\s*MT/s", value)
         if key == "Size":
+            close()
             size = _dimm_size(value)
             populated = size is not None
             if size is not None:
                 sizes.append(size)
         elif populated and key == "Type" and re.fullmatch(r"(LP)?DDR[45]X?", value):
             types.add(value.lower())
-        elif populated and key in {"Configured Memory Speed", "Speed"}:
-            m = re.match(r"(\d+)\s*MT/s", value)
-            if m:
-                speeds.append(int(m.group(1)))
+        elif populated and key == "Speed" and mts:
+            rated = int(mts.group(1))
+        elif populated and key == "Configured Memory Speed" and mts:
+            speeds.append(int(mts.group(1)))
+            rated = None
+    close()
     memory_type = f"{types.pop()}-{min(speeds)}" if len(types) == 1 and speeds else None
     return memory_type, (sum(sizes) or None), (len(sizes) or None)
 

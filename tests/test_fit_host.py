@@ -179,3 +179,36 @@ def test_missing_p2p_is_warned_and_priced(tmp_path: Path) -> None:
     assert slow.p2p_missing and not fast.p2p_missing
     assert any("GNS" in w and "peer-to-peer" in w for w in slow.warnings)
     assert predict(no_p2p, slow).decode_tokens_per_s < predict(with_p2p, fast).decode_tokens_per_s
+
+
+DIMMS = sorted((ROOT / "tests" / "cases" / "fit_host").glob("dimm-*.yaml"))
+
+
+@pytest.mark.parametrize("path", DIMMS, ids=lambda p: p.stem)
+def test_ram_speed_is_the_configured_one(path: Path) -> None:
+    """dmidecode's "Configured Memory Speed" (two DIMMs per channel run below the rating,
+    XMP/EXPO above it) sets the RAM bandwidth fit uses; the recordings are real outputs."""
+    from provisioner.init_command import _dimms
+
+    case = yaml.safe_load(path.read_text())
+    memory_type, size, _ = _dimms(case["dmidecode"].splitlines())
+    assert (memory_type, size) == (case["expect"]["memory_type"], case["expect"]["bytes"])
+
+
+def test_configured_speed_reaches_the_cpu_bandwidth(capsys: pytest.CaptureFixture[str]) -> None:
+    """The recorded desktop with the 2-DIMM-per-channel DDR5 of club-3090#1130: fit plans
+    the RAM at 4200 MT/s x 2 channels, not the DIMMs' rated 5600."""
+    from provisioner.predict import cpu_bandwidth_gb_s
+
+    case = yaml.safe_load((ROOT / "tests/cases/init/rtx-4090-64g.yaml").read_text())
+    dimm = yaml.safe_load((ROOT / "tests/cases/fit_host/dimm-ddr5-2dpc-4200.yaml").read_text())
+    lines = [line for line in case["facts"].splitlines() if not line.startswith("@init dimm ")]
+    lines[-1:-1] = [f"@init dimm {line}" for line in dimm["dmidecode"].splitlines()]
+    facts = host_facts("\n".join(lines) + "\n")
+    assert facts.memory_type == "ddr5-4200"
+    from provisioner.fit_command import hardware_overrides
+
+    profile = ROOT / "profiles/rtx-4090-qwen3-30b-a3b-llamacpp.yaml"
+    spec = resolve(load_profile(profile, hardware_overrides(facts)))
+    assert spec.profile.hardware.memory.bandwidth() == 4200 * 8 * 2 / 1000
+    assert cpu_bandwidth_gb_s(spec) == pytest.approx(67.2)
