@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 
 from provisioner.errors import RenderError
-from provisioner.fit import VLLM_DEFAULT_UTILIZATION, Placement
+from provisioner.fit import VLLM_DEFAULT_UTILIZATION, Placement, params
 from provisioner.resolve import Spec
 
 GIB = 2**30
@@ -118,7 +118,7 @@ def _llama_cpp(spec: Spec, placement: Placement, model_path: str) -> EngineComma
     b.choice("flash_attn", p.runtime.flash_attention, "flash attention")
     b.flag("cache_type_k", p.model.kv_cache_k, "KV cache type (K)")
     b.flag("cache_type_v", p.model.kv_cache_value, "KV cache type (V)")
-    b.flag("threads", p.runtime.threads or p.hardware.cpu.cores, "generation threads")
+    _cpu_tuning(b, spec, placement)
     b.flag("jinja", None, "use the model's chat template (tool calls, reasoning)")
     _switch_off(b, "context_shift", "never silently drop the start of a long conversation")
     _switch_off(b, "kv_unified", "each slot owns its own context (not one shared pool)")
@@ -154,6 +154,31 @@ def _llama_cpp(spec: Spec, placement: Placement, model_path: str) -> EngineComma
     api = spec.engine_version.flags.get("api_key")
     return EngineCommand(spec.engine_version.binary, tuple(b.args), b.env,
                          api.env if api is not None else None)
+
+
+def _cpu_tuning(b: _Builder, spec: Spec, placement: Placement) -> None:
+    """Threads, NUMA policy, batch sizes and the GPU split: stated, never left to defaults."""
+    p = spec.profile
+    cores = p.runtime.threads or p.hardware.cpu.cores
+    nodes = p.hardware.cpu.numa_nodes
+    in_ram = placement.devices[-1].weights_bytes > 0
+    spread = nodes > 1 and in_ram and b.has("numa")
+    b.flag("threads", cores, f"generation threads: the {cores} physical cores"
+           + (f" of all {nodes} NUMA nodes (weights in RAM are spread over them)" if spread else ""))
+    b.flag("threads_batch", cores, "prompt-processing threads (physical cores; stated, not left to --threads)")
+    if spread:
+        b.choice("numa", "distribute", f"spread threads evenly over the {nodes} NUMA nodes that hold the "
+                 "weights (drop the page cache before the first start so pages spread too)")
+    speed = params()["speed"]
+    b.flag("batch_size", int(speed["llama_cpp_batch"]), "logical batch: tokens per prompt-processing step")
+    b.flag("ubatch_size", int(speed["llama_cpp_ubatch"]),
+           "physical batch: with weights in RAM each ubatch streams them over PCIe once (fit's prefill model)"
+           if in_ram and spec.gpus else "physical batch (fit's prefill model and compute buffer assume it)")
+    if placement.tensor_split and b.has("tensor_split"):
+        b.choice("split_mode", "layer", "whole layers per GPU (the split fit planned)")
+        shares = ",".join(f"{share * 100:.0f}" for share in placement.tensor_split)
+        b.flag("tensor_split", shares, "share of the layers per GPU (in CUDA_DEVICE_ORDER=PCI_BUS_ID order), "
+               "by the memory each has free")
 
 
 def _switch_off(b: _Builder, name: str, why: str) -> None:
