@@ -71,6 +71,7 @@ MEMORY = [(n, c) for n, c in load_cases() if "decode_tokens_per_s" not in c["mea
 
 def test_case_files_are_complete() -> None:
     assert len(SPEED) >= 15
+    assert len(MEMORY) >= 3
     held_out = [n for n, c in SPEED if c["split"] == "held-out"]
     assert len(held_out) * 3 >= len(SPEED), "at least a third of the cases are held out"
     for _, case in load_cases():
@@ -97,16 +98,28 @@ def test_decode_speed_within_tolerance(name: str, case: dict[str, Any], tmp_path
     assert abs(predicted / measured - 1) <= TOLERANCE, f"{name}: predicted {predicted:.1f}, measured {measured}"
 
 
-@pytest.mark.parametrize(("name", "case"), MEMORY, ids=[n for n, _ in MEMORY])
-def test_memory_within_tolerance(name: str, case: dict[str, Any], tmp_path: Path) -> None:
-    spec, placement = build(name, case, tmp_path)
-    measured = case["measured"]
+def memory_numbers(spec: Spec, placement: Placement, measured: dict[str, Any]) -> tuple[float, float, str]:
+    """(predicted, measured, unit) of a memory case."""
     if "kv_bytes_per_token_per_gpu" in measured:
         gpus = spec.gpu_count
         replicas = max(1.0, gpus / spec.model.kv_heads)
-        predicted = placement.kv_bytes_per_token * replicas / gpus
-        expected = measured["kv_bytes_per_token_per_gpu"]
-    else:
-        predicted = placement.kv_bytes_per_sequence
-        expected = measured["kv_cache_bytes"]
+        return (placement.kv_bytes_per_token * replicas / gpus, measured["kv_bytes_per_token_per_gpu"],
+                "B/token/GPU")
+    return placement.kv_bytes_per_sequence, measured["kv_cache_bytes"], "bytes"
+
+
+def test_print_memory_table(tmp_path: Path) -> None:
+    lines = ["| case | split | measured | predicted | error |", "|---|---|---|---|---|"]
+    for name, case in MEMORY:
+        spec, placement = build(name, case, tmp_path)
+        predicted, expected, unit = memory_numbers(spec, placement, case["measured"])
+        lines.append(f"| {name} | {case['split']} | {expected:,.0f} {unit} | {predicted:,.0f} | "
+                     f"{predicted / expected - 1:+.1%} |")
+    print("\n" + "\n".join(lines))
+
+
+@pytest.mark.parametrize(("name", "case"), MEMORY, ids=[n for n, _ in MEMORY])
+def test_memory_within_tolerance(name: str, case: dict[str, Any], tmp_path: Path) -> None:
+    spec, placement = build(name, case, tmp_path)
+    predicted, expected, _ = memory_numbers(spec, placement, case["measured"])
     assert abs(predicted / expected - 1) <= MEMORY_TOLERANCE, f"{name}: {predicted} vs {expected}"
