@@ -212,3 +212,18 @@ def test_configured_speed_reaches_the_cpu_bandwidth(capsys: pytest.CaptureFixtur
     spec = resolve(load_profile(profile, hardware_overrides(facts)))
     assert spec.profile.hardware.memory.bandwidth() == 4200 * 8 * 2 / 1000
     assert cpu_bandwidth_gb_s(spec) == pytest.approx(67.2)
+
+
+def test_recorded_geforce_matrix_reaches_the_prediction(tmp_path: Path) -> None:
+    """The recorded 2x RTX 5090 matrix (GNS) through the snippet's line format into fit."""
+    from provisioner.predict import predict
+
+    raw = yaml.safe_load((ROOT / "tests/cases/fit_host/p2p-2x5090-gns.yaml").read_text())["raw"]
+    load = host_load(_fit_lines([], p2p=raw), ["00000000:01:00.0", "00000000:02:00.0"])
+    assert load.p2p is not None and load.p2p.missing == ((0, 1, "GNS"),)
+    path = make_profile(tmp_path, {"hardware.gpus": [{"model": "rtx-5090", "count": 2}]})
+    spec = resolve(load_profile(path))
+    placed = fit(dataclasses.replace(spec, host=load))
+    assert any("GPU0 and GPU1 (GNS: GPU not supported)" in w for w in placed.warnings)
+    slower = predict(dataclasses.replace(spec, host=load), placed).decode_ms["compute"]
+    assert slower == pytest.approx(predict(spec, fit(spec)).decode_ms["compute"] + 0.030, abs=1e-6)
