@@ -101,7 +101,7 @@ def validate(profiles: tuple[Path, ...], as_json: bool) -> int:
     problems: list[Problem] = []
     for path in profiles:
         try:
-            built = build(path)
+            built = build(path, model_root="")
         except ProvisionError as exc:
             problems += exc.problems
             results.append({"profile": str(path), "ok": False,
@@ -145,7 +145,7 @@ def render(profile: Path, out_dir: Path, overwrite: bool, as_json: bool) -> int:
     from provisioner.pipeline import build, write_tree
     from provisioner.report import envelope, print_json, print_table, say
 
-    built = build(profile)
+    built = build(profile, model_root="")
     written = write_tree(built.rendered, out_dir, overwrite=overwrite)
     files: list[dict[str, Any]] = [
         {"path": f.path, "mode": f.mode_text, "owner": f"{f.owner}:{f.group}",
@@ -227,7 +227,7 @@ def _targets(profile: Path | None, opts: dict[str, Any]) -> list[Any]:
         return [ssh_target(host_from_arg(opts["host"]), profile, **ssh_kwargs)]
     root = opts["root"]
     name = "local" if root is None else f"local:{root}"
-    return [Target(name, profile, lambda: _transport(root))]
+    return [Target(name, profile, lambda: _transport(root), model_root=str(root) if root is not None else "")]
 
 
 def _one_target(profile: Path, opts: dict[str, Any], what: str) -> Any:

@@ -87,12 +87,14 @@ def fit_command(profile: Path, context: int | None, as_json: bool, ignore_fit: b
     load: HostLoad | None = None
     if host_facts is not None and host_output is not None:
         load = host_load(host_output, gpu_order(host_facts, host_output))
-    layout = local_layout(spec, root) if read_model_files else None
+    layout, layout_note = local_layout(spec, root) if read_model_files else (None, None)
     spec = dataclasses.replace(spec, host=load, layout=layout)
     if context is not None and context > spec.model.max_context:
         raise UsageError(f"--context {context} exceeds {spec.model.name}'s maximum of "
                          f"{spec.model.max_context}", hint=f"use at most {spec.model.max_context}")
     placement = fit(spec, context)
+    if layout_note:
+        placement = dataclasses.replace(placement, warnings=(layout_note, *placement.warnings))
     speed = predict(spec, placement)
     chosen = flags(spec, placement)
     hints = suggestions(spec, placement)

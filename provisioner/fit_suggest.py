@@ -28,6 +28,8 @@ def _with(spec: Spec, *, model: dict[str, Any] | None = None, runtime: dict[str,
         "runtime": p.runtime.model_copy(update=runtime or {}),
     })
     loaded = dataclasses.replace(spec.loaded, profile=profile)
+    if "quant" in fields:
+        fields.setdefault("layout", None)  # the file read is the old quant's: estimate the new one
     return dataclasses.replace(spec, loaded=loaded, **fields)
 
 

@@ -27,6 +27,7 @@ class Target:
     profile: Path
     transport_factory: Callable[[], Transport]
     overrides: str = ""  # the inventory host's profile overrides, as sorted JSON ("" for none)
+    model_root: str | None = None  # where its model files are readable here (None: a remote host)
 
     @property
     def key(self) -> tuple[Path, str]:
@@ -45,7 +46,8 @@ class Target:
 
     def build(self, ignore_fit: bool) -> Built:
         return build(self.profile, ignore_fit=ignore_fit,
-                     overrides=json.loads(self.overrides) if self.overrides else None)
+                     overrides=json.loads(self.overrides) if self.overrides else None,
+                     model_root=self.model_root)
 
 
 @dataclass(frozen=True)

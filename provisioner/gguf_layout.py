@@ -83,12 +83,20 @@ def read_layout(paths: list[Path]) -> TensorLayout:
     return layout_of(pairs, names)
 
 
-def local_layout(spec: Any, root: str = "") -> TensorLayout | None:
-    """The layout of the profile's GGUF shards if every one is a file here (under ``root``)."""
+def local_layout(spec: Any, root: str = "") -> tuple[TensorLayout | None, str | None]:
+    """(layout, note): the tensor table of the profile's GGUF shards when every one is a
+    file here (under ``root``) of exactly the size the profile names. A file of another
+    size is another file (another quant, a partial download): its sizes are not used,
+    and the note says so."""
     files = spec.profile.model.source.files or []
     if spec.profile.runtime.engine != "llama.cpp" or not files:
-        return None
+        return None, None
     paths = [Path(root + item.path) for item in files]
     if not all(p.is_file() for p in paths):
-        return None
-    return read_layout(paths)
+        return None, None
+    for item, path in zip(files, paths, strict=True):
+        size = path.stat().st_size
+        if size != item.bytes:
+            return None, (f"{path} is {size} bytes, the profile names {item.bytes}: placed with the "
+                          "catalog's sizes (`provision verify` checks the file)")
+    return read_layout(paths), None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import Any
 
 from provisioner.errors import ProfileError, UsageError
 from provisioner.fit import Placement, fit
+from provisioner.gguf_layout import local_layout
 from provisioner.loader import load_profile
 from provisioner.render import render
 from provisioner.resolve import Spec, resolve
@@ -23,9 +25,15 @@ class Built:
     rendered: Rendered
 
 
-def build(path: Path, *, ignore_fit: bool = False, overrides: dict[str, Any] | None = None) -> Built:
+def build(path: Path, *, ignore_fit: bool = False, overrides: dict[str, Any] | None = None,
+          model_root: str | None = None) -> Built:
+    """``model_root``: where the model files are readable ("" this machine, a --root DIR);
+    None (a remote host) plans with the catalog's sizes. With the files, placement uses
+    the real per-layer sizes of their GGUF header, exactly as `provision fit` does."""
     loaded = load_profile(path, overrides)
     spec = resolve(loaded)
+    if model_root is not None:
+        spec = dataclasses.replace(spec, layout=local_layout(spec, model_root)[0])
     placement = fit(spec)
     if not placement.fits and not ignore_fit:
         from provisioner.fit_suggest import suggestions

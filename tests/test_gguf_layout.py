@@ -12,14 +12,23 @@ from gguf import GGMLQuantizationType
 
 from provisioner.fit import WeightSplit, fit
 from provisioner.fit_command import fit_command
+from provisioner.fleet import Target
 from provisioner.gguf_layout import EXPERT_TENSOR, layout_of, local_layout, read_layout
 from provisioner.loader import load_profile
+from provisioner.pipeline import build
 from provisioner.resolve import resolve
 from tests.conftest import ROOT
 from tests.ggufs import moe_tensors, tensor_bytes, write_moe_header
 
-PROFILE = ROOT / "profiles" / "rtx-4080-super-qwen3-30b-a3b-llamacpp.yaml"
-MODEL_PATH = "/srv/models/qwen3-30b-a3b/Qwen3-30B-A3B-UD-Q4_K_XL.gguf"
+PROFILE = ROOT / "examples" / "fit-real-gguf.yaml"  # names the file write_moe_header writes, by size
+MODEL_PATH = "/srv/models/qwen3-30b-a3b/Qwen3-30B-A3B-BF16attn-Q4_K-experts.gguf"
+
+
+def _model_under(root: Path, layers: int = 48) -> Path:
+    model = Path(str(root) + MODEL_PATH)
+    model.parent.mkdir(parents=True)
+    write_moe_header(model, layers=layers)
+    return model
 
 
 @pytest.mark.parametrize(("name", "expert"), [
@@ -58,13 +67,11 @@ def test_fit_places_the_real_per_layer_bytes(tmp_path: Path) -> None:
     catalog's uniform estimate, so fit keeps more experts in RAM, and the bytes on the GPU
     are exactly those of the tensors of the GPU's layers."""
     root = tmp_path / "root"
-    model = Path(str(root) + MODEL_PATH)
-    model.parent.mkdir(parents=True)
-    write_moe_header(model, layers=48)
+    _model_under(root)
     spec = resolve(load_profile(PROFILE))
-    layout = local_layout(spec, str(root))
-    assert layout is not None
-    assert local_layout(spec, str(tmp_path / "elsewhere")) is None  # files not here: catalog
+    layout, note = local_layout(spec, str(root))
+    assert layout is not None and note is None
+    assert local_layout(spec, str(tmp_path / "elsewhere")) == (None, None)  # files not here: catalog
 
 
     real = dataclasses.replace(spec, layout=layout)
@@ -80,26 +87,67 @@ def test_fit_places_the_real_per_layer_bytes(tmp_path: Path) -> None:
 
 def test_fit_command_reads_the_file_under_root(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = tmp_path / "root"
-    model = Path(str(root) + MODEL_PATH)
-    model.parent.mkdir(parents=True)
-    write_moe_header(model, layers=48)
+    _model_under(root)
     assert fit_command(PROFILE, None, True, root=str(root)) == 0
     data = json.loads(capsys.readouterr().out)
-    assert data["weights_from"] == "GGUF header of Qwen3-30B-A3B-UD-Q4_K_XL.gguf"
+    assert data["weights_from"] == "GGUF header of Qwen3-30B-A3B-BF16attn-Q4_K-experts.gguf"
     assert fit_command(PROFILE, None, True) == 0  # no file here: the catalog's estimate
     assert json.loads(capsys.readouterr().out)["weights_from"] == "catalog"
 
 
 def test_a_file_with_other_layers_falls_back_with_a_warning(tmp_path: Path) -> None:
     model = tmp_path / "m.gguf"
-    write_moe_header(model, layers=40)
+    size = write_moe_header(model, layers=40)
     data = yaml.safe_load(PROFILE.read_text())
-    data["model"]["source"]["files"][0]["path"] = str(model)
+    data["model"]["source"]["files"] = [{"path": str(model), "bytes": size, "sha256": "0" * 64}]
     path = tmp_path / "p.yaml"
     path.write_text(yaml.safe_dump(data))
-
-
     spec = resolve(load_profile(path))
-    placed = fit(dataclasses.replace(spec, layout=local_layout(spec)))
+    placed = fit(dataclasses.replace(spec, layout=local_layout(spec)[0]))
     assert placed.weights_from == "catalog"
     assert any("40 layers" in w for w in placed.warnings)
+
+
+def test_a_file_of_another_size_is_not_read(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Another quant or a partial download at the profile's path: not the file the profile
+    names, so its sizes are not used, and fit says why."""
+    root = tmp_path / "root"
+    model = _model_under(root)
+    with model.open("r+b") as handle:
+        handle.truncate(model.stat().st_size - 4096)
+    spec = resolve(load_profile(PROFILE))
+    layout, note = local_layout(spec, str(root))
+    assert layout is None and note is not None and "the profile names 19415225869" in note
+    fit_command(PROFILE, None, True, root=str(root))
+    data = json.loads(capsys.readouterr().out)
+    assert data["weights_from"] == "catalog" and "the profile names" in data["warnings"][0]
+
+
+def test_what_fit_places_is_what_the_run_script_states(tmp_path: Path) -> None:
+    """render/apply build with the same file: the rendered --n-cpu-moe is fit's, not the
+    catalog estimate's; a remote host's build (model_root None) keeps the estimate."""
+    root = tmp_path / "root"
+    _model_under(root)
+    spec = dataclasses.replace(resolve(load_profile(PROFILE)), layout=local_layout(resolve(load_profile(PROFILE)),
+                                                                                   str(root))[0])
+    real_n = fit(spec).cpu_moe_layers
+    here = build(PROFILE, model_root=str(root))
+    remote = build(PROFILE)
+    script = "".join(f.content.decode() for f in here.rendered.files if f.validate == "sh")
+    assert here.placement.cpu_moe_layers == real_n and f"--n-cpu-moe {real_n}" in script
+    assert remote.placement.cpu_moe_layers < real_n
+    target = Target("local", PROFILE, lambda: None, model_root=str(root))  # type: ignore[arg-type,return-value]
+    assert target.build(False).placement.cpu_moe_layers == real_n
+
+
+def test_suggesting_another_quant_forgets_the_file_read(tmp_path: Path) -> None:
+    from provisioner.fit_suggest import _with
+
+    root = tmp_path / "root"
+    _model_under(root)
+    spec = resolve(load_profile(PROFILE))
+    spec = dataclasses.replace(spec, layout=local_layout(spec, str(root))[0])
+    assert spec.layout is not None
+    other = _with(spec, model={"quant": "Q8_0"}, quant=spec.model.quants["Q8_0"])
+    assert other.layout is None
+    assert _with(spec, model={"context": 8192}).layout is spec.layout
