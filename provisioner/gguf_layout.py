@@ -75,7 +75,7 @@ def read_layout(paths: list[Path]) -> TensorLayout:
     for path in paths:
         try:
             reader: Any = GGUFReader(str(path), "r")
-        except (OSError, ValueError) as exc:
+        except Exception as exc:  # a damaged file can fail anywhere in the gguf reader
             raise ProvisionError(f"cannot read the GGUF header of {path}: {exc}",
                                  hint="is it a complete GGUF file? `provision verify` checks size and sha256") from None
         pairs += [(str(t.name), int(t.n_bytes)) for t in reader.tensors]
@@ -99,4 +99,7 @@ def local_layout(spec: Any, root: str = "") -> tuple[TensorLayout | None, str | 
         if size != item.bytes:
             return None, (f"{path} is {size} bytes, the profile names {item.bytes}: placed with the "
                           "catalog's sizes (`provision verify` checks the file)")
-    return read_layout(paths), None
+    try:
+        return read_layout(paths), None
+    except ProvisionError as exc:  # a damaged file is verify's finding, not a reason to stop planning
+        return None, f"{exc.first.message}: placed with the catalog's sizes"

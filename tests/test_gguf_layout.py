@@ -151,3 +151,21 @@ def test_suggesting_another_quant_forgets_the_file_read(tmp_path: Path) -> None:
     other = _with(spec, model={"quant": "Q8_0"}, quant=spec.model.quants["Q8_0"])
     assert other.layout is None
     assert _with(spec, model={"context": 8192}).layout is spec.layout
+
+
+def test_a_damaged_file_of_the_right_size_does_not_stop_planning(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """Garbage with the profile's exact size: fit, validate, plan and verify go on with the
+    catalog's sizes (verify reports the file); fit says why."""
+    root = tmp_path / "root"
+    model = _model_under(root)
+    size = model.stat().st_size
+    with model.open("r+b") as handle:
+        handle.write(b"GGUF\xff\xff\xff\xff")  # an impossible version
+    assert model.stat().st_size == size
+    spec = resolve(load_profile(PROFILE))
+    layout, note = local_layout(spec, str(root))
+    assert layout is None and note is not None and "cannot read the GGUF header" in note
+    assert build(PROFILE, model_root=str(root)).placement.weights_from == "catalog"
+    fit_command(PROFILE, None, True, root=str(root))
+    assert "cannot read the GGUF header" in json.loads(capsys.readouterr().out)["warnings"][0]
