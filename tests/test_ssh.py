@@ -371,4 +371,7 @@ def test_fit_against_a_hosts_real_hardware_over_ssh(farm: sshd.SshFarm, tmp_path
     assert data["hardware_from"] == "h1"
     assert data["hardware"]["gpus"] == []  # this machine has no GPU: the model cannot fit
     assert result.returncode == 2 and not data["fits"]
+    # fit's own probe rode in the same gather: no nvidia-smi here, so no GPU processes
+    assert data["host_load"]["other_processes"] == [] and data["host_load"]["p2p_missing"] is None
+    assert data["weights_from"] == "catalog"  # a remote host's files are not read here
     assert [a - b for a, b in zip(execs(farm, 2), before, strict=True)] == [1, 0]  # one gather, h1 only
