@@ -60,6 +60,7 @@ class Device:
     buffers_bytes: int
     expert_bytes: int = 0  # of weights_bytes: routed-expert tensors (MoE)
     bandwidth_gb_s: float = 0.0  # memory bandwidth of this device (data sheet / profile)
+    node: str = ""  # a cluster's node holding this device ("" on one machine)
 
     @property
     def used_bytes(self) -> int:
@@ -72,7 +73,8 @@ class Device:
     def as_json(self) -> dict[str, Any]:
         return {"name": self.name, "capacity_bytes": self.capacity_bytes,
                 "weights_bytes": self.weights_bytes, "kv_cache_bytes": self.kv_cache_bytes,
-                "buffers_bytes": self.buffers_bytes, "free_bytes": self.free_bytes}
+                "buffers_bytes": self.buffers_bytes, "free_bytes": self.free_bytes,
+                **({"node": self.node} if self.node else {})}
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,11 @@ class Placement:
     kv_bytes_per_sequence: int = 0  # one sequence at the full context
     max_concurrency: float | None = None  # vLLM: sequences at full context its KV pool holds
     tensor_parallel: bool = False  # vLLM: every GPU holds a shard and works on every token
+    # a cluster: pipeline stages (the GPUs split into this many equal groups, one per node,
+    # taking turns on each token) and what the network costs one decode step
+    stages: int = 1
+    interconnect_s_per_token: float = 0.0
+    interconnect_bytes_per_token: int = 0
 
     @property
     def gpus(self) -> tuple[Device, ...]:
@@ -147,6 +154,10 @@ class WeightSplit:
 def fit(spec: Spec, context: int | None = None) -> Placement:
     p = spec.profile
     ctx = context or p.model.context
+    if p.cluster is not None and not spec.node:
+        from provisioner.cluster_fit import fit_cluster
+
+        return fit_cluster(spec, ctx)
     if p.runtime.engine == "vllm":
         return _fit_vllm(spec, ctx)
     return _fit_layers(spec, ctx)
@@ -309,7 +320,8 @@ def _ceil_gib(num_bytes: float) -> int:
 
 def _placement(spec: Spec, ctx: int, devices: tuple[Device, ...], *, gpu_layers: int,
                cpu_moe: int, offload: int, missing: int, kv_seq: int,
-               concurrency: float | None = None, tensor_parallel: bool = False) -> Placement:
+               concurrency: float | None = None, tensor_parallel: bool = False,
+               stages: int = 1) -> Placement:
     p = spec.profile
     warnings: list[str] = []
     kv_k, kv_v = p.model.kv_cache_k, p.model.kv_cache_value
@@ -331,7 +343,7 @@ def _placement(spec: Spec, ctx: int, devices: tuple[Device, ...], *, gpu_layers:
     if concurrency is not None and concurrency < p.runtime.parallel and not missing:
         warnings.append(f"vLLM's KV pool holds {concurrency:.1f} sequences at {ctx} tokens, "
                         f"fewer than max_num_seqs {p.runtime.parallel}")
-    if spec.gpus and not tensor_parallel and spec.gpu_count > 1:
+    if spec.gpus and not tensor_parallel and spec.gpu_count > 1 and p.cluster is None:
         warnings.append("llama.cpp splits layers over the GPUs: they take turns on each token, "
                         "so decode runs at one GPU's bandwidth (set CUDA_DEVICE_ORDER=PCI_BUS_ID)")
     return Placement(fits=missing <= 0, devices=devices, context=ctx,
@@ -339,4 +351,4 @@ def _placement(spec: Spec, ctx: int, devices: tuple[Device, ...], *, gpu_layers:
                      cpu_moe_layers=cpu_moe, cpu_offload_bytes=offload,
                      missing_bytes=max(int(missing), 0), warnings=tuple(warnings),
                      parallel=p.runtime.parallel, kv_bytes_per_sequence=kv_seq,
-                     max_concurrency=concurrency, tensor_parallel=tensor_parallel)
+                     max_concurrency=concurrency, tensor_parallel=tensor_parallel, stages=stages)
