@@ -38,18 +38,27 @@ def _speed(key: str) -> float:
 def fit_cluster(spec: Spec, ctx: int) -> Placement:
     cluster = cluster_of(spec)
     placement = _fit_ray(spec, ctx) if cluster.backend == "ray" else _fit_rpc(spec, ctx)
-    seconds, sent = interconnect_cost(spec)
+    seconds, sent = interconnect_cost(spec, _worker_layers(spec, placement))
     return dataclasses.replace(placement, interconnect_s_per_token=seconds, interconnect_bytes_per_token=sent)
 
 
-def interconnect_cost(spec: Spec) -> tuple[float, int]:
+def _worker_layers(spec: Spec, placement: Placement) -> int:
+    """Repeating layers held by worker GPUs (llama.cpp splits layers by the weight share)."""
+    head = cluster_of(spec).head.name
+    on_gpus = sum(d.weights_bytes for d in placement.gpus)
+    remote = sum(d.weights_bytes for d in placement.gpus if d.node != head)
+    return round(min(placement.gpu_layers, spec.model.layers) * remote / on_gpus) if on_gpus else 0
+
+
+def interconnect_cost(spec: Spec, worker_layers: int = 0) -> tuple[float, int]:
     """Seconds and bytes one decode token spends crossing node boundaries.
 
     Ray/vLLM pipeline parallel: the hidden state (bf16, 2 bytes per value) goes from
     each stage to the next: nodes - 1 hand-offs, one message each. llama.cpp RPC: the
     head drives every remote device: per remote node it sends the input activations
     (f32), runs the graph and reads the output back (`rpc_round_trips_per_node` messages,
-    fit.yaml), so each worker costs round trips, not just one hand-off."""
+    fit.yaml), so each worker costs round trips, not just one hand-off; and the graph of
+    the worker's layers is sent with every token (``rpc_graph_bytes_per_layer``)."""
     cluster = cluster_of(spec)
     rate = cluster.interconnect.gbit_s / 8 * 1e9  # bytes per second
     latency = latency_s(spec)
@@ -59,6 +68,7 @@ def interconnect_cost(spec: Spec) -> tuple[float, int]:
         sent = hops * hidden * 2
         return hops * latency + sent / rate, sent
     sent = hops * hidden * 4 * 2  # activations to the worker and back, f32
+    sent += int(worker_layers * _speed("rpc_graph_bytes_per_layer"))
     messages = hops * _speed("rpc_round_trips_per_node")
     return messages * latency + sent / rate, sent
 

@@ -174,6 +174,15 @@ def _cluster_rules(loaded: LoadedProfile, catalog: Catalog, gpus: list[GpuGroup]
                                   f"number of GPUs (got {', '.join(str(n.gpu_count) for n in cluster.nodes)})",
                                   "give each node the same GPU count, or use backend: rpc (llama.cpp splits "
                                   "layers by memory)"))
+    # Ray's sockets live under --temp-dir (/var/lib/<service>/ray, render.py) in
+    # session_<date>_<time>_<usec>_<pid>/sockets/plasma_store (~64 characters), and an
+    # AF_UNIX path holds at most 107 bytes: Ray refuses to start beyond that.
+    socket_path = len(f"/var/lib/{p.service.name}/ray") + 64
+    if cluster.backend == "ray" and socket_path > 107:
+        out.append(loaded.problem(("service", "name"),
+                                  f"service name {p.service.name!r} makes Ray's socket paths "
+                                  f"{socket_path} bytes long; a UNIX socket path holds at most 107",
+                                  f"use a service name of at most {107 - 64 - len('/var/lib//ray')} characters"))
     if p.runtime.engine == "vllm" and p.runtime.offload != "auto":
         out.append(loaded.problem(("runtime", "offload"), "a vLLM cluster keeps every weight on a GPU",
                                   "remove runtime.offload; add a node if it does not fit"))

@@ -85,6 +85,8 @@ def test_bad_cluster_values_are_refused(tmp_path: Path, patch: dict[str, Any], m
     (RAY_EXAMPLE, {"cluster.nodes.1.gpus": [{"model": "rtx-pro-6000-blackwell", "count": 1}]},
      "every node needs the same number of GPUs"),
     (RAY_EXAMPLE, {"cluster.nodes.1.gpus": [{"model": "rtx-9999", "count": 2}]}, "unknown GPU 'rtx-9999'"),
+    # found by the live Ray test: Ray refuses AF_UNIX paths over 107 bytes under its temp dir
+    (RAY_EXAMPLE, {"service.name": "a-very-long-service-name-for-llm-1"}, "a UNIX socket path holds at most 107"),
 ])
 def test_cluster_rules_that_need_the_catalog(tmp_path: Path, source: Path, patch: dict[str, Any],
                                              message: str) -> None:

@@ -88,7 +88,8 @@ def parse(text: str) -> RayStatus:
             match = _RESOURCE.match(line)
             if match and match.group(3) == "GPU":
                 gpus_used, gpus_total = float(match.group(1)), float(match.group(2))
-        if section == "Resources" and subsection in {"Demands", "Total Demands"}:
+        if section == "Resources" and subsection in {"Demands", "Total Demands", "Pending Demands",
+                                                     "From request_resources"}:
             usage_seen = True
     return RayStatus(active, tuple(pending), tuple(failures), gpus_total, gpus_used)
 
@@ -105,6 +106,12 @@ def checks(output: str, nodes: int, gpus: int) -> list[Check]:
         first = text.strip().splitlines()[-1] if text.strip() else "no output"
         return [Check("cluster.ray", "fail", first[:200], "a running Ray head",
                       "the Ray head is not running: systemctl status of the head's -ray unit, journalctl -u it")]
+    if "Node status" not in text:
+        # Ray 2.60 prints "No cluster status. It may take a few seconds for the Ray internal
+        # services to start up." (exit 0) until its autoscaler monitor has reported once.
+        first = text.strip().splitlines()[0] if text.strip() else "no output"
+        return [Check("cluster.ray", "fail", first[:200], "the autoscaler's node status",
+                      "Ray's head has just started: run verify again in a few seconds")]
     status = parse(text)
     out = [Check("cluster.nodes", "pass" if status.active_nodes == nodes else "fail",
                  f"{status.active_nodes} node(s) joined", f"{nodes} nodes",
