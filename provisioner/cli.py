@@ -353,6 +353,7 @@ def apply(profile: Path | None, dry_run: bool, show_diff: bool, yes: bool, then_
       provision apply examples/quickstart.yaml --root ./demo --yes
       provision apply examples/quickstart.yaml --diff
       provision apply -i examples/fleet/inventory.yaml --forks 10 --yes
+      provision apply -i examples/cluster/inventory.yaml --yes   # each host gets its cluster node's files
     """
     if dry_run:
         return _run_fleet("apply", profile, opts, apply=False, show_diff=True, as_json=as_json)
@@ -482,6 +483,7 @@ def fit(profile: Path, context: int | None, here: bool, as_json: bool, ignore_fi
       provision fit examples/quickstart.yaml
       provision fit profiles/rtx-3090-gpt-oss-120b-llamacpp.yaml --context 65536 --json
       provision fit rtx-4090-qwen3-30b-a3b-llamacpp --host admin@gpu-box   # that box's GPUs and RAM
+      provision fit examples/cluster/two-node-qwen3-235b-fp8-vllm.yaml --json   # devices per node
     """
     from provisioner.fit_command import fit_command
 

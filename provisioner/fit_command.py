@@ -54,7 +54,12 @@ def fit_command(profile: Path, context: int | None, as_json: bool, ignore_fit: b
     """Exit 0 if the profile fits (or ignore_fit), 2 if it does not. With ``host_facts``
     the host's real GPUs, RAM and cores replace the profile's hardware numbers."""
     overrides = hardware_overrides(host_facts) if host_facts is not None else None
-    spec = resolve(load_profile(profile, overrides))
+    loaded = load_profile(profile, overrides)
+    if overrides is not None and loaded.profile.cluster is not None:
+        raise UsageError(f"fit reads one host's hardware; {profile} describes a cluster of "
+                         f"{len(loaded.profile.cluster.nodes)} nodes",
+                         hint="run `provision fit` without --host/--here: each node's GPUs are in cluster.nodes")
+    spec = resolve(loaded)
     if context is not None and context > spec.model.max_context:
         raise UsageError(f"--context {context} exceeds {spec.model.name}'s maximum of "
                          f"{spec.model.max_context}", hint=f"use at most {spec.model.max_context}")

@@ -342,3 +342,21 @@ def test_a_host_that_is_no_node_is_refused(farm: sshd.SshFarm, tmp_path: Path) -
     assert result.returncode == 1
     assert "host stranger is not a node of the cluster" in result.stderr
     assert not (tmp_path / "root").exists()
+
+
+def test_a_vllm_cluster_that_does_not_fit_is_offered_llama_cpp_rpc_on_the_same_nodes(tmp_path: Path) -> None:
+    one_gpu = [{"model": "rtx-pro-6000-blackwell", "count": 1}]
+    path = _profile(tmp_path, RAY_EXAMPLE, {"cluster.nodes.0.gpus": one_gpu, "cluster.nodes.1.gpus": one_gpu})
+    result = subprocess.run([sys.executable, "-m", "provisioner", "fit", str(path), "--json"],
+                            capture_output=True, text=True, check=False, cwd=ROOT)
+    assert result.returncode == 2
+    data = json.loads(result.stdout)
+    changes = [s["change"] for s in data["suggestions"] if s["fits"]]
+    assert any(c.endswith("cluster.backend: rpc") for c in changes), changes
+
+
+def test_fit_on_one_hosts_hardware_refuses_a_cluster_profile() -> None:
+    result = subprocess.run([sys.executable, "-m", "provisioner", "fit", str(RPC_EXAMPLE), "--here"],
+                            capture_output=True, text=True, check=False, cwd=ROOT)
+    assert result.returncode == 1
+    assert "describes a cluster of 2 nodes" in result.stderr and "Traceback" not in result.stderr
