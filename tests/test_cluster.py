@@ -360,3 +360,15 @@ def test_fit_on_one_hosts_hardware_refuses_a_cluster_profile() -> None:
                             capture_output=True, text=True, check=False, cwd=ROOT)
     assert result.returncode == 1
     assert "describes a cluster of 2 nodes" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_monitor_expects_each_nodes_own_gpus(tmp_path: Path) -> None:
+    from provisioner.fleet import Target
+    from provisioner.monitor import watch_for
+    from provisioner.transport.local import LocalTransport
+
+    path = _profile(tmp_path, RPC_EXAMPLE, {"cluster.nodes.1.gpus": [{"model": "rtx-3090", "count": 3}]})
+    worker = Target("box-b", path, lambda: LocalTransport(None), per_host_node=True)
+    head = Target("box-a", path, lambda: LocalTransport(None), per_host_node=True)
+    assert watch_for(worker).thresholds.gpus_expected == 3
+    assert watch_for(head).thresholds.gpus_expected == 1
