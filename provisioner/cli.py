@@ -130,9 +130,11 @@ def validate(profiles: tuple[Path, ...], as_json: bool) -> int:
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
               help="Folder to write the tree into (as if it were /).")
 @click.option("--overwrite", is_flag=True, help="Write into a folder that is not empty.")
+@click.option("--node", default=None, metavar="NAME",
+              help="A cluster profile: render this node's files (default: the head's).")
 @json_option
 @handle_errors("render")
-def render(profile: Path, out_dir: Path, overwrite: bool, as_json: bool) -> int:
+def render(profile: Path, out_dir: Path, overwrite: bool, node: str | None, as_json: bool) -> int:
     """Write the files PROFILE would install into OUT, byte for byte, with modes.
 
     Nothing else is touched. Owners are listed (and kept in JSON), not set.
@@ -141,11 +143,22 @@ def render(profile: Path, out_dir: Path, overwrite: bool, as_json: bool) -> int:
     Example:
       provision render examples/quickstart.yaml --out ./rendered
       provision render examples/quickstart.yaml --out ./rendered --overwrite --json
+      provision render examples/cluster/two-node-vllm.yaml --node w1 --out ./w1
     """
+    from provisioner.errors import UsageError
     from provisioner.pipeline import build, write_tree
+    from provisioner.render import render as render_files
     from provisioner.report import envelope, print_json, print_table, say
 
     built = build(profile, model_root="")
+    cluster = built.spec.profile.cluster
+    if node is not None:
+        names = [n.name for n in cluster.nodes] if cluster is not None else []
+        if node not in names:
+            raise UsageError(f"--node {node}: " + ("not a node of this cluster" if names else
+                                                    "the profile describes no cluster"),
+                             hint=f"nodes: {', '.join(names)}" if names else "drop --node")
+        built = type(built)(built.spec, built.placement, render_files(built.spec, built.placement, node=node))
     written = write_tree(built.rendered, out_dir, overwrite=overwrite)
     files: list[dict[str, Any]] = [
         {"path": f.path, "mode": f.mode_text, "owner": f"{f.owner}:{f.group}",
@@ -340,6 +353,7 @@ def apply(profile: Path | None, dry_run: bool, show_diff: bool, yes: bool, then_
       provision apply examples/quickstart.yaml --root ./demo --yes
       provision apply examples/quickstart.yaml --diff
       provision apply -i examples/fleet/inventory.yaml --forks 10 --yes
+      provision apply -i examples/cluster/inventory.yaml --yes   # each host gets its cluster node's files
     """
     if dry_run:
         return _run_fleet("apply", profile, opts, apply=False, show_diff=True, as_json=as_json)
@@ -474,6 +488,7 @@ def fit(profile: Path, context: int | None, here: bool, as_json: bool, ignore_fi
       provision fit profiles/rtx-3090-gpt-oss-120b-llamacpp.yaml --context 65536 --json
       provision fit rtx-4090-qwen3-30b-a3b-llamacpp --host admin@gpu-box   # that box's GPUs and RAM
       provision fit examples/quickstart.yaml --here   # this machine, minus what others hold
+      provision fit examples/cluster/two-node-qwen3-235b-fp8-vllm.yaml --json   # devices per node
     """
     from provisioner.fit_command import fit_command, gather_fit_host
 
@@ -540,7 +555,7 @@ def facts(as_json: bool, **opts: Any) -> int:
 @target_options
 @click.option("--endpoint", default=None, metavar="URL",
               help="The model server to check (default: the profile's address, on this machine).")
-@click.option("--only", default=None, metavar="GROUPS", help="Comma-separated: gpu,drift,model,endpoint.")
+@click.option("--only", default=None, metavar="GROUPS", help="Comma-separated: gpu,drift,model,endpoint,cluster.")
 @click.option("--no-needle", is_flag=True, help="Skip the long-prompt needle check (slow on big contexts).")
 @json_option
 @ignore_fit_option
@@ -580,7 +595,11 @@ def _run_verify(profile: Path | None, opts: dict[str, Any], options: Any, as_jso
     builds = {t.key: t.build(opts["ignore_fit"]) for t in targets}
 
     def work(target: Any, transport: Any) -> dict[str, Any]:
-        checks = failures_first(verify_target(builds[target.key], transport, options))
+        from provisioner.fleet import cluster_node
+
+        built = builds[target.key]
+        node = cluster_node(built, target.name) if target.per_host_node else None
+        checks = failures_first(verify_target(built, transport, options, node))
         return {"host": target.name, "ok": True, "error": None, "checks": checks}
 
     def on_error(target: Any, exc: ProvisionError) -> dict[str, Any]:

@@ -113,6 +113,10 @@ def _llama_cpp(spec: Spec, placement: Placement, model_path: str) -> EngineComma
     if placement.cpu_moe_layers:
         b.flag("n_cpu_moe", placement.cpu_moe_layers,
                "layers whose MoE experts stay in system RAM (chosen by fit)")
+    if p.cluster is not None:
+        from provisioner.cluster import rpc_servers
+
+        b.flag("rpc", rpc_servers(spec), "the workers' rpc-servers: their GPUs hold layers too")
     for pattern in _override_tensors(spec):
         b.flag("override_tensor", pattern, "explicit tensor placement from the profile")
     b.choice("flash_attn", p.runtime.flash_attention, "flash attention")
@@ -216,7 +220,17 @@ def _vllm(spec: Spec, placement: Placement, model_path: str) -> EngineCommand:
     b.flag("port", p.runtime.port, "listen port")
     b.flag("max_model_len", placement.context, "context per request")
     b.flag("max_num_seqs", p.runtime.parallel, "concurrent sequences")
-    b.flag("tensor_parallel_size", max(spec.gpu_count, 1), "one shard per GPU")
+    cluster = p.cluster
+    if cluster is None:
+        b.flag("tensor_parallel_size", max(spec.gpu_count, 1), "one shard per GPU")
+    else:
+        from provisioner.cluster import address_env, gpus_per_node, head_address
+
+        b.flag("tensor_parallel_size", gpus_per_node(spec), "tensor parallel inside a node: one shard per GPU")
+        b.flag("pipeline_parallel_size", len(cluster.nodes),
+               "pipeline parallel across nodes: one stage of layers per node")
+        b.choice("distributed_executor_backend", "ray", "the workers run on the Ray cluster's nodes")
+        b.env[address_env()] = head_address(spec)
     b.flag("gpu_memory_utilization", p.runtime.gpu_memory_utilization or VLLM_DEFAULT_UTILIZATION,
            "share of each GPU vLLM may take (fit planned with it)")
     kv = p.model.kv_cache_k

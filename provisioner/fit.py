@@ -59,6 +59,7 @@ class Device:
     buffers_bytes: int
     expert_bytes: int = 0  # of weights_bytes: routed-expert tensors (MoE)
     bandwidth_gb_s: float = 0.0  # memory bandwidth of this device (data sheet / profile)
+    node: str = ""  # a cluster's node holding this device ("" on one machine)
 
     @property
     def used_bytes(self) -> int:
@@ -71,7 +72,8 @@ class Device:
     def as_json(self) -> dict[str, Any]:
         return {"name": self.name, "capacity_bytes": self.capacity_bytes,
                 "weights_bytes": self.weights_bytes, "kv_cache_bytes": self.kv_cache_bytes,
-                "buffers_bytes": self.buffers_bytes, "free_bytes": self.free_bytes}
+                "buffers_bytes": self.buffers_bytes, "free_bytes": self.free_bytes,
+                **({"node": self.node} if self.node else {})}
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,11 @@ class Placement:
     weights_from: str = "catalog"  # or "GGUF header of FILE": where the per-layer sizes came from
     tensor_split: tuple[float, ...] = ()  # llama.cpp, several GPUs: share of the layers on each
     p2p_missing: bool = False  # host facts: some GPU pair has no peer-to-peer access
+    # a cluster: pipeline stages (the GPUs split into this many equal groups, one per node,
+    # taking turns on each token) and what the network costs one decode step
+    stages: int = 1
+    interconnect_s_per_token: float = 0.0
+    interconnect_bytes_per_token: int = 0
 
     @property
     def gpus(self) -> tuple[Device, ...]:
@@ -171,6 +178,10 @@ class WeightSplit:
 def fit(spec: Spec, context: int | None = None) -> Placement:
     p = spec.profile
     ctx = context or p.model.context
+    if p.cluster is not None and not spec.node:
+        from provisioner.cluster_fit import fit_cluster
+
+        return fit_cluster(spec, ctx)
     if p.runtime.engine == "vllm":
         return _fit_vllm(spec, ctx)
     return _fit_layers(spec, ctx)
@@ -351,7 +362,8 @@ def _ceil_gib(num_bytes: float) -> int:
 def _placement(spec: Spec, ctx: int, devices: tuple[Device, ...], *, gpu_layers: int,
                cpu_moe: int, offload: int, missing: int, kv_seq: int,
                concurrency: float | None = None, tensor_parallel: bool = False,
-               weights_from: str = "catalog", tensor_split: tuple[float, ...] = ()) -> Placement:
+               weights_from: str = "catalog", tensor_split: tuple[float, ...] = (),
+               stages: int = 1) -> Placement:
     p = spec.profile
     warnings: list[str] = _host_warnings(spec, tensor_parallel)
     kv_k, kv_v = p.model.kv_cache_k, p.model.kv_cache_value
@@ -373,7 +385,7 @@ def _placement(spec: Spec, ctx: int, devices: tuple[Device, ...], *, gpu_layers:
     if concurrency is not None and concurrency < p.runtime.parallel and not missing:
         warnings.append(f"vLLM's KV pool holds {concurrency:.1f} sequences at {ctx} tokens, "
                         f"fewer than max_num_seqs {p.runtime.parallel}")
-    if spec.gpus and not tensor_parallel and spec.gpu_count > 1:
+    if spec.gpus and not tensor_parallel and spec.gpu_count > 1 and p.cluster is None:
         warnings.append("llama.cpp splits layers over the GPUs: they take turns on each token, "
                         "so decode runs at one GPU's bandwidth")
     if spec.layout is not None and spec.layout.layers != spec.model.layers:
@@ -386,7 +398,8 @@ def _placement(spec: Spec, ctx: int, devices: tuple[Device, ...], *, gpu_layers:
                      parallel=p.runtime.parallel, kv_bytes_per_sequence=kv_seq,
                      max_concurrency=concurrency, tensor_parallel=tensor_parallel,
                      weights_from=weights_from, tensor_split=tensor_split,
-                     p2p_missing=bool(spec.host and spec.host.p2p and spec.host.p2p.missing))
+                     p2p_missing=bool(spec.host and spec.host.p2p and spec.host.p2p.missing),
+                     stages=stages)
 
 
 def _host_warnings(spec: Spec, tensor_parallel: bool) -> list[str]:

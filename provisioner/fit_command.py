@@ -83,7 +83,12 @@ def fit_command(profile: Path, context: int | None, as_json: bool, ignore_fit: b
     hugepages are subtracted. Model files on this machine (under ``root``) give the
     real per-layer sizes (``read_model_files``: not for a remote host's facts)."""
     overrides = hardware_overrides(host_facts) if host_facts is not None else None
-    spec = resolve(load_profile(profile, overrides))
+    loaded = load_profile(profile, overrides)
+    if overrides is not None and loaded.profile.cluster is not None:
+        raise UsageError(f"fit reads one host's hardware; {profile} describes a cluster of "
+                         f"{len(loaded.profile.cluster.nodes)} nodes",
+                         hint="run `provision fit` without --host/--here: each node's GPUs are in cluster.nodes")
+    spec = resolve(loaded)
     load: HostLoad | None = None
     if host_facts is not None and host_output is not None:
         load = host_load(host_output, gpu_order(host_facts, host_output))
@@ -109,7 +114,7 @@ def fit_command(profile: Path, context: int | None, as_json: bool, ignore_fit: b
                              if placement.max_concurrency is not None else None),
             flags=chosen, **speed.as_json(), decode_ms=speed.decode_ms,
             warnings=list(placement.warnings), suggestions=hints, weights_from=placement.weights_from,
-            host_load=_load_json(load),
+            host_load=_load_json(load), cluster=_cluster_json(spec, placement),
             hardware_from=host, hardware=overrides["hardware"] if overrides else None))
         return code
     if overrides is not None:
@@ -148,6 +153,8 @@ def _human(spec: Spec, placement: Placement, speed: Prediction, chosen: dict[str
     say(f"weights: {placement.weights_from}")
     say(f"KV cache: {placement.kv_bytes_per_token} bytes per token, "
         f"{_gib(placement.kv_bytes_per_sequence)} per sequence at {placement.context} tokens")
+    if p.cluster is not None:
+        say(_cluster_line(spec, placement))
     if placement.max_concurrency is not None:
         say(f"vLLM KV pool: room for {placement.max_concurrency:.1f} sequences at full context")
     say("flags: " + " ".join(f"{k}" if v is True else f"{k}={v}" for k, v in chosen.items()
@@ -166,3 +173,27 @@ def _human(spec: Spec, placement: Placement, speed: Prediction, chosen: dict[str
     for hint in hints:
         note = f" ({hint['note']})" if "note" in hint else ""
         say(f"  would fit: {hint['change']} -> {hint['decode_tokens_per_s']} tok/s{note}")
+
+
+def _cluster_json(spec: Spec, placement: Placement) -> dict[str, Any] | None:
+    """Per-node devices and the network's share of a decode step (None on one machine)."""
+    cluster = spec.profile.cluster
+    if cluster is None:
+        return None
+    nodes = [{"name": n.name, "host": n.host, "role": n.role, "address": n.address,
+              "devices": [d.as_json() for d in placement.devices if d.node == n.name]} for n in cluster.nodes]
+    return {"backend": cluster.backend, "nodes": nodes,
+            "interconnect": {"type": cluster.interconnect.type, "gbit_s": cluster.interconnect.gbit_s,
+                             "bytes_per_token": placement.interconnect_bytes_per_token,
+                             "ms_per_token": round(placement.interconnect_s_per_token * 1e3, 3)}}
+
+
+def _cluster_line(spec: Spec, placement: Placement) -> str:
+    cluster = spec.profile.cluster
+    assert cluster is not None
+    link = f"{cluster.interconnect.gbit_s:g} Gbit/s {cluster.interconnect.type}"
+    shape = (f"tensor parallel {cluster.head.gpu_count} x pipeline parallel {len(cluster.nodes)}"
+             if cluster.backend == "ray" else f"llama.cpp RPC to {len(cluster.workers)} worker(s)")
+    return (f"cluster: {len(cluster.nodes)} nodes, {shape}; interconnect {link}: "
+            f"{placement.interconnect_bytes_per_token} bytes and "
+            f"{placement.interconnect_s_per_token * 1e3:.3f} ms per token")

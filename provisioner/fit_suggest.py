@@ -21,12 +21,15 @@ _CONTEXTS = (262144, 131072, 65536, 32768, 16384, 8192, 4096)
 
 
 def _with(spec: Spec, *, model: dict[str, Any] | None = None, runtime: dict[str, Any] | None = None,
-          **fields: Any) -> Spec:
+          cluster: dict[str, Any] | None = None, **fields: Any) -> Spec:
     p = spec.profile
-    profile: Profile = p.model_copy(update={
+    update: dict[str, Any] = {
         "model": p.model.model_copy(update=model or {}),
         "runtime": p.runtime.model_copy(update=runtime or {}),
-    })
+    }
+    if cluster and p.cluster is not None:
+        update["cluster"] = p.cluster.model_copy(update=cluster)
+    profile: Profile = p.model_copy(update=update)
     loaded = dataclasses.replace(spec.loaded, profile=profile)
     if "quant" in fields:
         fields.setdefault("layout", None)  # the file read is the old quant's: estimate the new one
@@ -103,11 +106,14 @@ def _llama_cpp(spec: Spec, ctx: int) -> list[dict[str, Any]]:
     ggufs = sorted(((n, q) for n, q in spec.model.quants.items() if q.format == "gguf"),
                    key=lambda item: -item[1].bytes)
     for name, quant in ggufs:
+        # a vLLM cluster becomes a llama.cpp RPC cluster on the same nodes
+        rpc = {"backend": "rpc"} if spec.profile.cluster is not None else None
         candidate = _with(spec, model={"quant": name, "kv_cache": "f16", "kv_cache_v": None},
                           runtime={"engine": "llama.cpp", "version": version, "offload": "auto"},
-                          quant=quant, engine=engine, engine_version=engine.versions[version])
+                          cluster=rpc, quant=quant, engine=engine, engine_version=engine.versions[version])
         fitted = fit(candidate, ctx)
         if fitted.fits:
-            return [_entry(f"runtime.engine: llama.cpp {version} with model.quant {name}",
+            also = ", cluster.backend: rpc" if rpc else ""
+            return [_entry(f"runtime.engine: llama.cpp {version} with model.quant {name}{also}",
                            candidate, fitted, "GGUF weights; experts/layers may live in RAM")]
     return []

@@ -28,6 +28,8 @@ class Target:
     transport_factory: Callable[[], Transport]
     overrides: str = ""  # the inventory host's profile overrides, as sorted JSON ("" for none)
     model_root: str | None = None  # where its model files are readable here (None: a remote host)
+    # an inventory host: on a cluster profile it gets the files of the node whose host it is
+    per_host_node: bool = False
 
     @property
     def key(self) -> tuple[Path, str]:
@@ -85,7 +87,7 @@ def ssh_target(host: Host, profile: Path, *, accept_new_host_key: bool, known_ho
                      become=become or host.become, become_password=become_password, known_hosts=known_hosts,
                      accept_new_host_key=accept_new_host_key, connect_timeout=connect_timeout)
     overrides = json.dumps(host.overrides, sort_keys=True) if host.overrides else ""
-    return Target(host.name, profile, lambda: SshTransport(spec), overrides)
+    return Target(host.name, profile, lambda: SshTransport(spec), overrides, per_host_node=True)
 
 
 def run(targets: list[Target], options: RunOptions,
@@ -119,21 +121,34 @@ _RENDERED: dict[tuple[int, str], Any] = {}
 _RENDER_LOCK = threading.Lock()
 
 
-def _render_for(built: Built, facts: dict[str, str]) -> Any:
-    """Render with a host's facts, once per distinct facts (a fleet's hosts mostly share them)."""
+def _render_for(built: Built, facts: dict[str, str], node: str | None = None) -> Any:
+    """Render with a host's facts, once per distinct facts (a fleet's hosts mostly share them)
+    and, on a cluster profile, per node."""
     facts = template_facts(facts)
-    key = (id(built), json.dumps(facts, sort_keys=True))
+    key = (id(built), json.dumps(facts, sort_keys=True) + (node or ""))
     with _RENDER_LOCK:
         if key not in _RENDERED:
-            _RENDERED[key] = render(built.spec, built.placement, facts)
+            _RENDERED[key] = render(built.spec, built.placement, facts, node=node)
         return _RENDERED[key]
+
+
+def cluster_node(built: Built, host: str) -> str | None:
+    """The cluster node an inventory host is (None: not a cluster profile)."""
+    if built.spec.profile.cluster is None:
+        return None
+    from provisioner.cluster import node_for_host
+
+    return node_for_host(built.spec, host).name
 
 
 def _converge(target: Target, built: Built, options: RunOptions) -> Outcome:
     try:
+        node = cluster_node(built, target.name) if target.per_host_node else None
+        first = built.rendered if node is None else render(built.spec, built.placement, node=node)
         with target.opened() as transport:
-            plan, gathered = plan_host(built.rendered, transport, service=built.spec.profile.service.name,
-                                       restart=options.restart, rerender=lambda facts: _render_for(built, facts))
+            plan, gathered = plan_host(first, transport, service=built.spec.profile.service.name,
+                                       restart=options.restart,
+                                       rerender=lambda facts: _render_for(built, facts, node))
             if not options.apply:
                 return Outcome(target.name, HostResult(target.name, plan, gathered), None)
             result = apply_plan(plan, gathered, transport, profile_name=built.spec.profile.metadata.name,

@@ -20,7 +20,7 @@ from provisioner.resolve import Spec
 
 # GB/s per lane (after 128b/130b encoding) by PCIe generation.
 _PCIE_LANE_GB_S = {3: 0.985, 4: 1.969, 5: 3.938, 6: 7.563}
-BOTTLENECKS = ("gpu-bandwidth", "cpu-ram-bandwidth", "pcie", "compute")
+BOTTLENECKS = ("gpu-bandwidth", "cpu-ram-bandwidth", "pcie", "compute", "interconnect")
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,11 @@ def decode_step_s(spec: Spec, placement: Placement, depth: int) -> dict[str, flo
         bw = dev.bandwidth_gb_s * 1e9
         gpu_times.append(read / (bw * gpu_eff) + kv / (bw * kv_eff))
     if gpu_times:
-        steps["gpu-bandwidth"] = max(gpu_times) if placement.tensor_parallel else sum(gpu_times)
+        # pipeline stages (a cluster's nodes) take turns; inside a stage TP ranks work at once
+        size = max(len(gpu_times) // max(placement.stages, 1), 1)
+        stages = [gpu_times[i:i + size] for i in range(0, len(gpu_times), size)]
+        steps["gpu-bandwidth"] = sum(max(s) if placement.tensor_parallel else sum(s) for s in stages)
+    steps["interconnect"] = placement.interconnect_s_per_token
 
     ram = placement.ram
     if ram.weights_bytes and not placement.cpu_offload_bytes:
@@ -111,7 +115,7 @@ def decode_step_s(spec: Spec, placement: Placement, depth: int) -> dict[str, flo
         fixed = gpu_repeating * per_layer + cpu_layers * float(_speed("cpu_layer_overhead_us"))
         handoffs = max(placement.cpu_moe_layers - cpu_layers, 0) + (1 if cpu_layers else 0)
         fixed += handoffs * float(_speed("cpu_gpu_handoff_us"))
-        if placement.tensor_parallel and spec.gpu_count > 1:
+        if placement.tensor_parallel and spec.gpu_count // max(placement.stages, 1) > 1:
             nvlink = all("sxm" in g.id or g.id.startswith("h200") for g in spec.gpus)
             link = "nvlink" if nvlink else "pcie-no-p2p" if placement.p2p_missing else "pcie"
             fixed += 2 * m.layers * float(_speed("tp_allreduce_us")[link])

@@ -392,6 +392,81 @@ class Verify(_Model):
         return self
 
 
+class ClusterNode(_Model):
+    """One machine of a cluster: an inventory host with its GPUs and the address the
+    other nodes reach it at (an IP: it lands in unit files, scripts and --rpc lists)."""
+
+    name: Name
+    host: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")]  # the inventory host's name
+    address: Text
+    role: Literal["head", "worker"]
+    gpus: list[GpuEntry] = Field(min_length=1)
+
+    @field_validator("address")
+    @classmethod
+    def _ip(cls, value: str) -> str:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError as exc:
+            raise ValueError(f"address must be an IP address, got {value!r}") from exc
+        return value
+
+    @property
+    def gpu_count(self) -> int:
+        return sum(g.count for g in self.gpus)
+
+
+class Interconnect(_Model):
+    """The network between the nodes: its type sets the per-message latency fit assumes."""
+
+    type: Literal["ethernet", "infiniband", "roce"] = "ethernet"
+    gbit_s: float = Field(gt=0, le=3200)
+
+
+class Cluster(_Model):
+    """One model served by several machines: vLLM on Ray (tensor parallel inside a
+    node, pipeline parallel across nodes) or llama.cpp RPC (workers lend their GPUs
+    to the head's llama-server)."""
+
+    backend: Literal["ray", "rpc"]
+    nodes: list[ClusterNode] = Field(min_length=2, max_length=64)
+    interconnect: Interconnect
+    # Ray's GCS port on the head (ray start --port) or each worker's rpc-server port
+    port: int | None = Field(default=None, ge=1024, le=65535)
+    # The RPC server and Ray's ports have no authentication: listening beyond loopback
+    # must be asked for, like runtime.expose.
+    trusted_network: bool = False
+
+    @model_validator(mode="after")
+    def _shape(self) -> Cluster:
+        heads = [n.name for n in self.nodes if n.role == "head"]
+        if len(heads) != 1:
+            raise ValueError(f"a cluster has exactly one node with role: head (got {len(heads)})")
+        for key in ("name", "host", "address"):
+            values = [getattr(n, key) for n in self.nodes]
+            dupes = sorted({v for v in values if values.count(v) > 1})
+            if dupes:
+                raise ValueError(f"two nodes share the {key} {dupes[0]!r}")
+        public = [n.address for n in self.nodes if not ipaddress.ip_address(n.address).is_loopback]
+        if public and not self.trusted_network:
+            raise ValueError(f"node address {public[0]} is beyond loopback and "
+                             f"{'rpc-server' if self.backend == 'rpc' else 'Ray'} has no authentication; "
+                             "set cluster.trusted_network: true if this network is private")
+        return self
+
+    @property
+    def head(self) -> ClusterNode:
+        return next(n for n in self.nodes if n.role == "head")
+
+    @property
+    def workers(self) -> list[ClusterNode]:
+        return [n for n in self.nodes if n.role == "worker"]
+
+    def node_for_host(self, host: str) -> ClusterNode | None:
+        """The node an inventory host name (or, for --host, its address) stands for."""
+        return next((n for n in self.nodes if host in (n.host, n.address)), None)
+
+
 class Profile(_Model):
     apiVersion: Literal["provision/v1"] = "provision/v1"
     kind: Literal["MachineProfile"] = "MachineProfile"
@@ -411,13 +486,15 @@ class Profile(_Model):
     # Variables for the profile's own templates (files:), as top-level names.
     vars: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")], Any] = {}
     verify: Verify = Verify()
+    # several machines serving one model; hardware.gpus stays empty, each node lists its own
+    cluster: Cluster | None = None
     # files[].notify naming an undefined handler is checked in resolve.py, where the
     # problem can point at the name itself
 
 
 BUILTIN_HANDLERS = frozenset(
     {"daemon-reload", "sysctl", "tmpfiles", "tuned", "initramfs", "gpu-settings", "enable-server",
-     "enable-metrics", "restart-server"}
+     "enable-metrics", "enable-cluster", "restart-cluster", "restart-server"}
 )
 
 

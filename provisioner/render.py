@@ -154,7 +154,27 @@ def context(spec: Spec, placement: Placement) -> dict[str, Any]:
         "min_driver": spec.min_driver,
         "sampling": spec.model.sampling[p.model.mode],
         "hugepages_kb": spec.profile.os.hugepages.size_bytes // 1024,
+        **_cluster_context(spec),
     }
+
+
+def _cluster_context(spec: Spec) -> dict[str, Any]:
+    """role single | head | worker, and the node's own process (Ray, rpc-server)."""
+    cluster = spec.profile.cluster
+    name = spec.profile.service.name
+    out: dict[str, Any] = {"cluster": cluster, "node": None, "role": "single", "node_command": None,
+                           "ray_unit": f"{name}-ray.service", "ray_script": f"{BIN_DIR}/{name}-ray.sh"}
+    if cluster is None:
+        return out
+    from provisioner import cluster as nodes
+
+    node = nodes.node_named(spec, spec.node or cluster.head.name)
+    out.update(node=node, role=node.role)
+    if cluster.backend == "ray":
+        out["node_command"] = nodes.ray_command(spec, node, f"/var/lib/{name}/ray")
+    elif node.role == "worker":
+        out["node_command"] = nodes.rpc_server_command(spec, node)
+    return out
 
 
 def profile_facts(spec: Spec) -> dict[str, str]:
@@ -171,10 +191,17 @@ def template_facts(facts: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in facts.items() if k not in _NOT_FACTS}
 
 
-def render(spec: Spec, placement: Placement, facts: dict[str, str] | None = None) -> Rendered:
+def render(spec: Spec, placement: Placement, facts: dict[str, str] | None = None,
+           node: str | None = None) -> Rendered:
     """All managed files for this profile, byte for byte.
 
-    ``facts`` are the host's (from gathering), else the profile's hardware."""
+    ``facts`` are the host's (from gathering), else the profile's hardware. On a
+    cluster profile ``node`` names whose files to render (default: the head's)."""
+    cluster = spec.profile.cluster
+    if cluster is not None:
+        from provisioner.cluster import node_spec
+
+        spec = node_spec(spec, node or cluster.head.name)
     ctx = context(spec, placement)
     ctx["facts"] = {**profile_facts(spec), **template_facts(facts or {})}
     env = _environment(str(data_dir("templates")))
@@ -195,7 +222,10 @@ def render(spec: Spec, placement: Placement, facts: dict[str, str] | None = None
     runtime = spec.profile.runtime
     host = runtime.local_address
     host = f"[{host}]" if ":" in host else host
-    readiness = (f"http://{host}:{runtime.port}{spec.engine.health_path}", spec.profile.service.start_timeout_s)
+    readiness: tuple[str, int] | None = (f"http://{host}:{runtime.port}{spec.engine.health_path}",
+                                         spec.profile.service.start_timeout_s)
+    if cluster is not None and ctx["role"] == "worker":
+        readiness = None  # a worker serves no HTTP: Ray and rpc-server have no health endpoint
     return Rendered(files=tuple(sorted(files, key=lambda f: f.path)), directories=directories,
                     handlers=handlers, warnings=placement.warnings, readiness=readiness)
 

@@ -55,6 +55,10 @@ class Spec:
     host: HostLoad | None = None
     # the GGUF header of the real model file, when it is on this machine
     layout: TensorLayout | None = None
+    # a cluster profile: node name -> that node's GPUs (``gpus`` holds them all, in node order)
+    node_gpus: tuple[tuple[str, tuple[GpuGroup, ...]], ...] = ()
+    # set on the view of one node (cluster.node_spec): whose files are rendered
+    node: str = ""
 
     @property
     def profile(self) -> Profile:
@@ -98,6 +102,10 @@ def resolve(loaded: LoadedProfile, catalog: Catalog | None = None) -> Spec:
         else:
             gpus.append(GpuGroup(gpu, entry.model, entry.count))
 
+    node_gpus: list[tuple[str, tuple[GpuGroup, ...]]] = []
+    if p.cluster is not None:
+        problems += _cluster_rules(loaded, catalog, gpus, node_gpus)
+
     model = catalog.models.get(p.model.id)
     quant: QuantSpec | None = None
     if model is None:
@@ -132,7 +140,59 @@ def resolve(loaded: LoadedProfile, catalog: Catalog | None = None) -> Spec:
         raise ProfileError(problems)
     assert model is not None and quant is not None and engine is not None and version is not None
     return Spec(loaded=loaded, gpus=tuple(gpus), model=model, model_id=p.model.id, quant=quant,
-                engine=engine, engine_version=version)
+                engine=engine, engine_version=version, node_gpus=tuple(node_gpus))
+
+
+_BACKEND_ENGINE = {"ray": "vllm", "rpc": "llama.cpp"}
+
+
+def _cluster_rules(loaded: LoadedProfile, catalog: Catalog, gpus: list[GpuGroup],
+                   node_gpus: list[tuple[str, tuple[GpuGroup, ...]]]) -> list[Problem]:
+    """A cluster's GPUs are listed per node; fills ``gpus`` (all of them) and ``node_gpus``."""
+    p = loaded.profile
+    cluster = p.cluster
+    assert cluster is not None
+    out: list[Problem] = []
+    if p.hardware.gpus:
+        out.append(loaded.problem(("hardware", "gpus"), "a cluster profile lists its GPUs per node",
+                                  "move them to cluster.nodes[].gpus and leave hardware.gpus empty"))
+    wanted = _BACKEND_ENGINE[cluster.backend]
+    if p.runtime.engine != wanted:
+        out.append(loaded.problem(("cluster", "backend"),
+                                  f"backend {cluster.backend} serves with {wanted}, not {p.runtime.engine}",
+                                  f"set runtime.engine: {wanted}, or backend: "
+                                  f"{'rpc' if cluster.backend == 'ray' else 'ray'}"))
+    for i, node in enumerate(cluster.nodes):
+        groups: list[GpuGroup] = []
+        for j, entry in enumerate(node.gpus):
+            gpu = catalog.gpus.get(entry.model)
+            if gpu is None:
+                out.append(loaded.problem(("cluster", "nodes", i, "gpus", j, "model"),
+                                          f"unknown GPU {entry.model!r}", _suggest(entry.model, list(catalog.gpus))))
+            else:
+                groups.append(GpuGroup(gpu, entry.model, entry.count))
+        gpus.extend(groups)
+        node_gpus.append((node.name, tuple(groups)))
+    counts = {n.gpu_count for n in cluster.nodes}
+    if cluster.backend == "ray" and len(counts) > 1:
+        out.append(loaded.problem(("cluster", "nodes"),
+                                  "vLLM runs one tensor-parallel group per node: every node needs the same "
+                                  f"number of GPUs (got {', '.join(str(n.gpu_count) for n in cluster.nodes)})",
+                                  "give each node the same GPU count, or use backend: rpc (llama.cpp splits "
+                                  "layers by memory)"))
+    # Ray's sockets live under --temp-dir (/var/lib/<service>/ray, render.py) in
+    # session_<date>_<time>_<usec>_<pid>/sockets/plasma_store (~64 characters), and an
+    # AF_UNIX path holds at most 107 bytes: Ray refuses to start beyond that.
+    socket_path = len(f"/var/lib/{p.service.name}/ray") + 64
+    if cluster.backend == "ray" and socket_path > 107:
+        out.append(loaded.problem(("service", "name"),
+                                  f"service name {p.service.name!r} makes Ray's socket paths "
+                                  f"{socket_path} bytes long; a UNIX socket path holds at most 107",
+                                  f"use a service name of at most {107 - 64 - len('/var/lib//ray')} characters"))
+    if p.runtime.engine == "vllm" and p.runtime.offload != "auto":
+        out.append(loaded.problem(("runtime", "offload"), "a vLLM cluster keeps every weight on a GPU",
+                                  "remove runtime.offload; add a node if it does not fit"))
+    return out
 
 
 def _model_rules(loaded: LoadedProfile, model: ModelSpec) -> list[Problem]:

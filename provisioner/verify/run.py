@@ -14,11 +14,11 @@ from provisioner.pipeline import Built
 from provisioner.plan import make_plan
 from provisioner.render import render, sysctl_settings
 from provisioner.transport import Transport
-from provisioner.verify import Check
+from provisioner.verify import Check, ray_status
 from provisioner.verify import drift as drift_checks
 from provisioner.verify import model as model_checks
 
-GROUPS = ("gpu", "drift", "model", "endpoint")
+GROUPS = ("gpu", "drift", "model", "endpoint", "cluster")
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,22 @@ class VerifyOptions:
     needle: bool = True
 
 
-def verify_target(built: Built, transport: Transport, options: VerifyOptions) -> list[Check]:
+def verify_target(built: Built, transport: Transport, options: VerifyOptions,
+                  node: str | None = None) -> list[Check]:
+    """``node``: on a cluster profile, the node this target is (default: the head)."""
+    cluster = built.spec.profile.cluster
+    if cluster is not None:
+        from provisioner.cluster import node_spec
+
+        node = node or cluster.head.name
+        role = next(n.role for n in cluster.nodes if n.name == node)
+        view = node_spec(built.spec, node)
+        built = Built(view, built.placement, render(view, built.placement, node=node))
+        if role == "worker":
+            # the head serves the endpoint and sees the cluster; an RPC worker holds no model file
+            options = VerifyOptions(only=options.only - {"endpoint"} - ({"model"} if cluster.backend == "rpc"
+                                                                         else set()),
+                                    endpoint=options.endpoint, needle=options.needle)
     spec, placement = built.spec, built.placement
     root_mode = bool(transport.root)
     wanted_sysctl = sysctl_settings(spec)
@@ -45,11 +60,23 @@ def verify_target(built: Built, transport: Transport, options: VerifyOptions) ->
     gpu = _gpu_module() if "gpu" in options.only and not root_mode else None
     if gpu is not None and spec.gpus:
         probes.append(gpu.GPU_GATHER)
+    ray_probe = cluster is not None and cluster.backend == "ray" and not root_mode \
+        and node == cluster.head.name and "cluster" in options.only
+    if ray_probe:
+        from provisioner.cluster import head_address
+
+        probes.append(ray_status.probe(head_address(spec)))
     gathered = gather(transport, [f.path for f in built.rendered.files], spec.profile.service.name,
                       extra="\n".join(probes))
     checks: list[Check] = []
+    if ray_probe:
+        assert cluster is not None
+        checks += ray_status.checks(gathered.output, len(cluster.nodes), sum(n.gpu_count for n in cluster.nodes))
+    elif cluster is not None and "cluster" in options.only and node == cluster.head.name:
+        checks.append(Check("cluster", "skip", hint="--root: a tree runs no cluster" if root_mode else
+                            "llama.cpp RPC: the head's endpoint check shows the workers answer"))
     if "drift" in options.only:
-        rendered = render(spec, placement, gathered.facts.values)
+        rendered = render(spec, placement, gathered.facts.values, node=node)
         plan = make_plan(rendered, gathered, root_mode=root_mode)
         checks += drift_checks.file_checks(plan)
         checks += drift_checks.live_checks(spec, wanted_sysctl, drift_checks.parse_live(gathered.output),
