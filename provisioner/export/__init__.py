@@ -1,0 +1,91 @@
+"""Hand what provision renders to other engines: Ansible and cloud-init.
+
+The exports are pure functions of ``Rendered`` (the same files, bytes, modes,
+owners and handlers that ``provision render`` and ``apply`` use), so they
+cannot drift from provision's own result. What both need lives here: the
+handler chain in provision's order, and writing an export deterministically.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from provisioner.errors import RenderError, UsageError
+from provisioner.plan import _BUILTIN_EXTRA, HANDLER_ORDER, REBOOT_PREFIXES
+from provisioner.resources import File, Rendered
+
+# A path we put inside another engine's templated string: the characters of
+# systemd unit paths (see README "What reaches a file"), nothing Jinja reads.
+_EXPORT_PATH = re.compile(r"^/[A-Za-z0-9_./@+:,=-]{1,4095}$")
+
+
+def export_path(path: str, engine: str) -> str:
+    if not _EXPORT_PATH.match(path) or "/../" in path or path.endswith("/.."):
+        raise RenderError(f"{path!r} cannot be exported to {engine}: only letters, digits and _./@+:,=- "
+                          "are allowed in exported paths",
+                          hint="rename the destination under files: (no spaces, braces or percent signs)")
+    return path
+
+
+def refuse_secrets(rendered: Rendered, engine: str) -> None:
+    """A file marked secret would sit in clear in the export: refuse it.
+
+    provision's own templates never hold a secret (the run script reads it from
+    the environment or a systemd credential at run time), so this only stops a
+    file a later feature marks secret from leaking into a playbook or user-data."""
+    for item in rendered.files:
+        if item.secret:
+            raise RenderError(f"{item.path} holds a secret and would be written in clear into the {engine} export",
+                              hint="name the secret under secrets: (from_env or from_file) so the file "
+                              "reads it at run time instead of holding it")
+
+
+def notify_of(item: File) -> tuple[str, ...]:
+    """The handlers a change of this file owes, as plan.make_plan counts them."""
+    notify = list(item.notify)
+    if item.path.startswith(REBOOT_PREFIXES) and "initramfs" not in notify:
+        notify.append("initramfs")
+    return tuple(notify)
+
+
+def handler_chain(rendered: Rendered, owed: tuple[str, ...] = ()) -> list[str]:
+    """Every handler some file can notify (and ``owed``), in provision's run order:
+    plan.HANDLER_ORDER, then the profile's own in profile order."""
+    notified = {name for item in rendered.files for name in notify_of(item)} | set(owed)
+    ordered = [name for name in HANDLER_ORDER if name in notified]
+    ordered += [name for name in rendered.handlers if name in notified and name not in HANDLER_ORDER]
+    return ordered
+
+
+def handler_command(rendered: Rendered, name: str) -> str:
+    table = {**_BUILTIN_EXTRA, **rendered.handlers}
+    if name not in table:
+        raise RenderError(f"handler {name!r} is notified but has no command",
+                          hint="define it under handlers: in the profile")
+    return table[name]
+
+
+def is_system_handler(name: str) -> bool:
+    """provision's own handlers touch the running system (systemd, sysctl): under a
+    root prefix they are reported as pending, never run; the profile's run always."""
+    return name in HANDLER_ORDER
+
+
+def write_export(files: dict[str, bytes], out_dir: Path, *, overwrite: bool) -> list[Path]:
+    """Write ``files`` (relative path -> bytes) under out_dir, 0644 (0755 for folders)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"--out {out_dir} exists and is not a folder")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise UsageError(f"--out {out_dir} is not empty", hint="choose an empty folder or pass --overwrite")
+    written = []
+    for relative, data in sorted(files.items()):
+        target = out_dir / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temp = target.with_name(f".{target.name}.provision-tmp")
+        temp.write_bytes(data)
+        os.chmod(temp, 0o644)
+        os.replace(temp, target)
+        written.append(target)
+    return written
