@@ -13,7 +13,9 @@ import re
 from pathlib import Path
 
 from provisioner.errors import RenderError, UsageError
+from provisioner.pipeline import Built
 from provisioner.plan import _BUILTIN_EXTRA, HANDLER_ORDER, REBOOT_PREFIXES
+from provisioner.render import profile_facts, render
 from provisioner.resources import File, Rendered
 
 # A path we put inside another engine's templated string: the characters of
@@ -40,6 +42,21 @@ def refuse_secrets(rendered: Rendered, engine: str) -> None:
             raise RenderError(f"{item.path} holds a secret and would be written in clear into the {engine} export",
                               hint="name the secret under secrets: (from_env or from_file) so the file "
                               "reads it at run time instead of holding it")
+
+
+def refuse_host_facts(built: Built) -> None:
+    """An export is rendered once, without a host, like `provision render`; apply renders
+    again with each host's facts. A template reading facts (cpus, mem_total_kb) would
+    give a host other bytes than the export: found by rendering with other facts."""
+    facts = profile_facts(built.spec)
+    other = {name: str(int(value) * 2 + 1) for name, value in facts.items()}
+    again = render(built.spec, built.placement, other)
+    for before, after in zip(built.rendered.files, again.files, strict=True):
+        if before.content != after.content:
+            raise RenderError(f"{before.path} (template {before.template}) reads the host's facts, so each host "
+                              "would get other bytes than an export made without a host",
+                              hint="write the value into the profile (vars:, hardware:) instead of reading "
+                              "facts, or converge with `provision apply`")
 
 
 def notify_of(item: File) -> tuple[str, ...]:

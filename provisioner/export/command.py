@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from provisioner.errors import UsageError
-from provisioner.export import write_export
+from provisioner.export import refuse_host_facts, write_export
 from provisioner.export.ansible import ExportUnit, digest, export_tree, role_names
 from provisioner.inventory import Host, load_inventory, select
 from provisioner.pipeline import Built, build
@@ -15,6 +15,7 @@ from provisioner.report import envelope, print_json, print_table, say
 
 
 def _unit(built: Built, hosts: tuple[str, ...] = ()) -> ExportUnit:
+    refuse_host_facts(built)
     profile = built.spec.profile
     return ExportUnit(profile.metadata.name, profile.service.name, built.rendered, hosts)
 
@@ -69,6 +70,7 @@ def export_cloudinit_command(profile: Path, out: Path, overwrite: bool, as_json:
     from provisioner.export.cloudinit import first_boot_handlers, user_data
 
     built = build(profile)
+    refuse_host_facts(built)
     spec = built.spec
     text = user_data(built.rendered, profile_name=spec.profile.metadata.name, service=spec.profile.service.name)
     if out.exists() and not overwrite:
