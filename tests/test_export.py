@@ -9,6 +9,7 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -34,17 +35,22 @@ def tree(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def _tasks(out: Path, role: str) -> list[dict[str, object]]:
-    loaded = yaml.load((out / "roles" / role / "tasks" / "main.yml").read_text(), Loader=_AnsibleLike)
-    assert isinstance(loaded, list)
-    return loaded
-
-
 class _AnsibleLike(yaml.SafeLoader):
     """Reads `!unsafe` as a plain string, as Ansible does (without templating it)."""
 
 
 _AnsibleLike.add_constructor("!unsafe", lambda loader, node: loader.construct_scalar(node))  # type: ignore[arg-type]
+
+
+def load(path: Path) -> Any:
+    """A SafeLoader that also knows `!unsafe`: no arbitrary objects."""
+    return yaml.load(path.read_text(), Loader=_AnsibleLike)  # noqa: S506
+
+
+def _tasks(out: Path, role: str) -> list[dict[str, Any]]:
+    loaded = load(out / "roles" / role / "tasks" / "main.yml")
+    assert isinstance(loaded, list)
+    return loaded
 
 
 def test_export_is_the_rendered_files_byte_for_byte_and_deterministic(tmp_path: Path) -> None:
@@ -62,7 +68,7 @@ def test_export_is_the_rendered_files_byte_for_byte_and_deterministic(tmp_path: 
     assert rendered.returncode == 0, rendered.stderr
     role = tmp_path / "a" / "roles" / "provision_quickstart"
     assert tree(role / "files") == tree(tmp_path / "r")
-    copies = {t["ansible.builtin.copy"]["dest"]: t["ansible.builtin.copy"]  # type: ignore[index]
+    copies = {t["ansible.builtin.copy"]["dest"]: t["ansible.builtin.copy"]
               for t in _tasks(tmp_path / "a", "provision_quickstart") if "ansible.builtin.copy" in t}
     for path, content in tree(tmp_path / "r").items():
         copy = copies["{{ provision_root_prefix }}/" + path]
@@ -84,7 +90,7 @@ def test_handlers_are_defined_in_provisions_order(tmp_path: Path) -> None:
     out = tmp_path / "out"
     result = provision("export", "ansible", str(profile), "--out", str(out))
     assert result.returncode == 0, result.stderr
-    loaded = yaml.load((out / "roles/provision_quickstart/handlers/main.yml").read_text(), Loader=_AnsibleLike)
+    loaded = load(out / "roles/provision_quickstart/handlers/main.yml")
     topics: list[str] = []
     for handler in loaded:
         if handler["listen"] not in topics:
@@ -111,7 +117,7 @@ def test_validators_accept_the_rendered_files_and_refuse_broken_ones(tmp_path: P
             continue
         good = tmp_path / f"good{Path(item.path).suffix}"
         good.write_bytes(item.content)
-        assert _validate(command, good, {"PROVISION_ROOT": "/tmp"}) == 0, item.path
+        assert _validate(command, good, {"PROVISION_ROOT": str(tmp_path)}) == 0, item.path
         checked.add(item.validate)
         bad = tmp_path / f"bad{Path(item.path).suffix}"
         broken = {"sh": b"if then fi\n", "env": b"not a setting\n", "sysctl": b"vm.no_such_key_here = 1\n",
@@ -163,7 +169,7 @@ def test_inventory_hosts_with_the_same_result_share_a_role(tmp_path: Path) -> No
     roles = json.loads(result.stdout)["roles"]
     assert [r["hosts"] for r in roles] == [["a", "b"], ["c"]]
     assert roles[0]["role"] != roles[1]["role"]
-    inventory = yaml.load((out / "inventory.yml").read_text(), Loader=_AnsibleLike)["all"]
+    inventory = load(out / "inventory.yml")["all"]
     assert inventory["hosts"]["a"] == {"ansible_host": "10.0.0.1", "ansible_user": "admin", "ansible_become": True}
     assert inventory["hosts"]["b"] == {"ansible_host": "10.0.0.2", "ansible_port": 2200,
                                        "provision_root_prefix": "/srv/image"}

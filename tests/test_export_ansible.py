@@ -78,10 +78,11 @@ def test_ansible_applies_the_export_and_provision_then_has_nothing_to_do(farm: s
                                                                           tmp_path: Path) -> None:
     # A file of the profile's own with a handler whose command holds Jinja: it must run
     # as written (never templated by Ansible) with PROVISION_ROOT set, like apply --root.
+    hook = "echo '{{ lookup(\"pipe\", \"id\") }}' >> \"$PROVISION_ROOT/hook-ran\""
     profile = make_profile(tmp_path, {
         "files": [{"template": "extra.conf.j2", "dest": "/etc/provision-extra/extra.conf", "mode": "0640",
                    "notify": ["record-hook"]}],
-        "handlers": {"record-hook": {"command": "echo '{{ lookup(\"pipe\", \"id\") }}' >> \"$PROVISION_ROOT/hook-ran\""}}},
+        "handlers": {"record-hook": {"command": hook}}},
         files={"extra.conf.j2": "model={{ model_id }} port={{ profile.runtime.port }}\n"})
     lines = ["hosts:"]
     for host in farm.hosts:
