@@ -13,8 +13,9 @@ import re
 from pathlib import Path
 
 from provisioner.errors import RenderError, UsageError
+from provisioner.facts import Facts, Gathered
 from provisioner.pipeline import Built
-from provisioner.plan import _BUILTIN_EXTRA, HANDLER_ORDER, REBOOT_PREFIXES
+from provisioner.plan import HANDLER_ORDER, REBOOT_PREFIXES, Plan, make_plan
 from provisioner.render import profile_facts, render
 from provisioner.resources import File, Rendered
 
@@ -68,16 +69,24 @@ def notify_of(item: File) -> tuple[str, ...]:
 
 
 def handler_chain(rendered: Rendered, owed: tuple[str, ...] = ()) -> list[str]:
-    """Every handler some file can notify (and ``owed``), in provision's run order:
-    plan.HANDLER_ORDER, then the profile's own in profile order."""
-    notified = {name for item in rendered.files for name in notify_of(item)} | set(owed)
-    ordered = [name for name in HANDLER_ORDER if name in notified]
-    ordered += [name for name in rendered.handlers if name in notified and name not in HANDLER_ORDER]
-    return ordered
+    """Every handler a new file notifies (and ``owed``), in provision's run order:
+    plan.HANDLER_ORDER, then the profile's own in profile order (make_plan decides)."""
+    notified = list(first_apply(rendered, server_enabled=None).handlers)
+    wanted = set(notified) | set(owed)
+    return ([name for name in HANDLER_ORDER if name in wanted]
+            + [name for name in notified if name not in HANDLER_ORDER]
+            + [name for name in owed if name not in HANDLER_ORDER and name not in notified])
+
+
+def first_apply(rendered: Rendered, *, server_enabled: bool | None) -> Plan:
+    """provision's own plan for a live machine that has none of the files yet
+    (``server_enabled`` False: systemd runs and the server is not enabled)."""
+    fresh = Gathered(Facts({}), {}, 0, None, ())
+    return make_plan(rendered, fresh, root_mode=False, server_enabled=server_enabled)
 
 
 def handler_command(rendered: Rendered, name: str) -> str:
-    table = {**_BUILTIN_EXTRA, **rendered.handlers}
+    table = first_apply(rendered, server_enabled=None).handler_table
     if name not in table:
         raise RenderError(f"handler {name!r} is notified but has no command",
                           hint="define it under handlers: in the profile")

@@ -26,7 +26,7 @@ import yaml
 
 from provisioner import __version__
 from provisioner.errors import ProvisionError
-from provisioner.export import handler_chain, handler_command, refuse_secrets
+from provisioner.export import first_apply, handler_command, refuse_secrets
 from provisioner.resources import Rendered
 
 
@@ -43,13 +43,11 @@ _Dumper.add_representer(
 
 
 def first_boot_handlers(rendered: Rendered, service: str) -> list[str]:
-    """What a first apply on a fresh live machine runs: everything notified, plus
-    enable-server, minus restart-server (plan.make_plan's rule)."""
+    """What provision's first apply on a fresh live machine runs, in order: every
+    handler a new file notifies, enable-server for a server not enabled yet, and
+    no restart-server (``enable --now`` starts it with the new files)."""
     has_server = any(f.path == f"/etc/systemd/system/{service}.service" for f in rendered.files)
-    chain = handler_chain(rendered, ("enable-server",) if has_server else ())
-    if "enable-server" in chain:
-        chain = [name for name in chain if name != "restart-server"]
-    return chain
+    return list(first_apply(rendered, server_enabled=False if has_server else None).handlers)
 
 
 def user_data(rendered: Rendered, *, profile_name: str, service: str) -> str:
