@@ -745,3 +745,66 @@ def monitor(profile: Path | None, once: bool, interval: float, samples: int | No
 
     targets = _targets(profile or Path("-"), opts)  # "-": no profile, like `facts`
     return monitor_command(targets, opts["forks"], once, interval, as_json, samples)
+
+
+# --------------------------------------------------------------------------- export (issue 11)
+@main.group()
+def export() -> None:
+    """Hand the same result to other engines: an Ansible playbook or cloud-init user-data.
+
+    \b
+    Example:
+      provision export ansible examples/quickstart.yaml --out ./ansible
+      provision export cloud-init examples/quickstart.yaml --out user-data.yaml
+    """
+
+
+@export.command("ansible")
+@click.argument("profile", type=click.Path(path_type=Path), required=False)
+@click.option("-i", "--inventory", type=click.Path(path_type=Path), default=None,
+              help="Our (or an Ansible YAML) inventory: one role per distinct rendered result, inventory.yml beside.")
+@click.option("--limit", default=None, help="Only these hosts/groups of the inventory (comma-separated, globs).")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Folder for site.yml, roles/ (and inventory.yml with -i).")
+@click.option("--overwrite", is_flag=True, help="Write into a folder that is not empty.")
+@json_option
+@handle_errors("export")
+def export_ansible(profile: Path | None, inventory: Path | None, limit: str | None, out_dir: Path,
+                   overwrite: bool, as_json: bool) -> int:
+    """Write a self-contained playbook and role installing exactly what PROFILE renders.
+
+    Same bytes, modes and owners (ansible.builtin.copy with validate:), the same
+    handlers in the same order. -e provision_root_prefix=DIR installs under DIR
+    like apply --root; -e provision_restart=true is apply --restart.
+
+    \b
+    Example:
+      provision export ansible examples/quickstart.yaml --out ./ansible
+      ansible-playbook -i hosts.yaml ./ansible/site.yml --check --diff
+      provision export ansible -i examples/fleet/inventory.yaml --out ./fleet-ansible
+      ansible-playbook -i ./fleet-ansible/inventory.yml ./fleet-ansible/site.yml
+    """
+    from provisioner.export.command import export_ansible_command
+
+    return export_ansible_command(profile, inventory, limit, out_dir, overwrite, as_json)
+
+
+@export.command("cloud-init")
+@click.argument("profile", type=click.Path(path_type=Path))
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path, dir_okay=False),
+              help="The user-data file to write (#cloud-config).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing file.")
+@json_option
+@handle_errors("export")
+def export_cloud_init(profile: Path, out: Path, overwrite: bool, as_json: bool) -> int:
+    """Write #cloud-config user-data: write_files with every rendered file, runcmd with
+    the handlers a first apply runs (daemon-reload, sysctl, ..., enable --now the server).
+
+    \b
+    Example:
+      provision export cloud-init examples/quickstart.yaml --out user-data.yaml
+      cloud-init schema --config-file user-data.yaml
+    """
+    from provisioner.export.command import export_cloudinit_command
+
+    return export_cloudinit_command(profile, out, overwrite, as_json)
