@@ -9,23 +9,17 @@ were checked), the same way engine flags come from ``catalog/engines.yaml``.
 from __future__ import annotations
 
 import dataclasses
-import functools
-from importlib import resources
 from typing import Any
 
-from provisioner.catalog import load_bundled_yaml
+from provisioner.catalog import catalog_table
 from provisioner.engine_args import Arg
 from provisioner.errors import ProfileError, RenderError
 from provisioner.profile import Cluster, ClusterNode
 from provisioner.resolve import Spec
 
 
-@functools.cache
 def catalog() -> dict[str, Any]:
-    text = resources.files("provisioner.catalog").joinpath("cluster.yaml").read_text(encoding="utf-8")
-    data = load_bundled_yaml(text)
-    assert isinstance(data, dict)
-    return data
+    return catalog_table("cluster")
 
 
 def cluster_of(spec: Spec) -> Cluster:

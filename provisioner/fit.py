@@ -8,12 +8,10 @@ Speed is predicted from the placement by ``predict.py``; docs/fit.md explains bo
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any
 
-from provisioner.catalog import load_bundled_yaml
+from provisioner.catalog import catalog_table
 from provisioner.profile import Offload
 from provisioner.resolve import GpuGroup, Spec
 
@@ -31,13 +29,9 @@ KV_BYTES_PER_ELEMENT = {
 _UNQUANTISED_KV = {"f32", "f16", "bf16", "auto"}
 
 
-@functools.cache
 def params() -> dict[str, Any]:
     """The factors and overheads of catalog/fit.yaml."""
-    text = resources.files("provisioner.catalog").joinpath("fit.yaml").read_text(encoding="utf-8")
-    data = load_bundled_yaml(text)
-    assert isinstance(data, dict)
-    return data
+    return catalog_table("fit")
 
 
 def _mem(key: str) -> float:

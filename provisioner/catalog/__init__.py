@@ -30,6 +30,7 @@ __all__ = [
     "ModelSpec",
     "QuantSpec",
     "SamplingSpec",
+    "catalog_table",
     "load_catalog",
 ]
 
@@ -41,6 +42,12 @@ def load_bundled_yaml(text: str) -> Any:
     parser (much faster than the pure-Python one) is fine; profiles never come here."""
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     return yaml.load(text, Loader=loader)  # noqa: S506 - a safe loader either way
+
+
+@functools.cache
+def catalog_table(part: str) -> dict[str, Any]:
+    """One bundled table beside the catalog (fit.yaml, cluster.yaml): parsed once."""
+    return _read(part)
 
 
 def _read(part: str) -> dict[str, Any]:
