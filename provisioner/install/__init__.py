@@ -13,6 +13,18 @@ They join files in the same flow. Each install item
 - is recorded in the generation manifest (``installs``: NAME -> record), so a
   later apply sees what an earlier one installed and can undo it (unhold a
   package the profile dropped) and ``verify`` can check it.
+
+``verify`` reuses the same two functions: an item whose probe, run again,
+gives a change is not installed as the profile says (a failed check).
+
+API notes for part B (downloads): InstallChange gained ``pending`` (True: shown
+in the plan but not run, e.g. packages under ``--root``, where the build host's
+package database is not the image's) and ``size_text`` is gone: plan formats
+``bytes``. ``change()`` gets ``root`` ("" live, else the tree's host path):
+prefix every path the snippet touches with it. Snippets run under ``set -eu``
+inside apply's script, with ``$root`` and ``$state`` set; a failing snippet
+must ``echo "@error NAME: why"`` then ``exit 1`` (apply maps it to exit 8,
+nothing replaced). Use ``q()`` (shlex.quote) for every value.
 """
 
 from __future__ import annotations
@@ -21,6 +33,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 InstallKind = Literal["package", "venv", "build", "download", "archive"]
+# the apply script's exit code when an install snippet failed (no file was replaced)
+EXIT_INSTALL = 8
 InstallAction = Literal["install", "upgrade", "downgrade", "hold", "unhold", "build", "download", "remove"]
 
 
@@ -35,10 +49,11 @@ class InstallChange:
     bytes: int | None = None  # what it downloads or writes, when known (plan shows it)
     reboot: bool = False  # a driver/initramfs/kernel module change: takes effect after a reboot
     notify: tuple[str, ...] = ()  # handlers owed when it runs (e.g. restart-server)
+    pending: bool = False  # listed, not run (packages under --root)
 
     def as_json(self) -> dict[str, Any]:
         return {"name": self.name, "kind": self.kind, "action": self.action, "summary": self.summary,
-                "bytes": self.bytes, "reboot": self.reboot}
+                "bytes": self.bytes, "reboot": self.reboot, "pending": self.pending}
 
 
 class Install(Protocol):
