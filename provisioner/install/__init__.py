@@ -19,12 +19,12 @@ gives a change is not installed as the profile says (a failed check).
 
 API notes for part B (downloads): InstallChange gained ``pending`` (True: shown
 in the plan but not run, e.g. packages under ``--root``, where the build host's
-package database is not the image's) and ``size_text`` is gone: plan formats
-``bytes``. ``change()`` gets ``root`` ("" live, else the tree's host path):
-prefix every path the snippet touches with it. Snippets run under ``set -eu``
-inside apply's script, with ``$root`` and ``$state`` set; a failing snippet
-must ``echo "@error NAME: why"`` then ``exit 1`` (apply maps it to exit 8,
-nothing replaced). Use ``q()`` (shlex.quote) for every value.
+package database is not the image's); plan formats ``bytes`` itself.
+``change()`` gets ``root`` ("" live, else the tree's host path): prefix every
+path the snippet touches with it. apply runs each snippet in a subshell
+``( set -eu; SNIPPET )`` with ``$root`` and ``$state`` set; on failure the
+snippet prints ``@error NAME: why`` and exits non-zero; apply then stops with
+EXIT_INSTALL before any file is replaced. Quote every value with shlex.quote.
 """
 
 from __future__ import annotations
