@@ -7,6 +7,9 @@ a failed check changes nothing:
 2. check every path still has the hash the plan saw ("changed since plan");
 3. write each new file to a temp file in its own directory, fsync, validate;
    any failure removes the temps and exits before anything is replaced;
+3b. run the install snippets (packages in one apt-get, venvs, builds,
+   downloads), each leaving its old or new state; a failed one removes the
+   temps and exits before any file is replaced or a generation recorded;
 4. record the generation (backups of what is replaced, manifest, the handlers
    now owed) and make it the last one;
 5. rename each temp over its target, delete what the profile no longer has,
@@ -27,6 +30,8 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from provisioner.facts import PathState
+from provisioner.install import EXIT_INSTALL, InstallChange
+from provisioner.install.packages import merged
 from provisioner.plan import Change, Plan, sha256
 
 # Exit codes of the script (mapped to messages by the caller).
@@ -70,6 +75,8 @@ def manifest(inputs: ApplyInputs) -> dict[str, Any]:
                     for c in plan.changes],
         "handlers": list(plan.handlers),
         "handler_commands": plan.handler_table,
+        "installs": plan.install_records,
+        "install_changes": [c.as_json() for c in plan.runnable_installs],
     }
 
 
@@ -88,7 +95,7 @@ fp 1""")
     out.append(f'[ "$(cat "$state/last" 2>/dev/null || echo 0)" = {inputs.expected_last} ] '
                f'|| changed "$state/last"')
     out.append(_checks(plan.changes, root))
-    if not plan.changes:  # only handlers owed by an earlier run that died
+    if not plan.changes and not plan.runnable_installs:  # only handlers owed by an earlier run that died
         out.append(_handlers(inputs))
         out.append("echo @ok")
         return "\n".join(out) + "\n"
@@ -110,6 +117,10 @@ fp 1""")
     out.extend(_validate(c.new.validate, t, c.path, root) for c, t in temps if c.new is not None)
     out.append(_validate_units(plan, temps, root))
     out.append('[ "$invalid" = 0 ] || { rm -f $temps; exit ' + str(EXIT_INVALID) + "; }")
+    for name, snippet in install_steps(plan.runnable_installs):
+        out.append(_install(name, snippet))
+        step += 1
+        out.append(f"fp {step}")
     out.append(_record_generation(inputs))
     step += 1
     out.append(f"fp {step}")
@@ -153,6 +164,26 @@ hash_of() { if [ -L "$1" ]; then echo symlink; elif [ -f "$1" ]; then sha256sum 
     elif [ -e "$1" ]; then echo other; else echo absent; fi; }
 mkdir -p "$state/generations"
 """
+
+
+def install_steps(installs: tuple[InstallChange, ...]) -> list[tuple[str, str]]:
+    """(name, sh) in run order: every package change merged into one apt-get, first
+    (a driver before the engine that needs it), then the other items in order."""
+    packages = [c for c in installs if c.kind == "package"]
+    steps = [("packages", merged(packages))] if packages else []
+    return steps + [(c.name, c.script) for c in installs if c.kind != "package"]
+
+
+def _install(name: str, snippet: str) -> str:
+    """One install snippet in a subshell: its failure stops the apply before any file is replaced."""
+    return (f"echo {q('@install-start ' + name)}\n"
+            f"if ( set -eu\n{snippet}\n); then\n"
+            f"    echo {q('@install-ok ' + name)}\n"
+            f"else\n"
+            f"    echo {q('@error install ' + name + ' failed; no file was replaced')}\n"
+            f"    rm -f $temps\n"
+            f"    exit {EXIT_INSTALL}\n"
+            f"fi")
 
 
 def _checks(changes: tuple[Change, ...], root: str) -> str:

@@ -138,7 +138,7 @@ def rollback_rendered(generations: list[Generation], target: int, gathered: Gath
                           managed=meta is not None))
     last = max(by_number)
     commands = dict(by_number[last].manifest.get("handler_commands", {}))
-    return Rendered(files=tuple(files), handlers=commands)
+    return Rendered(files=tuple(files), handlers=commands, manage_installs=False)
 
 
 def _content(gathered: Gathered, path: str) -> bytes:

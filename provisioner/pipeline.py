@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,10 @@ def build(path: Path, *, ignore_fit: bool = False, overrides: dict[str, Any] | N
             f"{spec.model.name} {spec.profile.model.quant} at {placement.context} tokens does "
             f"not fit this machine: {format_size(placement.missing_bytes)} missing",
             f"{cheapest}`provision fit` shows the placement and every option, or pass --ignore-fit"))
-    return Built(spec, placement, render(spec, placement))
+    from provisioner.install.select import install_items
+
+    rendered = render(spec, placement)
+    return Built(spec, placement, replace(rendered, installs=install_items(spec)))
 
 
 def write_tree(rendered: Rendered, out_dir: Path, *, overwrite: bool) -> list[Path]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 # How a file is checked before it replaces the old one (see apply).
 Validator = Literal["none", "sh", "systemd-unit", "sysctl", "env", "tmpfiles", "modprobe",
@@ -50,6 +50,10 @@ class Rendered:
     warnings: tuple[str, ...] = ()
     # (URL, seconds): how apply --restart knows the restarted server is ready
     readiness: tuple[str, int] | None = None
+    # what apply installs (provisioner/install: packages, venvs, builds, downloads), in order
+    installs: tuple[Any, ...] = ()
+    # False for a rollback: installs are left as they are and the manifest keeps their records
+    manage_installs: bool = True
 
     def file(self, path: str) -> File:
         for item in self.files:

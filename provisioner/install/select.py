@@ -1,0 +1,128 @@
+"""Spec -> the install items of a profile's ``install:`` section (pure but for HF).
+
+Also the cross-field rules of that section (which engine a method can install,
+what a model download needs), reported at the profile's line, and the path of
+the installed engine binary the run script uses.
+
+Hugging Face repos are resolved on the controller (a list of files with sizes
+and sha256) by part B's ``hf.resolve_hf``; it is passed in, so validate and
+render never touch the network.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+from provisioner.errors import ProfileError
+from provisioner.install import Install
+from provisioner.install.build import Build, cuda_options
+from provisioner.install.packages import Package
+from provisioner.install.venv import Venv
+from provisioner.profile import ArchiveEngine, Profile, SourceEngine, VenvEngine
+from provisioner.resolve import Spec
+
+VENV_ROOT = "/opt/provision/venvs"
+BUILD_ROOT = "/opt/provision/builds"
+# which runtime.engine each method can install
+METHOD_ENGINES = {"venv": ("vllm",), "source": ("llama.cpp",), "archive": ("ollama",),
+                  "container": ("llama.cpp", "vllm", "ollama")}
+
+ResolveHf = Callable[..., Any]
+
+
+def engine_path(profile: Profile) -> str | None:
+    """Where the installed engine lives on the host (the stable link), or None."""
+    engine = profile.install.engine
+    if isinstance(engine, VenvEngine):
+        return engine.path or f"{VENV_ROOT}/{profile.runtime.engine}"
+    if isinstance(engine, SourceEngine):
+        return engine.path or f"{BUILD_ROOT}/{profile.runtime.engine}"
+    if isinstance(engine, ArchiveEngine):
+        return engine.dest
+    return None
+
+
+def installed_binary(profile: Profile, binary: str) -> str:
+    """The run script's engine binary: inside the installed engine, else found on PATH."""
+    base = engine_path(profile)
+    return f"{base}/bin/{binary}" if base else binary
+
+
+def check(spec: Spec) -> None:
+    """The install section's cross-field rules, each at its line."""
+    p = spec.profile
+    engine = p.install.engine
+    problems = []
+    if engine is not None and p.runtime.engine not in METHOD_ENGINES[engine.method]:
+        fitting = [m for m, engines in METHOD_ENGINES.items() if p.runtime.engine in engines]
+        problems.append(spec.loaded.problem(
+            ("install", "engine", "method"),
+            f"install.engine.method {engine.method} cannot install {p.runtime.engine}",
+            f"for {p.runtime.engine} use method: {' or '.join(fitting)}"))
+    source = p.model.source
+    if p.install.model:
+        if source.files is not None:
+            for index, item in enumerate(source.files):
+                if item.url is None:
+                    problems.append(spec.loaded.problem(
+                        ("model", "source", "files", index),
+                        f"install.model downloads model.source.files, but {item.path} has no url",
+                        "add url: (https or a local mirror) beside its sha256, or set install.model: false"))
+        elif source.hf is None:
+            problems.append(spec.loaded.problem(
+                ("install", "model"),
+                f"install.model downloads hf or files sources; this model's source is {source.kind}",
+                "Ollama pulls its own tags; a vLLM directory is copied by other means: "
+                "set install.model: false"))
+    if problems:
+        raise ProfileError(problems)
+
+
+def install_items(spec: Spec, *, resolve_hf: ResolveHf | None = None,
+                  hf_cache: Any = None, hf_endpoint: str | None = None,
+                  hf_token: str | None = None) -> tuple[Install, ...]:
+    """Every install item of the profile, in the order apply runs them:
+    packages (a driver before what uses it), the engine, the model."""
+    check(spec)
+    p = spec.profile
+    items: list[Install] = [Package(pin.name, pin.version, pin.hold) for pin in p.install.packages]
+    engine = p.install.engine
+    label = p.runtime.engine
+    if isinstance(engine, VenvEngine):
+        items.append(Venv(engine_path(p) or "", tuple(engine.requirements), engine.python, engine.index_url,
+                          tuple(engine.extra_index_urls), label=label))
+    elif isinstance(engine, SourceEngine):
+        options = list(engine.cmake_options)
+        if not any(o.startswith(("-DGGML_CUDA=", "-DCMAKE_CUDA_ARCHITECTURES")) for o in options):
+            capabilities = ([a[:-1] + "." + a[-1] for a in engine.cuda_architectures]
+                            if engine.cuda_architectures else [g.spec.compute_capability for g in spec.gpus])
+            options += cuda_options(capabilities)
+        items.append(Build(engine_path(p) or "", engine.url, engine.sha256, engine.git, engine.commit,
+                           engine.subdir, tuple(options), tuple(engine.targets), engine.jobs, label=label,
+                           version=f"{label} {p.runtime.version}"))
+    elif isinstance(engine, ArchiveEngine):
+        download = importlib.import_module("provisioner.install.download")
+        items.append(download.Archive(name=f"archive:{label}", url=engine.url, sha256=engine.sha256,
+                                      size=engine.size, dest=engine.dest,
+                                      strip_components=engine.strip_components))
+    if p.install.model:
+        items.extend(_model_download(spec, resolve_hf, hf_cache, hf_endpoint, hf_token))
+    return tuple(items)
+
+
+def _model_download(spec: Spec, resolve_hf: ResolveHf | None, hf_cache: Any, endpoint: str | None,
+                    token: str | None) -> list[Install]:
+    download = importlib.import_module("provisioner.install.download")
+    source = spec.profile.model.source
+    if source.files is not None:
+        files = tuple(download.RemoteFile(url=f.url, dest=f.path, size=f.bytes, sha256=f.sha256)
+                      for f in source.files)
+        return [download.Download(name="download:model", files=files)]
+    assert source.hf is not None
+    if resolve_hf is None:
+        resolve_hf = importlib.import_module("provisioner.install.hf").resolve_hf
+    files = resolve_hf(source.hf.repo, source.hf.revision, list(source.hf.include), source.hf.dest,
+                       endpoint=endpoint, token=token, cache_dir=hf_cache)
+    return [download.Download(name="download:model", files=tuple(files))]
