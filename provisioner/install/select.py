@@ -12,7 +12,9 @@ render never touch the network.
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from provisioner.errors import ProfileError
@@ -112,10 +114,19 @@ def install_items(spec: Spec, *, resolve_hf: ResolveHf | None = None,
     return tuple(items)
 
 
+def hf_cache_dir() -> Path:
+    """Where the controller keeps resolved Hugging Face listings (shared with the llama-server build)."""
+    return Path(os.environ.get("PROVISION_CACHE") or Path.home() / ".cache" / "provision")
+
+
 def _model_download(spec: Spec, resolve_hf: ResolveHf | None, hf_cache: Any, endpoint: str | None,
                     token: str | None) -> list[Install]:
     download = importlib.import_module("provisioner.install.download")
     source = spec.profile.model.source
+    ref = spec.profile.secrets.hf_token
+    if token is None and ref is not None and ref.from_env:
+        # the listing of a gated repo needs the token on the controller; it is never written anywhere
+        token = os.environ.get(ref.from_env) or None
     if source.files is not None:
         files = tuple(download.RemoteFile(url=f.url, dest=f.path, size=f.bytes, sha256=f.sha256)
                       for f in source.files)
@@ -124,5 +135,5 @@ def _model_download(spec: Spec, resolve_hf: ResolveHf | None, hf_cache: Any, end
     if resolve_hf is None:
         resolve_hf = importlib.import_module("provisioner.install.hf").resolve_hf
     files = resolve_hf(source.hf.repo, source.hf.revision, list(source.hf.include), source.hf.dest,
-                       endpoint=endpoint, token=token, cache_dir=hf_cache)
+                       endpoint=endpoint, token=token, cache_dir=hf_cache or hf_cache_dir())
     return [download.Download(name="download:model", files=tuple(files))]

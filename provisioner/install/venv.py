@@ -14,6 +14,7 @@ import hashlib
 import json
 import shlex
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 from typing import Any
 
 from provisioner.install import InstallChange, InstallKind
@@ -42,10 +43,11 @@ def probe_versioned(name: str, link: str, want: str, root: str) -> str:
 
 
 def switch_link(link: str, target: str) -> str:
-    """sh: point ``$root``+link at target (a path as seen inside the root) atomically."""
+    """sh: point ``$root``+link at target (a dir beside it) atomically. The link holds the
+    target's bare name: it resolves the same inside an image tree and from outside it."""
     lk = q(link)
     return (f"mkdir -p \"$(dirname \"$root\"{lk})\"\n"
-            f"ln -sfn {q(target)} \"$root\"{q(link + '.provision-new')}\n"
+            f"ln -sfn {q(PurePosixPath(target).name)} \"$root\"{q(link + '.provision-new')}\n"
             f"mv -T \"$root\"{q(link + '.provision-new')} \"$root\"{lk}")
 
 
@@ -66,7 +68,7 @@ def versioned_change(item: Any, found: dict[str, str], root: str, *, kind: Insta
     """Shared by venv and build: nothing, a switch back to a built dir, or a build and a switch."""
     current = found.get("current", "")
     record = {"kind": kind, "path": item.path, "dir": directory, "hash": digest, "summary": item.summary}
-    if found.get("link") == directory and found.get("built") == digest:
+    if found.get("link") == PurePosixPath(directory).name and found.get("built") == digest:
         return None
     if found.get("link") == "not-a-symlink":
         from provisioner.errors import ProvisionError

@@ -1,0 +1,125 @@
+"""The whole flow through the CLI: the quickstart profile with an engine and its
+model to install, planned (JSON with versions, sizes, reboot) and applied into
+a --root tree, then a no-op; Ollama from a release archive; bad install input."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT, make_profile
+from tests.test_install import _c_project
+
+needs_cmake = pytest.mark.skipif(shutil.which("cmake") is None or shutil.which("cc") is None,
+                                 reason="needs cmake and a C compiler")
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "provisioner", *args], capture_output=True, text=True,
+                          check=False, cwd=ROOT)
+
+
+def _model_file(tmp_path: Path, size: int = 300_000) -> dict[str, Any]:
+    data = os.urandom(size)
+    path = tmp_path / "mirror" / "model-00001-of-00001.gguf"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(data)
+    return {"path": "/srv/models/q/model-00001-of-00001.gguf", "bytes": size,
+            "sha256": hashlib.sha256(data).hexdigest(), "url": f"file://{path}"}
+
+
+@needs_cmake
+def test_quickstart_with_engine_and_model_plans_json_applies_into_root_then_noop(tmp_path: Path) -> None:
+    url, digest = _c_project(tmp_path)
+    model = _model_file(tmp_path)
+    profile = make_profile(tmp_path, {
+        "model.source": {"files": [model]},
+        "install": {"packages": [{"name": "nvidia-driver-580-open", "version": "580.95.05-0ubuntu1"}],
+                    "engine": {"method": "source", "url": url, "sha256": digest, "targets": ["greet"]},
+                    "model": True}})
+    root = tmp_path / "image"
+    planned = cli("plan", str(profile), "--root", str(root), "--json")
+    assert planned.returncode == 2, planned.stderr
+    [host] = json.loads(planned.stdout)["hosts"]
+    by_name = {i["name"]: i for i in host["installs"]}
+    assert set(by_name) == {"package:nvidia-driver-580-open", "build:llama.cpp", "download:model"}
+    driver = by_name["package:nvidia-driver-580-open"]
+    assert driver["pending"] and driver["reboot"] and "-> 580.95.05-0ubuntu1, held" in driver["summary"]
+    engine = by_name["build:llama.cpp"]
+    assert engine["action"] == "build" and engine["summary"].startswith("llama.cpp b11312 (")
+    assert by_name["download:model"]["bytes"] == model["bytes"]
+
+    applied = cli("apply", str(profile), "--root", str(root), "--yes")
+    assert applied.returncode == 0, applied.stderr
+    assert "* build build:llama.cpp" in applied.stderr and ". install package:nvidia-driver-580-open" in applied.stderr
+    placed = root / model["path"].lstrip("/")
+    assert hashlib.sha256(placed.read_bytes()).hexdigest() == model["sha256"]
+    assert (root / "opt/provision/builds/llama.cpp/bin/greet").is_file()
+    manifest = json.loads((root / "var/lib/provision/generations/1/manifest.json").read_text())
+    assert set(manifest["installs"]) == {"build:llama.cpp", "download:model"}  # the pending package is not
+
+    again = cli("plan", str(profile), "--root", str(root), "--json")
+    assert again.returncode == 0, again.stderr  # only the pending package is left, and it is not a change
+    assert [i["name"] for i in json.loads(again.stdout)["hosts"][0]["installs"]] == ["package:nvidia-driver-580-open"]
+
+
+def _ollama_tarball(tmp_path: Path) -> tuple[Path, str]:
+    archive = tmp_path / "ollama-linux-amd64.tgz"
+    with tarfile.open(archive, "w:gz") as tar:
+        body = b"#!/bin/sh\necho 'ollama version is 0.12.3'\n"
+        info = tarfile.TarInfo("bin/ollama")
+        info.size, info.mode = len(body), 0o755
+        tar.addfile(info, io.BytesIO(body))
+    return archive, hashlib.sha256(archive.read_bytes()).hexdigest()
+
+
+def test_ollama_from_a_release_archive_into_root(tmp_path: Path) -> None:
+    archive, digest = _ollama_tarball(tmp_path)
+    data = yaml.safe_load((ROOT / "profiles" / "rtx-4090-qwen3-30b-ollama.yaml").read_text())
+    data["install"] = {"engine": {"method": "archive", "url": f"file://{archive}", "sha256": digest,
+                                  "size": archive.stat().st_size}}
+    profile = tmp_path / "ollama.yaml"
+    profile.write_text(yaml.safe_dump(data))
+    root = tmp_path / "image"
+    applied = cli("apply", str(profile), "--root", str(root), "--yes", "--json")
+    assert applied.returncode == 0, applied.stderr
+    [install] = json.loads(applied.stdout)["hosts"][0]["installs"]
+    assert install["kind"] == "archive" and install["bytes"] == archive.stat().st_size
+    binary = root / "opt/provision/ollama/bin/ollama"
+    assert subprocess.run([str(binary)], capture_output=True, text=True, check=True).stdout.startswith("ollama")
+    run = next((root / "opt/provision/bin").glob("*-run.sh")).read_text()
+    assert "exec /opt/provision/ollama/bin/ollama \"$@\"" in run
+    assert cli("plan", str(profile), "--root", str(root)).returncode == 0
+
+
+@pytest.mark.parametrize(("install", "expected"), [
+    ({"packages": [{"name": "hello; rm -rf /", "version": "1"}]}, "p.yaml:57:11: install.packages[0].name"),
+    ({"packages": [{"name": "hello", "version": "1 2"}]}, "install.packages[0].version"),
+    ({"packages": [{"name": "hello", "version": "1"}, {"name": "hello", "version": "2"}]}, "listed twice"),
+    ({"engine": {"method": "venv", "requirements": ["vllm>=0.10"]}}, "install.engine.requirements[0]"),
+    ({"engine": {"method": "venv", "requirements": ["six==1.16.0"]}}, "cannot install llama.cpp"),
+    ({"engine": {"method": "source", "url": "https://example.invalid/x.tgz"}}, "needs its sha256"),
+    ({"engine": {"method": "source", "git": "https://example.invalid/x.git", "commit": "v1"}},
+     "install.engine.commit"),
+    ({"engine": {"method": "source", "git": "https://example.invalid/x.git", "commit": "a" * 40,
+                 "cmake_options": ["-DX=1 -DY=$(id)"]}}, "install.engine.cmake_options[0]"),
+    ({"model": True}, "has no url"),
+    ({"engine": {"method": "container", "image": "ghcr.io/ggml-org/llama.cpp:server"}},
+     "install.engine.image"),
+])
+def test_bad_install_input_is_one_line_exit_1(tmp_path: Path, install: dict[str, Any], expected: str) -> None:
+    profile = make_profile(tmp_path, {"install": install})
+    result = cli("validate", str(profile))
+    assert result.returncode == 1
+    assert expected in result.stderr and "Traceback" not in result.stderr
