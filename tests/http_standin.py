@@ -6,7 +6,8 @@ Real enough for curl and wget to resume against: ``Range: bytes=N-`` gets a
 - drop the connection once after N bytes of a response (the body promised
   more: the client sees a partial transfer and must resume);
 - send wrong bytes (same length, one byte flipped) to prove checksums bite;
-- require a header (``Authorization: Bearer ...``), answering 401 without it.
+- require a header (``Authorization: Bearer ...``), answering 401 without it;
+- redirect (302) to another URL, e.g. a second stand-in playing a CDN.
 
 Every request is logged (path, query, range start, bytes sent, headers), so a
 test can prove what the client did, e.g. that the second request resumed.
@@ -30,6 +31,7 @@ class Served:
     wrong: bool = False  # flip the last byte of every response
     require: tuple[str, str] | None = None  # (header, value) the request must carry
     content_type: str = "application/octet-stream"
+    redirect: str | None = None  # answer 302 to this URL instead (the hub sends LFS files to a CDN)
 
 
 @dataclass(frozen=True)
@@ -117,34 +119,27 @@ class HttpStandin:
     def handle(self, h: BaseHTTPRequestHandler, body: bool = True) -> None:
         split = urlsplit(h.path)
         headers = {k.lower(): v for k, v in h.headers.items()}
-        served = self.files.get(split.path)
+        status, start, sent = self._answer(h, split.path, headers, body)
+        self.log(Request(split.path, split.query, start, sent, status, headers))
 
-        def answer(status: int, start: int = 0, sent: int = 0) -> None:
-            self.log(Request(split.path, split.query, start, sent, status, headers))
-
-        extra = next((v for k, v in self.error_headers.items() if split.path.startswith(k)), {})
-        if served is None:
-            self._plain(h, 404, b"not found\n", extra)
-            return answer(404)
-        if served.require is not None and headers.get(served.require[0].lower()) != served.require[1]:
-            self._plain(h, 401, b"unauthorized\n", extra)
-            return answer(401)
+    def _answer(self, h: BaseHTTPRequestHandler, path: str, headers: dict[str, str],
+                body: bool) -> tuple[int, int, int]:
+        """Write the response; (status, first byte, body bytes sent)."""
+        served = self.files.get(path)
+        refused = self._refusal(h, path, served, headers)
+        if refused or served is None:
+            return refused, 0, 0
         data = served.content
         if served.wrong and data:
             data = data[:-1] + bytes([data[-1] ^ 0xFF])
-        start = 0
         ranged = headers.get("range", "")
-        if ranged.startswith("bytes="):
-            first = ranged[len("bytes="):].split("-", 1)[0]
-            start = int(first) if first.isdigit() else 0
-            if start >= len(data):
-                h.send_response(416)
-                h.send_header("Content-Range", f"bytes */{len(data)}")
-                h.send_header("Content-Length", "0")
-                h.end_headers()
-                return answer(416, start)
+        first = ranged[len("bytes="):].split("-", 1)[0] if ranged.startswith("bytes=") else ""
+        start = int(first) if first.isdigit() else 0
+        if ranged and start >= len(data):
+            return self._plain(h, 416, b"", {"Content-Range": f"bytes */{len(data)}"}), start, 0
         rest = data[start:]
-        h.send_response(206 if ranged else 200)
+        status = 206 if ranged else 200
+        h.send_response(status)
         h.send_header("Content-Type", served.content_type)
         h.send_header("Content-Length", str(len(rest)))
         h.send_header("Accept-Ranges", "bytes")
@@ -152,20 +147,31 @@ class HttpStandin:
             h.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
         h.end_headers()
         if not body:
-            return answer(200, start)
+            return status, start, 0
         if served.drop_after is not None and served.drop_after < len(rest):
             cut = served.drop_after
             served.drop_after = None  # once
             h.wfile.write(rest[:cut])
             h.wfile.flush()
             h.close_connection = True
-            h.connection.shutdown(2)  # the client sees the body end early
-            return answer(206 if ranged else 200, start, cut)
+            h.connection.shutdown(socket.SHUT_RDWR)  # the client sees the body end early
+            return status, start, cut
         h.wfile.write(rest)
-        return answer(206 if ranged else 200, start, len(rest))
+        return status, start, len(rest)
+
+    def _refusal(self, h: BaseHTTPRequestHandler, path: str, served: Served | None, headers: dict[str, str]) -> int:
+        """Answer 404 / 401 / 302 when that is the answer (its status), else 0."""
+        extra = next((v for k, v in self.error_headers.items() if path.startswith(k)), {})
+        if served is None:
+            return self._plain(h, 404, b"not found\n", extra)
+        if served.require is not None and headers.get(served.require[0].lower()) != served.require[1]:
+            return self._plain(h, 401, b"unauthorized\n", extra)
+        if served.redirect is not None:
+            return self._plain(h, 302, b"", {"Location": served.redirect})
+        return 0
 
     @staticmethod
-    def _plain(h: BaseHTTPRequestHandler, status: int, text: bytes, extra: dict[str, str] | None = None) -> None:
+    def _plain(h: BaseHTTPRequestHandler, status: int, text: bytes, extra: dict[str, str] | None = None) -> int:
         h.send_response(status)
         for key, value in (extra or {}).items():
             h.send_header(key, value)
@@ -173,3 +179,4 @@ class HttpStandin:
         h.send_header("Content-Length", str(len(text)))
         h.end_headers()
         h.wfile.write(text)
+        return status

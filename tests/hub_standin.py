@@ -60,8 +60,9 @@ def api_path(repo: str, revision: str) -> str:
     return f"/api/models/{repo}/revision/{revision}"
 
 
-def serve_repo(standin: HttpStandin, hub: HubRepo) -> None:
-    """Put the repo's metadata and files on the stand-in (at the commit)."""
+def serve_repo(standin: HttpStandin, hub: HubRepo, cdn: HttpStandin | None = None) -> None:
+    """Put the repo's metadata and files on the stand-in (at the commit). With a cdn, LFS
+    files answer 302 to it, as the hub sends them to its CDN with a signed URL (no token needed there)."""
     require = ("Authorization", f"Bearer {hub.token}") if hub.token else None
     info = {"_id": "0" * 24, "id": hub.repo, "modelId": hub.repo, "sha": hub.commit, "private": hub.token is not None,
             "siblings": hub.siblings()}
@@ -72,4 +73,9 @@ def serve_repo(standin: HttpStandin, hub: HubRepo) -> None:
     standin.error_headers[f"/api/models/{hub.repo}/revision/{hub.commit}"] = {"X-Error-Code": "RepoNotFound"}
     standin.error_headers[f"/api/models/{hub.repo}/revision/"] = {"X-Error-Code": "RevisionNotFound"}
     for path, content in hub.files.items():
-        standin.serve(f"/{hub.repo}/resolve/{hub.commit}/{path}", Served(content, require=require))
+        resolve = f"/{hub.repo}/resolve/{hub.commit}/{path}"
+        if cdn is not None and path in hub.lfs:
+            where = cdn.serve(f"/cas/{hashlib.sha256(content).hexdigest()}", Served(content))
+            standin.serve(resolve, Served(b"", require=require, redirect=where))
+        else:
+            standin.serve(resolve, Served(content, require=require))

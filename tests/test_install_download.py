@@ -55,8 +55,10 @@ class Host:
             self.env["PATH"] = path
 
     def sh(self, snippet: str) -> subprocess.CompletedProcess[str]:
-        # as apply and the gather run them: set -eu, $root and $state set, the snippet in a subshell
-        script = f"set -eu\nroot='{self.root}'\nstate='{self.state}'\n( set -eu\n{snippet}\n)\n"
+        # as apply runs them (apply.py _install): $root and $state set, the snippet in a subshell
+        # that is an if condition, where sh ignores set -e: the snippet must check every step itself
+        script = (f"set -eu\nroot='{self.root}'\nstate='{self.state}'\n"
+                  f"if ( set -eu\n{snippet}\n); then exit 0; else exit $?; fi\n")
         return subprocess.run(["sh", "-c", script], capture_output=True, text=True, env=self.env, timeout=120,
                               check=False)
 
@@ -436,22 +438,33 @@ def test_a_non_lfs_file_is_checked_by_its_git_blob_id(tmp_path: Path, http: Http
 
 
 def test_hf_private_repo_uses_the_token(tmp_path: Path, http: HttpStandin, hub_repo: HubRepo,
-                                        monkeypatch: pytest.MonkeyPatch) -> None:
+                                        monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     token = "hf_private42"  # noqa: S105 (a test token)
     private = HubRepo(hub_repo.repo, COMMIT, hub_repo.files, hub_repo.lfs, token=token)
-    serve_repo(http, private)
+    cdn = HttpStandin().start()
+    request.addfinalizer(cdn.stop)
+    serve_repo(http, private, cdn=cdn)
     with pytest.raises(ProvisionError, match="no such repo, or it is private"):
         resolve_hf(private.repo, COMMIT, ["Q8_0/*"], "/srv/t", endpoint=http.url(), token=None,
                    cache_dir=tmp_path / "cache")
-    files = resolve_hf(private.repo, COMMIT, ["Q8_0/*"], "/srv/t", endpoint=http.url(), token=token,
+    files = resolve_hf(private.repo, COMMIT, ["Q8_0/*", "README.md"], "/srv/t", endpoint=http.url(), token=token,
                        cache_dir=tmp_path / "cache")
     header_file = tmp_path / "header"
     header_file.write_text(header_line(token))
     item = Download("model:t", files, header_file=str(header_file))
-    result = Host(tmp_path).apply(item)
+    host = Host(tmp_path)
+    result = host.apply(item)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert http.requests[-1].headers["authorization"] == f"Bearer {token}"
+    assert host.path("/srv/t/Q8_0/tiny.gguf").read_bytes() == hub_repo.files["Q8_0/tiny.gguf"]
+    assert host.path("/srv/t/README.md").read_bytes() == hub_repo.files["README.md"]
+    hub_asked = [r for r in http.requests if "/resolve/" in r.path]
+    assert {r.status for r in hub_asked} == {200, 302}
+    assert all(r.headers["authorization"] == f"Bearer {token}" for r in hub_asked)
+    # the LFS file came from the "CDN" after the redirect, and the token did not follow it there
+    # (curl keeps a custom Authorization header to the first host since 7.58.0)
+    [cdn_request] = cdn.requests
+    assert cdn_request.status == 200 and "authorization" not in cdn_request.headers
 
 
 def test_hf_offline_uses_the_cache_or_says_what_is_missing(tmp_path: Path, hub_repo: HubRepo,

@@ -121,7 +121,9 @@ sumok() {
 # shellcheck disable=SC2329
 stamped() { [ -f "$1" ] && [ -f "$2" ] && [ "$(fstat "$1")" = "$(cat "$2")" ]; }
 # shellcheck disable=SC2329
-stamp() { fstat "$1" > "$2.tmp" && mv -f "$2.tmp" "$2"; }
+stamp() { { fstat "$1" > "$2.tmp" && mv -f "$2.tmp" "$2"; } || fail "cannot write the stamp $2"; }
+# must CMD...: run it or fail naming it (apply runs snippets as an if condition, where set -e is off)
+must() { "$@" || fail "failed: $*"; }
 # spaceline DEST BYTES: "DEVICE AVAIL-KiB BYTES DIR" for the filesystem DEST will be on
 spaceline() {
     d=$(dirname "$1"); while [ ! -d "$d" ]; do d=$(dirname "$d"); done
@@ -144,7 +146,7 @@ fetch() {
     tries=0
     while :; do
         have=$(fsize "$2")
-        if [ "$have" -gt "$3" ]; then rm -f "$2"; have=0; fi
+        if [ "$have" -gt "$3" ]; then must rm -f "$2"; have=0; fi
         [ "$have" -lt "$3" ] || return 0
         tries=$((tries + 1))
         [ "$tries" -le @ATTEMPTS@ ] ||
@@ -169,7 +171,7 @@ fetch() {
         wait "$ticker" 2>/dev/null || true
         case "$rc:$code" in
             0:*) ;;
-            22:416|33:*) rm -f "$2" ;;  # the server will not resume this part: start it over
+            22:416|33:*) must rm -f "$2" ;;  # the server will not resume this part: start it over
             22:408|22:429|22:5*) ;;
             22:*) fail "$1: HTTP $code" ;;
             *) [ "$tries" -lt @ATTEMPTS@ ] || fail "$1: $tool exit $rc: $(head -c 300 "$tmp/err")" ;;
@@ -180,7 +182,7 @@ tool=
 if command -v curl >/dev/null 2>&1; then tool=curl
 elif [ "$wget_ok" = yes ] && command -v wget >/dev/null 2>&1; then tool=wget
 else fail "the host has no curl@WGET@ to download with"; fi
-tmp=$(mktemp -d)
+tmp=$(mktemp -d) || fail "mktemp -d failed"
 trap 'rm -rf "$tmp"' EXIT
 """.replace("@ATTEMPTS@", str(ATTEMPTS))
 
@@ -289,7 +291,7 @@ class Download:
         total = sum(f.size for f in self.files)
         out = [f"# download {self.name}: {len(self.files)} files, {format_size(total)}",
                _prelude(self.name, total, self.header_file, [f.url for f in self.files]),
-               'mkdir -p "$state/downloads"', "space=", "todo="]
+               'must mkdir -p "$state/downloads"', "space=", "todo="]
         # 1. what is there already: stamped, or full-size and its checksum passes now
         for i, f in enumerate(self.files):
             dest, stamp = _q(root + f.dest), _stamp_path(f.stamp_key)
@@ -304,7 +306,7 @@ class Download:
         for i, f in enumerate(self.files):
             dest, part = _q(root + f.dest), _q(root + f.dest + ".provision-part")
             out.append(f"case \" $todo \" in *\" {i} \"*)\n"
-                       f"    mkdir -p {_q(str(PurePosixPath(root + f.dest).parent))}\n"
+                       f"    must mkdir -p {_q(str(PurePosixPath(root + f.dest).parent))}\n"
                        f"    fetch {_q(f.url)} {part} {f.size} {done_before}\n"
                        f"    sumok {part} {f.size} {_q(f.sha256)} {_q(f.git_blob)} || "
                        f"{{ rm -f {part}; fail {_q(f'{f.dest}: checksum mismatch (wrong bytes from {f.url})')}; }}\n"
@@ -316,7 +318,7 @@ class Download:
                    "        if [ -f \"$p\" ]; then sync \"$p\" 2>/dev/null || sync; fi\n    done\nfi")
         for i, f in enumerate(self.files):
             dest = _q(root + f.dest)
-            out.append(f"case \" $todo \" in *\" {i} \"*) mv -f {dest}.provision-part {dest}; "
+            out.append(f"case \" $todo \" in *\" {i} \"*) must mv -f {dest}.provision-part {dest}; "
                        f"stamp {dest} {_stamp_path(f.stamp_key)} ;; esac")
         out.append('echo "@install-ok $name"')
         return "\n".join(out) + "\n"
@@ -387,23 +389,24 @@ class Archive:
             f"# archive {self.name}: {self.url} -> {self.version_dir}",
             _prelude(self.name, self.size, None, [self.url]),
             f"if [ -e {link} ] && [ ! -L {link} ]; then fail {_q(self.dest + ' exists and is not a symlink')}; fi",
-            'mkdir -p "$state/archives"',
+            'must mkdir -p "$state/archives"',
             f"if [ ! -d {final} ]; then",
             f"    space=$(spaceline {final} $(({self.size} - $(fsize {part}))))",
             "    spacecheck",
-            f"    mkdir -p {_q(str(PurePosixPath(root + self.dest).parent))}",
+            f"    must mkdir -p {_q(str(PurePosixPath(root + self.dest).parent))}",
             f"    fetch {_q(self.url)} {part} {self.size} 0",
             f"    sumok {part} {self.size} {self.sha256} '' || "
             f"{{ rm -f {part}; fail {_q(f'{self.url}: checksum mismatch')}; }}",
-            f"    rm -rf {new}",
-            f"    mkdir -p {new}",
+            f"    must rm -rf {new}",
+            f"    must mkdir -p {new}",
             f"    tar -x -f {part} -C {new} --strip-components={self.strip_components} 2>\"$tmp/err\" || "
             f"{{ rm -rf {new}; fail \"cannot unpack {self.url}: $(head -c 300 \"$tmp/err\")\"; }}",
-            f"    mv -T {new} {final}",
-            f"    rm -f {part}",
+            f"    must mv -T {new} {final}",
+            f"    must rm -f {part}",
             "fi",
-            f"ln -sfn {target} {link}.provision-link",
-            f"mv -T {link}.provision-link {link}",
-            f"printf '%s\\n' {_q(self.version_dir)} > {stamp}.tmp && mv -f {stamp}.tmp {stamp}",
+            f"must ln -sfn {target} {link}.provision-link",
+            f"must mv -T {link}.provision-link {link}",
+            f"{{ printf '%s\\n' {_q(self.version_dir)} > {stamp}.tmp && mv -f {stamp}.tmp {stamp}; }} || "
+            f"fail 'cannot write the stamp'",
             'echo "@install-ok $name"',
         ]) + "\n"
