@@ -112,12 +112,12 @@ def file_change(item: File, current: PathState, *, allow_symlink: bool = False) 
 
 
 def install_plan(rendered: Rendered, gathered: Gathered, root: str
-                 ) -> tuple[tuple[InstallChange, ...], dict[str, Any]]:
-    """Install changes (the profile's items, then undoing what it dropped) and the
-    records the new generation's manifest keeps."""
+                 ) -> tuple[tuple[InstallChange, ...], dict[str, Any], tuple[str, ...]]:
+    """Install changes (the profile's items, then undoing what it dropped), the
+    records the new generation's manifest keeps, and notes (DKMS, Secure Boot)."""
     previous: dict[str, Any] = dict((gathered.manifest or {}).get("installs", {}))
     if not rendered.manage_installs:
-        return (), previous
+        return (), previous, ()
     states = parse_install_lines(gathered.output)
     changes: list[InstallChange] = []
     records: dict[str, Any] = {}
@@ -141,7 +141,10 @@ def install_plan(rendered: Rendered, gathered: Gathered, root: str
                     undo.name, undo.kind, undo.action, undo.summary + " (pending: not run under --root)",
                     undo.script, undo.record, pending=True))
         # a venv, build or download the profile dropped stays on disk (no longer managed)
-    return tuple(changes), records
+    driver = any(c.reboot for c in changes)
+    notes = [note for item in rendered.installs if hasattr(item, "notes")
+             for note in item.notes(states.of(item.name), driver)]
+    return tuple(changes), records, tuple(notes)
 
 
 def make_plan(rendered: Rendered, gathered: Gathered, *, root_mode: bool,
@@ -149,7 +152,7 @@ def make_plan(rendered: Rendered, gathered: Gathered, *, root_mode: bool,
               root: str = "") -> Plan:
     """``server_enabled`` False (systemd runs, the unit is not enabled) owes enable-server:
     the first apply on a machine enables and starts the model server."""
-    installs, install_records = install_plan(rendered, gathered, root)
+    installs, install_records, install_notes = install_plan(rendered, gathered, root)
     changes: list[Change] = []
     for item in rendered.files:
         change = file_change(item, gathered.paths.get(item.path, PathState("missing")))
@@ -199,7 +202,7 @@ def make_plan(rendered: Rendered, gathered: Gathered, *, root_mode: bool,
     readiness = rendered.readiness if restart and server_active and "restart-server" in ordered else None
     return Plan(tuple(sorted(changes, key=lambda c: c.path)), tuple(ordered), commands,
                 restart_pending, reboot, pending_builtin,
-                {f.path: f for f in rendered.files}, table, readiness, rendered.warnings,
+                {f.path: f for f in rendered.files}, table, readiness, rendered.warnings + install_notes,
                 installs, install_records)
 
 

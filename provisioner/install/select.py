@@ -20,7 +20,8 @@ from typing import Any
 from provisioner.errors import ProfileError
 from provisioner.install import Install
 from provisioner.install.build import Build, cuda_options
-from provisioner.install.packages import Package
+from provisioner.install.kernel import KernelModules
+from provisioner.install.packages import Package, needs_reboot
 from provisioner.install.venv import Venv
 from provisioner.profile import ArchiveEngine, Profile, SourceEngine, VenvEngine
 from provisioner.resolve import Spec
@@ -90,6 +91,8 @@ def install_items(spec: Spec, *, resolve_hf: ResolveHf | None = None,
     check(spec)
     p = spec.profile
     items: list[Install] = [Package(pin.name, pin.version, pin.hold) for pin in p.install.packages]
+    if any(needs_reboot(pin.name) for pin in p.install.packages):
+        items.append(KernelModules())  # DKMS and Secure Boot notes for a driver change
     engine = p.install.engine
     label = p.runtime.engine
     if isinstance(engine, VenvEngine):
