@@ -272,9 +272,27 @@ def test_the_token_reaches_the_server_through_the_header_file_only(tmp_path: Pat
     anonymous = Download("model:p", item.files)
     result = host.sh(anonymous.script(str(tmp_path / "other-root")))
     assert result.returncode != 0 and "HTTP 401" in result.stdout
+    # a header file that is not there: one clear line, nothing fetched
+    missing = Download("model:p", item.files, header_file=str(tmp_path / "no$(id)-header"))
+    result = Host(tmp_path / "h3").sh(missing.script(str(tmp_path / "h3")))
+    assert result.returncode != 0
+    assert result.stdout == f"@error model:p: cannot read the header file {tmp_path}/no$(id)-header\n"
     # wget would forward the header on redirects: with a header file, no curl is an error
     result = Host(tmp_path / "h2", path=no_curl_path(tmp_path)).apply(item)
     assert result.returncode != 0 and "@error model:p: the host has no curl to download with" in result.stdout
+
+
+def test_why_wget_gets_no_token_it_forwards_it_on_a_redirect(tmp_path: Path) -> None:
+    """The reason a header file needs curl: this host's wget sends the header to the redirect's host."""
+    with HttpStandin() as hub, HttpStandin() as cdn:
+        target = cdn.serve("/blob", Served(b"hello"))
+        source = hub.serve("/resolve", Served(b"", redirect=target))
+        header = "Authorization: Bearer T"
+        subprocess.run(["wget", "-q", f"--header={header}", "-O", str(tmp_path / "w"), source], check=True)
+        subprocess.run(["curl", "-sfL", "-H", header, "-o", str(tmp_path / "c"), source], check=True)
+    wget_at_cdn, curl_at_cdn = cdn.requests
+    assert wget_at_cdn.headers.get("authorization") == "Bearer T"
+    assert "authorization" not in curl_at_cdn.headers
 
 
 def test_header_line_refuses_a_token_that_could_inject_a_header() -> None:

@@ -1,36 +1,32 @@
 """Downloads: a set of files (model shards) and release archives (Ollama), checked by checksum.
 
-``Download`` fetches a whole shard set as ONE item: every file goes to
-``DEST.provision-part`` (resumed with ``curl -C -`` after a dropped connection),
-is checked against its sha256, and only when every file of the set is checked
-are they renamed into place and stamped. A stamp ``$state/downloads/KEY.ok``
-holds the size and mtime the file had when its checksum passed, so the next
-gather sees "done" from one ``stat`` instead of re-hashing 100 GB.
+``Download`` fetches a shard set as ONE item: each file goes to ``DEST.provision-part``
+(resumed after a dropped connection) and is checked against its sha256; only when
+every file of the set is checked are they renamed into place and stamped. A stamp
+(``$state/downloads/KEY.ok``) holds the size and mtime the file had when its
+checksum passed: the next gather sees "done" from a ``stat``, not a 100 GB rehash.
 
-``Archive`` fetches a release tarball the same way, unpacks it into
-``DEST-<12 hex of sha256>`` (via a ``.provision-new`` temp dir) and switches
-the symlink ``DEST`` to it atomically (``ln -sfn`` + ``mv -T``): the old
-version stays whole until the switch, and stays on disk after it.
+``Archive`` fetches a release tarball the same way, unpacks it into ``DEST-<12 hex
+of sha256>`` (via ``.provision-new``) and switches the symlink ``DEST`` to it
+atomically (``ln -sfn`` + ``mv -T``); the old version stays on disk.
 
-Flags, checked against the tools' own documentation:
-- curl: ``--continue-at -`` (resume from the output file's size,
-  https://everything.curl.dev/usingcurl/downloads/resume), ``--header @file``
-  (headers read from a file, so a token never sits on a command line;
-  https://raw.githubusercontent.com/curl/curl/curl-8_21_0/docs/cmdline-opts/header.md),
-  ``--location`` does not send a custom Authorization header to another host
-  since 7.58.0 (https://curl.se/docs/CVE-2018-1000007.html), ``--write-out
-  '%{http_code}'``, ``--proto``/``--proto-redir``, ``--speed-limit``/``--speed-time``
-  (abort a stalled transfer; we retry), ``--connect-timeout``: all listed by
-  ``curl --help all`` of curl 7.88.1 (Debian 12).
-- wget (only when curl is missing, and never with a header file or a file://
-  URL: wget forwards custom headers on redirects, CVE-2021-31879): ``--continue``
-  with ``--output-document`` (supported by Wget 1.x,
-  https://gitlab.com/gnuwget/wget2/-/merge_requests/85), ``--tries``,
-  ``--timeout``, ``--quiet``: ``wget --help`` of GNU Wget 1.21.3 and
-  https://gnu.org/software/wget/manual/html_node/Download-Options.html.
-- GNU tar: ``-x -f FILE -C DIR --strip-components=N`` detects gzip/xz/zstd by
-  itself (Ollama ships ``ollama-linux-amd64.tar.zst``, unpacked over /usr as
-  bin/ + lib/ollama: https://docs.ollama.com/linux.md).
+Flags, checked against the tools' own docs (and ``curl --help all`` of 7.88.1,
+``wget --help`` of 1.21.3, Debian 12):
+- curl ``--continue-at -`` resumes from the output file's size
+  (https://everything.curl.dev/usingcurl/downloads/resume); ``--header @file``
+  reads headers from a file, so a token is never on a command line
+  (https://raw.githubusercontent.com/curl/curl/curl-8_21_0/docs/cmdline-opts/header.md);
+  ``--location`` keeps a custom Authorization header to the first host since
+  7.58.0 (https://curl.se/docs/CVE-2018-1000007.html); ``--speed-limit`` +
+  ``--speed-time`` abort a stalled transfer, which we then resume.
+- wget only when curl is missing, and never with a header file (Wget 1.21.3
+  sends a ``--header`` Authorization on to the host a redirect names: the
+  hub's CDN; a test shows it) nor a file:// URL: ``--continue`` with
+  ``--output-document`` (https://gitlab.com/gnuwget/wget2/-/merge_requests/85),
+  ``--tries``, ``--timeout`` (https://gnu.org/software/wget/manual/html_node/Download-Options.html).
+- GNU tar ``-x -f FILE -C DIR --strip-components=N`` detects gzip/xz/zstd from
+  the content (Ollama ships ``ollama-linux-amd64.tar.zst`` holding bin/ and
+  lib/ollama, https://docs.ollama.com/linux.md).
 """
 
 from __future__ import annotations
@@ -53,8 +49,7 @@ _HEX40 = re.compile(r"^[0-9a-f]{40}$")
 ATTEMPTS = 5  # per file; each attempt resumes where the last one stopped
 
 
-def _q(text: str) -> str:
-    return shlex.quote(text)
+_q = shlex.quote
 
 
 def _check_path(path: str, what: str) -> None:
@@ -190,14 +185,12 @@ trap 'rm -rf "$tmp"' EXIT
 def _prelude(name: str, total: int, header_file: str | None, urls: list[str]) -> str:
     wget_ok = header_file is None and not any(u.startswith("file:") for u in urls)
     lines = [f"name={_q(name)}", f"total={total}", f"wget_ok={'yes' if wget_ok else 'no'}"]
-    if header_file is not None:
-        # the file's path, never its content: the token reaches curl only through the file
-        lines.append(f"hflag=--header harg={_q('@' + header_file)}")
-        lines.append(f'[ -r {_q(header_file)} ] || {{ echo "@error $name: cannot read the header file '
-                     f'{header_file}"; exit 1; }}')
-    else:
-        lines.append("hflag='' harg=''")
-    return "\n".join(lines) + "\n" + _HELPERS.replace("@WGET@", " or wget" if wget_ok else "")
+    # the header file's path, never its content: the token reaches curl only through the file
+    lines.append(f"hflag=--header harg={_q('@' + header_file)}" if header_file else "hflag='' harg=''")
+    out = "\n".join(lines) + "\n" + _HELPERS.replace("@WGET@", " or wget" if wget_ok else "")
+    if header_file:
+        out += f"[ -r {_q(header_file)} ] || fail {_q('cannot read the header file ' + header_file)}\n"
+    return out
 
 
 def _probe_file(name: str, key: str, path: str, stamp: str) -> str:
@@ -214,10 +207,7 @@ def _stamp_path(key: str, kind: str = "downloads") -> str:
 
 
 def _int(text: str | None) -> int:
-    try:
-        return int(text or "0")
-    except ValueError:
-        return 0
+    return int(text) if text and text.isdigit() else 0
 
 
 @dataclass(frozen=True)
@@ -232,8 +222,7 @@ class Download:
         _check_name(self.name)
         if not self.files:
             raise ProvisionError(f"{self.name}: a download needs at least one file")
-        dests = [f.dest for f in self.files]
-        if len(set(dests)) != len(dests):
+        if len({f.dest for f in self.files}) != len(self.files):
             raise ProvisionError(f"{self.name}: two files download to the same path")
         if self.header_file is not None:
             _check_path(self.header_file, "header file")
@@ -251,7 +240,7 @@ class Download:
     def _plan(self, found: dict[str, str]) -> tuple[list[int], list[int], int]:
         """(files to fetch, full-size files to re-check, bytes already there) from the probe."""
         fetch: list[int] = []
-        recheck: list[int] = []
+        recheck: list[int] = []  # full size but no stamp: checksum it where it is before fetching again
         there = 0
         for i, f in enumerate(self.files):
             state = found.get(f"file.{i}", "missing")
@@ -259,11 +248,11 @@ class Download:
             if size == f.size and found.get(f"stamp.{i}") == state:
                 continue
             if size == f.size:
-                recheck.append(i)  # no stamp: checksum it where it is before fetching again
-                continue
-            fetch.append(i)
-            part = _int(found.get(f"part.{i}"))
-            there += part if part <= f.size else 0
+                recheck.append(i)
+            else:
+                fetch.append(i)
+                part = _int(found.get(f"part.{i}"))
+                there += part if part <= f.size else 0
         return fetch, recheck, there
 
     def change(self, found: dict[str, str], root: str) -> InstallChange | None:
