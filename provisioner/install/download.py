@@ -95,8 +95,7 @@ class RemoteFile:
         return hashlib.sha256(f"{self.dest}\0{self.sha256}\0{self.git_blob}\0{self.size}".encode()).hexdigest()
 
 
-# sh shared by every download snippet and probe. `fstat` prints "SIZE MTIME"
-# (nanoseconds where stat has %.9Y); the probe and the stamp use the same one.
+# sh for probes and snippets: `fstat` prints "SIZE MTIME" (ns where stat has %.9Y) for probe and stamp alike
 _FSTAT = """fstat() { stat -c '%s %.9Y' "$1" 2>/dev/null || stat -c '%s %Y' "$1" 2>/dev/null || echo '- -'; }"""
 
 _HELPERS = "# shellcheck disable=SC2329\n" + _FSTAT + r"""
