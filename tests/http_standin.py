@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -32,6 +33,7 @@ class Served:
     require: tuple[str, str] | None = None  # (header, value) the request must carry
     content_type: str = "application/octet-stream"
     redirect: str | None = None  # answer 302 to this URL instead (the hub sends LFS files to a CDN)
+    chunk_delay: float = 0.0  # seconds between 16 KiB chunks: a slow link, to kill a client mid-transfer
 
 
 @dataclass(frozen=True)
@@ -156,6 +158,17 @@ class HttpStandin:
             h.close_connection = True
             h.connection.shutdown(socket.SHUT_RDWR)  # the client sees the body end early
             return status, start, cut
+        if served.chunk_delay:
+            sent = 0
+            try:
+                for offset in range(0, len(rest), 16384):
+                    h.wfile.write(rest[offset:offset + 16384])
+                    h.wfile.flush()
+                    sent += len(rest[offset:offset + 16384])
+                    time.sleep(served.chunk_delay)
+            except OSError:
+                pass  # the client went away (killed): log what it got
+            return status, start, sent
         h.wfile.write(rest)
         return status, start, len(rest)
 

@@ -9,9 +9,11 @@ import hashlib
 import io
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -128,6 +130,31 @@ def test_dropped_connection_resumes_and_the_second_run_is_a_no_op(tmp_path: Path
     rerun = host.sh(item.script(host.root))
     assert rerun.returncode == 0 and "@install-ok" in rerun.stdout
     assert len(http.requests) == 2
+
+
+def test_an_apply_killed_mid_download_resumes_on_the_next_run(tmp_path: Path, http: HttpStandin) -> None:
+    data = blob(400_000, seed=6)
+    item = one_file(http, data, chunk_delay=0.05)
+    host = Host(tmp_path)
+    change = host.change(item)
+    assert change is not None
+    script = f"root='{host.root}'\nstate='{host.state}'\nif ( set -eu\n{change.script}\n); then :; else exit 1; fi\n"
+    run = subprocess.Popen(["sh", "-c", script], stdout=subprocess.DEVNULL, start_new_session=True)
+    part = host.path("/srv/models/m.gguf.provision-part")
+    deadline = time.monotonic() + 30
+    while (not part.exists() or part.stat().st_size < 100_000) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(run.pid, signal.SIGKILL)  # the shell, curl and the ticker: a power cut for the download
+    run.wait()
+    got = part.stat().st_size
+    assert 100_000 <= got < len(data) and not host.path("/srv/models/m.gguf").exists()
+    change = host.change(item)
+    assert change is not None and change.bytes == len(data) - got
+    http.files["/files/m.gguf"].chunk_delay = 0
+    result = host.sh(change.script)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert host.path("/srv/models/m.gguf").read_bytes() == data
+    assert http.requests[-1].start == got and http.requests[-1].sent == len(data) - got
 
 
 def test_wget_resumes_when_curl_is_missing(tmp_path: Path, http: HttpStandin) -> None:
