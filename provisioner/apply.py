@@ -247,6 +247,15 @@ def _validate(kind: str, temp: str, dest: str, root: str) -> str:
     if kind == "env":
         return (f"if grep -v -e '^#' -e '^$' {t} | grep -qv '^[A-Za-z_][A-Za-z0-9_]*='; then "
                 f"bad {d} 'not KEY=value lines'; fi")
+    if kind == "quadlet":
+        # Podman's own parser, where installed: QUADLET_UNIT_DIRS=DIR podman-system-generator --dryrun
+        # (podman-systemd.unit(5), "Debugging a limited set of unit files"); skipped without podman.
+        name = q(PurePosixPath(dest).name)
+        return (f"for g in ${{PROVISION_QUADLET:-}} /usr/lib/systemd/system-generators/podman-system-generator "
+                f"/usr/libexec/podman/quadlet; do [ -x \"$g\" ] && break; g=; done\n"
+                f"if [ -n \"$g\" ]; then vq=$(mktemp -d); cp {t} \"$vq\"/{name}; "
+                f"if ! QUADLET_UNIT_DIRS=\"$vq\" \"$g\" --dryrun >/dev/null 2>\"$vq/err\"; then "
+                f"bad {d} \"quadlet: $(grep -v '^$' \"$vq/err\" | head -n 1)\"; fi; rm -rf \"$vq\"; fi")
     if kind == "sysctl" and not root:
         return (f"for key in $(sed -n 's/^\\([a-z0-9_.\\/-]*\\) *=.*/\\1/p' {t}); do "
                 f"[ -e \"/proc/sys/$(echo \"$key\" | tr . /)\" ] || bad {d} \"unknown sysctl key $key\"; done")

@@ -473,6 +473,8 @@ class ContainerEngine(_Model):
     image: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._/:-]*@sha256:[0-9a-f]{64}$")]
     gpus: Literal["all", "none"] = "all"  # NVIDIA CDI device nvidia.com/gpu=all
     volumes: list[Annotated[str, Field(pattern=r"^/[A-Za-z0-9_./@+-]*:/[A-Za-z0-9_./@+-]*(:(ro|rw|z|Z))?$")]] = []
+    # the engine binary inside the image (the run script execs it); default known for llama.cpp only
+    binary: AbsPath | None = None
 
 
 EngineInstall = Annotated[VenvEngine | SourceEngine | ArchiveEngine | ContainerEngine,

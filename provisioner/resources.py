@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 # How a file is checked before it replaces the old one (see apply).
 Validator = Literal["none", "sh", "systemd-unit", "sysctl", "env", "tmpfiles", "modprobe",
-                    "limits", "tuned"]
+                    "limits", "tuned", "quadlet"]
 
 
 @dataclass(frozen=True)

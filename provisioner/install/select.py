@@ -23,7 +23,7 @@ from provisioner.install.build import Build, cuda_options
 from provisioner.install.kernel import KernelModules
 from provisioner.install.packages import Package, needs_reboot
 from provisioner.install.venv import Venv
-from provisioner.profile import ArchiveEngine, Profile, SourceEngine, VenvEngine
+from provisioner.profile import ArchiveEngine, ContainerEngine, Profile, SourceEngine, VenvEngine
 from provisioner.resolve import Spec
 
 VENV_ROOT = "/opt/provision/venvs"
@@ -33,6 +33,10 @@ METHOD_ENGINES = {"venv": ("vllm",), "source": ("llama.cpp",), "archive": ("olla
                   "container": ("llama.cpp", "vllm", "ollama")}
 
 ResolveHf = Callable[..., Any]
+# The engine binary inside a container image, where checked: llama.cpp's server images end in
+# ENTRYPOINT [ "/app/llama-server" ] (.devops/cuda.Dockerfile, .devops/cpu.Dockerfile in
+# https://github.com/ggml-org/llama.cpp). Other engines' images: give install.engine.binary.
+CONTAINER_BINARIES = {"llama.cpp": "/app/llama-server"}
 
 
 def engine_path(profile: Profile) -> str | None:
@@ -49,6 +53,9 @@ def engine_path(profile: Profile) -> str | None:
 
 def installed_binary(profile: Profile, binary: str) -> str:
     """The run script's engine binary: inside the installed engine, else found on PATH."""
+    engine = profile.install.engine
+    if isinstance(engine, ContainerEngine):
+        return engine.binary or CONTAINER_BINARIES.get(profile.runtime.engine, binary)
     base = engine_path(profile)
     return f"{base}/bin/{binary}" if base else binary
 
@@ -64,6 +71,15 @@ def check(spec: Spec) -> None:
             ("install", "engine", "method"),
             f"install.engine.method {engine.method} cannot install {p.runtime.engine}",
             f"for {p.runtime.engine} use method: {' or '.join(fitting)}"))
+    if isinstance(engine, ContainerEngine):
+        if engine.binary is None and p.runtime.engine not in CONTAINER_BINARIES:
+            problems.append(spec.loaded.problem(
+                ("install", "engine"), f"where is {p.runtime.engine}'s binary inside {engine.image}?",
+                "set install.engine.binary to its absolute path in the image (the run script execs it)"))
+        if p.secrets.api_key is not None and p.secrets.api_key.from_file:
+            problems.append(spec.loaded.problem(
+                ("secrets", "api_key"), "a container cannot read secrets.api_key.from_file (a systemd credential)",
+                "use secrets.api_key.from_env: the key goes into the container through its environment file"))
     source = p.model.source
     if p.install.model:
         if source.files is not None:
