@@ -95,8 +95,8 @@ class RemoteFile:
         return hashlib.sha256(f"{self.dest}\0{self.sha256}\0{self.git_blob}\0{self.size}".encode()).hexdigest()
 
 
-# sh for probes and snippets: `fstat` prints "SIZE MTIME" (ns where stat has %.9Y) for probe and stamp alike
-_FSTAT = """fstat() { stat -c '%s %.9Y' "$1" 2>/dev/null || stat -c '%s %Y' "$1" 2>/dev/null || echo '- -'; }"""
+# sh for probes and snippets: `dl_fstat` prints "SIZE MTIME" (ns where stat has %.9Y) for probe and stamp alike
+_FSTAT = """dl_fstat() { stat -c '%s %.9Y' "$1" 2>/dev/null || stat -c '%s %Y' "$1" 2>/dev/null || echo '- -'; }"""
 
 _HELPERS = "# shellcheck disable=SC2329\n" + _FSTAT + r"""
 fail() { echo "@error $name: $*"; exit 1; }
@@ -113,9 +113,9 @@ sumok() {
 }
 # stamped DEST STAMP: checked earlier and untouched since (archives do not use the stamps)
 # shellcheck disable=SC2329
-stamped() { [ -f "$1" ] && [ -f "$2" ] && [ "$(fstat "$1")" = "$(cat "$2")" ]; }
+stamped() { [ -f "$1" ] && [ -f "$2" ] && [ "$(dl_fstat "$1")" = "$(cat "$2")" ]; }
 # shellcheck disable=SC2329
-stamp() { { fstat "$1" > "$2.tmp" && mv -f "$2.tmp" "$2"; } || fail "cannot write the stamp $2"; }
+stamp() { { dl_fstat "$1" > "$2.tmp" && mv -f "$2.tmp" "$2"; } || fail "cannot write the stamp $2"; }
 # must CMD...: run it or fail naming it (apply runs snippets as an if condition, where set -e is off)
 must() { "$@" || fail "failed: $*"; }
 # spaceline DEST BYTES: "DEVICE AVAIL-KiB BYTES DIR" for the filesystem DEST will be on
@@ -194,7 +194,7 @@ def _prelude(name: str, total: int, header_file: str | None, urls: list[str]) ->
 
 def _probe_file(name: str, key: str, path: str, stamp: str) -> str:
     part = _q(path + ".provision-part")
-    return (f"if [ -f {_q(path)} ]; then echo \"@install {name} file.{key} $(fstat {_q(path)})\"; "
+    return (f"if [ -f {_q(path)} ]; then echo \"@install {name} file.{key} $(dl_fstat {_q(path)})\"; "
             f"else echo '@install {name} file.{key} missing'; fi\n"
             f"if [ -f {part} ]; then "
             f"echo \"@install {name} part.{key} $(stat -c %s {part} 2>/dev/null || echo 0)\"; fi\n"
