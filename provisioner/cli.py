@@ -535,7 +535,7 @@ def facts(as_json: bool, **opts: Any) -> int:
 @target_options
 @click.option("--endpoint", default=None, metavar="URL",
               help="The model server to check (default: the profile's address, on this machine).")
-@click.option("--only", default=None, metavar="GROUPS", help="Comma-separated: gpu,drift,model,endpoint.")
+@click.option("--only", default=None, metavar="GROUPS", help="Comma-separated: gpu,drift,model,install,endpoint.")
 @click.option("--no-needle", is_flag=True, help="Skip the long-prompt needle check (slow on big contexts).")
 @json_option
 @ignore_fit_option

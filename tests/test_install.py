@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -36,6 +37,15 @@ def no_systemctl(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         (shims / name).chmod(0o755)
     monkeypatch.setenv("PATH", f"{shims}:{os.environ['PATH']}")
     return log
+
+
+def verify_installs(profile: Path, *, root: Path | None = None, state: Path | None = None) -> dict[str, Any]:
+    """verify --only install on this machine (or a tree): check id -> (status, observed)."""
+    from provisioner.verify.run import VerifyOptions, verify_target
+
+    transport = LocalTransport(root, state_dir=str(state) if state else None)
+    found = verify_target(build(profile), transport, VerifyOptions(only=frozenset({"install"})))
+    return {c.id: (c.status, c.observed) for c in found}
 
 
 def converge(profile: Path, *, root: Path | None = None, state: Path | None = None,
@@ -99,6 +109,11 @@ def test_package_installed_held_noop_then_unheld_when_dropped(tmp_path: Path) ->
 
         second = converge(held, state=state)
         assert not second.plan.changed and not second.applied  # no round trip, nothing run
+        assert verify_installs(held, state=state) == {"install.package:hello": ("pass", None)}
+        subprocess.run(["apt-mark", "unhold", "hello"], capture_output=True, check=True)  # by hand
+        assert verify_installs(held, state=state) == {"install.package:hello": (
+            "fail", f"apply would hold: hello {version}: hold")}
+        subprocess.run(["apt-mark", "hold", "hello"], capture_output=True, check=True)
 
         dropped = only_installs(tmp_path, {"packages": []}, name="dropped.yaml")
         third = converge(dropped, state=state)
@@ -168,6 +183,14 @@ def test_venv_pinned_noop_then_pin_change_switches_link_and_keeps_old(tmp_path: 
                            capture_output=True, text=True, check=True).stdout.strip()
     assert shown == "1.16.0"
     assert not converge(first_profile, state=state).plan.changed
+    assert verify_installs(first_profile, state=state) == {"install.venv:vllm": ("pass", None),
+                                                           "install.venv:vllm.six": ("pass", "six 1.16.0")}
+    # changed by hand inside the venv: the link and stamp are right, the installed version is not
+    subprocess.run([str(link / "bin" / "python"), "-m", "pip", "install", "-q", "--no-deps", "six==1.17.0"],
+                   capture_output=True, check=True)
+    assert verify_installs(first_profile, state=state)["install.venv:vllm.six"] == ("fail", "six 1.17.0")
+    subprocess.run([str(link / "bin" / "python"), "-m", "pip", "install", "-q", "--no-deps", "six==1.16.0"],
+                   capture_output=True, check=True)
 
     newer = vllm_profile(tmp_path, {"engine": {**venv, "requirements": ["six==1.17.0"]}}, name="newer.yaml")
     planned = converge(newer, state=state, do_apply=False)
@@ -234,6 +257,10 @@ def test_build_cmake_project_stamped_noop_and_rebuilt_on_changed_option(tmp_path
     built = link.parent / os.readlink(link)
     assert (built / "build.log").read_text().count("Built target greet") == 1
     assert not converge(profile, state=state).plan.changed
+    assert verify_installs(profile, state=state) == {"install.build:llama.cpp": ("pass", None),
+                                                     "install.build:llama.cpp.greet": ("pass", f"{link}/bin/greet")}
+    (built / "bin" / "greet").unlink()
+    assert verify_installs(profile, state=state)["install.build:llama.cpp.greet"][0] == "fail"
 
     loud = only_installs(tmp_path, {"engine": {**engine, "cmake_options": ["-DGREET_LOUD=ON"]}}, name="loud.yaml")
     again = converge(loud, state=state)

@@ -85,6 +85,19 @@ class Build:
         return versioned_change(self, found, root, kind="build", directory=self.directory,
                                 digest=self.digest, build=self.build_script())
 
+    def verify_probe(self, root: str) -> str:
+        """verify: each target binary is there and executable behind the link."""
+        return "\n".join(f"if [ -x {q(root + self.path + '/bin/' + t)} ]; then "
+                         f"echo {q(f'@install {self.name} bin.{t} yes')}; fi" for t in self.targets)
+
+    def verify_checks(self, found: dict[str, str]) -> list[Any]:
+        from provisioner.verify import Check
+
+        return [Check(f"install.{self.name}.{t}", "pass" if found.get(f"bin.{t}") == "yes" else "fail",
+                      f"{self.path}/bin/{t}", "an executable",
+                      None if found.get(f"bin.{t}") == "yes" else "the build's binary is gone: remove the "
+                      "build's stamp and apply to rebuild") for t in self.targets]
+
     def _fetch(self) -> list[str]:
         if self.git:
             return [

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shlex
 from dataclasses import dataclass
 from pathlib import PurePosixPath
@@ -127,6 +128,28 @@ class Venv:
     def change(self, found: dict[str, str], root: str) -> InstallChange | None:
         return versioned_change(self, found, root, kind="venv", directory=self.directory,
                                 digest=self.digest, build=self.build_script())
+
+    def verify_probe(self, root: str) -> str:
+        """verify: what pip says is installed in the linked venv (one ``pin.NAME VERSION`` line each)."""
+        python = q(root + self.path + "/bin/python")
+        awk = "'NF == 2 { print \"@install \" n \" pin.\" tolower($1) \" \" $2 }'"
+        return (f"if [ -x {python} ]; then {python} -m pip freeze --disable-pip-version-check 2>/dev/null | "
+                f"awk -F'==' -v n={q(self.name)} {awk}; fi")
+
+    def verify_checks(self, found: dict[str, str]) -> list[Any]:
+        from provisioner.verify import Check
+
+        out = []
+        for requirement in sorted(self.requirements):
+            name, version = requirement.split("==", 1)
+            key = "pin." + re.sub(r"[-_.]+", "-", name.split("[", 1)[0]).lower()
+            seen = found.get(key) or next((v for k, v in found.items()
+                                           if re.sub(r"[-_.]+", "-", k) == key), None)
+            out.append(Check(f"install.{self.name}.{name}", "pass" if seen == version else "fail",
+                             f"{name} {seen or 'not installed'}", version,
+                             None if seen == version else "the venv was changed by hand: provision apply "
+                             "rebuilds it only when the profile changes; remove its stamp to force it"))
+        return out
 
     def build_script(self) -> str:
         d = '"$root"' + q(self.directory)
