@@ -411,6 +411,23 @@ def test_archive_unpacks_beside_the_old_and_switches_the_link(tmp_path: Path, ht
     assert host.change(two) is None and host.change(one) is not None
 
 
+@pytest.mark.skipif(shutil.which("zstd") is None, reason="needs zstd (tar calls it to unpack .tar.zst)")
+def test_archive_in_ollamas_tar_zst_format_unpacks(tmp_path: Path, http: HttpStandin) -> None:
+    # Ollama's Linux release is ollama-linux-amd64.tar.zst (https://docs.ollama.com/linux.md); the part
+    # file's name says nothing of the format, so tar must tell zstd from the content
+    plain = tarball({"bin/ollama": b"#!/bin/sh\necho zst\n"})
+    tar = tmp_path / "o.tar"
+    with tarfile.open(tar, "w") as out, tarfile.open(fileobj=io.BytesIO(plain)) as source:
+        for member in source.getmembers():
+            out.addfile(member, source.extractfile(member))
+    subprocess.run(["zstd", "-q", str(tar), "-o", str(tmp_path / "o.tar.zst")], check=True)
+    item = archive(http, "/ollama-linux-amd64.tar.zst", (tmp_path / "o.tar.zst").read_bytes())
+    host = Host(tmp_path)
+    result = host.apply(item)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert host.path("/opt/provision/ollama/bin/ollama").read_bytes() == b"#!/bin/sh\necho zst\n"
+
+
 def test_archive_with_a_wrong_checksum_changes_nothing(tmp_path: Path, http: HttpStandin) -> None:
     data = tarball({"bin/ollama": b"x"})
     item = Archive("engine:ollama", http.serve("/o.tgz", Served(data, wrong=True)), sha(data), len(data),
