@@ -123,3 +123,23 @@ def test_bad_install_input_is_one_line_exit_1(tmp_path: Path, install: dict[str,
     result = cli("validate", str(profile))
     assert result.returncode == 1
     assert expected in result.stderr and "Traceback" not in result.stderr
+
+
+@needs_cmake
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
+                    reason="needs root and unshare(1) for a private mount namespace")
+def test_live_apply_builds_the_engine_in_the_one_batched_script(tmp_path: Path) -> None:
+    """No --root: in tests/test_live.py's sandbox (/opt and /var/lib are tmpfs, handlers are shims)."""
+    from tests.test_live import live
+
+    url, digest = _c_project(tmp_path)
+    profile = make_profile(tmp_path, {"install": {"engine": {"method": "source", "url": url, "sha256": digest,
+                                                             "targets": ["greet"]}}})
+    result = live(tmp_path, "apply", str(profile), "--yes", "--json")
+    assert result.returncode == 0, result.stderr
+    [host] = json.loads(result.stdout)["hosts"]
+    assert host["generation"] == 1
+    assert [(i["name"], i["action"], i["pending"]) for i in host["installs"]] == [("build:llama.cpp", "build", False)]
+    assert host["handlers"][-1] == "restart-server"  # the new engine is picked up by the restart
+    log = (tmp_path / "handlers.log").read_text()
+    assert "systemctl daemon-reload" in log
