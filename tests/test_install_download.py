@@ -408,7 +408,14 @@ def test_archive_unpacks_beside_the_old_and_switches_the_link(tmp_path: Path, ht
     assert (link / "bin/ollama").read_bytes() == b"#!/bin/sh\necho 0.2\n"
     assert host.path(one.version_dir).is_dir()  # the old version stays for a rollback
     assert not list(host.path("/opt/provision").glob("*.provision-*"))
-    assert host.change(two) is None and host.change(one) is not None
+    assert host.change(two) is None
+    # back to the first version (a profile rolled back): only the link moves, nothing is fetched
+    asked = len(http.requests)
+    change = host.change(one)
+    assert change is not None and change.action == "switch" and change.bytes == 0
+    assert host.sh(change.script).returncode == 0
+    assert (link / "bin/ollama").read_bytes() == b"#!/bin/sh\necho 0.1\n" and len(http.requests) == asked
+    assert host.change(one) is None
 
 
 @pytest.mark.skipif(shutil.which("zstd") is None, reason="needs zstd (tar calls it to unpack .tar.zst)")

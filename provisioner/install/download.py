@@ -39,7 +39,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from provisioner.errors import ProvisionError
-from provisioner.install import InstallChange, InstallKind
+from provisioner.install import InstallAction, InstallChange, InstallKind
 from provisioner.units import format_size
 
 _URL = re.compile(r"^(https?|file)://[^\s\x00-\x1f\x7f]+$")
@@ -47,14 +47,11 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/+-]{0,199}$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _HEX40 = re.compile(r"^[0-9a-f]{40}$")
 ATTEMPTS = 5  # per file; each attempt resumes where the last one stopped
-
-
 _q = shlex.quote
 
 
 def _check_path(path: str, what: str) -> None:
-    p = PurePosixPath(path)
-    if (not path.startswith("/") or path.endswith("/") or ".." in p.parts
+    if (not path.startswith("/") or path.endswith("/") or ".." in PurePosixPath(path).parts
             or any(ord(c) < 32 or ord(c) == 127 for c in path)):
         raise ProvisionError(f"{what} {path!r} is not a clean absolute file path",
                              hint="use an absolute path without '..', control characters or a trailing '/'")
@@ -359,10 +356,12 @@ class Archive:
         if link == target and found.get("dir") == "yes" and found.get("stamp") == self.version_dir:
             return None
         was = "" if link == "missing" else f" (was {link})"
-        return InstallChange(
-            name=self.name, kind="archive", action="install" if link == "missing" else "upgrade",
-            summary=f"{PurePosixPath(self.url).name} {format_size(self.size)} -> {self.version_dir}{was}",
-            script=self.script(root), record=self.record(), bytes=self.size)
+        unpacked = found.get("dir") == "yes"  # by an earlier apply (the dir is renamed in only when whole)
+        action: InstallAction = "switch" if unpacked else "install" if link == "missing" else "upgrade"
+        summary = (f"link -> {self.version_dir}, already unpacked{was}" if unpacked else
+                   f"{PurePosixPath(self.url).name} {format_size(self.size)} -> {self.version_dir}{was}")
+        return InstallChange(name=self.name, kind="archive", action=action, summary=summary,
+                             script=self.script(root), record=self.record(), bytes=0 if unpacked else self.size)
 
     def record(self) -> dict[str, Any]:
         return {"url": self.url, "sha256": self.sha256, "size": self.size, "dest": self.dest,
