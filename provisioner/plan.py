@@ -175,9 +175,11 @@ def make_plan(rendered: Rendered, gathered: Gathered, *, root_mode: bool,
         owed.update(notify)
         if change.path.startswith(REBOOT_PREFIXES):
             owed.add("initramfs")
+    # an installed engine is picked up by restarting the server, if provision manages one
+    serves = any("restart-server" in f.notify for f in rendered.files)
     for install in installs:
         if not install.pending:
-            owed.update(install.notify)
+            owed.update(h for h in install.notify if h != "restart-server" or serves)
     if server_enabled is False and not root_mode:
         owed.add("enable-server")
     if "enable-server" in owed:

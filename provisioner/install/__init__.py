@@ -35,7 +35,8 @@ from typing import Any, Literal, Protocol
 InstallKind = Literal["package", "venv", "build", "download", "archive"]
 # the apply script's exit code when an install snippet failed (no file was replaced)
 EXIT_INSTALL = 8
-InstallAction = Literal["install", "upgrade", "downgrade", "hold", "unhold", "build", "download", "remove"]
+InstallAction = Literal["install", "upgrade", "downgrade", "hold", "unhold", "build", "download", "remove",
+                        "switch"]  # switch: a link back to an already built versioned dir
 
 
 @dataclass(frozen=True)

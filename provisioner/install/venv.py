@@ -78,7 +78,7 @@ def versioned_change(item: Any, found: dict[str, str], root: str, *, kind: Insta
                              hint="provision manages it as a link to a versioned dir: move it away")
     change = f"{current} -> {item.summary}" if current and current != item.summary else item.summary
     if found.get("built") == digest:
-        return InstallChange(item.name, kind, "upgrade", f"{change} (switch to the built {directory})",
+        return InstallChange(item.name, kind, "switch", f"{change} (switch to the built {directory})",
                              switch_link(item.path, directory), record, notify=("restart-server",))
     action: Any = "build" if kind == "build" else "install"
     pending = bool(root) and kind == "venv"
