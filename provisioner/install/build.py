@@ -8,9 +8,10 @@ binaries are copied to ``DIR/bin``, the log is kept as ``DIR/build.log`` (or
 ``DIR.failed.log`` when it fails), and the stamp is written last.
 
 CUDA: llama.cpp's CMake switch is ``GGML_CUDA`` and the GPU generations are
-CMake's own ``CMAKE_CUDA_ARCHITECTURES`` (checked in llama.cpp's docs/build.md,
-"CUDA": ``cmake -B build -DGGML_CUDA=ON``, and "override the CUDA architectures
-... -DCMAKE_CUDA_ARCHITECTURES"; https://github.com/ggml-org/llama.cpp/blob/master/docs/build.md).
+CMake's ``CMAKE_CUDA_ARCHITECTURES``, a ``;`` list of compute capabilities
+without the dot (checked in llama.cpp's docs/build.md at commit
+00fd518151fe962fe5d7ad7892b6cf1b38d971ae, "CUDA" > "Override Compute Capability
+Specifications": ``cmake -B build -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="86;89"``).
 """
 
 from __future__ import annotations
