@@ -175,9 +175,16 @@ def install_steps(installs: tuple[InstallChange, ...]) -> list[tuple[str, str]]:
 
 
 def _install(name: str, snippet: str) -> str:
-    """One install snippet in a subshell: its failure stops the apply before any file is replaced."""
+    """One install snippet in a subshell: its failure stops the apply before any file is replaced.
+
+    The subshell runs as a plain command, not as an ``if`` condition: sh ignores
+    ``set -e`` inside a condition (POSIX, "set -e"), and a snippet relies on it."""
     return (f"echo {q('@install-start ' + name)}\n"
-            f"if ( set -eu\n{snippet}\n); then\n"
+            f"set +e\n"
+            f"( set -eu\n{snippet}\n)\n"
+            f"rc=$?\n"
+            f"set -e\n"
+            f"if [ \"$rc\" = 0 ]; then\n"
             f"    echo {q('@install-ok ' + name)}\n"
             f"else\n"
             f"    echo {q('@error install ' + name + ' failed; no file was replaced')}\n"

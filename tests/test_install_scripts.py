@@ -82,3 +82,27 @@ def test_a_hostile_cmake_option_stays_one_word(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert (tmp_path / "b" / "bin" / "greet").is_file()
     assert not marker.exists()
+
+
+def test_a_failing_command_inside_a_snippet_stops_it_and_the_apply(tmp_path: Path) -> None:
+    """set -e holds inside install snippets (sh would ignore it in an `if` condition)."""
+    from provisioner.engine import apply_plan
+    from provisioner.errors import ProvisionError
+    from provisioner.facts import Facts, Gathered
+    from provisioner.transport.local import LocalTransport
+
+    marker = tmp_path / "reached"
+    change = InstallChange("build:x", "build", "build", "x", f"false\necho reached > {marker}", {"kind": "build"})
+    plan = Plan(changes=(), handlers=(), handler_commands={}, restart_pending=(), reboot_required=False,
+                installs=(change,), install_records={"build:x": {"kind": "build"}})
+    gathered = Gathered(facts=Facts({}), paths={}, last_generation=0, manifest=None, pending_handlers=())
+    root = tmp_path / "image"
+    try:
+        apply_plan(plan, gathered, LocalTransport(root), profile_name="t")
+    except ProvisionError as exc:
+        assert "install failed, no file was replaced" in exc.first.message
+    else:
+        raise AssertionError("the apply must fail")
+    assert not marker.exists()
+    assert not (root / "var/lib/provision/last").exists()
+

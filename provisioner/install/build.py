@@ -129,7 +129,8 @@ class Build:
         options = " ".join(q(o) for o in self.cmake_options)
         copies = "\n".join(
             f"if [ -f \"$w/build/bin/{t}\" ]; then cp \"$w/build/bin/{t}\" {d}/bin/{q(t)}; "
-            f"else cp \"$w/build/{t}\" {d}/bin/{q(t)}; fi" for t in self.targets)
+            f"elif [ -f \"$w/build/{t}\" ]; then cp \"$w/build/{t}\" {d}/bin/{q(t)}; "
+            f"else fail {q(f'the build made no {t}')}; fi" for t in self.targets)
         return "\n".join([
             f"rm -rf {d}  # no stamp: a build that died, start over",
             f"mkdir -p {d}/bin",
