@@ -143,3 +143,23 @@ def test_live_apply_builds_the_engine_in_the_one_batched_script(tmp_path: Path) 
     assert host["handlers"][-1] == "restart-server"  # the new engine is picked up by the restart
     log = (tmp_path / "handlers.log").read_text()
     assert "systemctl daemon-reload" in log
+
+
+@needs_cmake
+def test_rollback_leaves_installs_and_keeps_their_records(tmp_path: Path) -> None:
+    """A rollback restores files; the engine it built stays (its dir is the way back, not undone here)."""
+    url, digest = _c_project(tmp_path)
+    root = tmp_path / "image"
+    first = make_profile(tmp_path, {"install": {"engine": {"method": "source", "url": url, "sha256": digest,
+                                                           "targets": ["greet"]}}}, name="first.yaml")
+    changed = make_profile(tmp_path, {"os.sysctl": {"vm.swappiness": 5},
+                                      "install": {"engine": {"method": "source", "url": url, "sha256": digest,
+                                                             "targets": ["greet"]}}}, name="changed.yaml")
+    assert cli("apply", str(first), "--root", str(root), "--yes").returncode == 0
+    assert cli("apply", str(changed), "--root", str(root), "--yes").returncode == 0
+    rolled = cli("rollback", "--root", str(root), "--yes", "--json")
+    assert rolled.returncode == 0, rolled.stderr
+    manifest = json.loads((root / "var/lib/provision/generations/3/manifest.json").read_text())
+    assert list(manifest["installs"]) == ["build:llama.cpp"] and manifest["install_changes"] == []
+    assert (root / "opt/provision/builds/llama.cpp/bin/greet").is_file()
+    assert cli("plan", str(first), "--root", str(root)).returncode == 0  # back where the first apply left it
