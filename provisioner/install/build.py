@@ -12,6 +12,8 @@ CMake's ``CMAKE_CUDA_ARCHITECTURES``, a ``;`` list of compute capabilities
 without the dot (checked in llama.cpp's docs/build.md at commit
 00fd518151fe962fe5d7ad7892b6cf1b38d971ae, "CUDA" > "Override Compute Capability
 Specifications": ``cmake -B build -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="86;89"``).
+CMake's own flags (``-S``, ``-B``; ``--build DIR -j N --target T...``) as cmake 3.25.1's
+``cmake --help`` and ``cmake --build`` list them (Debian 12).
 """
 
 from __future__ import annotations
@@ -141,8 +143,8 @@ class Build:
             *self._fetch(),
             f"cmake -S {source} -B \"$w/build\" -DCMAKE_BUILD_TYPE=Release {options} >>\"$log\" 2>&1 "
             "|| fail 'cmake configure failed'",
-            f"cmake --build \"$w/build\" -j {self.jobs} "
-            + " ".join(f"--target {q(t)}" for t in self.targets)
+            f"cmake --build \"$w/build\" -j {self.jobs} --target "
+            + " ".join(q(t) for t in self.targets)
             + " >>\"$log\" 2>&1 || fail 'cmake build failed'",
             copies,
             f"cp \"$log\" {d}/build.log",

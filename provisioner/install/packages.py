@@ -9,6 +9,11 @@ version of the others and fail.
 The probe is one ``dpkg-query`` per package: dpkg's Status field starts with
 the selection, which ``apt-mark hold`` sets to ``hold`` (dpkg-query(1),
 "Status"; apt-mark(8) "hold"), so it tells the version and the hold at once.
+
+Flags as apt 2.6.1 and dpkg 1.21 of Debian 12 document them: apt-get(8)
+``--allow-downgrades``, ``--allow-change-held-packages``, ``-o``; ``apt-mark
+--help`` hold/unhold; ``dpkg-query --help`` ``-W``, ``-f``, ``--admindir``;
+``dpkg --help`` ``--compare-versions``.
 """
 
 from __future__ import annotations

@@ -6,6 +6,10 @@ built in place in a versioned dir named by the hash of its inputs,
 (``ln -s`` to a temp name, ``mv -T``). The run script uses the stable path. The
 stamp file is written last inside the versioned dir: a dir without it is a
 build that died and is started over. The previous dir stays for rollback.
+
+pip flags as ``pip install --help`` of pip 23.0.1 (Debian 12's python3-pip)
+lists them: ``--no-input``, ``--disable-pip-version-check``, ``--no-cache-dir``,
+``--index-url``, ``--extra-index-url``; ``pip freeze`` prints ``name==version``.
 """
 
 from __future__ import annotations
