@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
+
+from provisioner.install import Install
 
 # How a file is checked before it replaces the old one (see apply).
 Validator = Literal["none", "sh", "systemd-unit", "sysctl", "env", "tmpfiles", "modprobe",
@@ -51,7 +53,7 @@ class Rendered:
     # (URL, seconds): how apply --restart knows the restarted server is ready
     readiness: tuple[str, int] | None = None
     # what apply installs (provisioner/install: packages, venvs, builds, downloads), in order
-    installs: tuple[Any, ...] = ()
+    installs: tuple[Install, ...] = ()
     # False for a rollback: installs are left as they are and the manifest keeps their records
     manage_installs: bool = True
 
