@@ -101,7 +101,7 @@ def validate(profiles: tuple[Path, ...], as_json: bool) -> int:
     problems: list[Problem] = []
     for path in profiles:
         try:
-            built = build(path)
+            built = build(path, network=False)  # validate never asks a hub for a model's file list
         except ProvisionError as exc:
             problems += exc.problems
             results.append({"profile": str(path), "ok": False,
@@ -145,7 +145,7 @@ def render(profile: Path, out_dir: Path, overwrite: bool, as_json: bool) -> int:
     from provisioner.pipeline import build, write_tree
     from provisioner.report import envelope, print_json, print_table, say
 
-    built = build(profile)
+    built = build(profile, network=False)
     written = write_tree(built.rendered, out_dir, overwrite=overwrite)
     files: list[dict[str, Any]] = [
         {"path": f.path, "mode": f.mode_text, "owner": f"{f.owner}:{f.group}",

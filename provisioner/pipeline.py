@@ -23,7 +23,9 @@ class Built:
     rendered: Rendered
 
 
-def build(path: Path, *, ignore_fit: bool = False, overrides: dict[str, Any] | None = None) -> Built:
+def build(path: Path, *, ignore_fit: bool = False, overrides: dict[str, Any] | None = None,
+          network: bool = True) -> Built:
+    """``network`` False: a Hugging Face model download is checked but not resolved (validate, render)."""
     loaded = load_profile(path, overrides)
     spec = resolve(loaded)
     placement = fit(spec)
@@ -40,7 +42,7 @@ def build(path: Path, *, ignore_fit: bool = False, overrides: dict[str, Any] | N
     from provisioner.install.select import install_items
 
     rendered = render(spec, placement)
-    return Built(spec, placement, replace(rendered, installs=install_items(spec)))
+    return Built(spec, placement, replace(rendered, installs=install_items(spec, network=network)))
 
 
 def write_tree(rendered: Rendered, out_dir: Path, *, overwrite: bool) -> list[Path]:

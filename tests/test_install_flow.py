@@ -163,3 +163,20 @@ def test_rollback_leaves_installs_and_keeps_their_records(tmp_path: Path) -> Non
     assert list(manifest["installs"]) == ["build:llama.cpp"] and manifest["install_changes"] == []
     assert (root / "opt/provision/builds/llama.cpp/bin/greet").is_file()
     assert cli("plan", str(first), "--root", str(root)).returncode == 0  # back where the first apply left it
+
+
+def test_validate_never_asks_the_hub_and_plan_reports_an_unreachable_one(tmp_path: Path) -> None:
+    profile = make_profile(tmp_path, {
+        "model.source": {"hf": {"repo": "unsloth/Qwen3-235B-A22B-GGUF", "revision": "a" * 40,
+                                "include": ["UD-Q3_K_XL/*"], "dest": "/srv/models/q",
+                                "file": "UD-Q3_K_XL/Qwen3-235B-A22B-UD-Q3_K_XL-00001-of-00003.gguf"}},
+        "install": {"model": True}})
+    env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "PROVISION_CACHE": str(tmp_path / "cache")}
+    env.pop("HF_HUB_OFFLINE", None)
+    validated = subprocess.run([sys.executable, "-m", "provisioner", "validate", str(profile)], capture_output=True,
+                               text=True, check=False, cwd=ROOT, env=env)
+    assert validated.returncode == 0, validated.stderr
+    planned = subprocess.run([sys.executable, "-m", "provisioner", "plan", str(profile), "--root",
+                              str(tmp_path / "image")], capture_output=True, text=True, check=False, cwd=ROOT, env=env)
+    assert planned.returncode == 1 and "Traceback" not in planned.stderr
+    assert planned.stderr.startswith("error: ") and "unsloth/Qwen3-235B-A22B-GGUF" in planned.stderr

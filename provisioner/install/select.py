@@ -5,8 +5,8 @@ what a model download needs), reported at the profile's line, and the path of
 the installed engine binary the run script uses.
 
 Hugging Face repos are resolved on the controller (a list of files with sizes
-and sha256) by part B's ``hf.resolve_hf``; it is passed in, so validate and
-render never touch the network.
+and sha256) by ``hf.resolve_hf`` (cached per pinned revision); ``network=False``
+(validate, render) leaves that item out, so they never touch the network.
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def check(spec: Spec) -> None:
 
 def install_items(spec: Spec, *, resolve_hf: ResolveHf | None = None,
                   hf_cache: Any = None, hf_endpoint: str | None = None,
-                  hf_token: str | None = None) -> tuple[Install, ...]:
+                  hf_token: str | None = None, network: bool = True) -> tuple[Install, ...]:
     """Every install item of the profile, in the order apply runs them:
     packages (a driver before what uses it), the engine, the model."""
     check(spec)
@@ -128,7 +128,7 @@ def install_items(spec: Spec, *, resolve_hf: ResolveHf | None = None,
         items.append(download.Archive(name=f"archive:{label}", url=engine.url, sha256=engine.sha256,
                                       size=engine.size, dest=engine.dest,
                                       strip_components=engine.strip_components))
-    if p.install.model:
+    if p.install.model and (network or p.model.source.hf is None):
         items.extend(_model_download(spec, resolve_hf, hf_cache, hf_endpoint, hf_token))
     return tuple(items)
 
