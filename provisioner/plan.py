@@ -124,7 +124,8 @@ def install_plan(rendered: Rendered, gathered: Gathered, root: str
     for item in rendered.installs:
         change = item.change(states.of(item.name), root)
         if change is None:
-            records[item.name] = previous.get(item.name, {"kind": item.kind})
+            if not getattr(item, "probe_only", False):  # the DKMS/Secure Boot probe installs nothing
+                records[item.name] = previous.get(item.name, {"kind": item.kind})
             continue
         changes.append(change)
         if not change.pending:

@@ -109,6 +109,8 @@ def _b64(text: str) -> str:
 class KernelModules:
     """A probe only (never a change): the DKMS and Secure Boot notes of the plan."""
 
+    probe_only = True  # never a change, never in the manifest
+
     @property
     def name(self) -> str:
         return NAME

@@ -28,7 +28,7 @@ def checks(installs: tuple[Any, ...], output: str, root: str) -> list[Check]:
     states = parse_install_lines(output)
     out: list[Check] = []
     for item in installs:
-        if not hasattr(item, "change") or item.name.startswith("kernel:"):
+        if getattr(item, "probe_only", False):
             continue
         found = states.of(item.name)
         try:
