@@ -333,6 +333,6 @@ def test_real_llama_server_cpu_build_from_the_pypi_sdist(tmp_path: Path) -> None
     assert "-DGGML_CUDA=OFF" in change.script  # CPU only: the profile has no GPU
     version = subprocess.run([str(link / "bin" / "llama-server"), "--version"], capture_output=True, text=True,
                              check=False)
-    assert "version: 11312" in version.stdout + version.stderr
+    assert "(build 11312, commit 0c1e570)" in version.stdout + version.stderr  # release b11312
     assert (link / "build.log").stat().st_size > 0
     assert not converge(profile, state=state).plan.changed
