@@ -26,6 +26,7 @@ from provisioner.generations import (
     choose_target,
     generations_script,
     parse_generations,
+    rollback_installs,
     rollback_reads,
     rollback_rendered,
 )
@@ -142,7 +143,9 @@ def plan_rollback(transport: Transport, to: int | None) -> tuple[Plan, Gathered,
     last, generations = read_generations(transport)
     target = choose_target(last, generations, to)
     paths, backups = rollback_reads(generations, target, transport.state_dir)
-    gathered = gather(transport, paths, host_paths=backups)
-    rendered = rollback_rendered(generations, target, gathered, transport.state_dir, transport.root)
-    plan = make_plan(rendered, gathered, root_mode=bool(transport.root))
+    installs = rollback_installs(generations, target)
+    gathered = gather(transport, paths, host_paths=backups,
+                      extra="\n".join(item.probe(transport.root) for item in installs))
+    rendered = rollback_rendered(generations, target, gathered, transport.state_dir, transport.root, installs)
+    plan = make_plan(rendered, gathered, root_mode=bool(transport.root), root=transport.root)
     return plan, gathered, target

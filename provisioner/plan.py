@@ -116,8 +116,6 @@ def install_plan(rendered: Rendered, gathered: Gathered, root: str
     """Install changes (the profile's items, then undoing what it dropped), the
     records the new generation's manifest keeps, and notes (DKMS, Secure Boot)."""
     previous: dict[str, Any] = dict((gathered.manifest or {}).get("installs", {}))
-    if not rendered.manage_installs:
-        return (), previous, ()
     states = parse_install_lines(gathered.output)
     changes: list[InstallChange] = []
     records: dict[str, Any] = {}
@@ -125,7 +123,8 @@ def install_plan(rendered: Rendered, gathered: Gathered, root: str
         change = item.change(states.of(item.name), root)
         if change is None:
             if not getattr(item, "probe_only", False):  # the DKMS/Secure Boot probe installs nothing
-                records[item.name] = previous.get(item.name, {"kind": item.kind})
+                records[item.name] = (getattr(item, "kept_record", None) or previous.get(item.name)
+                                      or {"kind": item.kind})
             continue
         changes.append(change)
         if not change.pending:

@@ -54,8 +54,6 @@ class Rendered:
     readiness: tuple[str, int] | None = None
     # what apply installs (provisioner/install: packages, venvs, builds, downloads), in order
     installs: tuple[Install, ...] = ()
-    # False for a rollback: installs are left as they are and the manifest keeps their records
-    manage_installs: bool = True
 
     def file(self, path: str) -> File:
         for item in self.files:

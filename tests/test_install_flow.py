@@ -180,3 +180,42 @@ def test_validate_never_asks_the_hub_and_plan_reports_an_unreachable_one(tmp_pat
                               str(tmp_path / "image")], capture_output=True, text=True, check=False, cwd=ROOT, env=env)
     assert planned.returncode == 1 and "Traceback" not in planned.stderr
     assert planned.stderr.startswith("error: ") and "unsloth/Qwen3-235B-A22B-GGUF" in planned.stderr
+
+
+@needs_cmake
+def test_rollback_switches_a_rebuilt_engine_back_to_the_kept_dir(tmp_path: Path) -> None:
+    url, digest = _c_project(tmp_path)
+    root = tmp_path / "image"
+    engine = {"method": "source", "url": url, "sha256": digest, "targets": ["greet"]}
+    quiet = make_profile(tmp_path, {"install": {"engine": engine}}, name="quiet.yaml")
+    loud = make_profile(tmp_path, {"install": {"engine": {**engine, "cmake_options": ["-DGREET_LOUD=ON"]}}},
+                        name="loud.yaml")
+    link = root / "opt/provision/builds/llama.cpp"
+    assert cli("apply", str(quiet), "--root", str(root), "--yes").returncode == 0
+    first_dir = os.readlink(link)
+    assert cli("apply", str(loud), "--root", str(root), "--yes").returncode == 0
+    assert os.readlink(link) != first_dir
+    greet = [str(link / "bin/greet")]
+    assert subprocess.run(greet, capture_output=True, text=True, check=True).stdout.startswith("LOUD")
+    rolled = cli("rollback", "--root", str(root), "--yes", "--json")
+    assert rolled.returncode == 0, rolled.stderr
+    [switch] = json.loads(rolled.stdout)["hosts"][0]["installs"]
+    assert switch["action"] == "switch" and switch["summary"].endswith(f"-> {first_dir}")
+    assert os.readlink(link) == first_dir
+    assert subprocess.run(greet, capture_output=True, text=True, check=True).stdout == "hello from cmake\n"
+    assert cli("plan", str(quiet), "--root", str(root)).returncode == 0  # as the first apply left it
+
+
+def test_rollback_refuses_to_switch_to_a_dir_that_is_gone(tmp_path: Path) -> None:
+    """A kept dir removed by hand: the rollback fails before replacing any file."""
+    from provisioner.install.rollback import LinkBack
+
+    item = LinkBack("build:x", {"kind": "build", "path": "/opt/b/x", "dir": "/opt/b/x-0123456789ab"})
+    change = item.change({"link": "x-ba9876543210"}, str(tmp_path))
+    assert change is not None and change.action == "switch"
+    (tmp_path / "opt/b").mkdir(parents=True)
+    os.symlink("x-ba9876543210", tmp_path / "opt/b/x")
+    result = subprocess.run(["sh", "-c", f"root={tmp_path}\n( set -eu\n{change.script}\n)"], capture_output=True,
+                            text=True, check=False)
+    assert result.returncode == 1 and "x-0123456789ab is gone or incomplete" in result.stdout
+    assert os.readlink(tmp_path / "opt/b/x") == "x-ba9876543210"
