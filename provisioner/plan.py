@@ -123,8 +123,10 @@ def install_plan(rendered: Rendered, gathered: Gathered, root: str
         change = item.change(states.of(item.name), root)
         if change is None:
             if not getattr(item, "probe_only", False):  # the DKMS/Secure Boot probe installs nothing
+                # already as wanted: the earlier record, else the item's own (installed by an apply
+                # that died before recording it), so rollback and unhold know it
                 records[item.name] = (getattr(item, "kept_record", None) or previous.get(item.name)
-                                      or {"kind": item.kind})
+                                      or (item.record() if hasattr(item, "record") else {"kind": item.kind}))
             continue
         changes.append(change)
         if not change.pending:

@@ -219,3 +219,35 @@ def test_rollback_refuses_to_switch_to_a_dir_that_is_gone(tmp_path: Path) -> Non
                             text=True, check=False)
     assert result.returncode == 1 and "x-0123456789ab is gone or incomplete" in result.stdout
     assert os.readlink(tmp_path / "opt/b/x") == "x-ba9876543210"
+
+
+@needs_cmake
+def test_killed_right_after_the_install_step_the_next_apply_finishes_without_redoing_it(tmp_path: Path) -> None:
+    """PROVISION_FAILPOINT just after the install step: the engine is built, no file replaced, no
+    generation recorded; the next apply writes the files and does not build again."""
+    from provisioner.engine import apply_plan, plan_host
+    from provisioner.errors import ProvisionError
+    from provisioner.pipeline import build
+    from provisioner.transport.local import LocalTransport
+
+    url, digest = _c_project(tmp_path)
+    profile = make_profile(tmp_path, {"install": {"engine": {"method": "source", "url": url, "sha256": digest,
+                                                             "targets": ["greet"]}}})
+    root = tmp_path / "image"
+    built = build(profile)
+    transport = LocalTransport(root)
+    plan, gathered = plan_host(built.rendered, transport, service="llm-server")
+    after_install = 1 + len([c for c in plan.changes if c.new is not None]) + 1  # fp 1, one per temp, install
+    with pytest.raises(ProvisionError):
+        apply_plan(plan, gathered, transport, profile_name="t", failpoint=after_install)
+    assert (root / "opt/provision/builds/llama.cpp/bin/greet").is_file()
+    assert not (root / "opt/provision/bin/llm-server-run.sh").exists()
+    assert not (root / "var/lib/provision/last").exists()
+    plan, gathered = plan_host(built.rendered, transport, service="llm-server")
+    assert plan.installs == () and plan.changes  # built already; the files are still owed
+    result = apply_plan(plan, gathered, transport, profile_name="t")
+    assert result.generation == 1 and result.installed == ()
+    assert (root / "opt/provision/bin/llm-server-run.sh").is_file()
+    # recorded all the same (from the item itself), so a later rollback can point its link back
+    manifest = json.loads((root / "var/lib/provision/generations/1/manifest.json").read_text())
+    assert manifest["installs"]["build:llama.cpp"]["dir"].startswith("/opt/provision/builds/llama.cpp-")

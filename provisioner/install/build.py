@@ -84,6 +84,10 @@ class Build:
     def probe(self, root: str) -> str:
         return probe_versioned(self.name, self.path, self.directory, root)
 
+    def record(self) -> dict[str, Any]:
+        return {"kind": "build", "path": self.path, "dir": self.directory, "hash": self.digest,
+                "summary": self.summary}
+
     def change(self, found: dict[str, str], root: str) -> InstallChange | None:
         return versioned_change(self, found, root, kind="build", directory=self.directory,
                                 digest=self.digest, build=self.build_script())

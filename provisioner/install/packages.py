@@ -54,6 +54,9 @@ class Package:
     def kind(self) -> InstallKind:
         return "package"
 
+    def record(self) -> dict[str, Any]:
+        return {"kind": "package", "package": self.package, "version": self.version, "hold": self.hold}
+
     def probe(self, root: str) -> str:
         n, p = q(self.name), q(self.package)
         admin = f" --admindir={q(root + '/var/lib/dpkg')}" if root else ""
@@ -84,7 +87,7 @@ class Package:
         status = found.get("status", "").split()
         installed = found.get("version", "") if status[2:3] == ["installed"] else ""
         held = status[:1] == ["hold"]
-        record = {"kind": "package", "package": self.package, "version": self.version, "hold": self.hold}
+        record = self.record()
         if installed == self.version and held == self.hold:
             return None
         if installed == self.version:

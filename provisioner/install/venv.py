@@ -72,7 +72,7 @@ def versioned_change(item: Any, found: dict[str, str], root: str, *, kind: Insta
                      digest: str, build: str, nbytes: int | None = None) -> InstallChange | None:
     """Shared by venv and build: nothing, a switch back to a built dir, or a build and a switch."""
     current = found.get("current", "")
-    record = {"kind": kind, "path": item.path, "dir": directory, "hash": digest, "summary": item.summary}
+    record = item.record()
     if found.get("link") == PurePosixPath(directory).name and found.get("built") == digest:
         return None
     if found.get("link") == "not-a-symlink":
@@ -128,6 +128,10 @@ class Venv:
 
     def probe(self, root: str) -> str:
         return probe_versioned(self.name, self.path, self.directory, root)
+
+    def record(self) -> dict[str, Any]:
+        return {"kind": "venv", "path": self.path, "dir": self.directory, "hash": self.digest,
+                "summary": self.summary}
 
     def change(self, found: dict[str, str], root: str) -> InstallChange | None:
         return versioned_change(self, found, root, kind="venv", directory=self.directory,
