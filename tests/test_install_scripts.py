@@ -106,3 +106,16 @@ def test_a_failing_command_inside_a_snippet_stops_it_and_the_apply(tmp_path: Pat
     assert not marker.exists()
     assert not (root / "var/lib/provision/last").exists()
 
+
+
+def test_the_token_wrapper_passes_shellcheck(tmp_path: Path) -> None:
+    from provisioner.install.token import WithToken, token_from_file, token_from_secrets_env
+
+    inner = Build("/opt/b/x", url="https://example.invalid/x.tgz", sha256="d" * 64, label="x")
+    for token_sh in (token_from_file("/etc/hf token"), token_from_secrets_env("/etc/provision/s/secrets.env", "T")):
+        change = WithToken(inner, "/run/provision/s-hf-header", token_sh, "there").change({}, "")
+        assert change is not None
+        path = tmp_path / "wrapped.sh"
+        path.write_text(f"#!/bin/sh\nset -eu\nroot=''\nstate=/var/lib/provision\nexport root state\n"
+                        f"( set -eu\n{change.script}\n)\n")
+        _check(path)

@@ -22,6 +22,7 @@ from provisioner.install import Install
 from provisioner.install.build import Build, cuda_options
 from provisioner.install.kernel import KernelModules
 from provisioner.install.packages import Package, needs_reboot
+from provisioner.install.token import WithToken, header_path, token_from_file, token_from_secrets_env
 from provisioner.install.venv import Venv
 from provisioner.profile import ArchiveEngine, ContainerEngine, Profile, SourceEngine, VenvEngine
 from provisioner.resolve import Spec
@@ -149,10 +150,21 @@ def _model_download(spec: Spec, resolve_hf: ResolveHf | None, hf_cache: Any, end
     if source.files is not None:
         files = tuple(download.RemoteFile(url=f.url, dest=f.path, size=f.bytes, sha256=f.sha256)
                       for f in source.files)
+    else:
+        assert source.hf is not None
+        if resolve_hf is None:
+            resolve_hf = importlib.import_module("provisioner.install.hf").resolve_hf
+        files = tuple(resolve_hf(source.hf.repo, source.hf.revision, list(source.hf.include), source.hf.dest,
+                                 endpoint=endpoint, token=token, cache_dir=hf_cache or hf_cache_dir()))
+    if ref is None:
         return [download.Download(name="download:model", files=files)]
-    assert source.hf is not None
-    if resolve_hf is None:
-        resolve_hf = importlib.import_module("provisioner.install.hf").resolve_hf
-    files = resolve_hf(source.hf.repo, source.hf.revision, list(source.hf.include), source.hf.dest,
-                       endpoint=endpoint, token=token, cache_dir=hf_cache or hf_cache_dir())
-    return [download.Download(name="download:model", files=tuple(files))]
+    # the host's own token for the download, from where secrets.hf_token says (install/token.py)
+    service = spec.profile.service.name
+    header = header_path(service)
+    if ref.from_file:
+        token_sh, where = token_from_file(ref.from_file), ref.from_file
+    else:
+        env_file = f"/etc/provision/{service}/secrets.env"
+        token_sh, where = token_from_secrets_env(env_file, str(ref.from_env)), f"{ref.from_env} of {env_file}"
+    return [WithToken(download.Download(name="download:model", files=files, header_file=header),
+                      header, token_sh, where)]
