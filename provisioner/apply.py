@@ -7,6 +7,9 @@ a failed check changes nothing:
 2. check every path still has the hash the plan saw ("changed since plan");
 3. write each new file to a temp file in its own directory, fsync, validate;
    any failure removes the temps and exits before anything is replaced;
+3b. run the install snippets (packages in one apt-get, venvs, builds,
+   downloads), each leaving its old or new state; a failed one removes the
+   temps and exits before any file is replaced or a generation recorded;
 4. record the generation (backups of what is replaced, manifest, the handlers
    now owed) and make it the last one;
 5. rename each temp over its target, delete what the profile no longer has,
@@ -27,6 +30,8 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from provisioner.facts import PathState
+from provisioner.install import EXIT_INSTALL, InstallChange
+from provisioner.install.packages import merged
 from provisioner.plan import Change, Plan, sha256
 
 # Exit codes of the script (mapped to messages by the caller).
@@ -70,6 +75,8 @@ def manifest(inputs: ApplyInputs) -> dict[str, Any]:
                     for c in plan.changes],
         "handlers": list(plan.handlers),
         "handler_commands": plan.handler_table,
+        "installs": plan.install_records,
+        "install_changes": [c.as_json() for c in plan.runnable_installs],
     }
 
 
@@ -88,7 +95,7 @@ fp 1""")
     out.append(f'[ "$(cat "$state/last" 2>/dev/null || echo 0)" = {inputs.expected_last} ] '
                f'|| changed "$state/last"')
     out.append(_checks(plan.changes, root))
-    if not plan.changes:  # only handlers owed by an earlier run that died
+    if not plan.changes and not plan.runnable_installs:  # only handlers owed by an earlier run that died
         out.append(_handlers(inputs))
         out.append("echo @ok")
         return "\n".join(out) + "\n"
@@ -110,6 +117,10 @@ fp 1""")
     out.extend(_validate(c.new.validate, t, c.path, root) for c, t in temps if c.new is not None)
     out.append(_validate_units(plan, temps, root))
     out.append('[ "$invalid" = 0 ] || { rm -f $temps; exit ' + str(EXIT_INVALID) + "; }")
+    for name, snippet in install_steps(plan.runnable_installs):
+        out.append(_install(name, snippet))
+        step += 1
+        out.append(f"fp {step}")
     out.append(_record_generation(inputs))
     step += 1
     out.append(f"fp {step}")
@@ -153,6 +164,33 @@ hash_of() { if [ -L "$1" ]; then echo symlink; elif [ -f "$1" ]; then sha256sum 
     elif [ -e "$1" ]; then echo other; else echo absent; fi; }
 mkdir -p "$state/generations"
 """
+
+
+def install_steps(installs: tuple[InstallChange, ...]) -> list[tuple[str, str]]:
+    """(name, sh) in run order: every package change merged into one apt-get, first
+    (a driver before the engine that needs it), then the other items in order."""
+    packages = [c for c in installs if c.kind == "package"]
+    steps = [("packages", merged(packages))] if packages else []
+    return steps + [(c.name, c.script) for c in installs if c.kind != "package"]
+
+
+def _install(name: str, snippet: str) -> str:
+    """One install snippet in a subshell: its failure stops the apply before any file is replaced.
+
+    The subshell runs as a plain command, not as an ``if`` condition: sh ignores
+    ``set -e`` inside a condition (POSIX, "set -e"), and a snippet relies on it."""
+    return (f"echo {q('@install-start ' + name)}\n"
+            f"set +e\n"
+            f"( set -eu\n{snippet}\n)\n"
+            f"rc=$?\n"
+            f"set -e\n"
+            f"if [ \"$rc\" = 0 ]; then\n"
+            f"    echo {q('@install-ok ' + name)}\n"
+            f"else\n"
+            f"    echo {q('@error install ' + name + ' failed; no file was replaced')}\n"
+            f"    rm -f $temps\n"
+            f"    exit {EXIT_INSTALL}\n"
+            f"fi")
 
 
 def _checks(changes: tuple[Change, ...], root: str) -> str:
@@ -216,6 +254,15 @@ def _validate(kind: str, temp: str, dest: str, root: str) -> str:
     if kind == "env":
         return (f"if grep -v -e '^#' -e '^$' {t} | grep -qv '^[A-Za-z_][A-Za-z0-9_]*='; then "
                 f"bad {d} 'not KEY=value lines'; fi")
+    if kind == "quadlet":
+        # Podman's own parser, where installed: QUADLET_UNIT_DIRS=DIR podman-system-generator --dryrun
+        # (podman-systemd.unit(5), "Debugging a limited set of unit files"); skipped without podman.
+        name = q(PurePosixPath(dest).name)
+        return (f"for g in ${{PROVISION_QUADLET:-}} /usr/lib/systemd/system-generators/podman-system-generator "
+                f"/usr/libexec/podman/quadlet; do [ -x \"$g\" ] && break; g=; done\n"
+                f"if [ -n \"$g\" ]; then vq=$(mktemp -d); cp {t} \"$vq\"/{name}; "
+                f"if ! QUADLET_UNIT_DIRS=\"$vq\" \"$g\" --dryrun >/dev/null 2>\"$vq/err\"; then "
+                f"bad {d} \"quadlet: $(grep -v '^$' \"$vq/err\" | head -n 1)\"; fi; rm -rf \"$vq\"; fi")
     if kind == "sysctl" and not root:
         return (f"for key in $(sed -n 's/^\\([a-z0-9_.\\/-]*\\) *=.*/\\1/p' {t}); do "
                 f"[ -e \"/proc/sys/$(echo \"$key\" | tr . /)\" ] || bad {d} \"unknown sysctl key $key\"; done")

@@ -101,7 +101,7 @@ def validate(profiles: tuple[Path, ...], as_json: bool) -> int:
     problems: list[Problem] = []
     for path in profiles:
         try:
-            built = build(path, model_root="")
+            built = build(path, model_root="", network=False)  # validate never asks a hub for a file list
         except ProvisionError as exc:
             problems += exc.problems
             results.append({"profile": str(path), "ok": False,
@@ -150,7 +150,7 @@ def render(profile: Path, out_dir: Path, overwrite: bool, node: str | None, as_j
     from provisioner.render import render as render_files
     from provisioner.report import envelope, print_json, print_table, say
 
-    built = build(profile, model_root="")
+    built = build(profile, model_root="", network=False)
     cluster = built.spec.profile.cluster
     if node is not None:
         names = [n.name for n in cluster.nodes] if cluster is not None else []
@@ -555,7 +555,8 @@ def facts(as_json: bool, **opts: Any) -> int:
 @target_options
 @click.option("--endpoint", default=None, metavar="URL",
               help="The model server to check (default: the profile's address, on this machine).")
-@click.option("--only", default=None, metavar="GROUPS", help="Comma-separated: gpu,drift,model,endpoint,cluster.")
+@click.option("--only", default=None, metavar="GROUPS",
+              help="Comma-separated: gpu,drift,model,install,endpoint,cluster.")
 @click.option("--no-needle", is_flag=True, help="Skip the long-prompt needle check (slow on big contexts).")
 @json_option
 @ignore_fit_option

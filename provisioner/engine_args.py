@@ -34,6 +34,13 @@ class EngineCommand:
     api_key_env: str | None  # the variable the engine reads its key from
 
 
+def _binary(spec: Spec) -> str:
+    """The engine binary: inside what install.engine installs (a stable link), else on PATH."""
+    from provisioner.install.select import installed_binary
+
+    return installed_binary(spec.profile, spec.engine_version.binary)
+
+
 class _Builder:
     def __init__(self, spec: Spec) -> None:
         self.spec = spec
@@ -156,7 +163,7 @@ def _llama_cpp(spec: Spec, placement: Placement, model_path: str) -> EngineComma
         b.flag("metrics", None, "Prometheus metrics at /metrics")
     _extra(b, spec)
     api = spec.engine_version.flags.get("api_key")
-    return EngineCommand(spec.engine_version.binary, tuple(b.args), b.env,
+    return EngineCommand(_binary(spec), tuple(b.args), b.env,
                          api.env if api is not None else None)
 
 
@@ -261,7 +268,7 @@ def _vllm(spec: Spec, placement: Placement, model_path: str) -> EngineCommand:
         b.flag("hf_overrides", json.dumps(rope, sort_keys=True), "YaRN beyond native context")
     _extra(b, spec)
     api = spec.engine_version.flags.get("api_key")
-    return EngineCommand(spec.engine_version.binary, tuple(b.args), b.env,
+    return EngineCommand(_binary(spec), tuple(b.args), b.env,
                          api.env if api is not None else None)
 
 
@@ -281,5 +288,5 @@ def _ollama(spec: Spec) -> EngineCommand:
         b.setenv("keep_alive", "-1")
     if b.has("models"):
         b.setenv("models", f"/var/lib/{p.service.name}/models")
-    return EngineCommand(spec.engine_version.binary, (Arg(("serve",), "the Ollama server"),),
+    return EngineCommand(_binary(spec), (Arg(("serve",), "the Ollama server"),),
                          b.env, None)

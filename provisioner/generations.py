@@ -17,6 +17,8 @@ from typing import Any
 
 from provisioner.errors import ProvisionError, UsageError
 from provisioner.facts import Gathered, PathState, visible
+from provisioner.install import Install
+from provisioner.install.rollback import rollback_items
 from provisioner.resources import File, Rendered
 
 
@@ -110,9 +112,17 @@ def choose_target(last: int, generations: list[Generation], to: int | None) -> i
     return target
 
 
+def rollback_installs(generations: list[Generation], target: int) -> tuple[Install, ...]:
+    """The install items that take the installs back to generation ``target`` (see install/rollback.py)."""
+    by_number = {g.number: g for g in generations}
+    wanted = by_number[target].manifest.get("installs", {}) if target else {}
+    last = by_number[max(by_number)].manifest.get("installs", {})
+    return rollback_items(wanted, last)
+
+
 def rollback_rendered(generations: list[Generation], target: int, gathered: Gathered, state_dir: str,
-                      root: str) -> Rendered:
-    """The desired state that equals generation ``target``."""
+                      root: str, installs: tuple[Install, ...] = ()) -> Rendered:
+    """The desired state that equals generation ``target`` (``installs``: rollback_installs's)."""
     by_number = {g.number: g for g in generations}
     target_files: dict[str, Any] = by_number[target].manifest["files"] if target else {}
     earliest_old: dict[str, tuple[int, dict[str, Any] | None]] = {}
@@ -138,7 +148,7 @@ def rollback_rendered(generations: list[Generation], target: int, gathered: Gath
                           managed=meta is not None))
     last = max(by_number)
     commands = dict(by_number[last].manifest.get("handler_commands", {}))
-    return Rendered(files=tuple(files), handlers=commands)
+    return Rendered(files=tuple(files), handlers=commands, installs=installs)
 
 
 def _content(gathered: Gathered, path: str) -> bytes:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +26,12 @@ class Built:
 
 
 def build(path: Path, *, ignore_fit: bool = False, overrides: dict[str, Any] | None = None,
-          model_root: str | None = None) -> Built:
+          model_root: str | None = None, network: bool = True) -> Built:
     """``model_root``: where the model files are readable ("" this machine, a --root DIR);
     None (a remote host) plans with the catalog's sizes. With the files, placement uses
-    the real per-layer sizes of their GGUF header, exactly as `provision fit` does."""
+    the real per-layer sizes of their GGUF header, exactly as `provision fit` does.
+    ``network`` False: a Hugging Face model download is checked but not resolved
+    (validate, render)."""
     loaded = load_profile(path, overrides)
     spec = resolve(loaded)
     if model_root is not None:
@@ -45,7 +47,10 @@ def build(path: Path, *, ignore_fit: bool = False, overrides: dict[str, Any] | N
             f"{spec.model.name} {spec.profile.model.quant} at {placement.context} tokens does "
             f"not fit this machine: {format_size(placement.missing_bytes)} missing",
             f"{cheapest}`provision fit` shows the placement and every option, or pass --ignore-fit"))
-    return Built(spec, placement, render(spec, placement))
+    from provisioner.install.select import install_items
+
+    rendered = render(spec, placement)
+    return Built(spec, placement, replace(rendered, installs=install_items(spec, network=network)))
 
 
 def write_tree(rendered: Rendered, out_dir: Path, *, overwrite: bool) -> list[Path]:

@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 from provisioner.errors import ProvisionError
 from provisioner.facts import Gathered, PathState
+from provisioner.install import InstallChange, parse_install_lines
+from provisioner.install.packages import unhold_change
 from provisioner.resources import File, Rendered
 
 Action = Literal["create", "update", "delete"]
@@ -51,10 +53,16 @@ class Plan:
     handler_table: dict[str, str] = field(default_factory=dict)  # every handler's command
     readiness: tuple[str, int] | None = None  # set when restart-server must wait for the server
     warnings: tuple[str, ...] = ()
+    installs: tuple[InstallChange, ...] = ()  # in the order apply runs them; pending ones are not run
+    install_records: dict[str, Any] = field(default_factory=dict)  # the manifest's installs after apply
+
+    @property
+    def runnable_installs(self) -> tuple[InstallChange, ...]:
+        return tuple(c for c in self.installs if not c.pending)
 
     @property
     def changed(self) -> bool:
-        return bool(self.changes) or bool(self.handlers)
+        return bool(self.changes) or bool(self.handlers) or bool(self.runnable_installs)
 
 
 def sha256(data: bytes) -> str:
@@ -103,10 +111,50 @@ def file_change(item: File, current: PathState, *, allow_symlink: bool = False) 
     return Change(item.path, "update", current, item, diff, mode, owner)
 
 
+def install_plan(rendered: Rendered, gathered: Gathered, root: str
+                 ) -> tuple[tuple[InstallChange, ...], dict[str, Any], tuple[str, ...]]:
+    """Install changes (the profile's items, then undoing what it dropped), the
+    records the new generation's manifest keeps, and notes (DKMS, Secure Boot)."""
+    previous: dict[str, Any] = dict((gathered.manifest or {}).get("installs", {}))
+    states = parse_install_lines(gathered.output)
+    changes: list[InstallChange] = []
+    records: dict[str, Any] = {}
+    for item in rendered.installs:
+        change = item.change(states.of(item.name), root)
+        if change is None:
+            if not getattr(item, "probe_only", False):  # the DKMS/Secure Boot probe installs nothing
+                # already as wanted: the earlier record, else the item's own (installed by an apply
+                # that died before recording it), so rollback and unhold know it
+                records[item.name] = (getattr(item, "kept_record", None) or previous.get(item.name)
+                                      or (item.record() if hasattr(item, "record") else {"kind": item.kind}))
+            continue
+        changes.append(change)
+        if not change.pending:
+            records[item.name] = change.record
+        elif item.name in previous:
+            records[item.name] = previous[item.name]
+    wanted = {item.name for item in rendered.installs}
+    for name in sorted(set(previous) - wanted):
+        record = previous[name]
+        if record.get("kind") == "package":
+            undo = unhold_change(record)
+            if undo is not None:
+                changes.append(undo if not root else InstallChange(
+                    undo.name, undo.kind, undo.action, undo.summary + " (pending: not run under --root)",
+                    undo.script, undo.record, pending=True))
+        # a venv, build or download the profile dropped stays on disk (no longer managed)
+    driver = any(c.reboot for c in changes)
+    notes = [note for item in rendered.installs if hasattr(item, "notes")
+             for note in item.notes(states.of(item.name), driver)]
+    return tuple(changes), records, tuple(notes)
+
+
 def make_plan(rendered: Rendered, gathered: Gathered, *, root_mode: bool,
-              restart: bool = False, server_active: bool = False, server_enabled: bool | None = None) -> Plan:
+              restart: bool = False, server_active: bool = False, server_enabled: bool | None = None,
+              root: str = "") -> Plan:
     """``server_enabled`` False (systemd runs, the unit is not enabled) owes enable-server:
     the first apply on a machine enables and starts the model server."""
+    installs, install_records, install_notes = install_plan(rendered, gathered, root)
     changes: list[Change] = []
     for item in rendered.files:
         change = file_change(item, gathered.paths.get(item.path, PathState("missing")))
@@ -129,11 +177,16 @@ def make_plan(rendered: Rendered, gathered: Gathered, *, root_mode: bool,
         owed.update(notify)
         if change.path.startswith(REBOOT_PREFIXES):
             owed.add("initramfs")
+    # an installed engine is picked up by restarting the server, if provision manages one
+    serves = any("restart-server" in f.notify for f in rendered.files)
+    for install in installs:
+        if not install.pending:
+            owed.update(h for h in install.notify if h != "restart-server" or serves)
     if server_enabled is False and not root_mode:
         owed.add("enable-server")
     if "enable-server" in owed:
         owed.discard("restart-server")  # enable --now starts it with the new files already
-    reboot = "initramfs" in owed
+    reboot = "initramfs" in owed or any(c.reboot for c in installs if not c.pending)
     ordered = [h for h in HANDLER_ORDER if h in owed]
     ordered += [h for h in rendered.handlers if h in owed and h not in HANDLER_ORDER]
     restart_pending: tuple[str, ...] = ()
@@ -153,7 +206,8 @@ def make_plan(rendered: Rendered, gathered: Gathered, *, root_mode: bool,
     readiness = rendered.readiness if restart and server_active and "restart-server" in ordered else None
     return Plan(tuple(sorted(changes, key=lambda c: c.path)), tuple(ordered), commands,
                 restart_pending, reboot, pending_builtin,
-                {f.path: f for f in rendered.files}, table, readiness, rendered.warnings)
+                {f.path: f for f in rendered.files}, table, readiness, rendered.warnings + install_notes,
+                installs, install_records)
 
 
 _BUILTIN_EXTRA = {"initramfs": "update-initramfs -u 2>/dev/null || dracut -f"}

@@ -192,6 +192,8 @@ class ModelFile(_Model):
     path: AbsPath
     bytes: int = Field(gt=0)
     sha256: Sha256
+    # where install.model downloads it from (https, or a local mirror)
+    url: Annotated[str, Field(pattern=r"^(https?|file)://[A-Za-z0-9_./@+:,=%~?&-]+$")] | None = None
 
 
 class HfSource(_Model):
@@ -465,6 +467,108 @@ class Cluster(_Model):
     def node_for_host(self, host: str) -> ClusterNode | None:
         """The node an inventory host name (or, for --host, its address) stands for."""
         return next((n for n in self.nodes if host in (n.host, n.address)), None)
+# --- install: what gets onto the host (issue 8) --------------------------------
+
+# Debian and RPM package names and versions: no blanks, quotes or shell characters.
+PackageName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9+.-]{0,99}$")]
+PackageVersion = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9.+~:_-]{0,99}$")]
+# An exact pin only: "name==1.2.3" (optionally with extras, "vllm[audio]==0.11.0").
+Requirement = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9_,.-]+\])?==[A-Za-z0-9.+!_-]+$")]
+Url = Annotated[str, Field(pattern=r"^(https?|file)://[A-Za-z0-9_./@+:,=%~?&-]+$")]
+# A CMake cache entry: -DNAME=VALUE (no blanks; the value is shell-quoted anyway)
+CmakeOption = Annotated[str, Field(pattern=r"^-D[A-Za-z_][A-Za-z0-9_]*(:[A-Z]+)?=[A-Za-z0-9_.,;/+=-]*$")]
+BuildTarget = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+
+
+class PackagePin(_Model):
+    """A distribution package at an exact version (apt, dnf where apt is absent)."""
+
+    name: PackageName
+    version: PackageVersion
+    # apt-mark hold / dnf versionlock: unattended upgrades cannot move it
+    hold: bool = True
+
+
+class VenvEngine(_Model):
+    """The engine (vLLM) in a Python venv with exact pins; rebuilt only when they change."""
+
+    method: Literal["venv"]
+    path: AbsPath | None = None  # the stable symlink; default /opt/provision/venvs/<engine>
+    requirements: list[Requirement] = Field(min_length=1)
+    index_url: Url | None = None  # e.g. the PyTorch index of the GPU's CUDA (cu128)
+    extra_index_urls: list[Url] = []
+    python: AbsPath = "/usr/bin/python3"
+
+
+class SourceEngine(_Model):
+    """llama.cpp / ik_llama.cpp built from a pinned tarball (sha256) or git commit."""
+
+    method: Literal["source"]
+    path: AbsPath | None = None  # the stable symlink; default /opt/provision/builds/<engine>
+    url: Url | None = None  # a tarball (.tar.gz/.tgz/.tar.xz/.tar.bz2)
+    sha256: Sha256 | None = None
+    git: Url | None = None
+    commit: Annotated[str, Field(pattern=r"^[0-9a-f]{40}$")] | None = None
+    subdir: RelPath | None = None  # where CMakeLists.txt is inside the sources
+    cmake_options: list[CmakeOption] = []
+    targets: list[BuildTarget] = ["llama-server"]
+    # CUDA architectures; default: from the profile's GPUs (catalog compute capability)
+    cuda_architectures: list[Annotated[str, Field(pattern=r"^[0-9]{2,3}[a-z]?$")]] | None = None
+    jobs: int = Field(default=2, ge=1, le=256)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SourceEngine:
+        if (self.url is None) == (self.git is None):
+            raise ValueError("give exactly one of url (+ sha256) or git (+ commit)")
+        if self.url is not None and self.sha256 is None:
+            raise ValueError("a source tarball needs its sha256")
+        if self.git is not None and self.commit is None:
+            raise ValueError("a git source needs commit: the 40-hex commit (a tag can move)")
+        return self
+
+
+class ArchiveEngine(_Model):
+    """A release archive (Ollama) with sha256, unpacked into a versioned dir."""
+
+    method: Literal["archive"]
+    url: Url
+    sha256: Sha256
+    size: Bytes = Field(gt=0)
+    dest: AbsPath = "/opt/provision/ollama"
+    strip_components: int = Field(default=0, ge=0, le=8)
+
+
+class ContainerEngine(_Model):
+    """The server as a Podman Quadlet container instead of a bare process."""
+
+    method: Literal["container"]
+    # pinned by digest: a tag can move under the same name
+    image: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._/:-]*@sha256:[0-9a-f]{64}$")]
+    gpus: Literal["all", "none"] = "all"  # NVIDIA CDI device nvidia.com/gpu=all
+    volumes: list[Annotated[str, Field(pattern=r"^/[A-Za-z0-9_./@+-]*:/[A-Za-z0-9_./@+-]*(:(ro|rw|z|Z))?$")]] = []
+    # the engine binary inside the image (the run script execs it); default known for llama.cpp only
+    binary: AbsPath | None = None
+
+
+EngineInstall = Annotated[VenvEngine | SourceEngine | ArchiveEngine | ContainerEngine,
+                          Field(discriminator="method")]
+
+
+class InstallSection(_Model):
+    """What apply installs besides files. Absent: nothing is installed."""
+
+    packages: list[PackagePin] = []
+    engine: EngineInstall | None = None
+    model: bool = False  # download model.source (hf, or files with url + sha256) to its dest
+
+    @field_validator("packages")
+    @classmethod
+    def _unique(cls, packages: list[PackagePin]) -> list[PackagePin]:
+        names = [p.name for p in packages]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"package {twice[0]!r} is listed twice")
+        return packages
 
 
 class Profile(_Model):
@@ -488,6 +592,7 @@ class Profile(_Model):
     verify: Verify = Verify()
     # several machines serving one model; hardware.gpus stays empty, each node lists its own
     cluster: Cluster | None = None
+    install: InstallSection = InstallSection()
     # files[].notify naming an undefined handler is checked in resolve.py, where the
     # problem can point at the name itself
 

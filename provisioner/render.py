@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import re
 import shlex
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from jinja2 import FileSystemLoader, StrictUndefined, TemplateError
@@ -24,6 +24,7 @@ from provisioner.datadir import data_dir
 from provisioner.engine_args import engine_command
 from provisioner.errors import RenderError
 from provisioner.fit import Placement
+from provisioner.profile import ContainerEngine
 from provisioner.resolve import Spec
 from provisioner.resources import Directory, File, Rendered
 
@@ -154,6 +155,8 @@ def context(spec: Spec, placement: Placement) -> dict[str, Any]:
         "min_driver": spec.min_driver,
         "sampling": spec.model.sampling[p.model.mode],
         "hugepages_kb": spec.profile.os.hugepages.size_bytes // 1024,
+        "container": p.install.engine if isinstance(p.install.engine, ContainerEngine) else None,
+        "model_dir": _model_dir(spec),
         **_cluster_context(spec),
     }
 
@@ -175,6 +178,16 @@ def _cluster_context(spec: Spec) -> dict[str, Any]:
     elif node.role == "worker":
         out["node_command"] = nodes.rpc_server_command(spec, node)
     return out
+
+
+def _model_dir(spec: Spec) -> str:
+    """The folder holding the model on the host (a container mounts it read-only)."""
+    source = spec.profile.model.source
+    if source.files:
+        return str(PurePosixPath(source.files[0].path).parent)
+    if source.hf is not None:
+        return source.hf.dest
+    return source.directory or ""
 
 
 def profile_facts(spec: Spec) -> dict[str, str]:
@@ -267,6 +280,16 @@ def _user_files(spec: Spec, ctx: dict[str, Any]) -> list[File]:
     return out
 
 
+def _enable_server(spec: Spec) -> str:
+    gpu = "nvidia-gpu-settings.service " if spec.gpus else ""
+    name = spec.profile.service.name
+    if isinstance(spec.profile.install.engine, ContainerEngine):
+        # a Quadlet unit is generated, and cannot be enabled (podman-systemd.unit(5), "Enabling
+        # unit files"): its [Install] section is applied by the generator; start it now
+        return (f"systemctl enable --now {gpu.strip()} && " if gpu else "") + f"systemctl start {name}.service"
+    return f"systemctl enable --now {gpu}{name}.service"
+
+
 def _handlers(spec: Spec) -> dict[str, str]:
     """Handler name -> command, in the order they run."""
     name = spec.profile.service.name
@@ -276,8 +299,7 @@ def _handlers(spec: Spec) -> dict[str, str]:
         "tmpfiles": "systemd-tmpfiles --create",
         "tuned": "systemctl restart tuned",
         "gpu-settings": "systemctl restart nvidia-gpu-settings.service",
-        "enable-server": f"systemctl enable --now {'nvidia-gpu-settings.service ' if spec.gpus else ''}"
-                         f"{name}.service",
+        "enable-server": _enable_server(spec),
         "enable-metrics": f"systemctl enable --now {name}-metrics.timer",
         "restart-server": f"systemctl try-restart {name}.service",
     }

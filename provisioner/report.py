@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 from provisioner.errors import Problem
+from provisioner.units import format_size
 
 
 def envelope(command: str, ok: bool, error: Problem | None = None,
@@ -50,6 +51,7 @@ def host_json(host: str, plan: Any, *, ok: bool = True, generation: int | None =
         "pending_handlers": list(plan.pending_builtin) if plan is not None else [],
         "reboot_required": bool(plan.reboot_required) if plan is not None else False,
         "restart_pending": list(plan.restart_pending) if plan is not None else [],
+        "installs": [c.as_json() for c in plan.installs] if plan is not None else [],
         "generation": generation,
         "error": error.as_json() if error else None,
     }
@@ -59,11 +61,12 @@ def plan_text(host: str, plan: Any, *, show_diff: bool, color: bool) -> str:
     """The human summary of one host's plan, diffs included when asked."""
     lines: list[str] = []
     counts = {a: sum(1 for c in plan.changes if c.action == a) for a in ("create", "update", "delete")}
-    if not plan.changes and not plan.handlers:
+    if not plan.changes and not plan.handlers and not plan.runnable_installs:
         lines.append(f"{host}: nothing to do")
     else:
+        installs = len(plan.runnable_installs)
         lines.append(f"{host}: {counts['create']} to create, {counts['update']} to update, "
-                     f"{counts['delete']} to delete")
+                     f"{counts['delete']} to delete" + (f", {installs} to install" if installs else ""))
     marks = {"create": "+", "update": "~", "delete": "-"}
     paint = {"create": "32", "update": "33", "delete": "31"}
     for change in plan.changes:
@@ -78,6 +81,11 @@ def plan_text(host: str, plan: Any, *, show_diff: bool, color: bool) -> str:
             for diff_line in change.diff.rstrip("\n").splitlines():
                 code = "32" if diff_line.startswith("+") else "31" if diff_line.startswith("-") else ""
                 lines.append("      " + (_color(diff_line, code, color) if code else diff_line))
+    for install in plan.installs:
+        size = f", {format_size(install.bytes)}" if install.bytes else ""
+        reboot = ", needs a reboot" if install.reboot else ""
+        text = f"  {'.' if install.pending else '*'} {install.action} {install.name}: {install.summary}{size}{reboot}"
+        lines.append(_color(text, "2" if install.pending else "36", color))
     if plan.handlers:
         lines.append(f"  handlers that will run: {', '.join(plan.handlers)}")
     if plan.pending_builtin:
@@ -85,7 +93,9 @@ def plan_text(host: str, plan: Any, *, show_diff: bool, color: bool) -> str:
     if plan.restart_pending:
         lines.append("  restart pending: the model server is running; pass --restart to restart it")
     if plan.reboot_required:
-        lines.append("  reboot required: a kernel module option changed")
+        why = ("a driver or kernel package changes" if any(c.reboot for c in plan.runnable_installs)
+               else "a kernel module option changed")
+        lines.append(f"  reboot required: {why}")
     for warning in plan.warnings:
         lines.append(f"  warning: {warning}")
     return "\n".join(lines)

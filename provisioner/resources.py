@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from provisioner.install import Install
+
 # How a file is checked before it replaces the old one (see apply).
 Validator = Literal["none", "sh", "systemd-unit", "sysctl", "env", "tmpfiles", "modprobe",
-                    "limits", "tuned"]
+                    "limits", "tuned", "quadlet"]
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,8 @@ class Rendered:
     warnings: tuple[str, ...] = ()
     # (URL, seconds): how apply --restart knows the restarted server is ready
     readiness: tuple[str, int] | None = None
+    # what apply installs (provisioner/install: packages, venvs, builds, downloads), in order
+    installs: tuple[Install, ...] = ()
 
     def file(self, path: str) -> File:
         for item in self.files:

@@ -13,6 +13,18 @@ They join files in the same flow. Each install item
 - is recorded in the generation manifest (``installs``: NAME -> record), so a
   later apply sees what an earlier one installed and can undo it (unhold a
   package the profile dropped) and ``verify`` can check it.
+
+``verify`` reuses the same two functions: an item whose probe, run again,
+gives a change is not installed as the profile says (a failed check).
+
+API notes for part B (downloads): InstallChange gained ``pending`` (True: shown
+in the plan but not run, e.g. packages under ``--root``, where the build host's
+package database is not the image's); plan formats ``bytes`` itself.
+``change()`` gets ``root`` ("" live, else the tree's host path): prefix every
+path the snippet touches with it. apply runs each snippet in a subshell
+``( set -eu; SNIPPET )`` with ``$root`` and ``$state`` set; on failure the
+snippet prints ``@error NAME: why`` and exits non-zero; apply then stops with
+EXIT_INSTALL before any file is replaced. Quote every value with shlex.quote.
 """
 
 from __future__ import annotations
@@ -21,7 +33,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 InstallKind = Literal["package", "venv", "build", "download", "archive"]
-InstallAction = Literal["install", "upgrade", "downgrade", "hold", "unhold", "build", "download", "remove"]
+# the apply script's exit code when an install snippet failed (no file was replaced)
+EXIT_INSTALL = 8
+InstallAction = Literal["install", "upgrade", "downgrade", "hold", "unhold", "build", "download", "remove",
+                        "switch"]  # switch: a link back to an already built versioned dir
 
 
 @dataclass(frozen=True)
@@ -35,10 +50,11 @@ class InstallChange:
     bytes: int | None = None  # what it downloads or writes, when known (plan shows it)
     reboot: bool = False  # a driver/initramfs/kernel module change: takes effect after a reboot
     notify: tuple[str, ...] = ()  # handlers owed when it runs (e.g. restart-server)
+    pending: bool = False  # listed, not run (packages under --root)
 
     def as_json(self) -> dict[str, Any]:
         return {"name": self.name, "kind": self.kind, "action": self.action, "summary": self.summary,
-                "bytes": self.bytes, "reboot": self.reboot}
+                "bytes": self.bytes, "reboot": self.reboot, "pending": self.pending}
 
 
 class Install(Protocol):

@@ -16,9 +16,10 @@ from provisioner.render import render, sysctl_settings
 from provisioner.transport import Transport
 from provisioner.verify import Check, ray_status
 from provisioner.verify import drift as drift_checks
+from provisioner.verify import install as install_checks
 from provisioner.verify import model as model_checks
 
-GROUPS = ("gpu", "drift", "model", "endpoint", "cluster")
+GROUPS = ("gpu", "drift", "model", "install", "endpoint", "cluster")
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,8 @@ def verify_target(built: Built, transport: Transport, options: VerifyOptions,
             model_checks.prehash([f.path for f in files], transport.root, transport.state_dir,
                                  show_progress=sys.stderr.isatty())
         probes += _model_probes(built, transport)
+    if "install" in options.only:
+        probes += install_checks.probes(built.rendered.installs, transport.root)
     gpu = _gpu_module() if "gpu" in options.only and not root_mode else None
     if gpu is not None and spec.gpus:
         probes.append(gpu.GPU_GATHER)
@@ -83,6 +86,8 @@ def verify_target(built: Built, transport: Transport, options: VerifyOptions,
                                            root_mode=root_mode)
     if "model" in options.only:
         checks += _model(built, transport, gathered.output)
+    if "install" in options.only:
+        checks += install_checks.checks(built.rendered.installs, gathered.output, transport.root)
     if "gpu" in options.only:
         checks += [Check("gpu", "skip", hint="--root: a tree has no GPU to look at")] if root_mode \
             else _gpu(built, gathered.output, gpu)

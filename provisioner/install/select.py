@@ -1,0 +1,170 @@
+"""Spec -> the install items of a profile's ``install:`` section (pure but for HF).
+
+Also the cross-field rules of that section (which engine a method can install,
+what a model download needs), reported at the profile's line, and the path of
+the installed engine binary the run script uses.
+
+Hugging Face repos are resolved on the controller (a list of files with sizes
+and sha256) by ``hf.resolve_hf`` (cached per pinned revision); ``network=False``
+(validate, render) leaves that item out, so they never touch the network.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from provisioner.errors import ProfileError
+from provisioner.install import Install
+from provisioner.install.build import Build, cuda_options
+from provisioner.install.kernel import KernelModules
+from provisioner.install.packages import Package, needs_reboot
+from provisioner.install.token import WithToken, header_path, token_from_file, token_from_secrets_env
+from provisioner.install.venv import Venv
+from provisioner.profile import ArchiveEngine, ContainerEngine, Profile, SourceEngine, VenvEngine
+from provisioner.resolve import Spec
+
+VENV_ROOT = "/opt/provision/venvs"
+BUILD_ROOT = "/opt/provision/builds"
+# which runtime.engine each method can install
+METHOD_ENGINES = {"venv": ("vllm",), "source": ("llama.cpp",), "archive": ("ollama",),
+                  "container": ("llama.cpp", "vllm", "ollama")}
+
+ResolveHf = Callable[..., Any]
+# The engine binary inside a container image, where checked: llama.cpp's server images end in
+# ENTRYPOINT [ "/app/llama-server" ] (.devops/cuda.Dockerfile, .devops/cpu.Dockerfile in
+# https://github.com/ggml-org/llama.cpp). Other engines' images: give install.engine.binary.
+CONTAINER_BINARIES = {"llama.cpp": "/app/llama-server"}
+
+
+def engine_path(profile: Profile) -> str | None:
+    """Where the installed engine lives on the host (the stable link), or None."""
+    engine = profile.install.engine
+    if isinstance(engine, VenvEngine):
+        return engine.path or f"{VENV_ROOT}/{profile.runtime.engine}"
+    if isinstance(engine, SourceEngine):
+        return engine.path or f"{BUILD_ROOT}/{profile.runtime.engine}"
+    if isinstance(engine, ArchiveEngine):
+        return engine.dest
+    return None
+
+
+def installed_binary(profile: Profile, binary: str) -> str:
+    """The run script's engine binary: inside the installed engine, else found on PATH."""
+    engine = profile.install.engine
+    if isinstance(engine, ContainerEngine):
+        return engine.binary or CONTAINER_BINARIES.get(profile.runtime.engine, binary)
+    base = engine_path(profile)
+    return f"{base}/bin/{binary}" if base else binary
+
+
+def check(spec: Spec) -> None:
+    """The install section's cross-field rules, each at its line."""
+    p = spec.profile
+    engine = p.install.engine
+    problems = []
+    if engine is not None and p.runtime.engine not in METHOD_ENGINES[engine.method]:
+        fitting = [m for m, engines in METHOD_ENGINES.items() if p.runtime.engine in engines]
+        problems.append(spec.loaded.problem(
+            ("install", "engine", "method"),
+            f"install.engine.method {engine.method} cannot install {p.runtime.engine}",
+            f"for {p.runtime.engine} use method: {' or '.join(fitting)}"))
+    if isinstance(engine, ContainerEngine):
+        if engine.binary is None and p.runtime.engine not in CONTAINER_BINARIES:
+            problems.append(spec.loaded.problem(
+                ("install", "engine"), f"where is {p.runtime.engine}'s binary inside {engine.image}?",
+                "set install.engine.binary to its absolute path in the image (the run script execs it)"))
+        if p.secrets.api_key is not None and p.secrets.api_key.from_file:
+            problems.append(spec.loaded.problem(
+                ("secrets", "api_key"), "a container cannot read secrets.api_key.from_file (a systemd credential)",
+                "use secrets.api_key.from_env: the key goes into the container through its environment file"))
+    source = p.model.source
+    if p.install.model:
+        if source.files is not None:
+            for index, item in enumerate(source.files):
+                if item.url is None:
+                    problems.append(spec.loaded.problem(
+                        ("model", "source", "files", index),
+                        f"install.model downloads model.source.files, but {item.path} has no url",
+                        "add url: (https or a local mirror) beside its sha256, or set install.model: false"))
+        elif source.hf is None:
+            problems.append(spec.loaded.problem(
+                ("install", "model"),
+                f"install.model downloads hf or files sources; this model's source is {source.kind}",
+                "Ollama pulls its own tags; a vLLM directory is copied by other means: "
+                "set install.model: false"))
+    if problems:
+        raise ProfileError(problems)
+
+
+def install_items(spec: Spec, *, resolve_hf: ResolveHf | None = None,
+                  hf_cache: Any = None, hf_endpoint: str | None = None,
+                  hf_token: str | None = None, network: bool = True) -> tuple[Install, ...]:
+    """Every install item of the profile, in the order apply runs them:
+    packages (a driver before what uses it), the engine, the model."""
+    check(spec)
+    p = spec.profile
+    items: list[Install] = [Package(pin.name, pin.version, pin.hold) for pin in p.install.packages]
+    if any(needs_reboot(pin.name) for pin in p.install.packages):
+        items.append(KernelModules())  # DKMS and Secure Boot notes for a driver change
+    engine = p.install.engine
+    label = p.runtime.engine
+    if isinstance(engine, VenvEngine):
+        items.append(Venv(engine_path(p) or "", tuple(engine.requirements), engine.python, engine.index_url,
+                          tuple(engine.extra_index_urls), label=label))
+    elif isinstance(engine, SourceEngine):
+        options = list(engine.cmake_options)
+        if not any(o.startswith(("-DGGML_CUDA=", "-DCMAKE_CUDA_ARCHITECTURES")) for o in options):
+            capabilities = ([a[:-1] + "." + a[-1] for a in engine.cuda_architectures]
+                            if engine.cuda_architectures else [g.spec.compute_capability for g in spec.gpus])
+            options += cuda_options(capabilities)
+        items.append(Build(engine_path(p) or "", engine.url, engine.sha256, engine.git, engine.commit,
+                           engine.subdir, tuple(options), tuple(engine.targets), engine.jobs, label=label,
+                           version=f"{label} {p.runtime.version}"))
+    elif isinstance(engine, ArchiveEngine):
+        download = importlib.import_module("provisioner.install.download")
+        items.append(download.Archive(name=f"archive:{label}", url=engine.url, sha256=engine.sha256,
+                                      size=engine.size, dest=engine.dest,
+                                      strip_components=engine.strip_components))
+    if p.install.model and (network or p.model.source.hf is None):
+        items.extend(_model_download(spec, resolve_hf, hf_cache, hf_endpoint, hf_token))
+    return tuple(items)
+
+
+def hf_cache_dir() -> Path:
+    """Where the controller keeps resolved Hugging Face listings (shared with the llama-server build)."""
+    return Path(os.environ.get("PROVISION_CACHE") or Path.home() / ".cache" / "provision")
+
+
+def _model_download(spec: Spec, resolve_hf: ResolveHf | None, hf_cache: Any, endpoint: str | None,
+                    token: str | None) -> list[Install]:
+    download = importlib.import_module("provisioner.install.download")
+    source = spec.profile.model.source
+    ref = spec.profile.secrets.hf_token
+    if token is None and ref is not None and ref.from_env:
+        # the listing of a gated repo needs the token on the controller; it is never written anywhere
+        token = os.environ.get(ref.from_env) or None
+    if source.files is not None:
+        files = tuple(download.RemoteFile(url=f.url, dest=f.path, size=f.bytes, sha256=f.sha256)
+                      for f in source.files)
+    else:
+        assert source.hf is not None
+        if resolve_hf is None:
+            resolve_hf = importlib.import_module("provisioner.install.hf").resolve_hf
+        files = tuple(resolve_hf(source.hf.repo, source.hf.revision, list(source.hf.include), source.hf.dest,
+                                 endpoint=endpoint, token=token, cache_dir=hf_cache or hf_cache_dir()))
+    if ref is None:
+        return [download.Download(name="download:model", files=files)]
+    # the host's own token for the download, from where secrets.hf_token says (install/token.py)
+    service = spec.profile.service.name
+    header = header_path(service)
+    if ref.from_file:
+        token_sh, where = token_from_file(ref.from_file), ref.from_file
+    else:
+        env_file = f"/etc/provision/{service}/secrets.env"
+        token_sh, where = token_from_secrets_env(env_file, str(ref.from_env)), f"{ref.from_env} of {env_file}"
+    return [WithToken(download.Download(name="download:model", files=files, header_file=header),
+                      header, token_sh, where)]
