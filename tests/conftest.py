@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -42,3 +45,20 @@ def make_profile(tmp_path: Path, patch: dict[str, object] | None = None,
     path = tmp_path / name
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
+
+
+@pytest.fixture(scope="session")
+def llama_server_binary() -> Path:
+    """The CPU llama-server b11312 that scripts/build-llama-server builds with provision's own
+    build resource (cached outside the repository: a second session builds nothing)."""
+    missing = [tool for tool in ("cmake", "make", "c++") if shutil.which(tool) is None]
+    if missing:
+        message = f"building llama-server needs {', '.join(missing)} (Debian: apt-get install cmake make g++)"
+        if os.environ.get("CI"):
+            pytest.fail(message)  # in CI the real-server tests must run
+        pytest.skip(message)
+    proc = subprocess.run([str(ROOT / "scripts" / "build-llama-server")], capture_output=True, text=True,
+                          timeout=3600, check=False)
+    if proc.returncode != 0:
+        pytest.fail(f"scripts/build-llama-server failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return Path(proc.stdout.strip().splitlines()[-2])

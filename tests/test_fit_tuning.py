@@ -74,13 +74,10 @@ def test_the_run_script_and_env_file_of_two_gpus(tmp_path: Path) -> None:
         assert result.returncode == 0, result.stdout
 
 
-def test_flags_exist_in_the_pinned_binary() -> None:
+def test_flags_exist_in_the_pinned_binary(llama_server_binary: Path) -> None:
     """numa, split_mode and tensor_split were read from llama-server b11312's --help: the
-    real binary (cached by the endpoint tests) still lists them with these values."""
-    binary = Path.home() / ".cache" / "provision" / "llama-server-b11312" / "bin" / "llama-server"
-    if not binary.exists():
-        pytest.skip("the llama-server b11312 binary is built by tests/test_verify_endpoint.py")
-    text = subprocess.run([str(binary), "--help"], capture_output=True, text=True, check=False).stdout
+    real binary (scripts/build-llama-server, shared with the endpoint tests) still lists them."""
+    text = subprocess.run([str(llama_server_binary), "--help"], capture_output=True, text=True, check=False).stdout
     for flag in ("--numa TYPE", "distribute", "isolate", "numactl", "--split-mode", "--tensor-split N0,N1",
                  "--threads-batch N", "--batch-size N", "--ubatch-size N"):
         assert flag in text, flag
