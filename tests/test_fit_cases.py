@@ -43,12 +43,15 @@ def case_profile(name: str, case: dict[str, Any]) -> dict[str, Any]:
         source = {"files": [{"path": f"/srv/models/{name}.gguf", "bytes": 1, "sha256": SHA}]}
     runtime = {"version": ENGINE_VERSION[engine], **case["runtime"]}
     mode = load_catalog().models[case["model"]["id"]].modes[0]
-    return {
+    profile = {
         "metadata": {"name": name.lower()[:60], "sources": [case["source"]]},
         "hardware": case["hardware"],
         "model": {"mode": mode, **case["model"], "source": source},
         "runtime": runtime,
     }
+    if "cluster" in case:  # a multi-node case: the GPUs are the nodes' (profile.cluster)
+        profile["cluster"] = case["cluster"]
+    return profile
 
 
 def build(name: str, case: dict[str, Any], tmp_path: Path) -> tuple[Spec, Placement]:
