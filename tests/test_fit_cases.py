@@ -43,12 +43,15 @@ def case_profile(name: str, case: dict[str, Any]) -> dict[str, Any]:
         source = {"files": [{"path": f"/srv/models/{name}.gguf", "bytes": 1, "sha256": SHA}]}
     runtime = {"version": ENGINE_VERSION[engine], **case["runtime"]}
     mode = load_catalog().models[case["model"]["id"]].modes[0]
-    return {
+    profile = {
         "metadata": {"name": name.lower()[:60], "sources": [case["source"]]},
         "hardware": case["hardware"],
         "model": {"mode": mode, **case["model"], "source": source},
         "runtime": runtime,
     }
+    if "cluster" in case:  # a multi-node case: the GPUs are the nodes' (profile.cluster)
+        profile["cluster"] = case["cluster"]
+    return profile
 
 
 def build(name: str, case: dict[str, Any], tmp_path: Path) -> tuple[Spec, Placement]:
@@ -123,3 +126,19 @@ def test_memory_within_tolerance(name: str, case: dict[str, Any], tmp_path: Path
     spec, placement = build(name, case, tmp_path)
     predicted, expected, _ = memory_numbers(spec, placement, case["measured"])
     assert abs(predicted / expected - 1) <= MEMORY_TOLERANCE, f"{name}: {predicted} vs {expected}"
+
+
+CLUSTER = [(n, c) for n, c in SPEED if "cluster" in c]
+
+
+@pytest.mark.parametrize(("name", "case"), CLUSTER, ids=[n for n, _ in CLUSTER])
+def test_cluster_case_is_placed_over_its_nodes(name: str, case: dict[str, Any], tmp_path: Path) -> None:
+    """A multi-node case is fitted as a cluster (even when its speed is xfail): every node
+    holds weights and the token pays the network, so the error table compares the
+    cluster model and not a single machine with the same GPUs."""
+    _, placement = build(name, case, tmp_path)
+    nodes = {n["name"] for n in case["cluster"]["nodes"]}
+    holding = {d.node for d in placement.gpus if d.weights_bytes > 0}
+    assert holding == nodes
+    assert placement.interconnect_s_per_token > 0
+    assert placement.interconnect_bytes_per_token > 0
