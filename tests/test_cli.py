@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -87,9 +88,27 @@ def test_library_profile_by_name(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
 
 
-@pytest.mark.parametrize("command", [[], ["validate"], ["render"], ["fit"], ["plan"], ["apply"],
-                                     ["generations"], ["rollback"], ["facts"], ["verify"], ["init"],
-                                     ["profiles"], ["profiles", "list"], ["profiles", "show"], ["monitor"]])
+def _command_paths(group: click.Group, prefix: list[str]) -> list[list[str]]:
+    """Every command and group under ``group``, walked from click's own tree (a new
+    command cannot be forgotten here)."""
+    paths = [prefix]
+    for name, command in sorted(group.commands.items()):
+        if isinstance(command, click.Group):
+            paths += _command_paths(command, [*prefix, name])
+        else:
+            paths.append([*prefix, name])
+    return paths
+
+
+ALL_COMMANDS = _command_paths(main, [])
+
+
+def test_the_command_walk_sees_every_command() -> None:
+    names = {" ".join(path) for path in ALL_COMMANDS}
+    assert {"validate", "fit", "apply", "export ansible", "export cloud-init", "profiles show"} <= names
+
+
+@pytest.mark.parametrize("command", ALL_COMMANDS, ids=lambda c: " ".join(c) or "provision")
 def test_every_help_has_an_example(command: list[str]) -> None:
     result = CliRunner().invoke(main, [*command, "--help"])
     assert result.exit_code == 0
