@@ -22,8 +22,8 @@ import shlex
 from dataclasses import dataclass
 from typing import Any
 
-from provisioner.install import InstallChange, InstallKind
-from provisioner.install.venv import inputs_hash, probe_versioned, stamp_text, versioned_change, write_stamp
+from provisioner.install import InstallKind
+from provisioner.install.venv import VersionedDir, stamp_text, write_stamp
 
 
 def q(text: str) -> str:
@@ -41,7 +41,7 @@ def cuda_options(compute_capabilities: list[str]) -> list[str]:
 
 
 @dataclass(frozen=True)
-class Build:
+class Build(VersionedDir):
     path: str  # the stable link, e.g. /opt/provision/builds/llama.cpp
     url: str | None = None  # tarball: https://, file://, or a path on the host
     sha256: str | None = None
@@ -69,28 +69,9 @@ class Build:
                 "subdir": self.subdir, "cmake_options": list(self.cmake_options), "targets": list(self.targets)}
 
     @property
-    def digest(self) -> str:
-        return inputs_hash(self.inputs)
-
-    @property
-    def directory(self) -> str:
-        return f"{self.path}-{self.digest}"
-
-    @property
     def summary(self) -> str:
         pin = (self.sha256 or "")[:12] if self.url else (self.commit or "")[:12]
         return f"{self.version or self.label} ({pin}, {self.digest})"
-
-    def probe(self, root: str) -> str:
-        return probe_versioned(self.name, self.path, self.directory, root)
-
-    def record(self) -> dict[str, Any]:
-        return {"kind": "build", "path": self.path, "dir": self.directory, "hash": self.digest,
-                "summary": self.summary}
-
-    def change(self, found: dict[str, str], root: str) -> InstallChange | None:
-        return versioned_change(self, found, root, kind="build", directory=self.directory,
-                                digest=self.digest, build=self.build_script())
 
     def verify_probe(self, root: str) -> str:
         """verify: each target binary is there and executable behind the link."""

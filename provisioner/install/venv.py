@@ -92,8 +92,53 @@ def versioned_change(item: Any, found: dict[str, str], root: str, *, kind: Insta
                          record, bytes=nbytes, notify=("restart-server",), pending=pending)
 
 
+class VersionedDir:
+    """An install into ``PATH-<hash of its inputs>`` behind the stable link ``PATH``
+    (venvs, builds): what the two share once each says its inputs and build script."""
+
+    path: str
+
+    @property
+    def name(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def kind(self) -> InstallKind:
+        raise NotImplementedError
+
+    @property
+    def inputs(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @property
+    def summary(self) -> str:
+        raise NotImplementedError
+
+    def build_script(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def digest(self) -> str:
+        return inputs_hash(self.inputs)
+
+    @property
+    def directory(self) -> str:
+        return f"{self.path}-{self.digest}"
+
+    def probe(self, root: str) -> str:
+        return probe_versioned(self.name, self.path, self.directory, root)
+
+    def record(self) -> dict[str, Any]:
+        return {"kind": self.kind, "path": self.path, "dir": self.directory, "hash": self.digest,
+                "summary": self.summary}
+
+    def change(self, found: dict[str, str], root: str) -> InstallChange | None:
+        return versioned_change(self, found, root, kind=self.kind, directory=self.directory,
+                                digest=self.digest, build=self.build_script())
+
+
 @dataclass(frozen=True)
-class Venv:
+class Venv(VersionedDir):
     path: str  # the stable link, e.g. /opt/provision/venvs/vllm
     requirements: tuple[str, ...]
     python: str = "/usr/bin/python3"
@@ -115,27 +160,8 @@ class Venv:
                 "index_url": self.index_url, "extra_index_urls": list(self.extra_index_urls)}
 
     @property
-    def digest(self) -> str:
-        return inputs_hash(self.inputs)
-
-    @property
-    def directory(self) -> str:
-        return f"{self.path}-{self.digest}"
-
-    @property
     def summary(self) -> str:
         return " ".join(sorted(self.requirements))
-
-    def probe(self, root: str) -> str:
-        return probe_versioned(self.name, self.path, self.directory, root)
-
-    def record(self) -> dict[str, Any]:
-        return {"kind": "venv", "path": self.path, "dir": self.directory, "hash": self.digest,
-                "summary": self.summary}
-
-    def change(self, found: dict[str, str], root: str) -> InstallChange | None:
-        return versioned_change(self, found, root, kind="venv", directory=self.directory,
-                                digest=self.digest, build=self.build_script())
 
     def verify_probe(self, root: str) -> str:
         """verify: what pip says is installed in the linked venv (one ``pin.NAME VERSION`` line each)."""
