@@ -143,7 +143,7 @@ def render(profile: Path, out_dir: Path, overwrite: bool, node: str | None, as_j
     Example:
       provision render examples/quickstart.yaml --out ./rendered
       provision render examples/quickstart.yaml --out ./rendered --overwrite --json
-      provision render examples/cluster/two-node-vllm.yaml --node w1 --out ./w1
+      provision render examples/cluster/two-node-qwen3-235b-fp8-vllm.yaml --node w1 --out ./w1
     """
     from provisioner.errors import UsageError
     from provisioner.pipeline import build, write_tree

@@ -194,3 +194,19 @@ def test_a_template_reading_host_facts_is_refused(tmp_path: Path) -> None:
         assert "(hint: write the value into the profile" in result.stderr
         assert len(result.stderr.splitlines()) == 1
     assert not (tmp_path / "a").exists() and not (tmp_path / "u.yaml").exists()
+
+
+@pytest.mark.parametrize("example", ["examples/install/vllm-venv.yaml",
+                                     "examples/cluster/two-node-qwen3-235b-fp8-vllm.yaml"])
+def test_what_an_export_cannot_carry_is_refused_not_dropped(example: str, tmp_path: Path) -> None:
+    """install: items and a cluster's per-node files are not in an export yet: one line
+    saying so, exit 1, nothing written (an exported host must not silently lack them)."""
+    assert (ROOT / example).exists()
+    for command in (["ansible", example, "--out", str(tmp_path / "a")],
+                    ["cloud-init", example, "--out", str(tmp_path / "u.yaml")]):
+        result = provision("export", *command)
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert len(result.stderr.splitlines()) == 1, result.stderr
+        assert ("(install:), which the" in result.stderr) or ("is a cluster of 2 nodes" in result.stderr)
+        assert "(hint: converge" in result.stderr
+    assert not (tmp_path / "a").exists() and not (tmp_path / "u.yaml").exists()

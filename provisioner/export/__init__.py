@@ -45,6 +45,23 @@ def refuse_secrets(rendered: Rendered, engine: str) -> None:
                               "reads it at run time instead of holding it")
 
 
+def refuse_unexported(built: Built, engine: str) -> None:
+    """What an export does not carry yet must stop it, not vanish from it: the items of
+    `install:` (packages, engine, model download) and a cluster's per-node files."""
+    profile = built.spec.profile
+    items = [item.name for item in built.rendered.installs]
+    if items:
+        raise RenderError(f"{profile.metadata.name} installs {', '.join(items)} (install:), which the {engine} "
+                          "export does not carry: the exported host would lack them",
+                          hint="converge with `provision apply` (it installs them), or export a profile "
+                          "without install: and install those by other means")
+    if profile.cluster is not None:
+        raise RenderError(f"{profile.metadata.name} is a cluster of {len(profile.cluster.nodes)} nodes, each "
+                          f"with its own files; the {engine} export renders one result",
+                          hint="converge a cluster with `provision apply -i INVENTORY` (each host gets its "
+                          "node's files)")
+
+
 def refuse_host_facts(built: Built) -> None:
     """An export is rendered once, without a host, like `provision render`; apply renders
     again with each host's facts. A template reading facts (cpus, mem_total_kb) would

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from provisioner.errors import UsageError
-from provisioner.export import refuse_host_facts, write_export
+from provisioner.export import refuse_host_facts, refuse_unexported, write_export
 from provisioner.export.ansible import ExportUnit, digest, export_tree, role_names
 from provisioner.inventory import Host, load_inventory, select
 from provisioner.pipeline import Built, build
@@ -15,6 +15,7 @@ from provisioner.report import envelope, print_json, print_table, say
 
 
 def _unit(built: Built, hosts: tuple[str, ...] = ()) -> ExportUnit:
+    refuse_unexported(built, "Ansible")
     refuse_host_facts(built)
     profile = built.spec.profile
     return ExportUnit(profile.metadata.name, profile.service.name, built.rendered, hosts)
@@ -33,7 +34,7 @@ def inventory_units(profile: Path | None, inventory: Path, limit: str | None) ->
                              hint="give PROFILE on the command line or `profile:` for the host")
         key = (str(chosen), json.dumps(host.overrides, sort_keys=True) if host.overrides else "")
         if key not in built:
-            built[key] = build(chosen, overrides=host.overrides or None)
+            built[key] = build(chosen, overrides=host.overrides or None, network=False)
         result = built[key]
         by_digest.setdefault(digest(result.rendered), (result, []))[1].append(host.name)
     return [_unit(b, tuple(names)) for b, names in by_digest.values()], hosts
@@ -46,7 +47,7 @@ def export_ansible_command(profile: Path | None, inventory: Path | None, limit: 
             raise UsageError("PROFILE is missing", hint="give a profile (file or library name), or -i INVENTORY")
         if limit:
             raise UsageError("--limit needs -i INVENTORY")
-        units, hosts = [_unit(build(profile))], None
+        units, hosts = [_unit(build(profile, network=False))], None
     else:
         units, hosts = inventory_units(profile, inventory, limit)
     tree = export_tree(units, hosts)
@@ -69,7 +70,8 @@ def export_ansible_command(profile: Path | None, inventory: Path | None, limit: 
 def export_cloudinit_command(profile: Path, out: Path, overwrite: bool, as_json: bool) -> int:
     from provisioner.export.cloudinit import first_boot_handlers, user_data
 
-    built = build(profile)
+    built = build(profile, network=False)
+    refuse_unexported(built, "cloud-init")
     refuse_host_facts(built)
     spec = built.spec
     text = user_data(built.rendered, profile_name=spec.profile.metadata.name, service=spec.profile.service.name)
