@@ -1,3 +1,3 @@
 from provisioner.cli import main
 
-main()
+main(prog_name="provision")

@@ -68,7 +68,31 @@ json_option = click.option("--json", "as_json", is_flag=True,
                            help="Print one JSON object (the envelope of the README) on stdout.")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _Provision(click.Group):
+    """click's usage errors (a missing argument, an unknown option) exit 2 with a usage
+    block; here 2 means "a finding" (changes pending), so they become one line and exit 1,
+    with the JSON envelope under --json, like every other bad input."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        argv = list(args) if args is not None else sys.argv[1:]
+        try:
+            return super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.Abort:
+            _report_error("provision", [Problem("aborted")], "--json" in argv)
+            sys.exit(EXIT_ERROR)
+        except click.ClickException as exc:
+            if type(exc).__name__ == "NoArgsIsHelpError" and isinstance(exc, click.UsageError) and exc.ctx:
+                click.echo(exc.ctx.get_help())  # `provision` alone: its help, as a request for it
+                sys.exit(EXIT_OK)
+            where = exc.ctx.command_path if isinstance(exc, click.UsageError) and exc.ctx else "provision"
+            command = where.split(" ", 1)[1] if " " in where else "provision"
+            _report_error(command, [Problem(exc.format_message().rstrip("."), hint=f"see `{where} --help`")],
+                          "--json" in argv)
+            sys.exit(EXIT_ERROR)
+
+
+@click.group(cls=_Provision, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="provision")
 def main() -> None:
     """Provision machines for local LLM inference.

@@ -258,10 +258,12 @@ def _fit_layers(spec: Spec, ctx: int) -> Placement:
     # counts from the first layer too, so the two overlap on the CPU layers.
     repeating_gpu = min(gpu_layers, m.layers)
     dense_gpu, gpu_experts = w.on_gpu(gpu_layers, cpu_moe)
-    gpu_weights = int(dense_gpu + gpu_experts)
+    # round, not truncate: a fully offloaded model must leave 0 B (not 1 B) on the CPU,
+    # or the CPU buffer and mlock that follow from "weights in RAM" would be chosen
+    gpu_weights = min(round(dense_gpu + gpu_experts), int(w.total))
     gpu_kv = int(kv_per_layer * repeating_gpu)
     cpu_weights = w.total - gpu_weights
-    cpu_experts = int(w.expert_total - gpu_experts)
+    cpu_experts = max(round(w.expert_total - gpu_experts), 0)
     cpu_kv = kv_total - gpu_kv
 
     devices: list[Device] = []

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 from provisioner.engine import HostResult, apply_plan, plan_host
 from provisioner.errors import Problem, ProvisionError
 from provisioner.inventory import Host
-from provisioner.pipeline import Built, build
+from provisioner.pipeline import Built, build, node_rendered
 from provisioner.render import render, template_facts
 from provisioner.transport import Transport
 
@@ -141,23 +141,10 @@ def cluster_node(built: Built, host: str) -> str | None:
     return node_for_host(built.spec, host).name
 
 
-def _node_rendered(built: Built, node: str) -> Any:
-    """One cluster node's files with the profile's installs: every node runs the engine;
-    an RPC worker serves its GPUs to the head and never reads the model, so it skips that download."""
-    from dataclasses import replace
-
-    from provisioner.cluster import cluster_of, node_named
-
-    installs = built.rendered.installs
-    if cluster_of(built.spec).backend == "rpc" and node_named(built.spec, node).role == "worker":
-        installs = tuple(item for item in installs if item.name != "download:model")
-    return replace(render(built.spec, built.placement, node=node), installs=installs)
-
-
 def _converge(target: Target, built: Built, options: RunOptions) -> Outcome:
     try:
         node = cluster_node(built, target.name) if target.per_host_node else None
-        first = built.rendered if node is None else _node_rendered(built, node)
+        first = built.rendered if node is None else node_rendered(built, node)
         with target.opened() as transport:
             plan, gathered = plan_host(first, transport, service=built.spec.profile.service.name,
                                        restart=options.restart,

@@ -171,10 +171,14 @@ def _problems(exc: ValidationError, positions: Positions, label: str) -> list[Pr
             where = positions.find(path, key=bool(loc) and loc[-1] == "[key]")
             message = _clean(error["msg"]).replace("\n", " ")
             hint = _hint_for(error)
+            if HINT_MARK in message:  # a validator's own hint: "message | hint: what to do"
+                message, hint = message.split(HINT_MARK, 1)
             if kind == "string_pattern_mismatch" and CONTROL_CHARS.search(str(error.get("input", ""))):
-                message, hint = "must not contain newlines or control characters", None
+                message = "must not contain newlines or control characters"
+                hint = "one line of plain text: a newline could start another setting in the file it reaches"
             elif kind in {"model_type", "model_attributes_type", "dict_type"}:  # "instance of Cpu"
                 message = f"expected a mapping (key: value), got {_kind_of(error.get('input'))}"
+                hint = "write the section as indented key: value lines, or leave it out for the defaults"
         if path in seen:  # unions report one problem per member: keep the first
             continue
         seen.add(path)
@@ -184,6 +188,10 @@ def _problems(exc: ValidationError, positions: Positions, label: str) -> list[Pr
             line=where.line if where else None, column=where.column if where else None))
     problems.sort(key=lambda p: (p.file or "", p.line or 0, p.column or 0))
     return problems
+
+
+# How a validator's ValueError carries its own hint (profile.py uses it).
+HINT_MARK = " | hint: "
 
 
 def _kind_of(value: Any) -> str:
@@ -201,14 +209,25 @@ def _clean(message: str) -> str:
     return message
 
 
+# Hints by pydantic error type, for errors whose validator gives none of its own.
+_HINTS_BY_KIND = {
+    **dict.fromkeys(("int_parsing", "int_type", "float_parsing", "float_type", "finite_number"), "write a number"),
+    **dict.fromkeys(("bool_parsing", "bool_type"), "write true or false"),
+    **dict.fromkeys(("greater_than_equal", "less_than_equal", "greater_than", "less_than"),
+                    "the value is out of range"),
+    **dict.fromkeys(("value_error", "assertion_error", "literal_error", "enum", "missing", "none_required",
+                     "list_type", "string_type", "too_short", "too_long"),
+                    "see the README's profile reference; `provision profiles show NAME` prints working profiles"),
+}
+
+
 def _hint_for(error: Any) -> str | None:
     kind = error["type"]
     if kind == "string_pattern_mismatch":
         return f"the value must match {error['ctx']['pattern']}"
-    if kind in {"int_parsing", "int_type", "float_parsing", "float_type"}:
-        return "write a number"
-    if kind in {"bool_parsing", "bool_type"}:
-        return "write true or false"
-    if kind in {"greater_than_equal", "less_than_equal", "greater_than", "less_than"}:
-        return "the value is out of range"
-    return None
+    if kind in {"union_tag_not_found", "union_tag_invalid"}:
+        ctx = error.get("ctx", {})
+        key = str(ctx.get("discriminator", "the kind")).replace("'", "")
+        expected = str(ctx.get("expected_tags", "")).replace("'", "")
+        return f"set {key} to one of {expected}" if expected else f"add {key}: (see the README's profile reference)"
+    return _HINTS_BY_KIND.get(kind)

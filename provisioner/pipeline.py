@@ -53,6 +53,17 @@ def build(path: Path, *, ignore_fit: bool = False, overrides: dict[str, Any] | N
     return Built(spec, placement, replace(rendered, installs=install_items(spec, network=network)))
 
 
+def node_rendered(built: Built, node: str) -> Rendered:
+    """One cluster node's files with the profile's installs: every node runs the engine;
+    an RPC worker serves its GPUs to the head and never reads the model, so it skips that download."""
+    from provisioner.cluster import cluster_of, node_named
+
+    installs = built.rendered.installs
+    if cluster_of(built.spec).backend == "rpc" and node_named(built.spec, node).role == "worker":
+        installs = tuple(item for item in installs if item.name != "download:model")
+    return replace(render(built.spec, built.placement, node=node), installs=installs)
+
+
 def write_tree(rendered: Rendered, out_dir: Path, *, overwrite: bool) -> list[Path]:
     """Write each file under out_dir (its absolute path made relative), with its mode."""
     if out_dir.exists() and not out_dir.is_dir():

@@ -32,6 +32,14 @@ from provisioner.units import parse_size
 CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
+def _not_a_float(value: Any) -> Any:
+    """YAML reads `2.10` as the number 2.1: a version written so would silently change."""
+    if isinstance(value, float):
+        raise ValueError(f"{value!r} was read as a number, which drops trailing zeros"
+                         " | hint: write the version in quotes, e.g. \"2.10\"")
+    return value
+
+
 def _no_control(value: str) -> str:
     if CONTROL_CHARS.search(value):
         raise ValueError("must not contain newlines or control characters")
@@ -156,7 +164,7 @@ class Hardware(_Model):
 
 class Driver(_Model):
     kernel_module: Literal["open", "proprietary"] = "open"
-    version: Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+){0,2}$")] | None = None
+    version: Annotated[str, BeforeValidator(_not_a_float), Field(pattern=r"^[0-9]+(\.[0-9]+){0,2}$")] | None = None
     persistence: bool = True
     power_limit_w: int | None = Field(default=None, ge=50, le=2000)
 
@@ -291,7 +299,7 @@ OffloadChoice = Annotated[
 
 class Runtime(_Model):
     engine: Literal["llama.cpp", "vllm", "ollama"]
-    version: Text
+    version: Annotated[Text, BeforeValidator(_not_a_float)]
     port: int = Field(default=8080, ge=1, le=65535)
     expose: bool = False  # before bind: bind's check reads it
     bind: Text = "127.0.0.1"
@@ -471,7 +479,7 @@ class Cluster(_Model):
 
 # Debian and RPM package names and versions: no blanks, quotes or shell characters.
 PackageName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9+.-]{0,99}$")]
-PackageVersion = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9.+~:_-]{0,99}$")]
+PackageVersion = Annotated[str, BeforeValidator(_not_a_float), Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9.+~:_-]{0,99}$")]
 # An exact pin only: "name==1.2.3" (optionally with extras, "vllm[audio]==0.11.0").
 Requirement = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9_,.-]+\])?==[A-Za-z0-9.+!_-]+$")]
 Url = Annotated[str, Field(pattern=r"^(https?|file)://[A-Za-z0-9_./@+:,=%~?&-]+$")]

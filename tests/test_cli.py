@@ -121,3 +121,24 @@ def test_validate_is_fast_enough_to_use_interactively() -> None:
             "print(sorted(m for m in ('pydantic', 'jinja2', 'rich', 'yaml') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["fit"], "error: Missing argument 'PROFILE' (hint: see `provision fit --help`)"),
+    (["export", "ansible", "examples/quickstart.yaml"], "error: Missing option '--out'"),
+    (["rollback", "--to", "x"], "error: Invalid value for '--to': 'x' is not a valid integer"),
+    (["plan", "--bogus", "x.yaml"], "error: No such option '--bogus'"),
+])
+def test_usage_errors_are_one_line_and_exit_1_not_2(args: list[str], message: str) -> None:
+    """click exits 2 on usage errors; 2 means "a finding" here (CI reads it as changes
+    pending), so a usage error is bad input like any other: one line, exit 1."""
+    result = run(*args)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith(message) and len(result.stderr.splitlines()) == 1, result.stderr
+    as_json = run(*args, "--json")
+    assert as_json.returncode == 1 and json.loads(as_json.stdout)["ok"] is False
+
+
+def test_provision_alone_prints_its_help() -> None:
+    result = run()
+    assert result.returncode == 0 and "Usage: provision" in result.stdout

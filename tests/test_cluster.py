@@ -372,3 +372,56 @@ def test_monitor_expects_each_nodes_own_gpus(tmp_path: Path) -> None:
     head = Target("box-a", path, lambda: LocalTransport(None), per_host_node=True)
     assert watch_for(worker).thresholds.gpus_expected == 3
     assert watch_for(head).thresholds.gpus_expected == 1
+
+
+# --- clusters meeting the other features -----------------------------------------------
+
+SOURCE_ENGINE = {"method": "source", "url": "https://example.invalid/llama.tar.gz", "sha256": "0" * 64,
+                 "subdir": "vendor/llama.cpp", "targets": ["llama-server"]}
+
+
+@pytest.mark.parametrize(("source", "engine"), [
+    (RPC_EXAMPLE, SOURCE_ENGINE),
+    (RAY_EXAMPLE, {"method": "venv", "requirements": ["vllm==0.11.0"]}),
+])
+def test_install_engine_on_a_cluster_is_refused_until_node_scripts_use_it(
+        tmp_path: Path, source: Path, engine: dict[str, Any]) -> None:
+    """Ray and rpc-server are run from PATH by the node scripts: an installed engine would
+    sit unused (and an RPC build lacks GGML_RPC), so the mix is refused at its line."""
+    profile = _profile(tmp_path, source, {"install": {"engine": engine}})
+    with pytest.raises(ProvisionError) as caught:
+        build(profile, network=False)
+    [problem] = caught.value.problems
+    assert problem.message.startswith("install.engine on a cluster profile is not supported yet")
+    assert problem.field == "install.engine" and problem.line and problem.hint
+
+
+def test_verify_on_a_cluster_node_keeps_the_profiles_installs(tmp_path: Path) -> None:
+    """verify builds each node's view; the install checks must not vanish from it (a missing
+    model on the head must fail `verify --only install`), and an RPC worker skips the model."""
+    from provisioner.pipeline import node_rendered
+
+    data = yaml.safe_load(RPC_EXAMPLE.read_text())
+    model = data["model"]["source"]["files"][0]
+    profile = _profile(tmp_path, RPC_EXAMPLE, {
+        "model.source.files": [{**model, "url": "https://example.invalid/m.gguf"}],
+        "install": {"model": True}})
+    built = build(profile, network=False)
+    assert [i.name for i in node_rendered(built, "head").installs] == ["download:model"]
+    assert node_rendered(built, "w1").installs == ()
+    result = subprocess.run([sys.executable, "-m", "provisioner", "verify", str(profile), "--root",
+                             str(tmp_path / "head"), "--only", "install", "--json"],
+                            capture_output=True, text=True, check=False)
+    report = json.loads(result.stdout)
+    assert result.returncode == 2, result.stdout + result.stderr
+    failed = [c["id"] for c in report["hosts"][0]["checks"] if c["status"] == "fail"]
+    assert failed and all(name.startswith("install.download:model") for name in failed), failed
+
+
+@pytest.mark.parametrize("source", [RPC_EXAMPLE, ROOT / "profiles" / "rtx-pro-6000-llama-3.3-70b-q8-llamacpp.yaml"])
+def test_a_fully_offloaded_model_leaves_no_byte_in_ram(source: Path) -> None:
+    """Truncating the GPU share once left 1 B "in RAM", which switched on the CPU buffer and
+    mlock (`--load-mode=mmap+mlock`) for a model that is entirely on the GPUs."""
+    placement = fit(resolve(load_profile(source)))
+    assert placement.gpu_layers == resolve(load_profile(source)).model.layers + 1
+    assert placement.ram.weights_bytes == 0 and placement.ram.buffers_bytes == 0

@@ -81,6 +81,15 @@ def check(spec: Spec) -> None:
             problems.append(spec.loaded.problem(
                 ("secrets", "api_key"), "a container cannot read secrets.api_key.from_file (a systemd credential)",
                 "use secrets.api_key.from_env: the key goes into the container through its environment file"))
+    if engine is not None and p.cluster is not None:
+        # Ray and rpc-server are run from PATH by the node scripts, and an RPC build needs
+        # GGML_RPC and its server target: until both follow install.engine, refuse the mix
+        problems.append(spec.loaded.problem(
+            ("install", "engine"),
+            f"install.engine on a cluster profile is not supported yet: the {p.cluster.backend} node "
+            "scripts would not run what it installs",
+            "install the engine on each node by other means (Ray/vLLM in one environment on PATH, "
+            "or llama.cpp built with -DGGML_RPC=ON) and drop install.engine; install.model still works"))
     source = p.model.source
     if p.install.model:
         if source.files is not None:

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from provisioner.engine import gather
-from provisioner.pipeline import Built
+from provisioner.pipeline import Built, node_rendered
 from provisioner.plan import make_plan
 from provisioner.render import render, sysctl_settings
 from provisioner.transport import Transport
@@ -39,7 +39,8 @@ def verify_target(built: Built, transport: Transport, options: VerifyOptions,
         node = node or cluster.head.name
         role = next(n.role for n in cluster.nodes if n.name == node)
         view = node_spec(built.spec, node)
-        built = Built(view, built.placement, render(view, built.placement, node=node))
+        built = Built(view, built.placement, replace(render(view, built.placement, node=node),
+                                                     installs=node_rendered(built, node).installs))
         if role == "worker":
             # the head serves the endpoint and sees the cluster; an RPC worker holds no model file
             options = VerifyOptions(only=options.only - {"endpoint"} - ({"model"} if cluster.backend == "rpc"
