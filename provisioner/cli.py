@@ -6,6 +6,7 @@ Exit codes (the same for every command): 0 ok / nothing to do; 2 a finding
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import sys
@@ -229,6 +230,8 @@ def target_options(func: F) -> F:
                      help="Ask for the sudo password (or set PROVISION_BECOME_PASSWORD); never on the command line."),
         click.option("--jump", default=None, metavar="[USER@]HOST", help="Reach the hosts through this jump host."),
         click.option("--connect-timeout", type=float, default=10.0, show_default=True, help="SSH connect timeout (s)."),
+        click.option("--node", default=None, metavar="NAME",
+                     help="A cluster profile: the node this target is (an inventory finds it by host)."),
         root_option,
     ]
     for option in reversed(options):
@@ -260,11 +263,13 @@ def _targets(profile: Path | None, opts: dict[str, Any]) -> list[Any]:
         return targets
     if profile is None:
         raise UsageError("PROFILE is missing", hint="give a profile file or a library profile name")
+    node = opts.get("node")
     if opts["host"] is not None:
-        return [ssh_target(host_from_arg(opts["host"]), profile, **ssh_kwargs)]
+        return [dataclasses.replace(ssh_target(host_from_arg(opts["host"]), profile, **ssh_kwargs), node=node)]
     root = opts["root"]
     name = "local" if root is None else f"local:{root}"
-    return [Target(name, profile, lambda: _transport(root), model_root=str(root) if root is not None else "")]
+    return [Target(name, profile, lambda: _transport(root), model_root=str(root) if root is not None else "",
+                   node=node)]
 
 
 def _one_target(profile: Path, opts: dict[str, Any], what: str) -> Any:
@@ -620,10 +625,9 @@ def _run_verify(profile: Path | None, opts: dict[str, Any], options: Any, as_jso
     builds = {t.key: t.build(opts["ignore_fit"]) for t in targets}
 
     def work(target: Any, transport: Any) -> dict[str, Any]:
-        from provisioner.fleet import cluster_node
 
         built = builds[target.key]
-        node = cluster_node(built, target.name) if target.per_host_node else None
+        node = target.node_of(built)
         checks = failures_first(verify_target(built, transport, options, node))
         return {"host": target.name, "ok": True, "error": None, "checks": checks}
 

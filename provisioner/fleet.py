@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from provisioner.engine import HostResult, apply_plan, plan_host
-from provisioner.errors import Problem, ProvisionError
+from provisioner.errors import Problem, ProvisionError, UsageError
 from provisioner.inventory import Host
 from provisioner.pipeline import Built, build, node_rendered
 from provisioner.render import render, template_facts
@@ -30,6 +30,24 @@ class Target:
     model_root: str | None = None  # where its model files are readable here (None: a remote host)
     # an inventory host: on a cluster profile it gets the files of the node whose host it is
     per_host_node: bool = False
+    node: str | None = None  # --node: the cluster node this target is, said outright
+
+    def node_of(self, built: Built) -> str | None:
+        """The cluster node this target converges as (None: not a cluster profile). A
+        target that is no inventory host must say which (a worker given the head's files
+        would become a second head)."""
+        cluster = built.spec.profile.cluster
+        if cluster is None:
+            return None
+        names = [n.name for n in cluster.nodes]
+        if self.node is not None:
+            if self.node not in names:
+                raise UsageError(f"--node {self.node}: not a node of this cluster", hint=f"nodes: {', '.join(names)}")
+            return self.node
+        if self.per_host_node:
+            return cluster_node(built, self.name)
+        raise UsageError(f"{built.spec.profile.metadata.name} is a cluster: which node is {self.name}?",
+                         hint=f"pass --node NAME (one of {', '.join(names)}), or converge with -i INVENTORY")
 
     @property
     def key(self) -> tuple[Path, str]:
@@ -143,7 +161,7 @@ def cluster_node(built: Built, host: str) -> str | None:
 
 def _converge(target: Target, built: Built, options: RunOptions) -> Outcome:
     try:
-        node = cluster_node(built, target.name) if target.per_host_node else None
+        node = target.node_of(built)
         first = built.rendered if node is None else node_rendered(built, node)
         with target.opened() as transport:
             plan, gathered = plan_host(first, transport, service=built.spec.profile.service.name,

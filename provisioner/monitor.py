@@ -188,10 +188,8 @@ def watch_for(target: Target) -> Watch:
     spec, placement = built.spec, built.placement
     if spec.profile.cluster is not None:  # a cluster node watches its own GPUs
         from provisioner.cluster import node_spec
-        from provisioner.fleet import cluster_node
 
-        node = cluster_node(built, target.name) if target.per_host_node else None
-        spec = node_spec(spec, node or spec.profile.cluster.head.name)
+        spec = node_spec(spec, target.node_of(built) or spec.profile.cluster.head.name)
     command = engine_command(spec, placement, model_path(spec))
     locked = any("mlock" in word for arg in command.args for word in arg.words)
     ram = placement.devices[-1]  # "CPU RAM" is always last

@@ -410,7 +410,7 @@ def test_verify_on_a_cluster_node_keeps_the_profiles_installs(tmp_path: Path) ->
     assert [i.name for i in node_rendered(built, "head").installs] == ["download:model"]
     assert node_rendered(built, "w1").installs == ()
     result = subprocess.run([sys.executable, "-m", "provisioner", "verify", str(profile), "--root",
-                             str(tmp_path / "head"), "--only", "install", "--json"],
+                             str(tmp_path / "head"), "--node", "head", "--only", "install", "--json"],
                             capture_output=True, text=True, check=False)
     report = json.loads(result.stdout)
     assert result.returncode == 2, result.stdout + result.stderr
@@ -425,3 +425,24 @@ def test_a_fully_offloaded_model_leaves_no_byte_in_ram(source: Path) -> None:
     placement = fit(resolve(load_profile(source)))
     assert placement.gpu_layers == resolve(load_profile(source)).model.layers + 1
     assert placement.ram.weights_bytes == 0 and placement.ram.buffers_bytes == 0
+
+
+def test_a_target_that_is_no_inventory_host_must_name_its_node(tmp_path: Path) -> None:
+    """plan/apply/verify here or on --root: a cluster worker given the head's files would
+    become a second head, so the node is asked for, and --node gives that node's files."""
+    def plan(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "provisioner", "plan", str(RPC_EXAMPLE), "--root",
+                               str(tmp_path / "w"), *extra], capture_output=True, text=True, check=False)
+
+    asked = plan()
+    assert asked.returncode == 1 and "is a cluster: which node is local:" in asked.stderr
+    assert "(hint: pass --node NAME (one of head, w1)" in asked.stderr
+    assert plan("--node", "nope").returncode == 1
+    worker = plan("--node", "w1")
+    assert worker.returncode == 2, worker.stderr  # changes pending: the worker's files
+    applied = subprocess.run([sys.executable, "-m", "provisioner", "apply", str(RPC_EXAMPLE), "--root",
+                              str(tmp_path / "w"), "--node", "w1", "--yes"], capture_output=True, text=True,
+                             check=False)
+    assert applied.returncode == 0, applied.stderr
+    run_script = (tmp_path / "w" / "opt/provision/bin/llm-server-run.sh").read_text()
+    assert "exec ggml-rpc-server" in run_script and "llama-server" not in run_script

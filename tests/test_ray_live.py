@@ -69,7 +69,7 @@ for _ in $(seq 30); do [ "$({status})" = 1 ] && break; sleep 1; done
 setsid {ray} start {' '.join(map(shlex.quote, worker_words + cpus))} > {tmp_path}/worker.log 2>&1 &
 worker=$!
 for _ in $(seq 30); do [ "$({status})" = 2 ] && break; sleep 1; done
-PATH={shlex.quote(str(RAY.parent))}:$PATH {py} -m provisioner verify {shlex.quote(str(profile))} \\
+PATH={shlex.quote(str(RAY.parent))}:$PATH {py} -m provisioner verify {shlex.quote(str(profile))} --node head \\
     --only cluster --json > {tmp_path}/verify.json
 echo "$head $worker" > {tmp_path}/groups
 # stop only what this script started: each `ray start` leads its own process group
