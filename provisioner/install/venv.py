@@ -14,6 +14,7 @@ lists them: ``--no-input``, ``--disable-pip-version-check``, ``--no-cache-dir``,
 
 from __future__ import annotations
 
+import abc
 import hashlib
 import json
 import re
@@ -92,30 +93,30 @@ def versioned_change(item: Any, found: dict[str, str], root: str, *, kind: Insta
                          record, bytes=nbytes, notify=("restart-server",), pending=pending)
 
 
-class VersionedDir:
+class VersionedDir(abc.ABC):
     """An install into ``PATH-<hash of its inputs>`` behind the stable link ``PATH``
     (venvs, builds): what the two share once each says its inputs and build script."""
 
     path: str
 
     @property
-    def name(self) -> str:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def name(self) -> str: ...
 
     @property
-    def kind(self) -> InstallKind:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def kind(self) -> InstallKind: ...
 
     @property
-    def inputs(self) -> dict[str, Any]:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def inputs(self) -> dict[str, Any]: ...
 
     @property
-    def summary(self) -> str:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def summary(self) -> str: ...
 
-    def build_script(self) -> str:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def build_script(self) -> str: ...
 
     @property
     def digest(self) -> str:
