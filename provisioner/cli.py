@@ -170,20 +170,13 @@ def render(profile: Path, out_dir: Path, overwrite: bool, node: str | None, as_j
       provision render examples/quickstart.yaml --out ./rendered --overwrite --json
       provision render examples/cluster/two-node-qwen3-235b-fp8-vllm.yaml --node w1 --out ./w1
     """
-    from provisioner.errors import UsageError
-    from provisioner.pipeline import build, write_tree
-    from provisioner.render import render as render_files
+    from provisioner.cluster import chosen_node
+    from provisioner.pipeline import build, node_rendered, write_tree
     from provisioner.report import envelope, print_json, print_table, say
 
     built = build(profile, model_root="", network=False)
-    cluster = built.spec.profile.cluster
     if node is not None:
-        names = [n.name for n in cluster.nodes] if cluster is not None else []
-        if node not in names:
-            raise UsageError(f"--node {node}: " + ("not a node of this cluster" if names else
-                                                    "the profile describes no cluster"),
-                             hint=f"nodes: {', '.join(names)}" if names else "drop --node")
-        built = type(built)(built.spec, built.placement, render_files(built.spec, built.placement, node=node))
+        built = type(built)(built.spec, built.placement, node_rendered(built, chosen_node(built.spec, node)))
     written = write_tree(built.rendered, out_dir, overwrite=overwrite)
     files: list[dict[str, Any]] = [
         {"path": f.path, "mode": f.mode_text, "owner": f"{f.owner}:{f.group}",

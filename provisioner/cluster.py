@@ -13,7 +13,7 @@ from typing import Any
 
 from provisioner.catalog import catalog_table
 from provisioner.engine_args import Arg
-from provisioner.errors import ProfileError, RenderError
+from provisioner.errors import ProfileError, RenderError, UsageError
 from provisioner.profile import Cluster, ClusterNode
 from provisioner.resolve import Spec
 
@@ -30,6 +30,17 @@ def cluster_of(spec: Spec) -> Cluster:
 
 def node_named(spec: Spec, name: str) -> ClusterNode:
     return next(n for n in cluster_of(spec).nodes if n.name == name)
+
+
+def chosen_node(spec: Spec, name: str) -> str:
+    """--node NAME, checked against the profile: a cluster node's name, or a usage error."""
+    cluster = spec.profile.cluster
+    names = [n.name for n in cluster.nodes] if cluster is not None else []
+    if name not in names:
+        raise UsageError(f"--node {name}: " + ("not a node of this cluster" if names else
+                                               "the profile describes no cluster"),
+                         hint=f"nodes: {', '.join(names)}" if names else "drop --node")
+    return name
 
 
 def node_for_host(spec: Spec, host: str) -> ClusterNode:

@@ -39,15 +39,15 @@ class Target:
         cluster = built.spec.profile.cluster
         if cluster is None:
             return None
-        names = [n.name for n in cluster.nodes]
         if self.node is not None:
-            if self.node not in names:
-                raise UsageError(f"--node {self.node}: not a node of this cluster", hint=f"nodes: {', '.join(names)}")
-            return self.node
+            from provisioner.cluster import chosen_node
+
+            return chosen_node(built.spec, self.node)
         if self.per_host_node:
             return cluster_node(built, self.name)
         raise UsageError(f"{built.spec.profile.metadata.name} is a cluster: which node is {self.name}?",
-                         hint=f"pass --node NAME (one of {', '.join(names)}), or converge with -i INVENTORY")
+                         hint=f"pass --node NAME (one of {', '.join(n.name for n in cluster.nodes)}), "
+                         "or converge with -i INVENTORY")
 
     @property
     def key(self) -> tuple[Path, str]:

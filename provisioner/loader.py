@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from provisioner.datadir import library_profiles
 from provisioner.errors import Problem, ProfileError
-from provisioner.profile import CONTROL_CHARS, Profile, model_for_path
+from provisioner.profile import CONTROL_CHARS, HINT_MARK, Profile, model_for_path
 from provisioner.yamlread import Path_, Positions, dotted, load_yaml, read_text
 
 MAX_EXTENDS_DEPTH = 8
@@ -188,10 +188,6 @@ def _problems(exc: ValidationError, positions: Positions, label: str) -> list[Pr
             line=where.line if where else None, column=where.column if where else None))
     problems.sort(key=lambda p: (p.file or "", p.line or 0, p.column or 0))
     return problems
-
-
-# How a validator's ValueError carries its own hint (profile.py uses it).
-HINT_MARK = " | hint: "
 
 
 def _kind_of(value: Any) -> str:

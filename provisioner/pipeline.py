@@ -11,6 +11,7 @@ from typing import Any
 from provisioner.errors import ProfileError, UsageError
 from provisioner.fit import Placement, fit
 from provisioner.gguf_layout import local_layout
+from provisioner.install import Install
 from provisioner.loader import load_profile
 from provisioner.render import render
 from provisioner.resolve import Spec, resolve
@@ -53,15 +54,20 @@ def build(path: Path, *, ignore_fit: bool = False, overrides: dict[str, Any] | N
     return Built(spec, placement, replace(rendered, installs=install_items(spec, network=network)))
 
 
-def node_rendered(built: Built, node: str) -> Rendered:
-    """One cluster node's files with the profile's installs: every node runs the engine;
-    an RPC worker serves its GPUs to the head and never reads the model, so it skips that download."""
+def node_installs(built: Built, node: str) -> tuple[Install, ...]:
+    """A cluster node's installs: every node runs the engine; an RPC worker serves its GPUs
+    to the head and never reads the model, so it skips that download."""
     from provisioner.cluster import cluster_of, node_named
 
     installs = built.rendered.installs
     if cluster_of(built.spec).backend == "rpc" and node_named(built.spec, node).role == "worker":
         installs = tuple(item for item in installs if item.name != "download:model")
-    return replace(render(built.spec, built.placement, node=node), installs=installs)
+    return installs
+
+
+def node_rendered(built: Built, node: str) -> Rendered:
+    """One cluster node's files with its installs."""
+    return replace(render(built.spec, built.placement, node=node), installs=node_installs(built, node))
 
 
 def write_tree(rendered: Rendered, out_dir: Path, *, overwrite: bool) -> list[Path]:

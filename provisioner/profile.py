@@ -32,11 +32,16 @@ from provisioner.units import parse_size
 CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
+# How a validator's ValueError carries its own hint ("message | hint: what to do"); the
+# loader splits it off into the error's hint.
+HINT_MARK = " | hint: "
+
+
 def _not_a_float(value: Any) -> Any:
     """YAML reads `2.10` as the number 2.1: a version written so would silently change."""
     if isinstance(value, float):
         raise ValueError(f"{value!r} was read as a number, which drops trailing zeros"
-                         " | hint: write the version in quotes, e.g. \"2.10\"")
+                         f"{HINT_MARK}write the version in quotes, e.g. \"2.10\"")
     return value
 
 

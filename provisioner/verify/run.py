@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from provisioner.engine import gather
-from provisioner.pipeline import Built, node_rendered
+from provisioner.pipeline import Built, node_installs
 from provisioner.plan import make_plan
 from provisioner.render import render, sysctl_settings
 from provisioner.transport import Transport
@@ -40,7 +40,7 @@ def verify_target(built: Built, transport: Transport, options: VerifyOptions,
         role = next(n.role for n in cluster.nodes if n.name == node)
         view = node_spec(built.spec, node)
         built = Built(view, built.placement, replace(render(view, built.placement, node=node),
-                                                     installs=node_rendered(built, node).installs))
+                                                     installs=node_installs(built, node)))
         if role == "worker":
             # the head serves the endpoint and sees the cluster; an RPC worker holds no model file
             options = VerifyOptions(only=options.only - {"endpoint"} - ({"model"} if cluster.backend == "rpc"
