@@ -12,12 +12,12 @@ import os
 import re
 from pathlib import Path
 
+from provisioner.converge.plan import HANDLER_ORDER, REBOOT_PREFIXES, Plan, make_plan
 from provisioner.errors import RenderError, UsageError
-from provisioner.facts import Facts, Gathered
-from provisioner.pipeline import Built
-from provisioner.plan import HANDLER_ORDER, REBOOT_PREFIXES, Plan, make_plan
-from provisioner.render import profile_facts, render
-from provisioner.resources import File, Rendered
+from provisioner.facts.gather import Facts, Gathered
+from provisioner.render.files import profile_facts, render
+from provisioner.render.pipeline import Built
+from provisioner.render.resources import File, Rendered
 
 # A path we put inside another engine's templated string: the characters of
 # systemd unit paths (see README "What reaches a file"), nothing Jinja reads.

@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 
 from provisioner import __version__
+from provisioner.converge.inventory import Host
 from provisioner.export import (
     export_path,
     handler_chain,
@@ -35,8 +36,7 @@ from provisioner.export import (
     notify_of,
     refuse_secrets,
 )
-from provisioner.inventory import Host
-from provisioner.resources import File, Rendered
+from provisioner.render.resources import File, Rendered
 
 ROOT = "{{ provision_root_prefix }}"
 LIVE = "provision_root_prefix | length == 0"

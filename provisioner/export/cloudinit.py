@@ -27,7 +27,7 @@ import yaml
 from provisioner import __version__
 from provisioner.errors import ProvisionError
 from provisioner.export import first_apply, handler_command, refuse_secrets
-from provisioner.resources import Rendered
+from provisioner.render.resources import Rendered
 
 
 class _Command(list[str]):

@@ -79,7 +79,7 @@ class Build(VersionedDir):
                          f"echo {q(f'@install {self.name} bin.{t} yes')}; fi" for t in self.targets)
 
     def verify_checks(self, found: dict[str, str]) -> list[Any]:
-        from provisioner.verify import Check
+        from provisioner.facts.check import Check
 
         return [Check(f"install.{self.name}.{t}", "pass" if found.get(f"bin.{t}") == "yes" else "fail",
                       f"{self.path}/bin/{t}", "an executable",

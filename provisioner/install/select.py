@@ -24,8 +24,8 @@ from provisioner.install.kernel import KernelModules
 from provisioner.install.packages import Package, needs_reboot
 from provisioner.install.token import WithToken, header_path, token_from_file, token_from_secrets_env
 from provisioner.install.venv import Venv
-from provisioner.profile import ArchiveEngine, ContainerEngine, Profile, SourceEngine, VenvEngine
-from provisioner.resolve import Spec
+from provisioner.profile.models import ArchiveEngine, ContainerEngine, Profile, SourceEngine, VenvEngine
+from provisioner.profile.resolve import Spec
 
 VENV_ROOT = "/opt/provision/venvs"
 BUILD_ROOT = "/opt/provision/builds"

@@ -172,7 +172,7 @@ class Venv(VersionedDir):
                 f"awk -F'==' -v n={q(self.name)} {awk}; fi")
 
     def verify_checks(self, found: dict[str, str]) -> list[Any]:
-        from provisioner.verify import Check
+        from provisioner.facts.check import Check
 
         out = []
         for requirement in sorted(self.requirements):

@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 from provisioner.errors import UsageError
-from provisioner.facts import STATE_DIR
+from provisioner.facts.gather import STATE_DIR
 from provisioner.transport import Completed
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from provisioner.errors import ProvisionError
-from provisioner.facts import STATE_DIR
+from provisioner.facts.gather import STATE_DIR
 from provisioner.transport import Completed
 
 

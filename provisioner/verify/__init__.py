@@ -4,32 +4,3 @@ Every check is a ``Check``: an id, a status, what was observed and expected,
 and a hint. Check functions are pure (they take gathered output or responses);
 the few that talk to something (the endpoint) take their I/O as arguments.
 """
-
-from __future__ import annotations
-
-from dataclasses import dataclass
-from typing import Any, Literal
-
-Status = Literal["pass", "warn", "fail", "skip"]
-ORDER: dict[str, int] = {"fail": 0, "warn": 1, "skip": 2, "pass": 3}
-
-
-@dataclass(frozen=True)
-class Check:
-    id: str  # dotted, group first: gpu.present, drift.files, model.sha256, endpoint.context
-    status: Status
-    observed: str | None = None
-    expected: str | None = None
-    hint: str | None = None  # what to do; for skip, why it was skipped
-
-    def as_json(self) -> dict[str, Any]:
-        return {"id": self.id, "status": self.status, "observed": self.observed,
-                "expected": self.expected, "hint": self.hint}
-
-
-def worst(checks: list[Check]) -> Status:
-    return min((c.status for c in checks), key=lambda s: ORDER[s], default="pass")
-
-
-def failures_first(checks: list[Check]) -> list[Check]:
-    return sorted(checks, key=lambda c: (ORDER[c.status], c.id))

@@ -7,9 +7,9 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass, field
 
-from provisioner.plan import Plan
-from provisioner.resolve import Spec
-from provisioner.verify import Check
+from provisioner.converge.plan import Plan
+from provisioner.facts.check import Check
+from provisioner.profile.resolve import Spec
 
 
 def live_probe(spec: Spec, sysctl_keys: list[str]) -> str:

@@ -26,11 +26,11 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from provisioner.verify import Check
+from provisioner.facts.check import Check
 
 if TYPE_CHECKING:
-    from provisioner.fit import Placement
-    from provisioner.resolve import Spec
+    from provisioner.fit.placement import Placement
+    from provisioner.profile.resolve import Spec
 
 # Raw chat-template tokens: seeing one in an answer means the template was not applied
 # (or the stop tokens are wrong) and the model is continuing the conversation itself.

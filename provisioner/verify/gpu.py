@@ -39,7 +39,7 @@ from typing import Any, Literal
 from packaging.version import InvalidVersion, Version
 
 from provisioner.catalog import GpuSpec, load_bundled_yaml
-from provisioner.verify import Check, Status
+from provisioner.facts.check import Check, Status
 
 _CORE = ("pci.bus_id,name,pci.device_id,driver_version,persistence_mode,power.limit,power.default_limit,"
          "power.max_limit,pcie.link.gen.current,pcie.link.gen.max,pcie.link.width.current,pcie.link.width.max,"

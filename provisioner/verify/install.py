@@ -14,8 +14,8 @@ from __future__ import annotations
 from typing import Any
 
 from provisioner.errors import ProvisionError
+from provisioner.facts.check import Check
 from provisioner.install import parse_install_lines
-from provisioner.verify import Check
 
 
 def probes(installs: tuple[Any, ...], root: str) -> list[str]:

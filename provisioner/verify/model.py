@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from provisioner.resolve import Spec
-from provisioner.verify import Check
+from provisioner.facts.check import Check
+from provisioner.profile.resolve import Spec
 
 
 def model_probe(paths: list[str], root: str, state_dir: str) -> str:

@@ -15,7 +15,7 @@ import re
 import shlex
 from dataclasses import dataclass
 
-from provisioner.verify import Check
+from provisioner.facts.check import Check
 
 MARK = "@ray-status"
 _COUNT = re.compile(r"^\s+(\d+)\s+(\S+)")

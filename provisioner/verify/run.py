@@ -9,15 +9,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from provisioner.engine import gather
-from provisioner.pipeline import Built, node_installs
-from provisioner.plan import make_plan
-from provisioner.render import render, sysctl_settings
+from provisioner.converge.plan import make_plan
+from provisioner.converge.run import gather
+from provisioner.facts.check import Check
+from provisioner.render.files import render, sysctl_settings
+from provisioner.render.pipeline import Built, node_installs
 from provisioner.transport import Transport
-from provisioner.verify import Check, ray_status
 from provisioner.verify import drift as drift_checks
 from provisioner.verify import install as install_checks
 from provisioner.verify import model as model_checks
+from provisioner.verify import ray_status
 
 GROUPS = ("gpu", "drift", "model", "install", "endpoint", "cluster")
 
@@ -34,7 +35,7 @@ def verify_target(built: Built, transport: Transport, options: VerifyOptions,
     """``node``: on a cluster profile, the node this target is (default: the head)."""
     cluster = built.spec.profile.cluster
     if cluster is not None:
-        from provisioner.cluster import node_spec
+        from provisioner.profile.cluster import node_spec
 
         node = node or cluster.head.name
         role = next(n.role for n in cluster.nodes if n.name == node)
@@ -67,7 +68,7 @@ def verify_target(built: Built, transport: Transport, options: VerifyOptions,
     ray_probe = cluster is not None and cluster.backend == "ray" and not root_mode \
         and node == cluster.head.name and "cluster" in options.only
     if ray_probe:
-        from provisioner.cluster import head_address
+        from provisioner.profile.cluster import head_address
 
         probes.append(ray_status.probe(head_address(spec)))
     gathered = gather(transport, [f.path for f in built.rendered.files], spec.profile.service.name,
@@ -205,7 +206,7 @@ def _endpoint_at(built: Built, url: str, options: VerifyOptions) -> list[Check]:
         from provisioner.verify import endpoint
     except ImportError:  # pragma: no cover
         return [Check("endpoint", "skip", hint="endpoint checks are not available in this build")]
-    from provisioner.predict import predict
+    from provisioner.fit.predict import predict
 
     speed = predict(spec, built.placement).decode_tokens_per_s
     checks: list[Check] = endpoint.endpoint_checks(spec, built.placement, speed, url, _api_key(built),

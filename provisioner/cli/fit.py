@@ -1,0 +1,200 @@
+"""`provision fit`: the placement table, the flags chosen, predicted speed, what would fit.
+
+Works on profiles that do NOT fit (that is its point), so it never goes through
+pipeline.build(), which refuses them. Errors in the profile raise ProvisionError;
+cli.py turns them into exit 1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from provisioner.cli._output import envelope, print_json, print_table, say
+from provisioner.errors import UsageError
+from provisioner.facts.gguf_layout import local_layout
+from provisioner.facts.host_load import HostLoad, fit_gather, host_load
+from provisioner.fit import fit
+from provisioner.fit.placement import Placement
+from provisioner.fit.predict import Prediction, predict
+from provisioner.fit.suggest import suggestions
+from provisioner.profile.loader import load_profile
+from provisioner.profile.resolve import Spec, resolve
+from provisioner.render.engine_command import engine_command
+from provisioner.render.files import model_path
+from provisioner.units import format_size
+
+
+def flags(spec: Spec, placement: Placement) -> dict[str, Any]:
+    """The engine's flags (and environment) as fit chose them: flag -> value."""
+    command = engine_command(spec, placement, model_path(spec))
+    out: dict[str, Any] = {}
+    for arg in command.args:
+        if not arg.words or not arg.words[0].startswith("-"):
+            continue
+        value: Any = True if len(arg.words) == 1 else " ".join(arg.words[1:])
+        out[arg.words[0]] = value
+    out.update(command.env)
+    return out
+
+
+def hardware_overrides(facts: Any) -> dict[str, Any]:
+    """The profile's hardware replaced by a host's facts (provisioner.init_command.HostFacts):
+    its GPUs (catalog ids by PCI device id), installed RAM, cores and NUMA nodes, and the
+    memory type where dmidecode could read it. Memory channels stay the profile's."""
+    hardware: dict[str, Any] = {
+        "gpus": [{"model": gid, "count": count} for gid, count in facts.gpu_groups],
+        "ram": facts.ram_bytes,
+        "cpu": {"cores": facts.cores or facts.cpus, "numa_nodes": facts.numa_nodes or 1},
+    }
+    if facts.memory_type:
+        hardware["memory"] = {"type": facts.memory_type}
+    return {"hardware": hardware}
+
+
+def gpu_order(facts: Any, output: str) -> list[str]:
+    """Bus ids of the host's catalog GPUs in the order the Spec numbers them: by catalog
+    group (first appearance), nvidia-smi order within a group."""
+    from provisioner.verify.gpu import parse_gpu
+
+    buses = [g.bus_id for g in parse_gpu(output).gpus]
+    pairs = list(zip((g.catalog_id for g in facts.gpus), buses, strict=False))
+    return [bus for cid, _ in facts.gpu_groups for gid, bus in pairs if gid == cid]
+
+
+def gather_fit_host(transport: Any, profile: Path) -> tuple[Any, str]:
+    """ONE round trip: base facts, the GPU probe, init's probe and fit's own (processes
+    on the GPUs, hugepages, peer access, the model server's processes)."""
+    from provisioner.converge.run import gather
+    from provisioner.draft.host import INIT_GATHER, HostFacts
+    from provisioner.verify.gpu import GPU_GATHER
+
+    service = load_profile(profile).profile.service.name
+    gathered = gather(transport, [], extra=GPU_GATHER + INIT_GATHER + fit_gather(service))
+    return HostFacts.from_gathered(gathered), gathered.output
+
+
+def fit_command(profile: Path, context: int | None, as_json: bool, ignore_fit: bool = False,
+                host_facts: Any = None, host: str | None = None, host_output: str | None = None,
+                root: str = "", read_model_files: bool = True) -> int:
+    """Exit 0 if the profile fits (or ignore_fit), 2 if it does not. With ``host_facts``
+    the host's real GPUs, RAM and cores replace the profile's hardware numbers; with
+    ``host_output`` (the gather's text) the memory other processes hold and reserved
+    hugepages are subtracted. Model files on this machine (under ``root``) give the
+    real per-layer sizes (``read_model_files``: not for a remote host's facts)."""
+    overrides = hardware_overrides(host_facts) if host_facts is not None else None
+    loaded = load_profile(profile, overrides)
+    if overrides is not None and loaded.profile.cluster is not None:
+        raise UsageError(f"fit reads one host's hardware; {profile} describes a cluster of "
+                         f"{len(loaded.profile.cluster.nodes)} nodes",
+                         hint="run `provision fit` without --host/--here: each node's GPUs are in cluster.nodes")
+    spec = resolve(loaded)
+    load: HostLoad | None = None
+    if host_facts is not None and host_output is not None:
+        load = host_load(host_output, gpu_order(host_facts, host_output))
+    layout, layout_note = local_layout(spec, root) if read_model_files else (None, None)
+    spec = dataclasses.replace(spec, host=load, layout=layout)
+    if context is not None and context > spec.model.max_context:
+        raise UsageError(f"--context {context} exceeds {spec.model.name}'s maximum of "
+                         f"{spec.model.max_context}", hint=f"use at most {spec.model.max_context}")
+    placement = fit(spec, context)
+    if layout_note:
+        placement = dataclasses.replace(placement, warnings=(layout_note, *placement.warnings))
+    speed = predict(spec, placement)
+    chosen = flags(spec, placement)
+    hints = suggestions(spec, placement)
+    code = 0 if placement.fits or ignore_fit else 2
+    if as_json:
+        print_json(envelope(
+            "fit", True, None, fits=placement.fits,
+            devices=[d.as_json() for d in placement.devices],
+            kv_bytes_per_token=placement.kv_bytes_per_token, context=placement.context,
+            parallel=placement.parallel, missing_bytes=placement.missing_bytes,
+            max_concurrency=(round(placement.max_concurrency, 2)
+                             if placement.max_concurrency is not None else None),
+            flags=chosen, **speed.as_json(), decode_ms=speed.decode_ms,
+            warnings=list(placement.warnings), suggestions=hints, weights_from=placement.weights_from,
+            host_load=_load_json(load), cluster=_cluster_json(spec, placement),
+            hardware_from=host, hardware=overrides["hardware"] if overrides else None))
+        return code
+    if overrides is not None:
+        hw = overrides["hardware"]
+        gpus = ", ".join(f"{g['count']}x {g['model']}" for g in hw["gpus"]) or "no GPU in the catalog"
+        say(f"hardware from {host}: {gpus}, {format_size(hw['ram'])} RAM, {hw['cpu']['cores']} cores "
+            "(the profile's values replaced)")
+    _human(spec, placement, speed, chosen, hints)
+    return code
+
+
+def _load_json(load: HostLoad | None) -> dict[str, Any] | None:
+    if load is None:
+        return None
+    return {"gpu_used_by_others_bytes": list(load.gpu_used_by_others),
+            "other_processes": [{"bus_id": p.bus_id, "pid": p.pid, "used_bytes": p.used_bytes}
+                                for p in load.others],
+            "server_processes": [p.pid for p in load.processes if p.server],
+            "hugepages_bytes": load.hugepages_bytes,
+            "p2p_missing": [{"gpus": [i, j], "status": code} for i, j, code in load.p2p.missing]
+            if load.p2p is not None else None}
+
+
+def _gib(num: int) -> str:
+    return format_size(num)
+
+
+def _human(spec: Spec, placement: Placement, speed: Prediction, chosen: dict[str, Any],
+           hints: list[dict[str, Any]]) -> None:
+    p = spec.profile
+    print_table(f"{p.metadata.name}: {spec.model.name} {p.model.quant}, {p.runtime.engine} "
+                f"{p.runtime.version}, {placement.context} tokens x {placement.parallel}",
+                ["device", "capacity", "weights", "KV cache", "buffers", "free"],
+                [[d.name, _gib(d.capacity_bytes), _gib(d.weights_bytes), _gib(d.kv_cache_bytes),
+                  _gib(d.buffers_bytes), _gib(d.free_bytes)] for d in placement.devices])
+    say(f"weights: {placement.weights_from}")
+    say(f"KV cache: {placement.kv_bytes_per_token} bytes per token, "
+        f"{_gib(placement.kv_bytes_per_sequence)} per sequence at {placement.context} tokens")
+    if p.cluster is not None:
+        say(_cluster_line(spec, placement))
+    if placement.max_concurrency is not None:
+        say(f"vLLM KV pool: room for {placement.max_concurrency:.1f} sequences at full context")
+    say("flags: " + " ".join(f"{k}" if v is True else f"{k}={v}" for k, v in chosen.items()
+                             if k.startswith("-") and k not in {"--override-generation-config"}))
+    say(f"predicted: {speed.decode_tokens_per_s:.1f} tok/s decode (short prompt), "
+        f"{speed.decode_tokens_per_s_at_context:.1f} tok/s with {placement.context} tokens cached, "
+        f"{speed.prefill_tokens_per_s:.0f} tok/s prefill; bottleneck: {speed.bottleneck}")
+    for warning in placement.warnings:
+        say(f"warning: {warning}")
+    if placement.fits:
+        say("fits")
+        return
+    say(f"does NOT fit: {_gib(placement.missing_bytes)} missing")
+    if not hints:
+        say("no single change in the catalog makes it fit: more VRAM or RAM is needed")
+    for hint in hints:
+        note = f" ({hint['note']})" if "note" in hint else ""
+        say(f"  would fit: {hint['change']} -> {hint['decode_tokens_per_s']} tok/s{note}")
+
+
+def _cluster_json(spec: Spec, placement: Placement) -> dict[str, Any] | None:
+    """Per-node devices and the network's share of a decode step (None on one machine)."""
+    cluster = spec.profile.cluster
+    if cluster is None:
+        return None
+    nodes = [{"name": n.name, "host": n.host, "role": n.role, "address": n.address,
+              "devices": [d.as_json() for d in placement.devices if d.node == n.name]} for n in cluster.nodes]
+    return {"backend": cluster.backend, "nodes": nodes,
+            "interconnect": {"type": cluster.interconnect.type, "gbit_s": cluster.interconnect.gbit_s,
+                             "bytes_per_token": placement.interconnect_bytes_per_token,
+                             "ms_per_token": round(placement.interconnect_s_per_token * 1e3, 3)}}
+
+
+def _cluster_line(spec: Spec, placement: Placement) -> str:
+    cluster = spec.profile.cluster
+    assert cluster is not None
+    link = f"{cluster.interconnect.gbit_s:g} Gbit/s {cluster.interconnect.type}"
+    shape = (f"tensor parallel {cluster.head.gpu_count} x pipeline parallel {len(cluster.nodes)}"
+             if cluster.backend == "ray" else f"llama.cpp RPC to {len(cluster.workers)} worker(s)")
+    return (f"cluster: {len(cluster.nodes)} nodes, {shape}; interconnect {link}: "
+            f"{placement.interconnect_bytes_per_token} bytes and "
+            f"{placement.interconnect_s_per_token * 1e3:.3f} ms per token")

@@ -1,0 +1,94 @@
+"""profile file -> Profile -> Spec -> Placement -> Rendered, and writing a tree."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from provisioner.errors import ProfileError, UsageError
+from provisioner.facts.gguf_layout import local_layout
+from provisioner.fit import fit
+from provisioner.fit.placement import Placement
+from provisioner.install import Install
+from provisioner.profile.loader import load_profile
+from provisioner.profile.resolve import Spec, resolve
+from provisioner.render.files import render
+from provisioner.render.resources import Rendered
+from provisioner.units import format_size
+
+
+@dataclass(frozen=True)
+class Built:
+    spec: Spec
+    placement: Placement
+    rendered: Rendered
+
+
+def build(path: Path, *, ignore_fit: bool = False, overrides: dict[str, Any] | None = None,
+          model_root: str | None = None, network: bool = True) -> Built:
+    """``model_root``: where the model files are readable ("" this machine, a --root DIR);
+    None (a remote host) plans with the catalog's sizes. With the files, placement uses
+    the real per-layer sizes of their GGUF header, exactly as `provision fit` does.
+    ``network`` False: a Hugging Face model download is checked but not resolved
+    (validate, render)."""
+    loaded = load_profile(path, overrides)
+    spec = resolve(loaded)
+    if model_root is not None:
+        spec = dataclasses.replace(spec, layout=local_layout(spec, model_root)[0])
+    placement = fit(spec)
+    if not placement.fits and not ignore_fit:
+        from provisioner.fit.suggest import suggestions
+
+        fitting = [s for s in suggestions(spec, placement) if s["fits"]]
+        cheapest = f"cheapest change that fits: {fitting[0]['change']}; " if fitting else ""
+        raise ProfileError(loaded.problem(
+            ("model",),
+            f"{spec.model.name} {spec.profile.model.quant} at {placement.context} tokens does "
+            f"not fit this machine: {format_size(placement.missing_bytes)} missing",
+            f"{cheapest}`provision fit` shows the placement and every option, or pass --ignore-fit"))
+    from provisioner.install.select import install_items
+
+    rendered = render(spec, placement)
+    return Built(spec, placement, replace(rendered, installs=install_items(spec, network=network)))
+
+
+def node_installs(built: Built, node: str) -> tuple[Install, ...]:
+    """A cluster node's installs: every node runs the engine; an RPC worker serves its GPUs
+    to the head and never reads the model, so it skips that download."""
+    from provisioner.profile.cluster import cluster_of, node_named
+
+    installs = built.rendered.installs
+    if cluster_of(built.spec).backend == "rpc" and node_named(built.spec, node).role == "worker":
+        installs = tuple(item for item in installs if item.name != "download:model")
+    return installs
+
+
+def node_rendered(built: Built, node: str) -> Rendered:
+    """One cluster node's files with its installs."""
+    return replace(render(built.spec, built.placement, node=node), installs=node_installs(built, node))
+
+
+def write_tree(rendered: Rendered, out_dir: Path, *, overwrite: bool) -> list[Path]:
+    """Write each file under out_dir (its absolute path made relative), with its mode."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"--out {out_dir} exists and is not a folder")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise UsageError(f"--out {out_dir} is not empty",
+                         hint="choose an empty folder or pass --overwrite")
+    written: list[Path] = []
+    for directory in rendered.directories:
+        target = out_dir / directory.path.lstrip("/")
+        target.mkdir(parents=True, exist_ok=True)
+        os.chmod(target, directory.mode)
+    for item in rendered.files:
+        target = out_dir / item.path.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temp = target.with_name(f".{target.name}.provision-tmp")
+        temp.write_bytes(item.content)
+        os.chmod(temp, item.mode)
+        os.replace(temp, target)
+        written.append(target)
+    return written

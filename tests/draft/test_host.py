@@ -1,0 +1,177 @@
+"""`provision init` on recorded facts (tests/cases/init/*.yaml): each case is a host's
+gather output as the gather script prints it (base facts, the GPU probe's `@gpu`
+lines, init's `@init` lines) and the library profile init must choose for it.
+
+Every profile init writes must pass what `provision validate` checks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from provisioner.draft.host import (
+    GIB,
+    INIT_GATHER,
+    HostFacts,
+    catalog_gpu_id,
+    choose_profile,
+    gather_host,
+    host_facts,
+    init_command,
+    render_init_profile,
+)
+from provisioner.errors import ProvisionError, UsageError
+from provisioner.render.pipeline import build
+from provisioner.transport import Completed
+from provisioner.transport.local import LocalTransport
+
+ROOT = Path(__file__).resolve().parents[2]
+CASES = sorted((ROOT / "tests" / "cases" / "init").glob("*.yaml"))
+
+
+def _case(path: Path) -> dict[str, Any]:
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    assert isinstance(data, dict)
+    return data
+
+
+def test_cases_cover_the_brief() -> None:
+    names = {p.stem for p in CASES}
+    assert {"rtx-pro-6000-192g", "rtx-4090-64g", "2x-rtx-3090-128g", "cpu-only-256g"} <= names
+
+
+@pytest.mark.parametrize("path", CASES, ids=[p.stem for p in CASES])
+def test_recorded_host(path: Path, tmp_path: Path) -> None:
+    case = _case(path)
+    facts = host_facts(case["facts"])
+    expect = case["expect"]
+    if "error" in expect:
+        with pytest.raises(ProvisionError) as info:
+            choose_profile(facts, case.get("model"))
+        assert expect["error"] in info.value.first.message
+        assert "closest:" in info.value.first.message
+        return
+    choice = choose_profile(facts, case.get("model"))
+    assert choice.base == expect["base"], case["description"]
+    assert choice.adapted is expect["adapted"]
+    text = render_init_profile(choice)
+    data = yaml.safe_load(text)
+    assert data["extends"] == expect["base"]
+    hw = data["hardware"]
+    assert hw["gpus"] == expect["gpus"]
+    assert hw["ram"] == expect["ram"]
+    assert hw["cpu"] == {"cores": expect["cores"], "numa_nodes": expect["numa_nodes"]}
+    if "memory_type" in expect:
+        assert hw["memory"]["type"] == expect["memory_type"]
+    # comments say where the values come from and what fit predicts
+    assert f"Predicted by provision fit on this host: {choice.chosen.decode_tokens_per_s:.1f} tok/s" in text
+    assert choice.chosen.decode_tokens_per_s > 0
+    assert "# MemTotal" in text or "# dmidecode" in text
+    if expect.get("verify_floor_lowered"):
+        assert data["verify"]["min_tokens_per_s"] == pytest.approx(choice.chosen.decode_tokens_per_s / 2, abs=0.1)
+    else:
+        assert "verify" not in data
+    # what init prints validates: schema, catalog, fit, render
+    out = tmp_path / "host.yaml"
+    out.write_text(text, encoding="utf-8")
+    built = build(out)
+    assert built.placement.fits
+    assert built.spec.profile.metadata.name == data["metadata"]["name"]
+
+
+def test_validate_cli_accepts_an_init_profile(tmp_path: Path) -> None:
+    choice = choose_profile(host_facts(_case(CASES[0])["facts"]))
+    out = tmp_path / "host.yaml"
+    out.write_text(render_init_profile(choice), encoding="utf-8")
+    result = subprocess.run([sys.executable, "-m", "provisioner", "validate", str(out)],
+                            capture_output=True, text=True, check=False, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+
+
+def test_gpus_matched_by_pci_device_id() -> None:
+    facts = host_facts(_case(ROOT / "tests/cases/init/2x-rtx-3090-128g.yaml")["facts"])
+    assert [g.device_id for g in facts.gpus] == ["0x2204", "0x2204"]
+    assert facts.gpu_groups == (("rtx-3090", 2),)
+    assert facts.ram_bytes == 128 * GIB  # from the DIMMs
+    assert facts.memory_type == "ddr4-3200"
+    assert catalog_gpu_id("0x2bb1", None) == "rtx-pro-6000-blackwell"
+    assert catalog_gpu_id(None, "NVIDIA GeForce RTX 4090") == "rtx-4090"  # by name when no id
+    assert catalog_gpu_id("0xffff", "Some Future GPU") is None
+
+
+def test_unknown_gpu_is_named_and_not_used() -> None:
+    text = _case(ROOT / "tests/cases/init/rtx-4090-64g.yaml")["facts"]
+    line = next(ln for ln in text.splitlines() if ln.startswith("@gpu line csv-core"))
+    extra = line.replace("00000000:01:00.0", "00000000:02:00.0").replace("NVIDIA GeForce RTX 4090", "Future GPU") \
+        .replace("0x268410DE", "0xFFFF10DE")
+    facts = host_facts(text.replace(line, line + "\n" + extra))
+    assert facts.gpu_groups == (("rtx-4090", 1),)
+    assert [g.name for g in facts.unknown_gpus] == ["Future GPU"]
+    out = render_init_profile(choose_profile(facts))
+    assert "NOT used: GPU 'Future GPU' (PCI device 0xffff)" in out
+
+
+@pytest.mark.parametrize(("mem_total_kb", "expected_gib"), [
+    (197654328, 192), (65648120, 64), (131841232, 128), (263874512, 256), (16206344, 16),
+    (24684096, 24), (100 * 1024 * 1024, 100),  # 104 would be more than the kernel's share: 100
+    (98 * 1024 * 1024 + 300_000, 100), (83 * 1024 * 1024 + 10, 84),  # VMs: multiples of 4, then whole GiB
+])
+def test_ram_rounded_to_the_installed_size(mem_total_kb: int, expected_gib: int) -> None:
+    assert HostFacts(mem_total_kb=mem_total_kb, cpus=4).ram_bytes == expected_gib * GIB
+
+
+def test_model_filter_and_unknown_model() -> None:
+    facts = host_facts(_case(ROOT / "tests/cases/init/rtx-pro-6000-192g.yaml")["facts"])
+    assert choose_profile(facts, "llama-3.3-70b").base == "rtx-pro-6000-llama-3.3-70b-q8-llamacpp"
+    with pytest.raises(UsageError) as info:
+        choose_profile(facts, "no-such-model")
+    assert "library models:" in (info.value.first.hint or "")
+
+
+class _Recorded:
+    """A transport that answers the gather script with recorded output."""
+
+    name = "recorded"
+    root = ""
+    state_dir = "/var/lib/provision"
+
+    def __init__(self, output: str) -> None:
+        self.output = output
+        self.scripts: list[str] = []
+
+    def run(self, script: str, env: dict[str, str] | None = None) -> Completed:
+        self.scripts.append(script)
+        return Completed(0, self.output, "")
+
+
+def test_init_command_prints_the_profile(capsys: pytest.CaptureFixture[str]) -> None:
+    transport = _Recorded(_case(ROOT / "tests/cases/init/rtx-4090-64g.yaml")["facts"])
+    assert init_command(transport, None) == 0
+    out, err = capsys.readouterr()
+    assert yaml.safe_load(out)["extends"] == "rtx-4090-qwen3-30b-a3b-llamacpp"
+    assert "rtx-4090-qwen3-30b-a3b-llamacpp" in err
+    assert len(transport.scripts) == 1  # one round trip
+    assert "@gpu" in transport.scripts[0] and "@init" in transport.scripts[0]
+
+
+def test_init_command_json(capsys: pytest.CaptureFixture[str]) -> None:
+    transport = _Recorded(_case(ROOT / "tests/cases/init/2x-rtx-3090-128g.yaml")["facts"])
+    assert init_command(transport, None, as_json=True) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["command"] == "init" and data["ok"] is True and data["error"] is None
+    assert data["base"] == "rtx-3090-gpt-oss-120b-llamacpp" and data["adapted"] is True
+    assert data["decode_tokens_per_s"] > 0
+    assert yaml.safe_load(data["profile"])["hardware"]["gpus"] == [{"model": "rtx-3090", "count": 2}]
+
+
+def test_init_probe_is_posix_and_reads_this_machine(tmp_path: Path) -> None:
+    subprocess.run(["sh", "-n"], input=INIT_GATHER, text=True, check=True)
+    facts = gather_host(LocalTransport(tmp_path))  # reads facts only; --root keeps state paths in tmp
+    assert facts.mem_total_kb > 0 and facts.cpus >= 1
+    assert facts.numa_nodes is None or facts.numa_nodes >= 1

@@ -1,0 +1,98 @@
+"""CPU-offload and multi-GPU flags fit states in the run script: threads, NUMA policy, batch
+sizes, the tensor split; and the prefill model they go with."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from provisioner.cli.fit import flags
+from provisioner.facts.host_load import HostLoad
+from provisioner.fit import fit
+from provisioner.fit.placement import GIB
+from provisioner.fit.predict import pcie_gb_s, prefill_tokens_per_s
+from provisioner.profile.loader import load_profile
+from provisioner.profile.resolve import resolve
+from provisioner.render.pipeline import build, write_tree
+from tests.conftest import ROOT, make_profile
+
+SHELLCHECK = shutil.which("shellcheck") or str(Path(sys.executable).parent / "shellcheck")
+
+
+def _flags(path: Path, host: HostLoad | None = None) -> dict[str, object]:
+    spec = dataclasses.replace(resolve(load_profile(path)), host=host)
+    return flags(spec, fit(spec))
+
+
+def test_threads_and_batches_are_stated(tmp_path: Path) -> None:
+    got = _flags(make_profile(tmp_path, {"hardware.cpu": {"cores": 24, "numa_nodes": 1}}))
+    assert got["--threads"] == "24" and got["--threads-batch"] == "24"
+    assert got["--batch-size"] == "2048" and got["--ubatch-size"] == "512"
+    assert "--numa" not in got  # one node: nothing to spread
+
+
+def test_two_numa_nodes_with_weights_in_ram_distribute(tmp_path: Path) -> None:
+    got = _flags(make_profile(tmp_path, {"hardware.cpu": {"cores": 64, "numa_nodes": 2}}))
+    assert got["--numa"] == "distribute" and got["--threads"] == "64"
+    # everything on the GPU: RAM holds no weights, so no NUMA policy is stated
+    small = make_profile(tmp_path, {"hardware.cpu": {"cores": 64, "numa_nodes": 2},
+                                    "model.id": "qwen3-30b-a3b", "model.quant": "UD-Q4_K_XL"}, name="s.yaml")
+    assert "--numa" not in _flags(small)
+
+
+def test_two_gpus_get_an_explicit_layer_split(tmp_path: Path) -> None:
+    path = make_profile(tmp_path, {"hardware.gpus": [{"model": "rtx-4090", "count": 2}]})
+    assert _flags(path)["--tensor-split"] == "50,50"
+    assert _flags(path)["--split-mode"] == "layer"
+    # another process holds 8 GiB of GPU1: the split follows the memory each has free
+    busy = HostLoad(gpu_used_by_others=(0, 8 * GIB))
+    assert _flags(path, busy)["--tensor-split"] == "60,40"
+    single = make_profile(tmp_path, {}, name="one.yaml")
+    assert "--tensor-split" not in _flags(single)
+
+
+def test_the_run_script_and_env_file_of_two_gpus(tmp_path: Path) -> None:
+    """Rendered for real: the split in the run script (shellcheck clean), the device order in
+    the environment file, so CUDA's GPU0 is nvidia-smi's GPU0."""
+    path = make_profile(tmp_path, {"hardware.gpus": [{"model": "rtx-4090", "count": 2}],
+                                   "hardware.cpu": {"cores": 32, "numa_nodes": 2}})
+    built = build(path)
+    out = tmp_path / "tree"
+    write_tree(built.rendered, out, overwrite=True)
+    scripts = [f.path for f in built.rendered.files if f.validate == "sh"]
+    text = "".join((out / s.lstrip("/")).read_text() for s in scripts)
+    assert "--tensor-split 50,50" in text and "--numa distribute" in text and "--threads-batch 32" in text
+    env = "".join(f.content.decode() for f in built.rendered.files if f.path.startswith("/etc/default/"))
+    assert 'CUDA_DEVICE_ORDER="PCI_BUS_ID"' in env
+    for script in scripts:
+        result = subprocess.run([SHELLCHECK, "--shell=sh", "--severity=style", str(out / script.lstrip("/"))],
+                                capture_output=True, text=True, check=False)
+        assert result.returncode == 0, result.stdout
+
+
+def test_flags_exist_in_the_pinned_binary(llama_server_binary: Path) -> None:
+    """numa, split_mode and tensor_split were read from llama-server b11312's --help: the
+    real binary (scripts/build-llama-server, shared with the endpoint tests) still lists them."""
+    text = subprocess.run([str(llama_server_binary), "--help"], capture_output=True, text=True, check=False).stdout
+    for flag in ("--numa TYPE", "distribute", "isolate", "numactl", "--split-mode", "--tensor-split N0,N1",
+                 "--threads-batch N", "--batch-size N", "--ubatch-size N"):
+        assert flag in text, flag
+
+
+def test_prefill_with_experts_in_ram_is_bounded_by_pcie(tmp_path: Path) -> None:
+    """Per ubatch llama.cpp copies the RAM-resident experts to the GPU: with most of
+    gpt-oss-120b's experts in RAM behind a 3090's PCIe 4 link that copy, not the GPU's
+    compute, sets the prompt speed (the two overlap: the longer one counts)."""
+    spec = resolve(load_profile(ROOT / "profiles" / "rtx-3090-gpt-oss-120b-llamacpp.yaml"))
+    placement = fit(spec)
+    assert placement.ram.weights_bytes > 20 * GIB
+    copy_s = placement.ram.weights_bytes / (pcie_gb_s(spec) * 1e9 * 0.80)
+    assert prefill_tokens_per_s(spec, placement) == pytest.approx(512 / copy_s, rel=1e-6)
+    # the same model entirely in VRAM: compute-bound, much faster
+    big = resolve(load_profile(ROOT / "profiles" / "rtx-pro-6000-gpt-oss-120b-vllm.yaml"))
+    assert prefill_tokens_per_s(big, fit(big)) > 5 * prefill_tokens_per_s(spec, placement)
