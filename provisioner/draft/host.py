@@ -20,11 +20,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from packaging.version import InvalidVersion, Version
+
 from provisioner.catalog import load_catalog
+from provisioner.converge.run import gather
 from provisioner.errors import ProvisionError, UsageError
-from provisioner.facts.gather import Gathered
-from provisioner.profile.library import Entry, entries
+from provisioner.facts.gather import Gathered, parse_gather
+from provisioner.fit.library import Entry, entries
+from provisioner.fit.predict import predict
+from provisioner.render.pipeline import build
 from provisioner.units import format_size
+from provisioner.verify.gpu import GPU_GATHER, parse_gpu
 
 GIB = 2**30
 KIB = 1024
@@ -189,9 +195,6 @@ def _dimms(lines: list[str]) -> tuple[str | None, int | None, int | None]:
 
 def host_facts(output: str) -> HostFacts:
     """Pure: the gather output (base facts + GPU_GATHER + INIT_GATHER lines) -> HostFacts."""
-    from provisioner.facts.gather import parse_gather
-    from provisioner.verify.gpu import parse_gpu
-
     values = parse_gather(output).facts.values
     init: dict[str, str] = {}
     dimm_lines: list[str] = []
@@ -279,9 +282,6 @@ def _best_key(c: Candidate, facts: HostFacts) -> tuple[float, float, float, floa
 
 
 def _evaluate(e: Entry, facts: HostFacts, folder: Path) -> Candidate:
-    from provisioner.fit.predict import predict
-    from provisioner.render.pipeline import build
-
     distance = _distance(e, facts)
     exact = distance == (0, 0, 0)
     text = _profile_text(e, facts, exact=exact, note=None)
@@ -315,7 +315,7 @@ def choose_profile(facts: HostFacts, model: str | None = None) -> Choice:
     if not good:
         closest = min(candidates, key=lambda c: (c.distance, -c.base.spec.model.params_total, c.base.name))
         raise ProvisionError(
-            f"no library profile fits this host ({_hardware_text(facts)}); closest: {closest.base.name}: "
+            f"no library profile fits this host ({hardware_text(facts)}); closest: {closest.base.name}: "
             f"{closest.problem}",
             hint="`provision profiles show NAME` shows a profile; extend it by hand with a smaller quant "
             "or a shorter context and check it with `provision fit`")
@@ -331,8 +331,6 @@ def choose_profile(facts: HostFacts, model: str | None = None) -> Choice:
     with tempfile.TemporaryDirectory(prefix="provision-init-") as tmp:
         path = Path(tmp) / "init.yaml"
         path.write_text(final, encoding="utf-8")
-        from provisioner.render.pipeline import build
-
         build(path)  # what is printed validates; a failure here is a bug, raised as an error
     return Choice(facts, _replace_text(chosen, final), model, others)
 
@@ -350,7 +348,7 @@ def render_init_profile(choice: Choice) -> str:
 # --------------------------------------------------------------------------- rendering
 
 
-def _hardware_text(facts: HostFacts) -> str:
+def hardware_text(facts: HostFacts) -> str:
     gpus = ", ".join(f"{n}x {g}" for g, n in facts.gpu_groups) or "no known GPU"
     return f"{gpus}, {format_size(facts.ram_bytes)} RAM"
 
@@ -462,8 +460,6 @@ def _verify_floor(c: Candidate, library_min: float | None) -> float | None:
 
 
 def _driver_notes(facts: HostFacts, e: Entry) -> list[str]:
-    from packaging.version import InvalidVersion, Version
-
     p = e.spec.profile
     if not facts.nvidia_driver or not e.spec.gpus:
         return []
@@ -519,37 +515,4 @@ def _memory_yaml(e: Entry) -> str:
 
 def gather_host(transport: Any) -> HostFacts:
     """One round trip: the base facts, the GPU probe and init's own probe."""
-    from provisioner.converge.run import gather
-    from provisioner.verify.gpu import GPU_GATHER
-
     return HostFacts.from_gathered(gather(transport, [], extra=GPU_GATHER + INIT_GATHER))
-
-
-def init_command(transport: Any, model: str | None, as_json: bool = False) -> int:
-    """Gather the host's facts, choose, print the profile on stdout (or the JSON envelope).
-
-    Exit 0 when a profile was written; errors (no profile fits, unknown model,
-    host unreachable) raise ProvisionError, which cli.py turns into exit 1."""
-    from provisioner.cli._output import envelope, print_json, say
-
-    facts = gather_host(transport)
-    choice = choose_profile(facts, model)
-    text = render_init_profile(choice)
-    c = choice.chosen
-    if as_json:
-        print_json(envelope(
-            "init", True, None, host=getattr(transport, "name", None), base=choice.base, adapted=choice.adapted,
-            decode_tokens_per_s=round(c.decode_tokens_per_s, 1),
-            decode_tokens_per_s_at_context=round(c.decode_tokens_per_s_at_context, 1), bottleneck=c.bottleneck,
-            facts={"ram_bytes": facts.ram_bytes, "mem_total_kb": facts.mem_total_kb, "cpus": facts.cpus,
-                   "cores": facts.cores, "numa_nodes": facts.numa_nodes, "memory_type": facts.memory_type,
-                   "gpus": [{"name": g.name, "device_id": g.device_id, "model": g.catalog_id}
-                            for g in facts.gpus]},
-            alternatives=[{"name": o.base.name, "adapted": not o.exact,
-                           "decode_tokens_per_s": round(o.decode_tokens_per_s, 1)} for o in choice.others],
-            profile=text))
-        return 0
-    print(text, end="")
-    say(f"init: {_hardware_text(facts)} -> {choice.base}"
-        f"{' (adapted)' if choice.adapted else ''}, {c.decode_tokens_per_s:.1f} tok/s decode predicted")
-    return 0

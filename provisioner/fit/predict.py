@@ -31,11 +31,6 @@ class Prediction:
     bottleneck: str  # the largest share of a short-prompt decode step
     decode_ms: dict[str, float]  # that step, by bottleneck
 
-    def as_json(self) -> dict[str, Any]:
-        return {"decode_tokens_per_s": round(self.decode_tokens_per_s, 1),
-                "decode_tokens_per_s_at_context": round(self.decode_tokens_per_s_at_context, 1),
-                "prefill_tokens_per_s": round(self.prefill_tokens_per_s, 1),
-                "bottleneck": self.bottleneck}
 
 
 def _speed(key: str) -> Any:

@@ -182,9 +182,6 @@ class Sample:
     def pressure(self, resource: str, kind: str) -> Pressure | None:
         return self.psi.get(resource, {}).get(kind)
 
-    def as_json(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 def _num(text: str | None) -> float | None:
     value = (text or "").strip()
@@ -373,9 +370,6 @@ class Rates:
     swap_out_bps: float | None = None
     major_faults_per_s: float | None = None  # the server's, else the host's
     major_faults_of: Literal["server", "host"] | None = None
-
-    def as_json(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def rates(prev: Sample | None, cur: Sample) -> Rates:

@@ -7,6 +7,7 @@ Only structure and single-field rules live here. Rules that need the catalog
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import re
 from typing import Annotated, Any, Literal
@@ -24,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from provisioner.profile.thresholds import threshold_names
 from provisioner.units import parse_size
 
 # --- scalar types -----------------------------------------------------------
@@ -394,13 +396,9 @@ class Verify(_Model):
 
     @model_validator(mode="after")
     def _known_thresholds(self) -> Verify:
-        from provisioner.profile.thresholds import threshold_names
-
         known = threshold_names()
         for name in self.thresholds:
             if name not in known:
-                import difflib
-
                 close = difflib.get_close_matches(name, sorted(known), n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(sorted(known))}"
                 raise ValueError(f"unknown monitor threshold {name!r}{hint}")

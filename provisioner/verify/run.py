@@ -5,20 +5,22 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from provisioner.converge.plan import make_plan
 from provisioner.converge.run import gather
 from provisioner.facts.check import Check
+from provisioner.fit.predict import predict
+from provisioner.profile.cluster import head_address, node_spec
 from provisioner.render.files import render, sysctl_settings
-from provisioner.render.pipeline import Built, node_installs
+from provisioner.render.pipeline import Built
 from provisioner.transport import Transport
+from provisioner.transport.local import LocalTransport
 from provisioner.verify import drift as drift_checks
+from provisioner.verify import endpoint, gpu, ray_status
 from provisioner.verify import install as install_checks
 from provisioner.verify import model as model_checks
-from provisioner.verify import ray_status
 
 GROUPS = ("gpu", "drift", "model", "install", "endpoint", "cluster")
 
@@ -35,13 +37,10 @@ def verify_target(built: Built, transport: Transport, options: VerifyOptions,
     """``node``: on a cluster profile, the node this target is (default: the head)."""
     cluster = built.spec.profile.cluster
     if cluster is not None:
-        from provisioner.profile.cluster import node_spec
-
         node = node or cluster.head.name
         role = next(n.role for n in cluster.nodes if n.name == node)
         view = node_spec(built.spec, node)
-        built = Built(view, built.placement, replace(render(view, built.placement, node=node),
-                                                     installs=node_installs(built, node)))
+        built = Built(view, built.placement, built.rendered_for(node=node), built.installs)
         if role == "worker":
             # the head serves the endpoint and sees the cluster; an RPC worker holds no model file
             options = VerifyOptions(only=options.only - {"endpoint"} - ({"model"} if cluster.backend == "rpc"
@@ -55,21 +54,18 @@ def verify_target(built: Built, transport: Transport, options: VerifyOptions,
         probes.append(drift_checks.live_probe(spec, list(wanted_sysctl)))
     if "model" in options.only:
         files = spec.profile.model.source.files or []
-        if files and isinstance(transport, _local_type()):
+        if files and isinstance(transport, LocalTransport):
             # big shards take minutes: hash them here with a progress bar on a terminal
             model_checks.prehash([f.path for f in files], transport.root, transport.state_dir,
                                  show_progress=sys.stderr.isatty())
         probes += _model_probes(built, transport)
     if "install" in options.only:
         probes += install_checks.probes(built.rendered.installs, transport.root)
-    gpu = _gpu_module() if "gpu" in options.only and not root_mode else None
-    if gpu is not None and spec.gpus:
+    if "gpu" in options.only and not root_mode and spec.gpus:
         probes.append(gpu.GPU_GATHER)
     ray_probe = cluster is not None and cluster.backend == "ray" and not root_mode \
         and node == cluster.head.name and "cluster" in options.only
     if ray_probe:
-        from provisioner.profile.cluster import head_address
-
         probes.append(ray_status.probe(head_address(spec)))
     gathered = gather(transport, [f.path for f in built.rendered.files], spec.profile.service.name,
                       extra="\n".join(probes))
@@ -92,7 +88,7 @@ def verify_target(built: Built, transport: Transport, options: VerifyOptions,
         checks += install_checks.checks(built.rendered.installs, gathered.output, transport.root)
     if "gpu" in options.only:
         checks += [Check("gpu", "skip", hint="--root: a tree has no GPU to look at")] if root_mode \
-            else _gpu(built, gathered.output, gpu)
+            else _gpu(built, gathered.output)
     if "endpoint" in options.only:
         checks += _endpoint(built, transport, options)
     return checks
@@ -141,7 +137,7 @@ def _header(built: Built, transport: Transport, first: str, shard_count: int | N
     """The GGUF header's checks, read here (local and --root targets). ``shard_count`` None: the
     header's own split.count is trusted (an hf file names only the first shard)."""
     spec = built.spec
-    if not isinstance(transport, _local_type()):
+    if not isinstance(transport, LocalTransport):
         return [Check("model.header", "skip",
                       hint="the GGUF header is read where provision runs: local and --root targets")]
     path = Path(transport.root + first)
@@ -156,26 +152,10 @@ def _header(built: Built, transport: Transport, first: str, shard_count: int | N
     return model_checks.header_checks(spec, facts, count)
 
 
-def _local_type() -> type:
-    from provisioner.transport.local import LocalTransport
-
-    return LocalTransport
-
-
-def _gpu_module() -> Any:
-    try:
-        from provisioner.verify import gpu
-    except ImportError:  # pragma: no cover - the module ships with the package
-        return None
-    return gpu
-
-
-def _gpu(built: Built, output: str, gpu: Any) -> list[Check]:
+def _gpu(built: Built, output: str) -> list[Check]:
     spec = built.spec
     if not spec.gpus:
         return [Check("gpu.present", "skip", hint="the profile has no GPU")]
-    if gpu is None:  # pragma: no cover
-        return [Check("gpu.present", "skip", hint="GPU checks are not available in this build")]
     report = gpu.parse_gpu(output)
     expected = [(g.spec, g.count) for g in spec.gpus]
     driver = spec.profile.driver
@@ -202,12 +182,6 @@ def _endpoint(built: Built, transport: Transport, options: VerifyOptions) -> lis
 
 def _endpoint_at(built: Built, url: str, options: VerifyOptions) -> list[Check]:
     spec = built.spec
-    try:
-        from provisioner.verify import endpoint
-    except ImportError:  # pragma: no cover
-        return [Check("endpoint", "skip", hint="endpoint checks are not available in this build")]
-    from provisioner.fit.predict import predict
-
     speed = predict(spec, built.placement).decode_tokens_per_s
     checks: list[Check] = endpoint.endpoint_checks(spec, built.placement, speed, url, _api_key(built),
                                                    needle=options.needle)

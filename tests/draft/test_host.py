@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
+from provisioner.cli.init import init_command
 from provisioner.draft.host import (
     GIB,
     INIT_GATHER,
@@ -23,7 +24,6 @@ from provisioner.draft.host import (
     choose_profile,
     gather_host,
     host_facts,
-    init_command,
     render_init_profile,
 )
 from provisioner.errors import ProvisionError, UsageError

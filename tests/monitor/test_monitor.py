@@ -19,23 +19,15 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from provisioner.cli.monitor import monitor_command
 from provisioner.converge.fleet import Target
 from provisioner.datadir import data_dir
 from provisioner.errors import ProvisionError
 from provisioner.facts.check import Check
-from provisioner.monitor.run import (
-    METRICS,
-    SAMPLE_PROBE,
-    Sample,
-    Thresholds,
-    evaluate,
-    monitor_command,
-    parse_dmon,
-    parse_sample,
-    prometheus_text,
-    rates,
-    sample_script,
-)
+from provisioner.monitor.checks import evaluate
+from provisioner.monitor.probe import SAMPLE_PROBE, Sample, parse_dmon, parse_sample, rates, sample_script
+from provisioner.monitor.prometheus import METRICS, prometheus_text
+from provisioner.profile.thresholds import Thresholds
 from provisioner.transport import Completed
 from provisioner.transport.local import LocalTransport
 
@@ -378,7 +370,7 @@ def test_metrics_script_passes_sh_n_and_shellcheck(metrics_script: Path) -> None
 
 
 def test_prom_script_is_the_template() -> None:
-    from provisioner.monitor import run as monitor
+    from provisioner.monitor import prometheus as monitor
 
     rendered = _render("monitor-metrics.sh.j2")
     assert "service=llm-server\n" in rendered
