@@ -65,7 +65,8 @@ def test_ids_are_unique_after_normalising(catalog: Catalog, part: str) -> None:
 
 def test_gpu_power_range_is_ordered(catalog: Catalog) -> None:
     for gpu_id, gpu in catalog.gpus.items():
-        assert gpu.power_min_w <= gpu.power_default_w <= gpu.power_max_w, gpu_id
+        if gpu.power_min_w is not None and gpu.power_max_w is not None and gpu.power_default_w is not None:
+            assert gpu.power_min_w <= gpu.power_default_w <= gpu.power_max_w, gpu_id
 
 
 def test_gpu_vram_and_bandwidth_are_plausible(catalog: Catalog) -> None:
@@ -89,7 +90,7 @@ def test_blackwell_needs_open_module_and_cc12(catalog: Catalog) -> None:
         if gpu.architecture == "blackwell":
             assert gpu.kernel_modules == ["open"], gpu_id
             assert gpu.compute_capability == "12.0", gpu_id
-            assert int(gpu.min_driver.split(".")[0]) >= 570, gpu_id
+            assert gpu.min_driver is not None and int(gpu.min_driver.split(".")[0]) >= 570, gpu_id
         else:
             assert set(gpu.kernel_modules) == {"open", "proprietary"}, gpu_id
 
