@@ -8,9 +8,11 @@ from collections.abc import Iterator
 import pytest
 
 from provisioner.catalog import Catalog, load_catalog
+from provisioner.catalog.schema import GPU_SOURCED_FIELDS
 
 _ID = re.compile(r"^[a-z0-9]+(?:[.-][a-z0-9]+)*$")
 _PCI_ID = re.compile(r"^0x[0-9a-f]{4}$")
+_PCI_SUBSYSTEM = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{4}$")
 _URL = re.compile(r"https://[^\s;,]+")
 GIB = 2**30
 
@@ -65,38 +67,77 @@ def test_ids_are_unique_after_normalising(catalog: Catalog, part: str) -> None:
 
 def test_gpu_power_range_is_ordered(catalog: Catalog) -> None:
     for gpu_id, gpu in catalog.gpus.items():
-        if gpu.power_min_w is not None and gpu.power_max_w is not None and gpu.power_default_w is not None:
-            assert gpu.power_min_w <= gpu.power_default_w <= gpu.power_max_w, gpu_id
+        assert (gpu.power_min_w is None) == (gpu.power_max_w is None), gpu_id
+        if gpu.power_min_w is not None and gpu.power_max_w is not None:
+            default = gpu.power_default_w if gpu.power_default_w is not None else gpu.power_max_w
+            assert gpu.power_min_w <= default <= gpu.power_max_w, gpu_id
 
 
 def test_gpu_vram_and_bandwidth_are_plausible(catalog: Catalog) -> None:
     for gpu_id, gpu in catalog.gpus.items():
-        assert 8 * GIB <= gpu.vram <= 256 * GIB, gpu_id
-        assert 200 <= gpu.memory_bandwidth_gb_s <= 10_000, gpu_id
+        assert 6 * GIB <= gpu.vram <= 300 * GIB, gpu_id
+        assert 150 <= gpu.memory_bandwidth_gb_s <= 10_000, gpu_id
         assert 10 <= gpu.fp16_dense_tflops <= 5_000, gpu_id
+        if gpu.fp8_dense_tflops is not None:
+            assert gpu.fp8_dense_tflops >= gpu.fp16_dense_tflops, gpu_id
+        if gpu.fp4_dense_tflops is not None:
+            assert gpu.fp4_dense_tflops >= (gpu.fp8_dense_tflops or 0), gpu_id
 
 
 def test_gpu_pci_ids_are_lowercase_hex_and_unique(catalog: Catalog) -> None:
-    seen: dict[str, str] = {}
+    """No board's identity (device id, plus subsystem id where boards share one) twice."""
+    owners: dict[str, list[str]] = {}
+    seen: dict[tuple[str, str], str] = {}
     for gpu_id, gpu in catalog.gpus.items():
         for pci_id in gpu.pci_device_ids:
             assert _PCI_ID.match(pci_id), f"{gpu_id}: {pci_id}"
-            assert pci_id not in seen, f"{pci_id} in both {seen.get(pci_id)} and {gpu_id}"
-            seen[pci_id] = gpu_id
+            owners.setdefault(pci_id, []).append(gpu_id)
+        for sub in gpu.pci_subsystem_ids:
+            assert _PCI_SUBSYSTEM.match(sub), f"{gpu_id}: {sub}"
+        for key in [(d, s) for d in gpu.pci_device_ids for s in (gpu.pci_subsystem_ids or [""])]:
+            assert key not in seen, f"{key} in both {seen.get(key)} and {gpu_id}"
+            seen[key] = gpu_id
+    for pci_id, gpu_ids in owners.items():
+        if len(gpu_ids) > 1:
+            # a shared device id is only allowed when every board that has it names its subsystem ids
+            assert all(catalog.gpus[g].pci_subsystem_ids for g in gpu_ids), f"{pci_id} in {gpu_ids}"
 
 
-def test_blackwell_needs_open_module_and_cc12(catalog: Catalog) -> None:
+def test_every_gpu_number_has_a_source(catalog: Catalog) -> None:
     for gpu_id, gpu in catalog.gpus.items():
-        if gpu.architecture == "blackwell":
+        set_fields = {f for f in GPU_SOURCED_FIELDS if getattr(gpu, f) not in (None, [], False)}
+        assert set_fields <= gpu.sourced_fields, f"{gpu_id}: no source for {sorted(set_fields - gpu.sourced_fields)}"
+        assert all(fields for fields in gpu.sources.values()), f"{gpu_id}: a source that gives no field"
+
+
+def test_unified_memory_boards_have_no_pcie_hop(catalog: Catalog) -> None:
+    assert any(g.unified_memory for g in catalog.gpus.values())
+    for gpu in catalog.gpus.values():
+        assert (gpu.pcie_gen is None) == gpu.unified_memory, gpu.name
+
+
+def test_tensor_formats_match_architecture(catalog: Catalog) -> None:
+    for gpu_id, gpu in catalog.gpus.items():
+        if gpu.architecture in {"turing", "ampere"}:
+            assert gpu.fp8_dense_tflops is None, gpu_id
+        if gpu.architecture != "blackwell":
+            assert gpu.fp4_dense_tflops is None, gpu_id
+
+
+def test_blackwell_needs_open_module(catalog: Catalog) -> None:
+    for gpu_id, gpu in catalog.gpus.items():
+        if not gpu.kernel_modules:
+            assert gpu.unified_memory and gpu.min_driver is None, gpu_id
+        elif gpu.architecture == "blackwell":
             assert gpu.kernel_modules == ["open"], gpu_id
-            assert gpu.compute_capability == "12.0", gpu_id
             assert gpu.min_driver is not None and int(gpu.min_driver.split(".")[0]) >= 570, gpu_id
         else:
             assert set(gpu.kernel_modules) == {"open", "proprietary"}, gpu_id
 
 
 def test_compute_capability_matches_architecture(catalog: Catalog) -> None:
-    expected = {"ampere": {"8.0", "8.6"}, "ada": {"8.9"}, "hopper": {"9.0"}, "blackwell": {"12.0"}}
+    expected = {"turing": {"7.5"}, "ampere": {"8.0", "8.6", "8.7"}, "ada": {"8.9"}, "hopper": {"9.0"},
+                "blackwell": {"10.0", "10.3", "11.0", "12.0", "12.1"}}
     for gpu_id, gpu in catalog.gpus.items():
         assert gpu.compute_capability in expected[gpu.architecture], gpu_id
 
