@@ -110,6 +110,30 @@ def test_every_gpu_number_has_a_source(catalog: Catalog) -> None:
         assert all(fields for fields in gpu.sources.values()), f"{gpu_id}: a source that gives no field"
 
 
+def test_gpu_catalog_covers_every_family(catalog: Catalog) -> None:
+    """Turing onwards, 6 GB and up: every family the catalog promises has its boards."""
+    assert len(catalog.gpus) >= 80
+    expected = {
+        "turing": {"titan-rtx", "rtx-2060", "rtx-2080-ti", "quadro-rtx-4000", "quadro-rtx-5000", "quadro-rtx-6000",
+                   "quadro-rtx-8000", "t4"},
+        "ampere": {"rtx-3050-6gb", "rtx-3060", "rtx-3070", "rtx-3080", "rtx-3090", "rtx-3090-ti", "rtx-a2000",
+                   "rtx-a2000-12gb", "rtx-a4000", "rtx-a4500", "rtx-a5000", "rtx-a5500", "rtx-a6000", "a2", "a10",
+                   "a10g", "a16", "a30", "a40", "a100-40gb", "a100-80gb", "a100-pcie-40gb", "a100-pcie-80gb",
+                   "jetson-agx-orin-32gb", "jetson-agx-orin-64gb"},
+        "ada": {"rtx-4060", "rtx-4070", "rtx-4080", "rtx-4090", "rtx-2000-ada", "rtx-4000-ada", "rtx-4500-ada",
+                "rtx-5000-ada", "rtx-6000-ada", "l4", "l40", "l40s"},
+        "hopper": {"h100-pcie", "h100-sxm", "h200"},
+        "blackwell": {"rtx-5050", "rtx-5060", "rtx-5070", "rtx-5080", "rtx-5090", "rtx-pro-4000-blackwell",
+                      "rtx-pro-4500-blackwell", "rtx-pro-5000-blackwell", "rtx-pro-6000-blackwell",
+                      "rtx-pro-6000-blackwell-max-q", "rtx-pro-6000-blackwell-server", "b200", "b300", "gb200",
+                      "dgx-spark-gb10"},
+    }
+    for architecture, ids in expected.items():
+        missing = ids - set(catalog.gpus)
+        assert not missing, f"{architecture}: {sorted(missing)}"
+        assert {catalog.gpus[i].architecture for i in ids} == {architecture}, architecture
+
+
 def test_unified_memory_boards_have_no_pcie_hop(catalog: Catalog) -> None:
     assert any(g.unified_memory for g in catalog.gpus.values())
     for gpu in catalog.gpus.values():
