@@ -131,9 +131,11 @@ def catalog_gpu_id(device_id: str | None, name: str | None) -> str | None:
     """The catalog id of a GPU by PCI device id, else by its exact nvidia-smi name."""
     gpus = load_catalog().gpus
     if device_id:
-        for key, spec in gpus.items():
-            if device_id.lower() in (d.lower() for d in spec.pci_device_ids):
-                return key
+        by_device = [key for key, spec in gpus.items() if device_id.lower() in (d.lower() for d in spec.pci_device_ids)]
+        # boards that share a device id (Quadro RTX 6000/8000, A2/A16) are told apart by name
+        named = [key for key in by_device if name and gpus[key].name.lower() == name.strip().lower()]
+        if named or by_device:
+            return (named or by_device)[0]
     if name:
         for key, spec in gpus.items():
             if spec.name.lower() == name.strip().lower():
@@ -468,6 +470,8 @@ def _driver_notes(facts: HostFacts, e: Entry) -> list[str]:
         notes.append(f"#   This profile configures the {p.driver.kernel_module} module "
                      f"(driver.kernel_module): switching from {facts.nvidia_module} needs a reboot.")
     for group in e.spec.gpus:
+        if group.spec.min_driver is None:
+            continue
         try:
             old = Version(facts.nvidia_driver) < Version(group.spec.min_driver)
         except InvalidVersion:
