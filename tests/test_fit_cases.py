@@ -83,9 +83,9 @@ MEMORY = [(n, c) for n, c in load_cases() if any(k in c["measured"] for k in MEM
 
 
 def test_case_files_are_complete() -> None:
-    assert len(SPEED) >= 18
-    assert len(PREFILL) >= 7
-    assert len(MEMORY) >= 3
+    assert len(SPEED) >= 40
+    assert len(PREFILL) >= 12
+    assert len(MEMORY) >= 5
     for cases in (SPEED, PREFILL):
         held_out = [n for n, c in cases if c["split"] == "held-out"]
         assert len(held_out) * 3 >= len(cases), "at least a third of the cases are held out"
