@@ -59,9 +59,7 @@ class Target:
         try:
             yield transport
         finally:
-            close = getattr(transport, "close", None)
-            if close is not None:
-                close()
+            transport.close()
 
     def build(self, ignore_fit: bool) -> Built:
         return build(self.profile, ignore_fit=ignore_fit,

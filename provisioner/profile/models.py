@@ -478,7 +478,7 @@ class Cluster(_Model):
     def node_for_host(self, host: str) -> ClusterNode | None:
         """The node an inventory host name (or, for --host, its address) stands for."""
         return next((n for n in self.nodes if host in (n.host, n.address)), None)
-# --- install: what gets onto the host (issue 8) --------------------------------
+# --- install: what gets onto the host --------------------------------------------
 
 # Debian and RPM package names and versions: no blanks, quotes or shell characters.
 PackageName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9+.-]{0,99}$")]

@@ -145,6 +145,9 @@ class _Recorded:
         self.output = output
         self.scripts: list[str] = []
 
+    def close(self) -> None:
+        pass
+
     def run(self, script: str, env: dict[str, str] | None = None) -> Completed:
         self.scripts.append(script)
         return Completed(0, self.output, "")

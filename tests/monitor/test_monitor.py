@@ -313,6 +313,9 @@ class _Broken:
     def run(self, script: str, env: dict[str, str] | None = None) -> Completed:
         return Completed(127, "", "sh: not found")
 
+    def close(self) -> None:
+        pass
+
 
 def _unreachable() -> LocalTransport:
     raise ProvisionError("gpu9: connection refused", hint="is sshd running?")
