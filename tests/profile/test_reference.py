@@ -121,3 +121,16 @@ def test_schema_command_prints_the_schema() -> None:
     assert data["schema"] == profile_json_schema()
     helped = CliRunner().invoke(schema, ["--help"])
     assert helped.exit_code == 0 and "Example" in helped.output and "provision schema" in helped.output
+
+
+def test_loader_hints_point_at_the_reference_page(tmp_path: Path) -> None:
+    """A missing field's hint names docs/profile.md, which exists and documents the field."""
+    document = _document(QUICKSTART)
+    del document["model"]["context"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(json.dumps(document))
+    with pytest.raises(ProfileError) as raised:
+        load_profile(bad)
+    hints = [p.hint or "" for p in raised.value.problems]
+    assert any("docs/profile.md" in hint for hint in hints), hints
+    assert "| `context` |" in PAGE.read_text()
