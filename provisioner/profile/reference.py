@@ -13,7 +13,10 @@ from typing import Any
 
 from provisioner.profile.models import SIZE_JSON, Profile
 
-JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+# Draft 7: yaml-language-server (VS Code's YAML extension) "supports JSON Schema 7 and
+# below" (its README). Nothing pydantic emits here needs a later draft; its "#/$defs/..."
+# references are plain JSON pointers, which draft 7 resolves.
+JSON_SCHEMA_DIALECT = "http://json-schema.org/draft-07/schema#"
 
 # The loader takes `extends:` off the document before the models see it.
 _EXTENDS = {
@@ -25,7 +28,7 @@ _EXTENDS = {
 
 
 def profile_json_schema() -> dict[str, Any]:
-    """The JSON Schema of a profile document (draft 2020-12), `extends:` included."""
+    """The JSON Schema of a profile document (draft 7), `extends:` included."""
     schema = Profile.model_json_schema()
     schema["properties"] = {"extends": _EXTENDS, **schema["properties"]}
     return {"$schema": JSON_SCHEMA_DIALECT, **schema}
@@ -69,8 +72,9 @@ profile also takes a library profile's name.
 
 ## Completion and checks in your editor
 
-`provision schema` prints this reference as a JSON Schema (draft 2020-12). Save it
-beside your profiles and name it in the profile's first line:
+`provision schema` prints this reference as a JSON Schema (draft 7, the draft
+yaml-language-server supports). Save it beside your profiles and name it in the
+profile's first line:
 
 ```
 provision schema > profile.schema.json

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from jsonschema import Draft202012Validator
+from jsonschema import Draft7Validator
 
 from provisioner.cli.schema import schema
 from provisioner.errors import ProfileError
@@ -29,10 +29,10 @@ def _document(path: Path) -> Any:
 
 
 @pytest.fixture(scope="module")
-def validator() -> Draft202012Validator:
+def validator() -> Draft7Validator:
     document = profile_json_schema()
-    Draft202012Validator.check_schema(document)
-    return Draft202012Validator(document)
+    Draft7Validator.check_schema(document)
+    return Draft7Validator(document)
 
 
 def test_docs_profile_md_is_current() -> None:
@@ -62,15 +62,15 @@ def test_the_page_has_a_section_for_every_nested_mapping() -> None:
         assert f"](#{anchor})" in page, f"nothing links to #{anchor}"
 
 
-def test_the_schema_is_valid_json_schema(validator: Draft202012Validator) -> None:
+def test_the_schema_is_valid_json_schema(validator: Draft7Validator) -> None:
     document = profile_json_schema()
-    assert document["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    assert document["$schema"] == "http://json-schema.org/draft-07/schema#"
     assert document["additionalProperties"] is False
     assert "extends" in document["properties"]
 
 
 @pytest.mark.parametrize("path", good_profiles(), ids=lambda p: str(p.relative_to(ROOT)))
-def test_bundled_profiles_validate_against_the_schema(path: Path, validator: Draft202012Validator) -> None:
+def test_bundled_profiles_validate_against_the_schema(path: Path, validator: Draft7Validator) -> None:
     document = _document(path)
     if "extends" not in document:  # an extending file is partial: its base supplies the rest
         errors = [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(document)]
@@ -90,7 +90,7 @@ def test_bundled_profiles_validate_against_the_schema(path: Path, validator: Dra
     (lambda d: d["model"]["source"]["files"][0].update(path="models/x.gguf"), ["model", "source", "files", 0, "path"]),
 ])
 def test_the_schema_refuses_what_the_loader_refuses(change: Any, where: list[Any],
-                                                    validator: Draft202012Validator, tmp_path: Path) -> None:
+                                                    validator: Draft7Validator, tmp_path: Path) -> None:
     document = _document(QUICKSTART)
     change(document)
     errors = list(validator.iter_errors(document))
