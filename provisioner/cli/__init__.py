@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from provisioner import __version__
-from provisioner.cli import converge, export, facts, fit, init, monitor, profiles, render, validate, verify
+from provisioner.cli import converge, export, facts, fit, init, monitor, profiles, render, schema, validate, verify
 from provisioner.cli._common import EXIT_ERROR, EXIT_OK
 from provisioner.cli._output import report_error
 from provisioner.errors import Problem
@@ -71,5 +71,5 @@ def main() -> None:
 
 for _command in (validate.validate, render.render, converge.plan, converge.apply, converge.generations,
                  converge.rollback, fit.fit, facts.facts, verify.verify, profiles.profiles, init.init,
-                 monitor.monitor, export.export):
+                 monitor.monitor, export.export, schema.schema):
     main.add_command(_command)

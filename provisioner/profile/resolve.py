@@ -26,7 +26,7 @@ from provisioner.facts.host_load import HostLoad
 from provisioner.profile.loader import LoadedProfile
 from provisioner.profile.models import BUILTIN_HANDLERS, Profile
 
-# Sources each engine can serve from (see README: model sources).
+# Sources each engine can serve from (docs/profile.md, model.source).
 _SOURCES_FOR_ENGINE = {
     "llama.cpp": {"files", "hf"},
     "vllm": {"hf", "directory"},
