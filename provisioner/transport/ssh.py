@@ -13,7 +13,6 @@ import base64
 import contextlib
 import hashlib
 import select
-import shlex
 import socket
 import threading
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ from typing import Any
 from provisioner.errors import ProvisionError
 from provisioner.facts import STATE_DIR
 from provisioner.transport import Completed
+from provisioner.transport.remote import become_refused, remote_command
 
 
 @dataclass(frozen=True)
@@ -47,22 +47,6 @@ class SshTarget:
 def fingerprint(key: Any) -> str:
     digest = hashlib.sha256(key.asbytes()).digest()
     return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
-
-
-_WRONG_PASSWORD = 97
-# sudo -v checks the password once (stdin holds exactly one line, so a wrong
-# one is never retried); -k then makes sudo read it again for the command, so
-# the script that follows on the same pipe is never taken for a password.
-_SUDO_WRAPPER = """IFS= read -r pw
-if sudo -n true 2>/dev/null; then
-    exec sudo -n @SHELL@
-fi
-if ! printf '%s\\n' "$pw" | sudo -k -S -p '' -v 2>/dev/null; then
-    echo '@become-refused' >&2
-    exit 97
-fi
-{ printf '%s\\n' "$pw"; cat; } | sudo -k -S -p '' @SHELL@
-"""
 
 
 class _HostKeyPolicy:
@@ -145,18 +129,8 @@ class SshTransport:
 
     def run(self, script: str, env: dict[str, str] | None = None) -> Completed:
         connection = self._connect()
-        assigns = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted((env or {}).items()))
-        shell = f"env {assigns} sh -s" if assigns else "sh -s"
-        payload = script.encode()
-        if self.target.become and self.target.become_password is not None:
-            # The password is the first line of stdin, always consumed by this wrapper
-            # (never by the script's shell); sudo gets it on a pipe of its own.
-            command = "sh -c " + shlex.quote(_SUDO_WRAPPER.replace("@SHELL@", shell))
-            payload = self.target.become_password.encode() + b"\n" + payload
-        elif self.target.become:
-            command = f"sudo -n {shell}"
-        else:
-            command = shell
+        command, stdin_prefix = remote_command(env, self.target.become, self.target.become_password)
+        payload = stdin_prefix + script.encode()
         import paramiko
 
         try:
@@ -175,13 +149,9 @@ class SshTransport:
             self.close()
             raise ProvisionError(f"{self.name}: the connection dropped before the command finished",
                                  hint="re-run: every file is old or new, and the next apply converges")
-        if code == _WRONG_PASSWORD and "@become-refused" in stderr:
-            raise ProvisionError(f"{self.name}: sudo refused the password for {self.target.user or 'this user'} "
-                                 "(one attempt, not retried)",
-                                 hint="check the password (--ask-become-pass or PROVISION_BECOME_PASSWORD)")
-        if self.target.become and code == 1 and "password is required" in stderr:
-            raise ProvisionError(f"{self.name}: sudo needs a password for {self.target.user or 'this user'}",
-                                 hint="allow passwordless sudo (NOPASSWD) for this user, or connect as root")
+        refused = become_refused(self.name, self.target.user, self.target.become, code, stderr)
+        if refused is not None:
+            raise refused
         return Completed(code, stdout, stderr)
 
     @contextlib.contextmanager
