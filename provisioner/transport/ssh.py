@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import logging
 import select
 import socket
 import threading
@@ -81,9 +82,13 @@ class SshTransport:
         import paramiko
         from fabric import Config, Connection
 
+        # paramiko's transport thread logs a failed handshake with its traceback (to stderr
+        # when nothing handles it); the error reaches the user once, as a ProvisionError
+        logging.getLogger("paramiko").addHandler(logging.NullHandler())
         target = self.target
         config = Config(overrides={"load_ssh_configs": True})
-        kwargs: dict[str, Any] = {}
+        # --connect-timeout bounds the SSH greeting too (paramiko waits 15 s for it by default)
+        kwargs: dict[str, Any] = {"banner_timeout": target.connect_timeout}
         if target.key:
             kwargs["key_filename"] = str(Path(target.key).expanduser())
         known = Path(target.known_hosts or "~/.ssh/known_hosts").expanduser()
