@@ -223,6 +223,10 @@ def target_options(func: F) -> F:
                      help="Ask for the sudo password (or set PROVISION_BECOME_PASSWORD); never on the command line."),
         click.option("--jump", default=None, metavar="[USER@]HOST", help="Reach the hosts through this jump host."),
         click.option("--connect-timeout", type=float, default=10.0, show_default=True, help="SSH connect timeout (s)."),
+        click.option("--transport", type=click.Choice(["openssh", "fabric"]), default=None,
+                     envvar="PROVISION_TRANSPORT", show_envvar=True,
+                     help="SSH through the ssh client, its connection kept 60s for the next run "
+                     "(default where ssh is on PATH), or through Fabric."),
         click.option("--node", default=None, metavar="NAME",
                      help="A cluster profile: the node this target is (an inventory finds it by host)."),
         root_option,
@@ -243,6 +247,7 @@ def _targets(profile: Path | None, opts: dict[str, Any]) -> list[Any]:
     ssh_kwargs = {"accept_new_host_key": opts["accept_new_host_key"], "known_hosts": opts["known_hosts"],
                   "become_password": password,
                   "become": opts["become"], "jump": opts["jump"], "connect_timeout": opts["connect_timeout"],
+                  "transport": opts.get("transport"),
                   "root": str(opts["root"]) if opts["root"] is not None else None}
     if opts["inventory"] is not None:
         hosts = select(load_inventory(opts["inventory"]), opts["limit"])

@@ -96,8 +96,9 @@ class RunOptions:
 
 def ssh_target(host: Host, profile: Path, *, accept_new_host_key: bool, known_hosts: str | None,
                become: bool, jump: str | None, connect_timeout: float, root: str | None,
-               become_password: str | None = None) -> Target:
-    from provisioner.transport.ssh import SshTarget, SshTransport
+               become_password: str | None = None, transport: str | None = None) -> Target:
+    from provisioner.transport.choice import ssh_transport_factory
+    from provisioner.transport.ssh import SshTarget
 
     spec = SshTarget(name=host.name, address=host.address, port=host.port, user=host.user, key=host.key,
                      root=root if root is not None else host.root, state_dir=host.state_dir,
@@ -105,7 +106,7 @@ def ssh_target(host: Host, profile: Path, *, accept_new_host_key: bool, known_ho
                      become=become or host.become, become_password=become_password, known_hosts=known_hosts,
                      accept_new_host_key=accept_new_host_key, connect_timeout=connect_timeout)
     overrides = json.dumps(host.overrides, sort_keys=True) if host.overrides else ""
-    return Target(host.name, profile, lambda: SshTransport(spec), overrides, per_host_node=True)
+    return Target(host.name, profile, ssh_transport_factory(spec, transport), overrides, per_host_node=True)
 
 
 def run(targets: list[Target], options: RunOptions,
