@@ -10,9 +10,9 @@ an idle master exits by itself after ``CONTROL_PERSIST``, and a dead connection 
 noticed within 45 s (ServerAliveInterval 15, ServerAliveCountMax 3). ``ssh -O exit``
 on a socket of ``control_dir()`` stops one sooner.
 
-Host-key policy, identity and jump host reach ssh through a config file of ours (-F):
-ssh gives the ssh it starts for ProxyJump that -F file, and none of the -o options, so
-the jump host is checked against the same known_hosts in the same way. Our lines come
+Host-key policy and identity reach ssh through a config file of ours (-F): ssh gives
+the ssh it starts for the jump host (-J, ProxyJump) that -F file and none of the -o
+options, so the jump host is checked against the same known_hosts in the same way. Our lines come
 first and ssh keeps the first value it reads, so ~/.ssh/config and /etc/ssh/ssh_config,
 included after them, still supply aliases and the like but cannot loosen host-key checks.
 """
@@ -170,7 +170,8 @@ class OpensshTransport:
                  f"    ConnectTimeout {max(1, math.ceil(target.connect_timeout))}",
                  "    ServerAliveInterval 15",
                  "    ServerAliveCountMax 3",
-                 # the host key a failed check saw, for the message (stderr of ssh runs is not the script's)
+                 # the master's stderr shows the host key a failed check saw, for the message;
+                 # the ssh of each run says -o LogLevel=ERROR, which wins, so scripts' stderr stays theirs
                  "    LogLevel DEBUG1"]
         if target.key:
             lines.append(f"    IdentityFile {_quoted(str(Path(target.key).expanduser().absolute()))}")
@@ -240,8 +241,8 @@ class OpensshTransport:
 
     def _start_master(self) -> None:
         """ssh -N with ControlPersist forks the master into the background once it is
-        authenticated, and exits 0; its stderr goes to a file, not a pipe, because the
-        ProxyJump child keeps it open as long as the master lives."""
+        authenticated, and exits 0. Its stderr is a file, not a pipe, so that nothing the
+        master leaves running can hold this call up waiting for the pipe to close."""
         target = self.target
         args = self._args("-o", "ControlMaster=yes", "-o", f"ControlPersist={CONTROL_PERSIST}", "-N", "-T")
         limit = (2 if target.jump else 1) * target.connect_timeout + 30
