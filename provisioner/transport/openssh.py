@@ -41,9 +41,12 @@ from provisioner.transport import Completed
 from provisioner.transport.remote import become_refused, remote_command
 from provisioner.transport.ssh import SshTarget
 
-CONTROL_PERSIST = "60s"  # as Ansible's default ControlPersist
-# sun_path holds 108 bytes with the NUL; ssh first binds the socket at
-# "<ControlPath>.<16 random characters>" and then links it into place.
+# as ansible-core's ssh connection plugin (its ssh_args default, "-C -o ControlMaster=auto
+# -o ControlPersist=60s", in lib/ansible/plugins/connection/ssh.py)
+CONTROL_PERSIST = "60s"
+# sun_path holds 108 bytes with the NUL (Linux); ssh binds the socket at
+# "<ControlPath>.<16 random characters>" first and then links it into place
+# (muxserver_listen in OpenSSH's mux.c).
 _SOCKET_PATH_MAX = 107 - 17
 _NAME_LENGTH = 20  # hex digits of the destination's digest: the socket's name
 
