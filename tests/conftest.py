@@ -3,9 +3,12 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.support import sshd
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -62,3 +65,15 @@ def llama_server_binary() -> Path:
     if proc.returncode != 0:
         pytest.fail(f"scripts/build-llama-server failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return Path(proc.stdout.strip().splitlines()[-2])
+
+
+@pytest.fixture(params=sshd.TRANSPORTS)
+def ssh_transport(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Each test that uses it runs once per SSH transport: PROVISION_TRANSPORT picks it for
+    the `provision` runs, and the openssh masters they leave are stopped afterwards."""
+    if request.param == "openssh" and shutil.which("ssh") is None:
+        pytest.skip("no ssh client (scripts/test installs openssh-server, which brings it)")
+    monkeypatch.setenv("PROVISION_TRANSPORT", request.param)
+    with sshd.ssh_masters() as folder:
+        monkeypatch.setenv("XDG_RUNTIME_DIR", str(folder))
+        yield request.param

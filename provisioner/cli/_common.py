@@ -99,6 +99,10 @@ def target_options(func: F) -> F:
                      help="Ask for the sudo password (or set PROVISION_BECOME_PASSWORD); never on the command line."),
         click.option("--jump", default=None, metavar="[USER@]HOST", help="Reach the hosts through this jump host."),
         click.option("--connect-timeout", type=float, default=10.0, show_default=True, help="SSH connect timeout (s)."),
+        click.option("--transport", type=click.Choice(["openssh", "fabric"]), default=None,
+                     envvar="PROVISION_TRANSPORT", show_envvar=True,
+                     help="SSH through the ssh client, its connection kept 60s for the next run "
+                     "(default where ssh is on PATH), or through Fabric."),
         click.option("--node", default=None, metavar="NAME",
                      help="A cluster profile: the node this target is (an inventory finds it by host)."),
         root_option,
@@ -125,26 +129,24 @@ class SshOptions:
     jump: str | None
     connect_timeout: float
     root: str | None
+    transport: str | None = None  # openssh | fabric; None: openssh where ssh is on PATH
 
 
 def ssh_target(host: Host, profile: Path, ssh: SshOptions) -> Target:
-    """A target reached over SSH; paramiko is imported only when it connects."""
+    """A target reached over SSH (the transport is chosen now, connected later)."""
     import json
 
     from provisioner.converge.fleet import Target
+    from provisioner.transport.choice import ssh_transport_factory
+    from provisioner.transport.remote import SshTarget
 
-    def connect() -> Transport:
-        from provisioner.transport.ssh import SshTarget, SshTransport
-
-        return SshTransport(SshTarget(
-            name=host.name, address=host.address, port=host.port, user=host.user, key=host.key,
-            root=ssh.root if ssh.root is not None else host.root, state_dir=host.state_dir,
-            jump=ssh.jump or host.jump, become=ssh.become or host.become, become_password=ssh.become_password,
-            known_hosts=ssh.known_hosts, accept_new_host_key=ssh.accept_new_host_key,
-            connect_timeout=ssh.connect_timeout))
-
+    spec = SshTarget(name=host.name, address=host.address, port=host.port, user=host.user, key=host.key,
+                     root=ssh.root if ssh.root is not None else host.root, state_dir=host.state_dir,
+                     jump=ssh.jump or host.jump, become=ssh.become or host.become,
+                     become_password=ssh.become_password, known_hosts=ssh.known_hosts,
+                     accept_new_host_key=ssh.accept_new_host_key, connect_timeout=ssh.connect_timeout)
     overrides = json.dumps(host.overrides, sort_keys=True) if host.overrides else ""
-    return Target(host.name, profile, connect, overrides, per_host_node=True)
+    return Target(host.name, profile, ssh_transport_factory(spec, ssh.transport), overrides, per_host_node=True)
 
 
 def targets(profile: Path | None, opts: dict[str, Any]) -> list[Target]:
@@ -158,7 +160,7 @@ def targets(profile: Path | None, opts: dict[str, Any]) -> list[Target]:
     ssh = SshOptions(accept_new_host_key=opts["accept_new_host_key"], known_hosts=opts["known_hosts"],
                      become=opts["become"], become_password=password, jump=opts["jump"],
                      connect_timeout=opts["connect_timeout"],
-                     root=str(opts["root"]) if opts["root"] is not None else None)
+                     root=str(opts["root"]) if opts["root"] is not None else None, transport=opts.get("transport"))
     if opts["inventory"] is not None:
         found = []
         for host in select(load_inventory(opts["inventory"]), opts["limit"]):

@@ -12,12 +12,11 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import logging
 import select
-import shlex
 import socket
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,45 +26,12 @@ from fabric import Config, Connection
 from provisioner.errors import ProvisionError
 from provisioner.facts.gather import STATE_DIR
 from provisioner.transport import Completed
-
-
-@dataclass(frozen=True)
-class SshTarget:
-    name: str  # the inventory name, used in reports
-    address: str
-    port: int | None = None
-    user: str | None = None
-    key: str | None = None
-    root: str = ""  # manage this tree on the host instead of /
-    state_dir: str | None = None  # default: <root>/var/lib/provision
-    jump: str | None = None
-    become: bool = False
-    # never logged, never on a command line: it reaches sudo through a pipe of its own
-    become_password: str | None = field(default=None, repr=False)
-    known_hosts: str | None = None  # default: ~/.ssh/known_hosts
-    accept_new_host_key: bool = False
-    connect_timeout: float = 10.0
+from provisioner.transport.remote import SshTarget, become_refused, remote_command
 
 
 def fingerprint(key: Any) -> str:
     digest = hashlib.sha256(key.asbytes()).digest()
     return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
-
-
-_WRONG_PASSWORD = 97
-# sudo -v checks the password once (stdin holds exactly one line, so a wrong
-# one is never retried); -k then makes sudo read it again for the command, so
-# the script that follows on the same pipe is never taken for a password.
-_SUDO_WRAPPER = """IFS= read -r pw
-if sudo -n true 2>/dev/null; then
-    exec sudo -n @SHELL@
-fi
-if ! printf '%s\\n' "$pw" | sudo -k -S -p '' -v 2>/dev/null; then
-    echo '@become-refused' >&2
-    exit 97
-fi
-{ printf '%s\\n' "$pw"; cat; } | sudo -k -S -p '' @SHELL@
-"""
 
 
 class _HostKeyPolicy:
@@ -97,9 +63,13 @@ class SshTransport:
     def _connect(self) -> Any:
         if self._connection is not None:
             return self._connection
+        # paramiko's transport thread logs a failed handshake with its traceback (to stderr
+        # when nothing handles it); the error reaches the user once, as a ProvisionError
+        logging.getLogger("paramiko").addHandler(logging.NullHandler())
         target = self.target
         config = Config(overrides={"load_ssh_configs": True})
-        kwargs: dict[str, Any] = {}
+        # --connect-timeout bounds the SSH greeting too (paramiko waits 15 s for it by default)
+        kwargs: dict[str, Any] = {"banner_timeout": target.connect_timeout}
         if target.key:
             kwargs["key_filename"] = str(Path(target.key).expanduser())
         known = Path(target.known_hosts or "~/.ssh/known_hosts").expanduser()
@@ -145,18 +115,8 @@ class SshTransport:
 
     def run(self, script: str, env: dict[str, str] | None = None) -> Completed:
         connection = self._connect()
-        assigns = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted((env or {}).items()))
-        shell = f"env {assigns} sh -s" if assigns else "sh -s"
-        payload = script.encode()
-        if self.target.become and self.target.become_password is not None:
-            # The password is the first line of stdin, always consumed by this wrapper
-            # (never by the script's shell); sudo gets it on a pipe of its own.
-            command = "sh -c " + shlex.quote(_SUDO_WRAPPER.replace("@SHELL@", shell))
-            payload = self.target.become_password.encode() + b"\n" + payload
-        elif self.target.become:
-            command = f"sudo -n {shell}"
-        else:
-            command = shell
+        command, stdin_prefix = remote_command(env, self.target.become, self.target.become_password)
+        payload = stdin_prefix + script.encode()
 
         try:
             channel = connection.client.get_transport().open_session()
@@ -174,13 +134,9 @@ class SshTransport:
             self.close()
             raise ProvisionError(f"{self.name}: the connection dropped before the command finished",
                                  hint="re-run: every file is old or new, and the next apply converges")
-        if code == _WRONG_PASSWORD and "@become-refused" in stderr:
-            raise ProvisionError(f"{self.name}: sudo refused the password for {self.target.user or 'this user'} "
-                                 "(one attempt, not retried)",
-                                 hint="check the password (--ask-become-pass or PROVISION_BECOME_PASSWORD)")
-        if self.target.become and code == 1 and "password is required" in stderr:
-            raise ProvisionError(f"{self.name}: sudo needs a password for {self.target.user or 'this user'}",
-                                 hint="allow passwordless sudo (NOPASSWD) for this user, or connect as root")
+        refused = become_refused(self.name, self.target.user, self.target.become, code, stderr)
+        if refused is not None:
+            raise refused
         return Completed(code, stdout, stderr)
 
     @contextlib.contextmanager

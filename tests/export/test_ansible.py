@@ -102,9 +102,12 @@ def test_ansible_applies_the_export_and_provision_then_has_nothing_to_do(farm: s
     assert all(counts["failed"] == 0 and counts["changed"] > 0 for counts in recap(applied.stdout).values())
 
     known = str(farm.known_hosts)
-    plan = provision("plan", "-i", str(inventory), "--known-hosts", known, "--json")
-    assert plan.returncode == 0, plan.stdout + plan.stderr
-    assert [h["changes"] for h in json.loads(plan.stdout)["hosts"]] == [[], []]
+    for transport in sshd.TRANSPORTS:  # ansible's work, read back over each SSH transport
+        with sshd.ssh_masters() as masters, pytest.MonkeyPatch.context() as env:
+            env.setenv("XDG_RUNTIME_DIR", str(masters))
+            plan = provision("plan", "-i", str(inventory), "--known-hosts", known, "--transport", transport, "--json")
+        assert plan.returncode == 0, transport + plan.stdout + plan.stderr
+        assert [h["changes"] for h in json.loads(plan.stdout)["hosts"]] == [[], []], transport
 
     again = ansible_playbook(farm, home, "-i", str(out / "inventory.yml"), str(out / "site.yml"), "--check", "--diff")
     assert again.returncode == 0, again.stdout[-3000:]

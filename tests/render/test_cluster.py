@@ -297,6 +297,7 @@ def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[sshd.SshFarm]:
         started.stop()
 
 
+@pytest.mark.usefixtures("ssh_transport")
 def test_apply_cluster_gives_each_host_its_nodes_files(farm: sshd.SshFarm, tmp_path: Path) -> None:
     h1, h2 = farm.hosts[:2]
     profile = _profile(tmp_path, RAY_EXAMPLE, {"cluster.trusted_network": False,
@@ -331,6 +332,7 @@ def test_apply_cluster_gives_each_host_its_nodes_files(farm: sshd.SshFarm, tmp_p
     assert "cluster" not in hosts["node-b"]
 
 
+@pytest.mark.usefixtures("ssh_transport")
 def test_a_host_that_is_no_node_is_refused(farm: sshd.SshFarm, tmp_path: Path) -> None:
     h1 = farm.hosts[0]
     inventory = tmp_path / "inventory.yaml"

@@ -2,6 +2,8 @@
 key-only root login, DEBUG1 logs to count connections and exec requests.
 
 Host i listens on 127.0.0.(40+i):2222 ($PROVISION_TEST_SSH_PORT). Stopped by PID, never by name.
+Every test that talks to them runs once per SSH transport (the ``ssh_transport`` fixture);
+the openssh transport's masters are stopped after each test with ``ssh -O exit``.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ import re
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +25,7 @@ SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 PORT = int(os.environ.get("PROVISION_TEST_SSH_PORT", "2222"))
 EXEC = re.compile(r"session_input_channel_req: session \d+ req exec")
 CONNECTION = re.compile(r"Connection from 127\.0\.0\.\d+ port \d+")
+TRANSPORTS = ("fabric", "openssh")
 
 
 @dataclass
@@ -140,3 +145,34 @@ SetEnv SHLVL=1
                 raise RuntimeError(f"sshd h{host.index} did not start: {host.log.read_text(errors='replace')}")
             time.sleep(0.05)
     return farm
+
+
+def master_sockets(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_socket())
+
+
+def stop_masters(folder: Path) -> int:
+    """Stop every SSH master whose control socket is under ``folder`` (ssh -O exit) and
+    wait for their sockets to go; how many there were."""
+    sockets = master_sockets(folder)
+    for path in sockets:
+        subprocess.run(["ssh", "-o", f"ControlPath={path}", "-o", "LogLevel=ERROR", "-O", "exit", "stop"],
+                       capture_output=True, check=False, timeout=10)
+    deadline = time.monotonic() + 5
+    while master_sockets(folder) and time.monotonic() < deadline:  # a master unlinks its socket as it exits
+        time.sleep(0.02)
+    return len(sockets)
+
+
+@contextlib.contextmanager
+def ssh_masters() -> Iterator[Path]:
+    """A short private folder to be XDG_RUNTIME_DIR, so the openssh transport puts its
+    control sockets there; on the way out every master in it is stopped, and none may be left."""
+    folder = Path(tempfile.mkdtemp(prefix="pv-ssh-"))  # short: a socket's path must fit in 108 bytes
+    try:
+        yield folder
+    finally:
+        stop_masters(folder)
+        left = master_sockets(folder)
+        shutil.rmtree(folder, ignore_errors=True)
+        assert not left, f"SSH masters still up after ssh -O exit: {left}"

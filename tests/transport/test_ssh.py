@@ -20,7 +20,8 @@ from tests.support import sshd
 ROOT = Path(__file__).resolve().parents[2]
 HOSTS = 10
 
-pytestmark = pytest.mark.skipif(sshd.available() is not None, reason=str(sshd.available()))
+pytestmark = [pytest.mark.skipif(sshd.available() is not None, reason=str(sshd.available())),
+              pytest.mark.usefixtures("ssh_transport")]  # every test, once per SSH transport
 
 
 @pytest.fixture(scope="module")
@@ -107,11 +108,16 @@ def test_unknown_host_key_fails_with_fingerprint_then_accept_new(farm: sshd.SshF
     known = tmp_path / "known_hosts"
     refused = provision("plan", "-i", str(inv), "--known-hosts", str(known))
     assert refused.returncode == 1
-    assert "unknown host key ssh-ed25519 SHA256:" in refused.stderr
+    real = subprocess.run(["ssh-keygen", "-l", "-f", str(farm.hosts[0].folder / "host_key.pub")],
+                          capture_output=True, text=True, check=True).stdout.split()[1]
+    assert f"unknown host key ssh-ed25519 {real} for [127.0.0.41]:{sshd.PORT}" in refused.stderr
+    assert refused.stderr.count("\n") == 1, refused.stderr  # one line, not ssh's own text
     assert "--accept-new-host-key" in refused.stderr
     accepted = provision("plan", "-i", str(inv), "--known-hosts", str(known), "--accept-new-host-key")
     assert accepted.returncode == 2, accepted.stderr
-    assert "127.0.0.41" in known.read_text()
+    recorded = subprocess.run(["ssh-keygen", "-F", f"[127.0.0.41]:{sshd.PORT}", "-f", str(known)],
+                              capture_output=True, text=True, check=False)  # finds hashed lines too
+    assert recorded.returncode == 0, known.read_text()
     again = provision("plan", "-i", str(inv), "--known-hosts", str(known))
     assert again.returncode == 2, again.stderr
 
@@ -126,6 +132,7 @@ def test_changed_host_key_always_fails(farm: sshd.SshFarm, tmp_path: Path) -> No
         result = provision("plan", "-i", str(inv), "--known-hosts", str(known), *extra)
         assert result.returncode == 1
         assert "CHANGED" in result.stderr
+        assert result.stderr.count("\n") == 1 and "@@@" not in result.stderr, result.stderr
 
 
 def test_dropped_connection_mid_apply_leaves_old_or_new_and_rerun_converges(
@@ -159,6 +166,7 @@ def test_dropped_connection_mid_apply_leaves_old_or_new_and_rerun_converges(
     killer.join()
     assert dropped.returncode == 1
     assert "Traceback" not in dropped.stderr
+    assert "h1: the connection dropped" in dropped.stderr, dropped.stderr
     assert not (root / "slow.log").exists()
     sysctl = (root / "etc/sysctl.d/90-provision-llm-server.conf").read_text()
     assert "vm.swappiness = 5" in sysctl or "vm.swappiness = 10" in sysctl
@@ -229,14 +237,25 @@ def become_inventory(tmp_path: Path, farm: sshd.SshFarm, profile: Path) -> Path:
     return path
 
 
-def test_sudo_with_password_applies_and_never_leaks_it(farm: sshd.SshFarm, sudo_user: Path, tmp_path: Path) -> None:
+def test_sudo_with_password_applies_and_never_leaks_it(farm: sshd.SshFarm, sudo_user: Path, tmp_path: Path,
+                                                       ssh_transport: str) -> None:
     profile = make_profile(tmp_path)
     inv = become_inventory(tmp_path, farm, profile)
     env_password = {"PROVISION_BECOME_PASSWORD": SUDO_PASSWORD}
+    # the ssh client found first on PATH logs its command line, then is the real one
+    shims, argv_log = tmp_path / "bin", tmp_path / "ssh-argv.log"
+    shims.mkdir()
+    (shims / "ssh").write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> {argv_log}\nexec {shutil.which("ssh")} "$@"\n')
+    (shims / "ssh").chmod(0o755)
+    path = f"{shims}{os.pathsep}{os.environ['PATH']}"
     result = subprocess.run([sys.executable, "-m", "provisioner", "apply", "-i", str(inv), "--known-hosts",
                              str(farm.known_hosts), "--yes"], capture_output=True, text=True, check=False,
-                            cwd=ROOT, env={**os.environ, **env_password})
+                            cwd=ROOT, env={**os.environ, **env_password, "PATH": path})
     assert result.returncode == 0, result.stderr
+    if ssh_transport == "openssh":
+        argv = argv_log.read_text()
+        assert len(argv.splitlines()) >= 3, argv  # the master, the gather, the apply
+        assert SUDO_PASSWORD not in argv and "correct horse" not in argv
     unit = tmp_path / "become-root/etc/systemd/system/llm-server.service"
     assert unit.stat().st_uid == 0, "written as root through sudo"
     assert SUDO_PASSWORD not in result.stdout + result.stderr
@@ -282,6 +301,13 @@ def test_through_a_jump_host(farm: sshd.SshFarm, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert jump.connections() == before + 1
     assert (tmp_path / "far-root/etc/systemd/system/llm-server.service").is_file()
+    only_target = tmp_path / "known_target_only"
+    only_target.write_text("".join(line + "\n" for line in farm.known_hosts.read_text().splitlines()
+                                   if line.startswith(f"[{target.address}]")))
+    unchecked = provision("plan", "-i", str(inv), "--known-hosts", str(only_target))
+    assert unchecked.returncode == 1
+    assert "unknown host key ssh-ed25519 SHA256:" in unchecked.stderr, unchecked.stderr
+    assert f"[{jump.address}]:{sshd.PORT}" in unchecked.stderr, unchecked.stderr
 
 
 def test_verify_over_ssh_finds_drift(farm: sshd.SshFarm, tmp_path: Path) -> None:
@@ -375,3 +401,99 @@ def test_fit_against_a_hosts_real_hardware_over_ssh(farm: sshd.SshFarm, tmp_path
     assert data["host_load"]["other_processes"] == [] and data["host_load"]["p2p_missing"] is None
     assert data["weights_from"] == "catalog"  # a remote host's files are not read here
     assert [a - b for a, b in zip(execs(farm, 2), before, strict=True)] == [1, 0]  # one gather, h1 only
+
+
+def test_two_gathers_in_a_row_make_one_connection_with_openssh(
+        farm: sshd.SshFarm, tmp_path: Path, ssh_transport: str) -> None:
+    """The openssh transport's master outlives the run, so the next run skips the
+    handshake; Fabric connects anew each run."""
+    profile = make_profile(tmp_path)
+    inv = inventory(tmp_path, farm, profile, count=1)
+    host = farm.hosts[0]
+    connections, execs_before = host.connections(), host.execs()
+    for _ in range(2):
+        result = provision("plan", "-i", str(inv), "--known-hosts", str(farm.known_hosts))
+        assert result.returncode == 2, result.stderr
+    assert host.execs() - execs_before == 2  # one gather each
+    masters = sshd.master_sockets(Path(os.environ["XDG_RUNTIME_DIR"]))
+    if ssh_transport == "openssh":
+        assert host.connections() - connections == 1
+        assert len(masters) == 1  # up for the next run; the fixture stops it with ssh -O exit
+    else:
+        assert host.connections() - connections == 2
+        assert masters == []
+
+
+class Impostor:
+    """A port on loopback that is no sshd: it hangs up at once, or accepts and says nothing."""
+
+    def __init__(self, hang_up: bool) -> None:
+        import socket
+
+        self.hang_up = hang_up
+        self.listener = socket.create_server(("127.0.0.49", 0))
+        self.port = self.listener.getsockname()[1]
+        self.held: list[socket.socket] = []
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if self.hang_up:
+                client.close()
+            else:
+                self.held.append(client)
+
+    def close(self) -> None:
+        self.listener.close()
+        for client in self.held:
+            client.close()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.create_server(("127.0.0.49", 0)) as probe:
+        return int(probe.getsockname()[1])
+
+
+@pytest.mark.parametrize("case", ["refused", "not-ssh", "silent", "wrong-key"])
+def test_connection_errors_are_one_line_with_a_hint(farm: sshd.SshFarm, tmp_path: Path, ssh_transport: str,
+                                                    case: str) -> None:
+    profile = make_profile(tmp_path)
+    address, port, key = "127.0.0.49", free_port(), farm.client_key
+    impostor = None
+    if case in ("not-ssh", "silent"):
+        impostor = Impostor(hang_up=case == "not-ssh")
+        port = impostor.port
+    if case == "wrong-key":
+        address, port, key = farm.hosts[0].address, sshd.PORT, tmp_path / "stranger_key"
+        sshd.keygen(key, "not-authorized")
+    inv = tmp_path / "bad.yaml"
+    inv.write_text(f"hosts:\n  bad: {{address: {address}, port: {port}, user: root, key: {key}, "
+                   f"root: {tmp_path}/root, profile: {profile}}}\n")
+    try:
+        started = time.monotonic()
+        result = provision("plan", "-i", str(inv), "--known-hosts", str(farm.known_hosts), "--connect-timeout", "2")
+        took = time.monotonic() - started
+    finally:
+        if impostor is not None:
+            impostor.close()
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: bad: ") and "(hint: " in lines[0], result.stderr
+    said = {  # what each transport's line must say
+        "refused": {"openssh": f"cannot connect to {address}:{port}: connection refused",
+                    "fabric": f"Unable to connect to port {port} on {address}"},
+        # paramiko words a failed greeting by how its threads raced ("protocol banner", "no session")
+        "not-ssh": {"openssh": f"{address}:{port} does not speak SSH", "fabric": f"cannot connect to {address}"},
+        "silent": {"openssh": f"connection to {address}:{port} timed out during the SSH greeting",
+                   "fabric": f"cannot connect to {address}"},
+        "wrong-key": {"openssh": f"SSH authentication failed for root@{address}", "fabric": "authentication failed"},
+    }[case][ssh_transport]
+    assert said in lines[0], lines[0]
+    assert took < 15, "--connect-timeout 2 bounds the wait"

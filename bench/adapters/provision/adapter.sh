@@ -11,6 +11,12 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../../.." && pwd)
 W=${BENCH_WORK:?}/provision
 VENV=$BENCH_WORK/venv-provision
+# The openssh transport's masters live here (short: a socket path must fit in 108
+# bytes), so that reset finds and stops them. PROVISION_TRANSPORT=fabric|openssh
+# from the caller picks the transport (default: openssh, ssh being installed).
+RUN=/tmp/bench-provision-run
+[[ -d $RUN ]] || mkdir -m 0700 "$RUN"
+export XDG_RUNTIME_DIR=$RUN
 
 write_inputs() {  # write_inputs N VARS -> $W/profile.yaml and $W/inventory.yaml
   local n=$1 vars=$2
@@ -64,6 +70,7 @@ case ${1:-} in
     files=$(grep -oP '^  [~+-] /\K\S+' "$out" | sort -u | tr '\n' ' ' || true)
     handler=$(grep -q 'handlers that will run: .*bench-handler' "$out" && echo handler || true)
     echo "BENCH_PENDING: $files$handler" ;;
-  reset) : ;;  # nothing persists between runs: each run opens its own connections
+  reset)  # stop the SSH masters of the openssh transport, so the next run starts cold (not timed)
+    for s in "$RUN"/provision-ssh/*; do [[ -S $s ]] && ssh -o ControlPath="$s" -O exit bench 2>/dev/null || true; done ;;
   *) echo "usage: $0 install|version|apply N VARS|check N VARS|reset" >&2; exit 2 ;;
 esac
