@@ -56,9 +56,9 @@ def hardware_overrides(facts: Any) -> dict[str, Any]:
 def gpu_order(facts: Any, output: str) -> list[str]:
     """Bus ids of the host's catalog GPUs in the order the Spec numbers them: by catalog
     group (first appearance), nvidia-smi order within a group."""
-    from provisioner.verify.gpu import parse_gpu
+    from provisioner.facts.gpu_probe import GPU_PROBE
 
-    buses = [g.bus_id for g in parse_gpu(output).gpus]
+    buses = [g.bus_id or "" for g in GPU_PROBE.read(output).gpus]
     pairs = list(zip((g.catalog_id for g in facts.gpus), buses, strict=False))
     return [bus for cid, _ in facts.gpu_groups for gid, bus in pairs if gid == cid]
 
@@ -68,10 +68,10 @@ def gather_fit_host(transport: Any, profile: Path) -> tuple[Any, str]:
     on the GPUs, hugepages, peer access, the model server's processes)."""
     from provisioner.converge.run import gather
     from provisioner.draft.host import INIT_GATHER, HostFacts
-    from provisioner.verify.gpu import GPU_GATHER
+    from provisioner.facts.gpu_probe import GPU_PROBE
 
     service = load_profile(profile).profile.service.name
-    gathered = gather(transport, [], extra=GPU_GATHER + INIT_GATHER + fit_gather(service))
+    gathered = gather(transport, [], extra=GPU_PROBE.snippet + INIT_GATHER + fit_gather(service))
     return HostFacts.from_gathered(gathered), gathered.output
 
 

@@ -190,7 +190,7 @@ def _dimms(lines: list[str]) -> tuple[str | None, int | None, int | None]:
 def host_facts(output: str) -> HostFacts:
     """Pure: the gather output (base facts + GPU_GATHER + INIT_GATHER lines) -> HostFacts."""
     from provisioner.facts.gather import parse_gather
-    from provisioner.verify.gpu import parse_gpu
+    from provisioner.facts.gpu_probe import GPU_PROBE
 
     values = parse_gather(output).facts.values
     init: dict[str, str] = {}
@@ -201,7 +201,7 @@ def host_facts(output: str) -> HostFacts:
         elif line.startswith("@init "):
             key, _, value = line.removeprefix("@init ").partition(" ")
             init[key] = value.strip()
-    report = parse_gpu(output)
+    report = GPU_PROBE.read(output)
     gpus = tuple(HostGpu(g.name or "unknown GPU", g.device_id, catalog_gpu_id(g.device_id, g.name))
                  for g in report.gpus)
     memory_type, dimm_bytes, dimms = _dimms(dimm_lines)
@@ -520,9 +520,9 @@ def _memory_yaml(e: Entry) -> str:
 def gather_host(transport: Any) -> HostFacts:
     """One round trip: the base facts, the GPU probe and init's own probe."""
     from provisioner.converge.run import gather
-    from provisioner.verify.gpu import GPU_GATHER
+    from provisioner.facts.gpu_probe import GPU_PROBE
 
-    return HostFacts.from_gathered(gather(transport, [], extra=GPU_GATHER + INIT_GATHER))
+    return HostFacts.from_gathered(gather(transport, [], extra=GPU_PROBE.snippet + INIT_GATHER))
 
 
 def init_command(transport: Any, model: str | None, as_json: bool = False) -> int:

@@ -6,9 +6,9 @@ import re
 from collections.abc import Callable
 
 from provisioner.facts.check import ORDER, Check, Status, worst
+from provisioner.facts.gpu import BAD_CLOCK_REASONS, load_xid_table
 from provisioner.monitor.probe import GpuSample, Rates, Sample, rates
 from provisioner.profile.thresholds import Thresholds
-from provisioner.verify.gpu import BAD_CLOCK_REASONS, load_xid_table
 
 
 def _skip(check_id: str, why: str, expected: str | None = None) -> Check:

@@ -46,7 +46,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from provisioner.verify.gpu import CLOCK_BITS
+from provisioner.facts.gpu import CLOCK_BITS
 
 if TYPE_CHECKING:
     pass

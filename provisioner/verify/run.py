@@ -12,6 +12,7 @@ from typing import Any
 from provisioner.converge.plan import make_plan
 from provisioner.converge.run import gather
 from provisioner.facts.check import Check
+from provisioner.facts.gpu_probe import GPU_PROBE
 from provisioner.render.files import render, sysctl_settings
 from provisioner.render.pipeline import Built, node_installs
 from provisioner.transport import Transport
@@ -64,7 +65,7 @@ def verify_target(built: Built, transport: Transport, options: VerifyOptions,
         probes += install_checks.probes(built.rendered.installs, transport.root)
     gpu = _gpu_module() if "gpu" in options.only and not root_mode else None
     if gpu is not None and spec.gpus:
-        probes.append(gpu.GPU_GATHER)
+        probes.append(GPU_PROBE.snippet)
     ray_probe = cluster is not None and cluster.backend == "ray" and not root_mode \
         and node == cluster.head.name and "cluster" in options.only
     if ray_probe:
@@ -176,7 +177,7 @@ def _gpu(built: Built, output: str, gpu: Any) -> list[Check]:
         return [Check("gpu.present", "skip", hint="the profile has no GPU")]
     if gpu is None:  # pragma: no cover
         return [Check("gpu.present", "skip", hint="GPU checks are not available in this build")]
-    report = gpu.parse_gpu(output)
+    report = GPU_PROBE.read(output)
     expected = [(g.spec, g.count) for g in spec.gpus]
     driver = spec.profile.driver
     checks: list[Check] = gpu.gpu_checks(report, expected, driver.kernel_module, spec.min_driver, driver.persistence,

@@ -1,0 +1,78 @@
+"""The Probe type: snippets run by this machine's real sh give lines their parsers
+accept, every snippet file passes shellcheck, and probes share one output."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from provisioner.facts.gpu_probe import GPU_PROBE
+from provisioner.facts.probe import Probe, load_snippet, snippets
+
+SNIPPETS = Path(__file__).resolve().parents[2] / "provisioner" / "facts" / "snippets"
+SHELLCHECK = shutil.which("shellcheck") or str(Path(sys.executable).parent / "shellcheck")
+
+
+def run_sh(script: str) -> str:
+    result = subprocess.run(["sh", "-c", "set -u\n" + script], capture_output=True, text=True, check=False,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def _words(lines: list[str]) -> list[list[str]]:
+    return [line.split() for line in lines]
+
+
+COUNT = Probe("count", 'printf \'@count n %s\\n\' "$(getconf _NPROCESSORS_ONLN)"\necho "@count pid $$"\n', _words)
+
+
+def test_read_takes_its_own_lines_without_the_marker() -> None:
+    out = run_sh(snippets([COUNT, Probe("other", "echo '@other n 99'; echo '@countless n 7'", _words)]))
+    assert COUNT.read(out) == [["n", str(os.cpu_count())], ["pid", COUNT.read(out)[1][1]]]
+    assert COUNT.lines("@count a\n@counter b\n@count  c\nnoise\n") == ["a", " c"]
+
+
+def test_snippets_join_into_one_script_in_order() -> None:
+    joined = snippets([COUNT, Probe("x", "echo '@x 1'", _words), COUNT])
+    assert joined == COUNT.snippet + "echo '@x 1'\n" + COUNT.snippet
+    assert run_sh(joined).splitlines()[2] == "@x 1"
+
+
+def _gpu_less(probe_output: str) -> None:
+    if shutil.which("nvidia-smi"):
+        pytest.skip("this machine has nvidia-smi; the check expects a GPU-less host")
+    report = GPU_PROBE.read(probe_output)
+    assert report.smi == "missing" and report.kernel == os.uname().release
+
+
+# probes that run as they are, and what their parser must find on this machine
+HERE: list[tuple[Probe[object], Callable[[str], None]]] = [
+    (GPU_PROBE, _gpu_less),
+]
+
+
+@pytest.mark.parametrize(("probe", "check"), HERE, ids=[p.name for p, _ in HERE])
+def test_snippet_runs_here_and_its_parser_accepts_the_lines(probe: Probe[object],
+                                                            check: Callable[[str], None]) -> None:
+    out = run_sh(probe.snippet)
+    lines = out.splitlines()
+    assert lines and all(line.startswith(probe.marker) for line in lines), out
+    check(out)
+
+
+def test_every_snippet_file_passes_sh_n_and_shellcheck() -> None:
+    files = sorted(SNIPPETS.glob("*.sh"))
+    assert {f.stem for f in files} >= {"gpu"}
+    for path in files:
+        assert load_snippet(path.stem) == path.read_text(encoding="utf-8")
+        assert subprocess.run(["sh", "-n", str(path)], check=False).returncode == 0, path.name
+        result = subprocess.run([SHELLCHECK, "--shell=sh", "--severity=style", str(path)], capture_output=True,
+                                text=True, check=False)
+        assert result.returncode == 0, f"{path.name}:\n{result.stdout}{result.stderr}"
