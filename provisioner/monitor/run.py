@@ -1,7 +1,7 @@
 """`provision monitor`: swap, temperatures, PCIe and memory pressure while the model serves.
 
-One remote command per sample and host (``SAMPLE_PROBE``, monitor_probe.py), parsed
-into a ``Sample``; ``evaluate`` (monitor_checks.py) turns two samples into
+One remote command per sample and host (``SAMPLE_PROBE``, facts/sample.py), parsed
+into a ``Sample``; ``evaluate`` (monitor/checks.py) turns two samples into
 ok/warn/fail checks with hints; ``prometheus_text`` writes the same numbers for
 node_exporter's textfile collector, and ``PROM_SCRIPT`` (templates/monitor-metrics.sh.j2)
 is the sh/awk script apply installs to write a subset of them on the host itself.
@@ -22,19 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 from provisioner.errors import Problem, ProvisionError
 from provisioner.facts.check import ORDER, Check, Status, worst
+from provisioner.facts.sample import SAMPLE_PROBE, Sample, sample_script
 from provisioner.monitor.checks import evaluate, gib, mbs
-from provisioner.monitor.probe import (
-    GPU_FIELDS,
-    SAMPLE_PROBE,
-    GpuSample,
-    Pressure,
-    Rates,
-    Sample,
-    parse_dmon,
-    parse_sample,
-    rates,
-    sample_script,
-)
+from provisioner.monitor.probe import Rates, rates
 from provisioner.profile.thresholds import Thresholds
 
 if TYPE_CHECKING:
@@ -109,8 +99,8 @@ def prometheus_text(samples: dict[str, Sample], checks: dict[str, list[Check]],
             put("provision_gpu_memory_total_bytes", gl,
                 None if g.memory_total_mib is None else g.memory_total_mib * 2**20)
             put("provision_gpu_utilization_ratio", gl, None if g.utilization_pct is None else g.utilization_pct / 100)
-            put("provision_gpu_pcie_link_generation", gl, g.pcie_gen)
-            put("provision_gpu_pcie_link_width", gl, g.pcie_width)
+            put("provision_gpu_pcie_link_generation", gl, g.pcie_gen_current)
+            put("provision_gpu_pcie_link_width", gl, g.pcie_width_current)
             put("provision_gpu_pcie_rx_bytes_per_second", gl, None if g.pcie_rx_mbs is None else g.pcie_rx_mbs * 1e6)
             put("provision_gpu_pcie_tx_bytes_per_second", gl, None if g.pcie_tx_mbs is None else g.pcie_tx_mbs * 1e6)
         r = rates((previous or {}).get(host), s)
@@ -207,7 +197,7 @@ def take_sample(transport: Transport, service: str) -> Sample:
         raise ProvisionError(f"{transport.name}: sampling failed: "
                              f"{(result.stderr or result.stdout).strip()[:300] or f'exit code {result.returncode}'}",
                              hint="the target needs a POSIX sh and a readable /proc")
-    return parse_sample(result.stdout)
+    return SAMPLE_PROBE.read(result.stdout)
 
 
 @dataclass(frozen=True)
@@ -385,6 +375,4 @@ def _row(host: str, r: Report) -> list[str]:
     return [host, r.status, swap, f"{psi.avg10:g}%" if psi else "-", temps, power, rss, findings]
 
 
-__all__ = ["GPU_FIELDS", "METRICS", "SAMPLE_PROBE", "GpuSample", "Pressure", "Rates", "Sample", "Thresholds",
-           "evaluate", "monitor_command", "parse_dmon", "parse_sample", "prometheus_text", "rates",
-           "sample_script"]
+__all__ = ["METRICS", "Rates", "Sample", "Thresholds", "evaluate", "monitor_command", "prometheus_text", "rates"]

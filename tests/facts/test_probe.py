@@ -14,6 +14,7 @@ import pytest
 
 from provisioner.facts.gpu_probe import GPU_PROBE
 from provisioner.facts.probe import Probe, load_snippet, snippets
+from provisioner.facts.sample import SAMPLE_PROBE
 
 SNIPPETS = Path(__file__).resolve().parents[2] / "provisioner" / "facts" / "snippets"
 SHELLCHECK = shutil.which("shellcheck") or str(Path(sys.executable).parent / "shellcheck")
@@ -52,9 +53,25 @@ def _gpu_less(probe_output: str) -> None:
     assert report.smi == "missing" and report.kernel == os.uname().release
 
 
+def _meminfo_kb(key: str) -> int:
+    line = next(ln for ln in Path("/proc/meminfo").read_text().splitlines() if ln.startswith(key + ":"))
+    return int(line.split()[1])
+
+
+def _sample_of_this_host(probe_output: str) -> None:
+    sample = SAMPLE_PROBE.read(probe_output)
+    uptime = float(Path("/proc/uptime").read_text().split()[0])
+    assert sample.time_s is not None and 0 < sample.time_s <= uptime
+    assert sample.page_size == os.sysconf("SC_PAGESIZE")
+    assert sample.mem_total_kb == _meminfo_kb("MemTotal")
+    assert sample.service == "llm-server" and sample.server in {"systemd", "no-systemd"}
+    assert sample.pgmajfault is not None
+
+
 # probes that run as they are, and what their parser must find on this machine
 HERE: list[tuple[Probe[object], Callable[[str], None]]] = [
     (GPU_PROBE, _gpu_less),
+    (SAMPLE_PROBE, _sample_of_this_host),
 ]
 
 
@@ -69,7 +86,7 @@ def test_snippet_runs_here_and_its_parser_accepts_the_lines(probe: Probe[object]
 
 def test_every_snippet_file_passes_sh_n_and_shellcheck() -> None:
     files = sorted(SNIPPETS.glob("*.sh"))
-    assert {f.stem for f in files} >= {"gpu"}
+    assert {f.stem for f in files} >= {"gpu", "sample"}
     for path in files:
         assert load_snippet(path.stem) == path.read_text(encoding="utf-8")
         assert subprocess.run(["sh", "-n", str(path)], check=False).returncode == 0, path.name
