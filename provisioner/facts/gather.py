@@ -20,15 +20,17 @@ import json
 import re
 import shlex
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from provisioner.errors import ProvisionError
+from provisioner.facts.probe import Probe
 
 STATE_DIR = "/var/lib/provision"
 # Paths written into the gather script unquoted-safe: they never hold blanks or quotes.
 _SAFE_PATH = re.compile(r"^/[A-Za-z0-9_./@+:,=-]*$")
 
 Kind = Literal["missing", "file", "dir", "symlink", "other"]
+Result = TypeVar("Result")
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,10 @@ class Gathered:
     manifest: dict[str, Any] | None  # the last generation's manifest
     pending_handlers: tuple[str, ...]
     output: str = ""  # the raw output, for the parsers of extra probes
+
+    def read(self, probe: Probe[Result]) -> Result:
+        """What ``probe`` (one that rode in this gather) read."""
+        return probe.read(self.output)
 
 
 def visible(host_path: str, root: str) -> str:

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from provisioner.facts.gpu_probe import GPU_PROBE
+from provisioner.facts.host import HOST_PROBE
+from provisioner.facts.host_load import FIT_PROBE, fit_probe
 from provisioner.facts.probe import Probe, load_snippet, snippets
 from provisioner.facts.sample import SAMPLE_PROBE
 
@@ -68,10 +70,31 @@ def _sample_of_this_host(probe_output: str) -> None:
     assert sample.pgmajfault is not None
 
 
+def _host_of_this_machine(probe_output: str) -> None:
+    info = HOST_PROBE.read(probe_output)
+    assert info.hostname == os.uname().nodename
+    assert info.cores is not None and 1 <= info.cores <= (os.cpu_count() or 1)
+    nodes = list(Path("/sys/devices/system/node").glob("node[0-9]*"))
+    assert info.numa_nodes == (len(nodes) or None)
+
+
+def _load_of_this_machine(probe_output: str) -> None:
+    reading = FIT_PROBE.read(probe_output)
+    assert reading.main_pid == 0  # no such unit
+    assert reading.parents[os.getpid()] == os.getppid()
+    meminfo = {k: int(v.split()[0]) for k, v in (ln.split(":", 1) for ln in Path("/proc/meminfo").read_text()
+                                                  .splitlines())}
+    expected = meminfo["Hugetlb"] * 1024 if "Hugetlb" in meminfo else \
+        meminfo["HugePages_Total"] * meminfo["Hugepagesize"] * 1024
+    assert reading.hugepages_bytes == expected
+
+
 # probes that run as they are, and what their parser must find on this machine
 HERE: list[tuple[Probe[object], Callable[[str], None]]] = [
     (GPU_PROBE, _gpu_less),
     (SAMPLE_PROBE, _sample_of_this_host),
+    (HOST_PROBE, _host_of_this_machine),
+    (fit_probe("provision-test-no-such-unit"), _load_of_this_machine),
 ]
 
 
@@ -84,9 +107,17 @@ def test_snippet_runs_here_and_its_parser_accepts_the_lines(probe: Probe[object]
     check(out)
 
 
+def test_a_probe_without_its_input_stops() -> None:
+    """The fit probe needs the unit of the model server: alone, it stops the script."""
+    result = subprocess.run(["sh", "-c", FIT_PROBE.snippet + "echo '@fit never'"], capture_output=True, text=True,
+                            check=False)
+    assert result.returncode != 0 and "@fit never" not in result.stdout
+    assert "the model server unit" in result.stderr
+
+
 def test_every_snippet_file_passes_sh_n_and_shellcheck() -> None:
     files = sorted(SNIPPETS.glob("*.sh"))
-    assert {f.stem for f in files} >= {"gpu", "sample"}
+    assert {f.stem for f in files} >= {"gpu", "sample", "host", "load"}
     for path in files:
         assert load_snippet(path.stem) == path.read_text(encoding="utf-8")
         assert subprocess.run(["sh", "-n", str(path)], check=False).returncode == 0, path.name
