@@ -28,10 +28,9 @@ same profile would find its own server in the way and refuse.
 from __future__ import annotations
 
 import re
-import shlex
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
-from provisioner.facts.probe import Probe, load_snippet
+from provisioner.facts.probe import Probe, load_snippet, with_inputs
 
 MIB = 2**20
 KIB = 1024
@@ -182,7 +181,7 @@ FIT_PROBE: Probe[LoadReading] = Probe("fit", load_snippet("load"), parse_load_li
 
 def fit_probe(service: str) -> Probe[LoadReading]:
     """The probe for the profile's service (the unit whose processes are not "others")."""
-    return replace(FIT_PROBE, snippet=f"FIT_UNIT={shlex.quote(f'{service}.service')}\n" + FIT_PROBE.snippet)
+    return with_inputs(FIT_PROBE, FIT_UNIT=f"{service}.service")
 
 
 def host_load(reading: LoadReading, gpu_order: list[str]) -> HostLoad:

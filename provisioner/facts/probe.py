@@ -10,12 +10,14 @@ wheel, which shellcheck checks (tests/facts/test_probe.py).
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from typing import Generic, TypeVar
 
 Result_co = TypeVar("Result_co", covariant=True)
+Result = TypeVar("Result")
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,12 @@ class Probe(Generic[Result_co]):
 def load_snippet(name: str) -> str:
     """The text of provisioner/facts/snippets/NAME.sh."""
     return resources.files("provisioner.facts").joinpath("snippets", f"{name}.sh").read_text(encoding="utf-8")
+
+
+def with_inputs(probe: Probe[Result], **inputs: str) -> Probe[Result]:
+    """``probe`` with its inputs set: shell variables assigned, quoted, before its snippet."""
+    prelude = "".join(f"{name}={shlex.quote(value)}\n" for name, value in inputs.items())
+    return replace(probe, snippet=prelude + probe.snippet)
 
 
 def snippets(probes: Iterable[Probe[object]]) -> str:

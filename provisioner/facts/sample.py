@@ -38,13 +38,12 @@ PSI lines: https://www.kernel.org/doc/html/latest/accounting/psi.html
 from __future__ import annotations
 
 import re
-import shlex
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 from provisioner.facts.gpu import Gpu, number, parse_query_row, query_fields, whole
-from provisioner.facts.probe import Probe, load_snippet
+from provisioner.facts.probe import Probe, load_snippet, with_inputs
 
 SmiState = Literal["present", "missing", "failed", "not-gathered"]
 ServerState = Literal["systemd", "no-systemd", "root", "not-gathered"]
@@ -257,4 +256,4 @@ SAMPLE_PROBE: Probe[Sample] = Probe("mon", load_snippet("sample"), parse_sample_
 
 def sample_script(service: str, root: str = "") -> str:
     """The probe with its two inputs set: the service to find, and --root (a tree runs no server)."""
-    return f"MON_SERVICE={shlex.quote(service)}\nMON_ROOT={shlex.quote(root)}\n" + SAMPLE_PROBE.snippet
+    return with_inputs(SAMPLE_PROBE, MON_SERVICE=service, MON_ROOT=root).snippet

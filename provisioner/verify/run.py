@@ -10,9 +10,19 @@ from pathlib import Path
 from typing import Any
 
 from provisioner.converge.plan import make_plan
-from provisioner.converge.run import gather
 from provisioner.facts.check import Check
+from provisioner.facts.collect import run_gather
+from provisioner.facts.gather import Gathered
 from provisioner.facts.gpu_probe import GPU_PROBE
+from provisioner.facts.model_files import (
+    MODEL_DIR_PROBE,
+    MODEL_FILES_PROBE,
+    ModelDir,
+    model_dir_probe,
+    model_files_probe,
+    ollama_probe,
+)
+from provisioner.facts.probe import Probe
 from provisioner.render.files import render, sysctl_settings
 from provisioner.render.pipeline import Built, node_installs
 from provisioner.transport import Transport
@@ -51,9 +61,10 @@ def verify_target(built: Built, transport: Transport, options: VerifyOptions,
     spec, placement = built.spec, built.placement
     root_mode = bool(transport.root)
     wanted_sysctl = sysctl_settings(spec)
-    probes = []
+    probes: list[Probe[object]] = []
+    snippets: list[str] = []  # probes whose lines other code parses
     if "drift" in options.only:
-        probes.append(drift_checks.live_probe(spec, list(wanted_sysctl)))
+        snippets.append(drift_checks.live_probe(spec, list(wanted_sysctl)))
     if "model" in options.only:
         files = spec.profile.model.source.files or []
         if files and isinstance(transport, _local_type()):
@@ -62,18 +73,18 @@ def verify_target(built: Built, transport: Transport, options: VerifyOptions,
                                  show_progress=sys.stderr.isatty())
         probes += _model_probes(built, transport)
     if "install" in options.only:
-        probes += install_checks.probes(built.rendered.installs, transport.root)
+        snippets += install_checks.probes(built.rendered.installs, transport.root)
     gpu = _gpu_module() if "gpu" in options.only and not root_mode else None
     if gpu is not None and spec.gpus:
-        probes.append(GPU_PROBE.snippet)
+        probes.append(GPU_PROBE)
     ray_probe = cluster is not None and cluster.backend == "ray" and not root_mode \
         and node == cluster.head.name and "cluster" in options.only
     if ray_probe:
         from provisioner.profile.cluster import head_address
 
-        probes.append(ray_status.probe(head_address(spec)))
-    gathered = gather(transport, [f.path for f in built.rendered.files], spec.profile.service.name,
-                      extra="\n".join(probes))
+        snippets.append(ray_status.probe(head_address(spec)))
+    gathered = run_gather(transport, probes, paths=[f.path for f in built.rendered.files],
+                          service=spec.profile.service.name, extra="\n".join(snippets))
     checks: list[Check] = []
     if ray_probe:
         assert cluster is not None
@@ -88,7 +99,7 @@ def verify_target(built: Built, transport: Transport, options: VerifyOptions,
         checks += drift_checks.live_checks(spec, wanted_sysctl, drift_checks.parse_live(gathered.output),
                                            root_mode=root_mode)
     if "model" in options.only:
-        checks += _model(built, transport, gathered.output)
+        checks += _model(built, transport, gathered)
     if "install" in options.only:
         checks += install_checks.checks(built.rendered.installs, gathered.output, transport.root)
     if "gpu" in options.only:
@@ -99,35 +110,35 @@ def verify_target(built: Built, transport: Transport, options: VerifyOptions,
     return checks
 
 
-def _model_probes(built: Built, transport: Transport) -> list[str]:
+def _model_probes(built: Built, transport: Transport) -> list[Probe[object]]:
     source, runtime = built.spec.profile.model.source, built.spec.profile.runtime
     if source.files:
-        return [model_checks.model_probe([f.path for f in source.files], transport.root, transport.state_dir)]
+        return [model_files_probe([f.path for f in source.files], transport.root, transport.state_dir)]
     if source.directory is not None:
-        return [model_checks.dir_probe(source.directory, transport.root)]
+        return [model_dir_probe(source.directory, transport.root)]
     if source.hf is not None:
-        return [model_checks.dir_probe(source.hf.dest, transport.root, source.hf.file)]
+        return [model_dir_probe(source.hf.dest, transport.root, source.hf.file)]
     if source.ollama is not None and not transport.root:
-        return [model_checks.ollama_probe(f"{runtime.local_address}:{runtime.port}")]
+        return [ollama_probe(f"{runtime.local_address}:{runtime.port}")]
     return []
 
 
-def _model(built: Built, transport: Transport, output: str) -> list[Check]:
+def _model(built: Built, transport: Transport, gathered: Gathered) -> list[Check]:
     spec = built.spec
     source = spec.profile.model.source
     if source.ollama is not None:
         if transport.root:
             return [Check("model.ollama", "skip", hint="--root: a tree runs no Ollama to list the tag")]
-        return model_checks.ollama_checks(source.ollama, model_checks.parse_model_dir(output), source.ollama_digest)
+        return model_checks.ollama_checks(source.ollama, gathered.read(MODEL_DIR_PROBE), source.ollama_digest)
     if source.directory is not None or source.hf is not None:
-        return _model_dir(built, transport, model_checks.parse_model_dir(output))
+        return _model_dir(built, transport, gathered.read(MODEL_DIR_PROBE))
     if not source.files:  # pragma: no cover - the profile validates to one source
         return []
-    checks = model_checks.file_checks(spec, model_checks.parse_model(output))
+    checks = model_checks.file_checks(spec, gathered.read(MODEL_FILES_PROBE))
     return [*checks, *_header(built, transport, source.files[0].path, len(source.files))]
 
 
-def _model_dir(built: Built, transport: Transport, seen: model_checks.ModelDir) -> list[Check]:
+def _model_dir(built: Built, transport: Transport, seen: ModelDir) -> list[Check]:
     source = built.spec.profile.model.source
     if source.hf is not None and source.hf.file:  # llama.cpp: one GGUF inside dest, not a safetensors repo
         if seen.gguf is None:
