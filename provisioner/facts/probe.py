@@ -44,10 +44,14 @@ def load_snippet(name: str) -> str:
     return resources.files("provisioner.facts").joinpath("snippets", f"{name}.sh").read_text(encoding="utf-8")
 
 
+def shell_inputs(**inputs: str) -> str:
+    """Lines assigning shell variables, each value quoted: how a snippet gets its inputs."""
+    return "".join(f"{name}={shlex.quote(value)}\n" for name, value in inputs.items())
+
+
 def with_inputs(probe: Probe[Result], **inputs: str) -> Probe[Result]:
-    """``probe`` with its inputs set: shell variables assigned, quoted, before its snippet."""
-    prelude = "".join(f"{name}={shlex.quote(value)}\n" for name, value in inputs.items())
-    return replace(probe, snippet=prelude + probe.snippet)
+    """``probe`` with its inputs set: shell variables assigned before its snippet."""
+    return replace(probe, snippet=shell_inputs(**inputs) + probe.snippet)
 
 
 def snippets(probes: Iterable[Probe[object]]) -> str:
