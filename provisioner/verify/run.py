@@ -7,7 +7,6 @@ import os
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 from provisioner.converge.plan import make_plan
 from provisioner.facts.check import Check
@@ -30,6 +29,7 @@ from provisioner.verify import drift as drift_checks
 from provisioner.verify import install as install_checks
 from provisioner.verify import model as model_checks
 from provisioner.verify import ray_status
+from provisioner.verify.gpu import gpu_checks
 
 GROUPS = ("gpu", "drift", "model", "install", "endpoint", "cluster")
 
@@ -46,18 +46,7 @@ def verify_target(built: Built, transport: Transport, options: VerifyOptions,
     """``node``: on a cluster profile, the node this target is (default: the head)."""
     cluster = built.spec.profile.cluster
     if cluster is not None:
-        from provisioner.profile.cluster import node_spec
-
-        node = node or cluster.head.name
-        role = next(n.role for n in cluster.nodes if n.name == node)
-        view = node_spec(built.spec, node)
-        built = Built(view, built.placement, replace(render(view, built.placement, node=node),
-                                                     installs=node_installs(built, node)))
-        if role == "worker":
-            # the head serves the endpoint and sees the cluster; an RPC worker holds no model file
-            options = VerifyOptions(only=options.only - {"endpoint"} - ({"model"} if cluster.backend == "rpc"
-                                                                         else set()),
-                                    endpoint=options.endpoint, needle=options.needle)
+        built, options, node = _node_view(built, options, node or cluster.head.name)
     spec, placement = built.spec, built.placement
     root_mode = bool(transport.root)
     wanted_sysctl = sysctl_settings(spec)
@@ -74,8 +63,7 @@ def verify_target(built: Built, transport: Transport, options: VerifyOptions,
         probes += _model_probes(built, transport)
     if "install" in options.only:
         snippets += install_checks.probes(built.rendered.installs, transport.root)
-    gpu = _gpu_module() if "gpu" in options.only and not root_mode else None
-    if gpu is not None and spec.gpus:
+    if "gpu" in options.only and not root_mode and spec.gpus:
         probes.append(GPU_PROBE)
     ray_probe = cluster is not None and cluster.backend == "ray" and not root_mode \
         and node == cluster.head.name and "cluster" in options.only
@@ -104,10 +92,28 @@ def verify_target(built: Built, transport: Transport, options: VerifyOptions,
         checks += install_checks.checks(built.rendered.installs, gathered.output, transport.root)
     if "gpu" in options.only:
         checks += [Check("gpu", "skip", hint="--root: a tree has no GPU to look at")] if root_mode \
-            else _gpu(built, gathered.output, gpu)
+            else _gpu(built, gathered)
     if "endpoint" in options.only:
         checks += _endpoint(built, transport, options)
     return checks
+
+
+def _node_view(built: Built, options: VerifyOptions, node: str) -> tuple[Built, VerifyOptions, str]:
+    """A cluster node's own view: its rendered files and installs, and the groups it answers for."""
+    from provisioner.profile.cluster import node_spec
+
+    cluster = built.spec.profile.cluster
+    assert cluster is not None
+    role = next(n.role for n in cluster.nodes if n.name == node)
+    view = node_spec(built.spec, node)
+    built = Built(view, built.placement, replace(render(view, built.placement, node=node),
+                                                 installs=node_installs(built, node)))
+    if role == "worker":
+        # the head serves the endpoint and sees the cluster; an RPC worker holds no model file
+        options = VerifyOptions(only=options.only - {"endpoint"} - ({"model"} if cluster.backend == "rpc"
+                                                                     else set()),
+                                endpoint=options.endpoint, needle=options.needle)
+    return built, options, node
 
 
 def _model_probes(built: Built, transport: Transport) -> list[Probe[object]]:
@@ -174,26 +180,14 @@ def _local_type() -> type:
     return LocalTransport
 
 
-def _gpu_module() -> Any:
-    try:
-        from provisioner.verify import gpu
-    except ImportError:  # pragma: no cover - the module ships with the package
-        return None
-    return gpu
-
-
-def _gpu(built: Built, output: str, gpu: Any) -> list[Check]:
+def _gpu(built: Built, gathered: Gathered) -> list[Check]:
     spec = built.spec
     if not spec.gpus:
         return [Check("gpu.present", "skip", hint="the profile has no GPU")]
-    if gpu is None:  # pragma: no cover
-        return [Check("gpu.present", "skip", hint="GPU checks are not available in this build")]
-    report = GPU_PROBE.read(output)
     expected = [(g.spec, g.count) for g in spec.gpus]
     driver = spec.profile.driver
-    checks: list[Check] = gpu.gpu_checks(report, expected, driver.kernel_module, spec.min_driver, driver.persistence,
-                                         driver.power_limit_w)
-    return checks
+    return gpu_checks(gathered.read(GPU_PROBE), expected, driver.kernel_module, spec.min_driver, driver.persistence,
+                      driver.power_limit_w)
 
 
 def _endpoint(built: Built, transport: Transport, options: VerifyOptions) -> list[Check]:
