@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 
 from provisioner.facts.check import ORDER, Check, Status, worst
-from provisioner.facts.gpu import BAD_CLOCK_REASONS, Gpu, load_xid_table
+from provisioner.facts.gpu import BAD_CLOCK_REASONS, XID_LINE, Gpu, load_xid_table
 from provisioner.facts.sample import Sample
 from provisioner.monitor.probe import Rates, rates
 from provisioner.profile.thresholds import Thresholds
@@ -55,9 +54,6 @@ def _nvlink(cur: Sample) -> Check:
     return Check("monitor.nvlink", "pass", observed, "every link up")
 
 
-_XID_NUMBER = re.compile(r"NVRM: Xid \(([^)]*)\): (\d+)")
-
-
 def _xid(prev: Sample | None, cur: Sample, t: Thresholds) -> Check:
     """Xid events that appeared since the previous sample, with their meaning."""
     if cur.xid_readable is None:
@@ -73,7 +69,7 @@ def _xid(prev: Sample | None, cur: Sample, t: Thresholds) -> Check:
     table = load_xid_table()
     described = []
     for line in new[-3:]:
-        match = _XID_NUMBER.search(line)
+        match = XID_LINE.search(line)
         number = int(match.group(2)) if match else None
         meaning = table.get(number, {}).get("meaning", "see NVIDIA's Xid catalog") if number is not None else ""
         described.append(f"Xid {number} on {match.group(1) if match else '?'}: {meaning}")
