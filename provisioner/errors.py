@@ -43,15 +43,6 @@ class Problem:
             text += f" (hint: {self.hint})"
         return text
 
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "message": self.message,
-            "hint": self.hint,
-            "file": self.file,
-            "line": self.line,
-            "column": self.column,
-            "field": self.field,
-        }
 
 
 @dataclass

@@ -7,13 +7,20 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from provisioner.units import parse_size
 
 Bytes = Annotated[int, BeforeValidator(parse_size)]
-Architecture = Literal["ampere", "ada", "hopper", "blackwell"]
+Architecture = Literal["turing", "ampere", "ada", "hopper", "blackwell"]
 KernelModule = Literal["open", "proprietary"]
+# GpuSpec fields a source must name; the rest (name, sources) describe the entry itself
+GPU_SOURCED_FIELDS = frozenset({
+    "architecture", "compute_capability", "vram", "memory_bandwidth_gb_s", "unified_memory",
+    "fp16_dense_tflops", "fp8_dense_tflops", "fp4_dense_tflops", "pci_device_ids", "pci_subsystem_ids",
+    "min_driver", "kernel_modules", "power_default_w", "power_min_w", "power_max_w", "pcie_gen",
+    "pcie_lanes", "nvlink", "nvlink_gb_s",
+})
 QuantFormat = Literal["gguf", "safetensors", "ollama"]
 
 
@@ -22,21 +29,54 @@ class _Entry(BaseModel):
 
 
 class GpuSpec(_Entry):
+    """One board. ``sources`` maps each URL to the fields it gives (gpus.yaml header)."""
+
     name: str
     architecture: Architecture
     compute_capability: str = Field(pattern=r"^[0-9]+\.[0-9]+$")
     vram: Bytes
     memory_bandwidth_gb_s: float = Field(gt=0)
+    # one pool shared by weights, KV cache and the OS (Jetson, DGX Spark): vram is that
+    # pool, memory_bandwidth_gb_s its bandwidth, and no PCIe link sits between CPU and GPU
+    unified_memory: bool = False
     fp16_dense_tflops: float = Field(gt=0, description="dense FP16/BF16 tensor TFLOPS")
-    pci_device_ids: list[str] = Field(min_length=1)  # "0x2bb1" as nvidia-smi prints
-    min_driver: str = Field(pattern=r"^[0-9]+(\.[0-9]+){0,2}$")
-    kernel_modules: list[KernelModule] = Field(min_length=1)
-    power_default_w: int = Field(gt=0)
-    power_min_w: int = Field(gt=0)
-    power_max_w: int = Field(gt=0)
-    pcie_gen: int = Field(ge=3, le=6)
-    pcie_lanes: int = Field(ge=1, le=16)
-    sources: list[str] = Field(min_length=1)
+    fp8_dense_tflops: float | None = Field(default=None, gt=0)  # Ada, Hopper, Blackwell
+    fp4_dense_tflops: float | None = Field(default=None, gt=0)  # Blackwell
+    pci_device_ids: list[str] = Field(default_factory=list)  # "0x2bb1" as nvidia-smi prints
+    # "10de:129e" (subsystem vendor:device) where boards share a device id
+    pci_subsystem_ids: list[str] = Field(default_factory=list)
+    # None: the board's driver comes with its Jetson Linux (JetPack) release
+    min_driver: str | None = Field(default=None, pattern=r"^[0-9]+(\.[0-9]+){0,2}$")
+    kernel_modules: list[KernelModule] = Field(default_factory=list)
+    power_default_w: int | None = Field(default=None, gt=0)  # None: not known per GPU
+    power_min_w: int | None = Field(default=None, gt=0)  # None: the range is not known
+    power_max_w: int | None = Field(default=None, gt=0)
+    pcie_gen: int | None = Field(default=None, ge=3, le=6)  # None: no PCIe hop (unified memory)
+    pcie_lanes: int | None = Field(default=None, ge=1, le=16)
+    nvlink: bool | None = None  # None: not recorded
+    nvlink_gb_s: float | None = Field(default=None, gt=0)  # total per GPU, both directions
+    sources: dict[str, list[str]] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> GpuSpec:
+        unknown = {f for fields in self.sources.values() for f in fields} - GPU_SOURCED_FIELDS
+        if unknown:
+            raise ValueError(f"sources name unknown fields: {', '.join(sorted(unknown))}")
+        if (self.pcie_gen is None) != (self.pcie_lanes is None):
+            raise ValueError("pcie_gen and pcie_lanes are given together or not at all")
+        if self.pcie_gen is None and not self.unified_memory:
+            raise ValueError("a board without unified memory needs pcie_gen and pcie_lanes")
+        if not self.pci_device_ids and not self.unified_memory:
+            raise ValueError("a discrete board needs pci_device_ids")
+        if not self.unified_memory and (self.min_driver is None or not self.kernel_modules):
+            raise ValueError("a discrete board needs min_driver and kernel_modules")
+        if self.nvlink_gb_s is not None and self.nvlink is not True:
+            raise ValueError("nvlink_gb_s needs nvlink: true")
+        return self
+
+    @property
+    def sourced_fields(self) -> frozenset[str]:
+        return frozenset(f for fields in self.sources.values() for f in fields)
 
 
 class SamplingSpec(_Entry):

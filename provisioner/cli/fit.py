@@ -1,51 +1,37 @@
 """`provision fit`: the placement table, the flags chosen, predicted speed, what would fit.
 
 Works on profiles that do NOT fit (that is its point), so it never goes through
-pipeline.build(), which refuses them. Errors in the profile raise ProvisionError;
-cli.py turns them into exit 1.
+pipeline.build(), which refuses them.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from provisioner.cli._output import envelope, print_json, print_table, say
+import click
+
+from provisioner.cli._common import command, ignore_fit_option, one_target, target_options
+from provisioner.cli._output import Block, Result, Table, device_json, emit, lines, prediction_json
 from provisioner.errors import UsageError
-from provisioner.facts import collect
-from provisioner.facts.gguf_layout import local_layout
-from provisioner.facts.host import HostFacts
-from provisioner.facts.host_load import FIT_PROBE, HostLoad, host_load
-from provisioner.fit import fit
-from provisioner.fit.host import hardware_overrides
-from provisioner.fit.placement import Placement
-from provisioner.fit.predict import Prediction, predict
-from provisioner.fit.suggest import suggestions
-from provisioner.profile.loader import load_profile
-from provisioner.profile.resolve import Spec, resolve
-from provisioner.render.engine_command import engine_command
-from provisioner.render.files import model_path
-from provisioner.transport import Transport
 from provisioner.units import format_size
 
-
-def flags(spec: Spec, placement: Placement) -> dict[str, Any]:
-    """The engine's flags (and environment) as fit chose them: flag -> value."""
-    command = engine_command(spec, placement, model_path(spec))
-    out: dict[str, Any] = {}
-    for arg in command.args:
-        if not arg.words or not arg.words[0].startswith("-"):
-            continue
-        value: Any = True if len(arg.words) == 1 else " ".join(arg.words[1:])
-        out[arg.words[0]] = value
-    out.update(command.env)
-    return out
+if TYPE_CHECKING:
+    from provisioner.facts.host import HostFacts
+    from provisioner.facts.host_load import HostLoad
+    from provisioner.fit.placement import Placement
+    from provisioner.fit.predict import Prediction
+    from provisioner.profile.resolve import Spec
+    from provisioner.transport import Transport
 
 
 def gather_fit_host(transport: Transport, profile: Path) -> tuple[HostFacts, str]:
     """ONE round trip (facts/collect.py): the host's facts and the gather's output, whose fit
     probe lines tell what the profile's service does not hold."""
+    from provisioner.facts import collect
+    from provisioner.profile.loader import load_profile
+
     facts, gathered = collect.gather_fit_host(transport, load_profile(profile).profile.service.name)
     return facts, gathered.output
 
@@ -53,11 +39,32 @@ def gather_fit_host(transport: Transport, profile: Path) -> tuple[HostFacts, str
 def fit_command(profile: Path, context: int | None, as_json: bool, ignore_fit: bool = False,
                 host_facts: HostFacts | None = None, host: str | None = None, host_output: str | None = None,
                 root: str = "", read_model_files: bool = True) -> int:
+    """The command's body: print the result and return the exit code."""
+    result = fit_result(profile, context, ignore_fit, host_facts=host_facts, host=host, host_output=host_output,
+                        root=root, read_model_files=read_model_files)
+    emit("fit", result, as_json)
+    return result.code
+
+
+def fit_result(profile: Path, context: int | None, ignore_fit: bool = False,
+               host_facts: HostFacts | None = None, host: str | None = None, host_output: str | None = None,
+               root: str = "", read_model_files: bool = True) -> Result:
     """Exit 0 if the profile fits (or ignore_fit), 2 if it does not. With ``host_facts``
     the host's real GPUs, RAM and cores replace the profile's hardware numbers; with
     ``host_output`` (the gather's text) the memory other processes hold and reserved
     hugepages are subtracted. Model files on this machine (under ``root``) give the
     real per-layer sizes (``read_model_files``: not for a remote host's facts)."""
+    from provisioner.facts.gguf_layout import local_layout  # pydantic: only when run
+    from provisioner.facts.host_load import FIT_PROBE, host_load
+    from provisioner.fit import fit
+    from provisioner.fit.host import hardware_overrides
+    from provisioner.fit.predict import predict
+    from provisioner.fit.suggest import suggestions
+    from provisioner.profile.loader import load_profile
+    from provisioner.profile.resolve import resolve
+    from provisioner.render.engine_command import chosen_flags
+    from provisioner.render.files import model_path
+
     overrides = hardware_overrides(host_facts) if host_facts is not None else None
     loaded = load_profile(profile, overrides)
     if overrides is not None and loaded.profile.cluster is not None:
@@ -77,29 +84,27 @@ def fit_command(profile: Path, context: int | None, as_json: bool, ignore_fit: b
     if layout_note:
         placement = dataclasses.replace(placement, warnings=(layout_note, *placement.warnings))
     speed = predict(spec, placement)
-    chosen = flags(spec, placement)
+    chosen = chosen_flags(spec, placement, model_path(spec))
     hints = suggestions(spec, placement)
     code = 0 if placement.fits or ignore_fit else 2
-    if as_json:
-        print_json(envelope(
-            "fit", True, None, fits=placement.fits,
-            devices=[d.as_json() for d in placement.devices],
+    fields = dict(
+            fits=placement.fits,
+            devices=[device_json(d) for d in placement.devices],
             kv_bytes_per_token=placement.kv_bytes_per_token, context=placement.context,
             parallel=placement.parallel, missing_bytes=placement.missing_bytes,
             max_concurrency=(round(placement.max_concurrency, 2)
                              if placement.max_concurrency is not None else None),
-            flags=chosen, **speed.as_json(), decode_ms=speed.decode_ms,
+            flags=chosen, **prediction_json(speed), decode_ms=speed.decode_ms,
             warnings=list(placement.warnings), suggestions=hints, weights_from=placement.weights_from,
             host_load=_load_json(load), cluster=_cluster_json(spec, placement),
-            hardware_from=host, hardware=overrides["hardware"] if overrides else None))
-        return code
+            hardware_from=host, hardware=overrides["hardware"] if overrides else None)
+    human: list[Block] = []
     if overrides is not None:
         hw = overrides["hardware"]
         gpus = ", ".join(f"{g['count']}x {g['model']}" for g in hw["gpus"]) or "no GPU in the catalog"
-        say(f"hardware from {host}: {gpus}, {format_size(hw['ram'])} RAM, {hw['cpu']['cores']} cores "
-            "(the profile's values replaced)")
-    _human(spec, placement, speed, chosen, hints)
-    return code
+        human.append(lines(f"hardware from {host}: {gpus}, {format_size(hw['ram'])} RAM, {hw['cpu']['cores']} "
+                           "cores (the profile's values replaced)"))
+    return Result(code, fields, (*human, *_human(spec, placement, speed, chosen, hints)))
 
 
 def _load_json(load: HostLoad | None) -> dict[str, Any] | None:
@@ -119,36 +124,36 @@ def _gib(num: int) -> str:
 
 
 def _human(spec: Spec, placement: Placement, speed: Prediction, chosen: dict[str, Any],
-           hints: list[dict[str, Any]]) -> None:
+           hints: list[dict[str, Any]]) -> tuple[Block, ...]:
     p = spec.profile
-    print_table(f"{p.metadata.name}: {spec.model.name} {p.model.quant}, {p.runtime.engine} "
+    table = Table(f"{p.metadata.name}: {spec.model.name} {p.model.quant}, {p.runtime.engine} "
                 f"{p.runtime.version}, {placement.context} tokens x {placement.parallel}",
                 ["device", "capacity", "weights", "KV cache", "buffers", "free"],
                 [[d.name, _gib(d.capacity_bytes), _gib(d.weights_bytes), _gib(d.kv_cache_bytes),
                   _gib(d.buffers_bytes), _gib(d.free_bytes)] for d in placement.devices])
-    say(f"weights: {placement.weights_from}")
-    say(f"KV cache: {placement.kv_bytes_per_token} bytes per token, "
+    said = [f"weights: {placement.weights_from}"]
+    said.append(f"KV cache: {placement.kv_bytes_per_token} bytes per token, "
         f"{_gib(placement.kv_bytes_per_sequence)} per sequence at {placement.context} tokens")
     if p.cluster is not None:
-        say(_cluster_line(spec, placement))
+        said.append(_cluster_line(spec, placement))
     if placement.max_concurrency is not None:
-        say(f"vLLM KV pool: room for {placement.max_concurrency:.1f} sequences at full context")
-    say("flags: " + " ".join(f"{k}" if v is True else f"{k}={v}" for k, v in chosen.items()
+        said.append(f"vLLM KV pool: room for {placement.max_concurrency:.1f} sequences at full context")
+    said.append("flags: " + " ".join(f"{k}" if v is True else f"{k}={v}" for k, v in chosen.items()
                              if k.startswith("-") and k not in {"--override-generation-config"}))
-    say(f"predicted: {speed.decode_tokens_per_s:.1f} tok/s decode (short prompt), "
+    said.append(f"predicted: {speed.decode_tokens_per_s:.1f} tok/s decode (short prompt), "
         f"{speed.decode_tokens_per_s_at_context:.1f} tok/s with {placement.context} tokens cached, "
         f"{speed.prefill_tokens_per_s:.0f} tok/s prefill; bottleneck: {speed.bottleneck}")
-    for warning in placement.warnings:
-        say(f"warning: {warning}")
+    said += [f"warning: {warning}" for warning in placement.warnings]
     if placement.fits:
-        say("fits")
-        return
-    say(f"does NOT fit: {_gib(placement.missing_bytes)} missing")
+        said.append("fits")
+        return table, lines(*said)
+    said.append(f"does NOT fit: {_gib(placement.missing_bytes)} missing")
     if not hints:
-        say("no single change in the catalog makes it fit: more VRAM or RAM is needed")
+        said.append("no single change in the catalog makes it fit: more VRAM or RAM is needed")
     for hint in hints:
         note = f" ({hint['note']})" if "note" in hint else ""
-        say(f"  would fit: {hint['change']} -> {hint['decode_tokens_per_s']} tok/s{note}")
+        said.append(f"  would fit: {hint['change']} -> {hint['decode_tokens_per_s']} tok/s{note}")
+    return table, lines(*said)
 
 
 def _cluster_json(spec: Spec, placement: Placement) -> dict[str, Any] | None:
@@ -157,7 +162,7 @@ def _cluster_json(spec: Spec, placement: Placement) -> dict[str, Any] | None:
     if cluster is None:
         return None
     nodes = [{"name": n.name, "host": n.host, "role": n.role, "address": n.address,
-              "devices": [d.as_json() for d in placement.devices if d.node == n.name]} for n in cluster.nodes]
+              "devices": [device_json(d) for d in placement.devices if d.node == n.name]} for n in cluster.nodes]
     return {"backend": cluster.backend, "nodes": nodes,
             "interconnect": {"type": cluster.interconnect.type, "gbit_s": cluster.interconnect.gbit_s,
                              "bytes_per_token": placement.interconnect_bytes_per_token,
@@ -173,3 +178,51 @@ def _cluster_line(spec: Spec, placement: Placement) -> str:
     return (f"cluster: {len(cluster.nodes)} nodes, {shape}; interconnect {link}: "
             f"{placement.interconnect_bytes_per_token} bytes and "
             f"{placement.interconnect_s_per_token * 1e3:.3f} ms per token")
+
+
+@command("fit")
+@click.argument("profile", type=click.Path(path_type=Path))
+@click.option("--context", type=click.IntRange(256, 10_000_000), default=None,
+              help="Fit at this context instead of the profile's.")
+@click.option("--here", is_flag=True, help="Use this machine's real GPUs, RAM and cores instead of the profile's.")
+@target_options
+@ignore_fit_option
+def fit(profile: Path, context: int | None, here: bool, as_json: bool, ignore_fit: bool, **opts: Any) -> int:
+    """Where every byte goes and how fast it will run.
+
+    Prints the placement per device (weights, KV cache, buffers, free) for each
+    GPU and for system RAM, the engine flags chosen (the same ones the run
+    script states), and the predicted decode speed (short prompt, and with the
+    cache filled to the context) and prefill speed, with the bottleneck. When
+    the model does not fit, says how much is missing and the cheapest changes
+    that would fit (smaller quant, shorter context, fewer slots, experts on the
+    CPU, quantised KV cache, another engine), each checked.
+
+    With --host (or -i with --limit, or --here for this machine) the host's real
+    GPUs (by PCI device id), installed RAM, cores and NUMA nodes replace the
+    profile's hardware numbers: will it fit *that* box. What other processes
+    hold on each GPU (not the profile's own server and its children) and RAM
+    reserved as hugepages are subtracted; GPU pairs without peer-to-peer
+    access are reported and priced. Model files on this machine (or under
+    --root) give the real per-layer sizes from their GGUF header.
+
+    Exit codes: 0 fits, 2 does not fit, 1 bad input.
+
+    \b
+    Example:
+      provision fit examples/quickstart.yaml
+      provision fit profiles/rtx-3090-gpt-oss-120b-llamacpp.yaml --context 65536 --json
+      provision fit rtx-4090-qwen3-30b-a3b-llamacpp --host admin@gpu-box   # that box's GPUs and RAM
+      provision fit examples/quickstart.yaml --here   # this machine, minus what others hold
+      provision fit examples/cluster/two-node-qwen3-235b-fp8-vllm.yaml --json   # devices per node
+    """
+    from provisioner.cli.fit import fit_command, gather_fit_host
+
+    root = str(opts["root"]) if opts.get("root") else ""
+    if not here and opts["host"] is None and opts["inventory"] is None:
+        return fit_command(profile, context, as_json, ignore_fit, root=root)
+    target = one_target(profile, opts, "fit reads one host's hardware")
+    with target.opened() as transport:
+        facts, output = gather_fit_host(transport, profile)
+    return fit_command(profile, context, as_json, ignore_fit, host_facts=facts, host=target.name,
+                       host_output=output, root=root, read_model_files=here or bool(root))

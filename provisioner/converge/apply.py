@@ -76,7 +76,7 @@ def manifest(inputs: ApplyInputs) -> dict[str, Any]:
         "handlers": list(plan.handlers),
         "handler_commands": plan.handler_table,
         "installs": plan.install_records,
-        "install_changes": [c.as_json() for c in plan.runnable_installs],
+        "install_changes": [c.listing() for c in plan.runnable_installs],
     }
 
 

@@ -9,13 +9,14 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
-from provisioner.converge.inventory import Host
 from provisioner.converge.run import HostResult, apply_plan, plan_host
 from provisioner.errors import Problem, ProvisionError, UsageError
-from provisioner.render.files import render, template_facts
-from provisioner.render.pipeline import Built, build, node_rendered
+from provisioner.profile.cluster import chosen_node, node_for_host
+from provisioner.render.files import template_facts
+from provisioner.render.pipeline import Built, build
+from provisioner.render.resources import Rendered
 from provisioner.transport import Transport
 
 
@@ -40,8 +41,6 @@ class Target:
         if cluster is None:
             return None
         if self.node is not None:
-            from provisioner.profile.cluster import chosen_node
-
             return chosen_node(built.spec, self.node)
         if self.per_host_node:
             return cluster_node(built, self.name)
@@ -60,9 +59,7 @@ class Target:
         try:
             yield transport
         finally:
-            close = getattr(transport, "close", None)
-            if close is not None:
-                close()
+            transport.close()
 
     def build(self, ignore_fit: bool) -> Built:
         return build(self.profile, ignore_fit=ignore_fit,
@@ -94,23 +91,10 @@ class RunOptions:
     forks: int = 20
 
 
-def ssh_target(host: Host, profile: Path, *, accept_new_host_key: bool, known_hosts: str | None,
-               become: bool, jump: str | None, connect_timeout: float, root: str | None,
-               become_password: str | None = None) -> Target:
-    from provisioner.transport.ssh import SshTarget, SshTransport
-
-    spec = SshTarget(name=host.name, address=host.address, port=host.port, user=host.user, key=host.key,
-                     root=root if root is not None else host.root, state_dir=host.state_dir,
-                     jump=jump or host.jump,
-                     become=become or host.become, become_password=become_password, known_hosts=known_hosts,
-                     accept_new_host_key=accept_new_host_key, connect_timeout=connect_timeout)
-    overrides = json.dumps(host.overrides, sort_keys=True) if host.overrides else ""
-    return Target(host.name, profile, lambda: SshTransport(spec), overrides, per_host_node=True)
-
-
 def run(targets: list[Target], options: RunOptions,
         on_done: Callable[[Outcome], None] | None = None) -> list[Outcome]:
     """Plan (and apply) every target; results in the targets' order."""
+    cache = RenderCache()
     builds: dict[tuple[Path, str], Built | list[Problem]] = {}
     for target in targets:  # each profile is built once, up front, before any host is touched
         if target.key not in builds:
@@ -124,7 +108,7 @@ def run(targets: list[Target], options: RunOptions,
         if isinstance(built, list):
             outcome = Outcome(target.name, None, built)
         else:
-            outcome = _converge(target, built, options)
+            outcome = _converge(target, built, options, cache)
         if on_done is not None:
             on_done(outcome)
         return outcome
@@ -135,38 +119,38 @@ def run(targets: list[Target], options: RunOptions,
         return list(pool.map(one, targets))
 
 
-_RENDERED: dict[tuple[int, str], Any] = {}
-_RENDER_LOCK = threading.Lock()
+class RenderCache:
+    """One run's renders with hosts' facts: a fleet's hosts mostly share their facts, so each
+    distinct (profile, facts, node) renders once. Lives as long as the run that made it."""
 
+    def __init__(self) -> None:
+        self._rendered: dict[tuple[tuple[Path, str], str, str], Rendered] = {}
+        self._lock = threading.Lock()
 
-def _render_for(built: Built, facts: dict[str, str], node: str | None = None) -> Any:
-    """Render with a host's facts, once per distinct facts (a fleet's hosts mostly share them)
-    and, on a cluster profile, per node."""
-    facts = template_facts(facts)
-    key = (id(built), json.dumps(facts, sort_keys=True) + (node or ""))
-    with _RENDER_LOCK:
-        if key not in _RENDERED:
-            _RENDERED[key] = render(built.spec, built.placement, facts, node=node)
-        return _RENDERED[key]
+    def rendered(self, target: Target, built: Built, facts: dict[str, str], node: str | None) -> Rendered:
+        facts = template_facts(facts)
+        key = (target.key, json.dumps(facts, sort_keys=True), node or "")
+        with self._lock:
+            if key not in self._rendered:
+                self._rendered[key] = built.rendered_for(facts, node)
+            return self._rendered[key]
 
 
 def cluster_node(built: Built, host: str) -> str | None:
     """The cluster node an inventory host is (None: not a cluster profile)."""
     if built.spec.profile.cluster is None:
         return None
-    from provisioner.profile.cluster import node_for_host
-
     return node_for_host(built.spec, host).name
 
 
-def _converge(target: Target, built: Built, options: RunOptions) -> Outcome:
+def _converge(target: Target, built: Built, options: RunOptions, cache: RenderCache) -> Outcome:
     try:
         node = target.node_of(built)
-        first = built.rendered if node is None else node_rendered(built, node)
+        first = built.rendered if node is None else built.rendered_for(node=node)
         with target.opened() as transport:
             plan, gathered = plan_host(first, transport, service=built.spec.profile.service.name,
                                        restart=options.restart,
-                                       rerender=lambda facts: _render_for(built, facts, node))
+                                       rerender=lambda facts: cache.rendered(target, built, facts, node))
             if not options.apply:
                 return Outcome(target.name, HostResult(target.name, plan, gathered), None)
             result = apply_plan(plan, gathered, transport, profile_name=built.spec.profile.metadata.name,

@@ -36,10 +36,6 @@ class Generation:
     def profile(self) -> str:
         return str(self.manifest.get("profile", ""))
 
-    def as_json(self) -> dict[str, Any]:
-        return {"number": self.number, "time": self.time, "profile": self.profile,
-                "complete": self.complete, "files_changed": len(self.manifest.get("changes", [])),
-                "changes": self.manifest.get("changes", [])}
 
 
 def generations_script(state_dir: str) -> str:

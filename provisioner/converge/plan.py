@@ -35,10 +35,6 @@ class Change:
     mode: tuple[str, str] | None  # (old, new) when it changes
     owner: tuple[str, str] | None  # ("root:root", "llm:llm") when it changes
 
-    def as_json(self) -> dict[str, Any]:
-        return {"path": self.path, "action": self.action,
-                "mode": list(self.mode) if self.mode else None,
-                "owner": list(self.owner) if self.owner else None, "diff": self.diff}
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from provisioner.converge.apply import (
     EXIT_CHANGED,
@@ -62,7 +62,7 @@ def plan_host(rendered: Rendered, transport: Transport, *, service: str, restart
     probes = "\n".join(item.probe(transport.root) for item in rendered.installs)
     gathered = gather(transport, [f.path for f in rendered.files], service, extra=probes)
     if rerender is not None:
-        rendered = replace(rerender(gathered.facts.values), installs=rendered.installs)
+        rendered = rerender(gathered.facts.values)
     plan = make_plan(rendered, gathered, root_mode=bool(transport.root), restart=restart,
                      server_active=gathered.facts.get("server_active") == "yes",
                      server_enabled={"yes": True, "no": False}.get(gathered.facts.get("server_enabled") or ""),

@@ -19,18 +19,21 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from packaging.version import InvalidVersion, Version
+
 from provisioner.catalog import load_catalog
 from provisioner.errors import ProvisionError, UsageError
-from provisioner.facts.collect import gather_host
 from provisioner.facts.gpu import Gpu
 from provisioner.facts.host import GIB, HostFacts
-from provisioner.profile.library import Entry, entries
-from provisioner.transport import Transport
+from provisioner.fit.library import Entry, entries
+from provisioner.fit.predict import predict
+from provisioner.render.pipeline import build
 from provisioner.units import format_size
 
 # below this predicted decode speed a bigger model is not preferred over a faster one
 MIN_USABLE_TOKENS_PER_S = 10.0
 PLACEHOLDER_SHA = re.compile(r"ffff0{8}")
+
 
 # --------------------------------------------------------------------------- choosing
 
@@ -93,9 +96,6 @@ def _best_key(c: Candidate, facts: HostFacts) -> tuple[float, float, float, floa
 
 
 def _evaluate(e: Entry, facts: HostFacts, folder: Path) -> Candidate:
-    from provisioner.fit.predict import predict
-    from provisioner.render.pipeline import build
-
     distance = _distance(e, facts)
     exact = distance == (0, 0, 0)
     text = _profile_text(e, facts, exact=exact, note=None)
@@ -129,7 +129,7 @@ def choose_profile(facts: HostFacts, model: str | None = None) -> Choice:
     if not good:
         closest = min(candidates, key=lambda c: (c.distance, -c.base.spec.model.params_total, c.base.name))
         raise ProvisionError(
-            f"no library profile fits this host ({_hardware_text(facts)}); closest: {closest.base.name}: "
+            f"no library profile fits this host ({hardware_text(facts)}); closest: {closest.base.name}: "
             f"{closest.problem}",
             hint="`provision profiles show NAME` shows a profile; extend it by hand with a smaller quant "
             "or a shorter context and check it with `provision fit`")
@@ -145,8 +145,6 @@ def choose_profile(facts: HostFacts, model: str | None = None) -> Choice:
     with tempfile.TemporaryDirectory(prefix="provision-init-") as tmp:
         path = Path(tmp) / "init.yaml"
         path.write_text(final, encoding="utf-8")
-        from provisioner.render.pipeline import build
-
         build(path)  # what is printed validates; a failure here is a bug, raised as an error
     return Choice(facts, _replace_text(chosen, final), model, others)
 
@@ -164,7 +162,7 @@ def render_init_profile(choice: Choice) -> str:
 # --------------------------------------------------------------------------- rendering
 
 
-def _hardware_text(facts: HostFacts) -> str:
+def hardware_text(facts: HostFacts) -> str:
     gpus = ", ".join(f"{n}x {g}" for g, n in facts.gpu_groups) or "no known GPU"
     return f"{gpus}, {format_size(facts.ram_bytes)} RAM"
 
@@ -255,7 +253,7 @@ def _header(e: Entry, facts: HostFacts, exact: bool, chosen: Candidate, others: 
         head.append(f"#   `provision verify` expects at least {p.verify.min_tokens_per_s:g} tok/s "
                     "(the library's verify.min_tokens_per_s).")
     for gpu in facts.unknown_gpus:
-        head.append(f"# NOT used: GPU {_printable(_gpu_name(gpu))!r} (PCI device {gpu.device_id or '?'}) is not in "
+        head.append(f"# NOT used: GPU {_printable(gpu_label(gpu))!r} (PCI device {gpu.device_id or '?'}) is not in "
                     "the catalog, so fit cannot place anything on it.")
     head += _driver_notes(facts, e)
     if any(PLACEHOLDER_SHA.match(f.sha256 or "") for f in (p.model.source.files or [])):
@@ -276,8 +274,6 @@ def _verify_floor(c: Candidate, library_min: float | None) -> float | None:
 
 
 def _driver_notes(facts: HostFacts, e: Entry) -> list[str]:
-    from packaging.version import InvalidVersion, Version
-
     p = e.spec.profile
     if not facts.nvidia_driver or not e.spec.gpus:
         return []
@@ -286,6 +282,8 @@ def _driver_notes(facts: HostFacts, e: Entry) -> list[str]:
         notes.append(f"#   This profile configures the {p.driver.kernel_module} module "
                      f"(driver.kernel_module): switching from {facts.nvidia_module} needs a reboot.")
     for group in e.spec.gpus:
+        if group.spec.min_driver is None:
+            continue
         try:
             old = Version(facts.nvidia_driver) < Version(group.spec.min_driver)
         except InvalidVersion:
@@ -296,7 +294,8 @@ def _driver_notes(facts: HostFacts, e: Entry) -> list[str]:
     return notes
 
 
-def _gpu_name(gpu: Gpu) -> str:
+def gpu_label(gpu: Gpu) -> str:
+    """A GPU's name as init prints it (nvidia-smi may not have named it)."""
     return gpu.name or "unknown GPU"
 
 
@@ -314,7 +313,7 @@ def _gpu_yaml(facts: HostFacts, e: Entry) -> list[str]:
     for gid, count in facts.gpu_groups:
         found = [g for g in facts.gpus if g.catalog_id == gid]
         ids = ", ".join(sorted({g.device_id or "?" for g in found}))
-        name = _printable(_gpu_name(found[0]))
+        name = _printable(gpu_label(found[0]))
         lines.append(f"    - {{model: {gid}, count: {count}}}  # nvidia-smi: {count}x {name} (pci.device_id {ids})")
     lines[0] += f"  # library: {library}"
     return lines
@@ -330,36 +329,3 @@ def _memory_yaml(e: Entry) -> str:
     if m.bandwidth_gb_s is not None:
         parts.append(f"bandwidth_gb_s: {m.bandwidth_gb_s:g}")
     return "{" + ", ".join(parts) + "}"
-
-
-# --------------------------------------------------------------------------- command
-
-
-def init_command(transport: Transport, model: str | None, as_json: bool = False) -> int:
-    """Gather the host's facts, choose, print the profile on stdout (or the JSON envelope).
-
-    Exit 0 when a profile was written; errors (no profile fits, unknown model,
-    host unreachable) raise ProvisionError, which cli.py turns into exit 1."""
-    from provisioner.cli._output import envelope, print_json, say
-
-    facts = gather_host(transport)
-    choice = choose_profile(facts, model)
-    text = render_init_profile(choice)
-    c = choice.chosen
-    if as_json:
-        print_json(envelope(
-            "init", True, None, host=transport.name, base=choice.base, adapted=choice.adapted,
-            decode_tokens_per_s=round(c.decode_tokens_per_s, 1),
-            decode_tokens_per_s_at_context=round(c.decode_tokens_per_s_at_context, 1), bottleneck=c.bottleneck,
-            facts={"ram_bytes": facts.ram_bytes, "mem_total_kb": facts.mem_total_kb, "cpus": facts.cpus,
-                   "cores": facts.cores, "numa_nodes": facts.numa_nodes, "memory_type": facts.memory_type,
-                   "gpus": [{"name": _gpu_name(g), "device_id": g.device_id, "model": g.catalog_id}
-                            for g in facts.gpus]},
-            alternatives=[{"name": o.base.name, "adapted": not o.exact,
-                           "decode_tokens_per_s": round(o.decode_tokens_per_s, 1)} for o in choice.others],
-            profile=text))
-        return 0
-    print(text, end="")
-    say(f"init: {_hardware_text(facts)} -> {choice.base}"
-        f"{' (adapted)' if choice.adapted else ''}, {c.decode_tokens_per_s:.1f} tok/s decode predicted")
-    return 0

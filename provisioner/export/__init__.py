@@ -20,7 +20,7 @@ from provisioner.render.pipeline import Built
 from provisioner.render.resources import File, Rendered
 
 # A path we put inside another engine's templated string: the characters of
-# systemd unit paths (see README "What reaches a file"), nothing Jinja reads.
+# systemd unit paths (docs/safety.md, "What reaches a file"), nothing Jinja reads.
 _EXPORT_PATH = re.compile(r"^/[A-Za-z0-9_./@+:,=-]{1,4095}$")
 
 

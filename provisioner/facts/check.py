@@ -7,7 +7,7 @@ status, what was observed and expected, and a hint.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 Status = Literal["pass", "warn", "fail", "skip"]
 ORDER: dict[str, int] = {"fail": 0, "warn": 1, "skip": 2, "pass": 3}
@@ -21,9 +21,6 @@ class Check:
     expected: str | None = None
     hint: str | None = None  # what to do; for skip, why it was skipped
 
-    def as_json(self) -> dict[str, Any]:
-        return {"id": self.id, "status": self.status, "observed": self.observed,
-                "expected": self.expected, "hint": self.hint}
 
 
 def worst(checks: list[Check]) -> Status:

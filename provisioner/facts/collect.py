@@ -5,6 +5,7 @@ understand the output is pure."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from provisioner.errors import ProvisionError
 from provisioner.facts.gather import Gathered, gather_script, parse_gather
@@ -12,7 +13,9 @@ from provisioner.facts.gpu_probe import GPU_PROBE
 from provisioner.facts.host import HOST_PROBE, HostFacts
 from provisioner.facts.host_load import fit_probe
 from provisioner.facts.probe import Probe, snippets
-from provisioner.transport import Transport
+
+if TYPE_CHECKING:  # the protocol only: facts sits below transport/, which imports facts
+    from provisioner.transport import Transport
 
 
 def run_gather(transport: Transport, probes: Sequence[Probe[object]] = (), *, paths: Sequence[str] = (),

@@ -69,7 +69,7 @@ def layout_of(tensors: Iterable[tuple[str, int]], source: str = "") -> TensorLay
 
 def read_layout(paths: list[Path]) -> TensorLayout:
     """The tensor table of every shard (a split model lists each tensor in one shard)."""
-    from gguf import GGUFReader
+    from gguf import GGUFReader  # noqa: PLC0415 - numpy and gguf load only when a file is read
 
     pairs: list[tuple[str, int]] = []
     for path in paths:

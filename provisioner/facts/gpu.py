@@ -90,9 +90,11 @@ def catalog_gpu_id(device_id: str | None, name: str | None) -> str | None:
     """The catalog id of a GPU by PCI device id, else by its exact nvidia-smi name."""
     gpus = load_catalog().gpus
     if device_id:
-        for key, spec in gpus.items():
-            if device_id.lower() in (d.lower() for d in spec.pci_device_ids):
-                return key
+        by_device = [key for key, spec in gpus.items() if device_id.lower() in (d.lower() for d in spec.pci_device_ids)]
+        # boards that share a device id (Quadro RTX 6000/8000, A2/A16) are told apart by name
+        named = [key for key in by_device if name and gpus[key].name.lower() == name.strip().lower()]
+        if named or by_device:
+            return (named or by_device)[0]
     if name:
         for key, spec in gpus.items():
             if spec.name.lower() == name.strip().lower():

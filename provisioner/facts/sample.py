@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from provisioner.facts.gpu import Gpu, number, parse_query_row, query_fields, whole
@@ -90,21 +90,6 @@ class Sample:
 
     def pressure(self, resource: str, kind: str) -> Pressure | None:
         return self.psi.get(resource, {}).get(kind)
-
-    def as_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["gpus"] = [gpu_json(g) for g in self.gpus]
-        return data
-
-
-def gpu_json(gpu: Gpu) -> dict[str, Any]:
-    """What monitor's JSON says of a GPU: the values the probe reads."""
-    return {"index": gpu.index, "temperature_c": gpu.temperature_c, "power_w": gpu.power_w,
-            "power_limit_w": gpu.power_limit_w, "sm_clock_mhz": gpu.sm_clock_mhz, "clock_reasons": gpu.clock_reasons,
-            "clock_mask": gpu.clock_mask, "memory_used_mib": gpu.memory_used_mib,
-            "memory_total_mib": gpu.memory_total_mib, "utilization_pct": gpu.utilization_pct,
-            "pcie_gen": gpu.pcie_gen_current, "pcie_width": gpu.pcie_width_current, "pcie_rx_mbs": gpu.pcie_rx_mbs,
-            "pcie_tx_mbs": gpu.pcie_tx_mbs}
 
 
 _NVLINK_GPU = re.compile(r"^GPU (\d+):")

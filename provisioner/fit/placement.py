@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from provisioner.catalog import catalog_table
+from provisioner.facts.host_load import P2P_LEGEND
 from provisioner.profile.models import Offload
 from provisioner.profile.resolve import GpuGroup, Spec
 
@@ -63,11 +64,6 @@ class Device:
     def free_bytes(self) -> int:
         return self.capacity_bytes - self.used_bytes
 
-    def as_json(self) -> dict[str, Any]:
-        return {"name": self.name, "capacity_bytes": self.capacity_bytes,
-                "weights_bytes": self.weights_bytes, "kv_cache_bytes": self.kv_cache_bytes,
-                "buffers_bytes": self.buffers_bytes, "free_bytes": self.free_bytes,
-                **({"node": self.node} if self.node else {})}
 
 
 @dataclass(frozen=True)
@@ -403,8 +399,6 @@ def _host_warnings(spec: Spec, tensor_parallel: bool) -> list[str]:
         out.append(f"{host.hugepages_bytes / GIB:.1f} GiB of RAM reserved as hugepages, which the engine "
                    "does not use: subtracted from RAM")
     if host.p2p is not None and host.p2p.missing and spec.gpu_count > 1:
-        from provisioner.facts.host_load import P2P_LEGEND
-
         i, j, code = host.p2p.missing[0]
         how = ("the all-reduce of every layer" if tensor_parallel
                else "the activations at each GPU boundary")

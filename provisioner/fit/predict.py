@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from provisioner.catalog import GpuSpec
 from provisioner.fit.placement import Placement, kv_cache_bytes, params
 from provisioner.profile.resolve import Spec
 
@@ -31,11 +32,6 @@ class Prediction:
     bottleneck: str  # the largest share of a short-prompt decode step
     decode_ms: dict[str, float]  # that step, by bottleneck
 
-    def as_json(self) -> dict[str, Any]:
-        return {"decode_tokens_per_s": round(self.decode_tokens_per_s, 1),
-                "decode_tokens_per_s_at_context": round(self.decode_tokens_per_s_at_context, 1),
-                "prefill_tokens_per_s": round(self.prefill_tokens_per_s, 1),
-                "bottleneck": self.bottleneck}
 
 
 def _speed(key: str) -> Any:
@@ -56,7 +52,14 @@ def cpu_bandwidth_gb_s(spec: Spec) -> float:
 
 def pcie_gb_s(spec: Spec) -> float:
     """The slowest GPU link (every GPU streams over its own link at once)."""
-    return min((_PCIE_LANE_GB_S[g.spec.pcie_gen] * g.spec.pcie_lanes for g in spec.gpus), default=0.0)
+    return min((_link_gb_s(g.spec) for g in spec.gpus), default=0.0)
+
+
+def _link_gb_s(gpu: GpuSpec) -> float:
+    # unified memory: "host" RAM is the GPU's own pool, read at the pool's bandwidth
+    if gpu.pcie_gen is None or gpu.pcie_lanes is None:
+        return gpu.memory_bandwidth_gb_s
+    return _PCIE_LANE_GB_S[gpu.pcie_gen] * gpu.pcie_lanes
 
 
 def _read_ratios(spec: Spec) -> tuple[float, float]:

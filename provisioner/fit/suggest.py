@@ -1,6 +1,6 @@
 """What would fit: cheaper variants of a profile that does not, each checked by re-fitting (pure).
 
-Ranked cheapest first (the order of the issue): a smaller quant of the same format,
+Ranked by what a user gives up least first: a smaller quant of the same format,
 a shorter context, fewer parallel slots, more experts on the CPU, a quantised KV
 cache (with its quality warning), another engine.
 """

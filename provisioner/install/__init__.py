@@ -52,7 +52,8 @@ class InstallChange:
     notify: tuple[str, ...] = ()  # handlers owed when it runs (e.g. restart-server)
     pending: bool = False  # listed, not run (packages under --root)
 
-    def as_json(self) -> dict[str, Any]:
+    def listing(self) -> dict[str, Any]:
+        """The change as the generation manifest lists it (install_changes) and --json shows it."""
         return {"name": self.name, "kind": self.kind, "action": self.action, "summary": self.summary,
                 "bytes": self.bytes, "reboot": self.reboot, "pending": self.pending}
 

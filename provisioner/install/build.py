@@ -22,6 +22,7 @@ import shlex
 from dataclasses import dataclass
 from typing import Any
 
+from provisioner.facts.check import Check
 from provisioner.install import InstallKind
 from provisioner.install.venv import VersionedDir, stamp_text, write_stamp
 
@@ -79,8 +80,6 @@ class Build(VersionedDir):
                          f"echo {q(f'@install {self.name} bin.{t} yes')}; fi" for t in self.targets)
 
     def verify_checks(self, found: dict[str, str]) -> list[Any]:
-        from provisioner.facts.check import Check
-
         return [Check(f"install.{self.name}.{t}", "pass" if found.get(f"bin.{t}") == "yes" else "fail",
                       f"{self.path}/bin/{t}", "an executable",
                       None if found.get(f"bin.{t}") == "yes" else "the build's binary is gone: remove the "

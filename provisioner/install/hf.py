@@ -61,14 +61,15 @@ def _cache_file(cache_dir: Path, endpoint: str, repo: str, revision: str, includ
 
 def _query_hub(repo: str, revision: str, include: list[str], endpoint: str, token: str | None) -> dict[str, Any]:
     """One GET to the hub: {"commit": sha, "files": [{path, size, sha256, git_blob}]}."""
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import (
+    # huggingface_hub (and its HTTP stack) loads only when a repo is resolved
+    from huggingface_hub import HfApi  # noqa: PLC0415
+    from huggingface_hub.errors import (  # noqa: PLC0415
         GatedRepoError,
         HfHubHTTPError,
         RepositoryNotFoundError,
         RevisionNotFoundError,
     )
-    from huggingface_hub.utils._paths import filter_repo_objects
+    from huggingface_hub.utils._paths import filter_repo_objects  # noqa: PLC0415
 
     where = f"{repo}@{revision} on {endpoint}"
     try:

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
+from provisioner.errors import ProvisionError
+from provisioner.facts.check import Check
 from provisioner.install import InstallChange, InstallKind
 
 STAMP = ".provision-stamp"
@@ -77,8 +79,6 @@ def versioned_change(item: Any, found: dict[str, str], root: str, *, kind: Insta
     if found.get("link") == PurePosixPath(directory).name and found.get("built") == digest:
         return None
     if found.get("link") == "not-a-symlink":
-        from provisioner.errors import ProvisionError
-
         raise ProvisionError(f"{item.name}: {item.path} exists and is not a symlink",
                              hint="provision manages it as a link to a versioned dir: move it away")
     change = f"{current} -> {item.summary}" if current and current != item.summary else item.summary
@@ -172,8 +172,6 @@ class Venv(VersionedDir):
                 f"awk -F'==' -v n={q(self.name)} {awk}; fi")
 
     def verify_checks(self, found: dict[str, str]) -> list[Any]:
-        from provisioner.facts.check import Check
-
         out = []
         for requirement in sorted(self.requirements):
             name, version = requirement.split("==", 1)

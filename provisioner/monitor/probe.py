@@ -3,8 +3,8 @@ probe and parser: facts/sample.py; checks: monitor/checks.py)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Literal
 
 from provisioner.facts.sample import Sample
 
@@ -18,9 +18,6 @@ class Rates:
     swap_out_bps: float | None = None
     major_faults_per_s: float | None = None  # the server's, else the host's
     major_faults_of: Literal["server", "host"] | None = None
-
-    def as_json(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def rates(prev: Sample | None, cur: Sample) -> Rates:

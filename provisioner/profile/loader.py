@@ -69,7 +69,7 @@ def _read_with_extends(path: Path, chain: tuple[Path, ...]) -> tuple[dict[str, A
             "a list" if isinstance(data, list) else "a single value")
         raise ProfileError(Problem(
             f"a profile is a mapping of sections, got {kind}",
-            hint="start with 'apiVersion: provision/v1' and the sections of the README",
+            hint="start with 'apiVersion: provision/v1' and the sections of docs/profile.md",
             file=label, line=where.line if where else None,
             column=where.column if where else None))
     base_name = data.pop("extends", None)
@@ -164,7 +164,7 @@ def _problems(exc: ValidationError, positions: Positions, label: str) -> list[Pr
             path = (*parent, str(loc[-1]))
             where = positions.find(parent)
             message = f"missing required field {loc[-1]!r}"
-            hint = "add it (see the README's profile reference)"
+            hint = "add it (see docs/profile.md)"
         else:
             path = _data_path(loc, known)
             # a bad mapping key ("[key]" in loc) is reported where the key was written
@@ -213,7 +213,7 @@ _HINTS_BY_KIND = {
                     "the value is out of range"),
     **dict.fromkeys(("value_error", "assertion_error", "literal_error", "enum", "missing", "none_required",
                      "list_type", "string_type", "too_short", "too_long"),
-                    "see the README's profile reference; `provision profiles show NAME` prints working profiles"),
+                    "see docs/profile.md; `provision profiles show NAME` prints working profiles"),
 }
 
 
@@ -225,5 +225,5 @@ def _hint_for(error: Any) -> str | None:
         ctx = error.get("ctx", {})
         key = str(ctx.get("discriminator", "the kind")).replace("'", "")
         expected = str(ctx.get("expected_tags", "")).replace("'", "")
-        return f"set {key} to one of {expected}" if expected else f"add {key}: (see the README's profile reference)"
+        return f"set {key} to one of {expected}" if expected else f"add {key}: (see docs/profile.md)"
     return _HINTS_BY_KIND.get(kind)

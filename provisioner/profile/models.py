@@ -2,11 +2,12 @@
 
 Only structure and single-field rules live here. Rules that need the catalog
 (is this GPU known, does the context exceed the model's maximum) live in
-``checks.py`` so that this module stays a plain description of the format.
+``resolve.py`` so that this module stays a plain description of the format.
 """
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import re
 from typing import Annotated, Any, Literal
@@ -20,10 +21,12 @@ from pydantic import (
     Field,
     Tag,
     ValidationInfo,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
 
+from provisioner.profile.thresholds import threshold_names
 from provisioner.units import parse_size
 
 # --- scalar types -----------------------------------------------------------
@@ -97,9 +100,17 @@ def _sysctl_value(value: object) -> int | str:
     return value
 
 
+# What parse_size takes, for the JSON Schema only (validation is parse_size's): bytes, or
+# a number with a unit; the loader still refuses a bare G and fractions of a byte.
+SIZE_JSON: dict[str, Any] = {"anyOf": [
+    {"type": "integer", "minimum": 0},
+    {"type": "string", "pattern": r"^\s*[0-9]+(\.[0-9]+)?\s*([KkMmGgTt][Ii]?[Bb]|[Bb])?\s*$"},
+]}
+
 Text = Annotated[str, AfterValidator(_no_control)]
-Bytes = Annotated[int, BeforeValidator(parse_size)]
-AbsPath = Annotated[str, AfterValidator(_no_control), AfterValidator(_abs_path)]
+Bytes = Annotated[int, BeforeValidator(parse_size), WithJsonSchema(SIZE_JSON)]
+AbsPath = Annotated[str, AfterValidator(_no_control), AfterValidator(_abs_path),
+                    WithJsonSchema({"type": "string", "pattern": "^/[A-Za-z0-9_./@+:,=-]*$"})]
 RelPath = Annotated[str, AfterValidator(_no_control), AfterValidator(_rel_path)]
 Name = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,62}$")]
 UnixName = Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_-]{0,31}$")]
@@ -112,7 +123,9 @@ Mode = Annotated[str, Field(pattern=r"^0?[0-7]{3,4}$")]
 class _Model(BaseModel):
     # numbers become strings where a string is expected: `version: 575` is "575"
     # .inf / .nan are never a sensible number in a profile
-    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True, allow_inf_nan=False)
+    # a field's docstring is its description (the JSON Schema and docs/profile.md)
+    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True, allow_inf_nan=False,
+                              use_attribute_docstrings=True)
 
 
 # --- sections ---------------------------------------------------------------
@@ -120,21 +133,29 @@ class _Model(BaseModel):
 
 class Metadata(_Model):
     name: Name
+    """The profile's name: file names, unit descriptions and the library use it."""
     description: Text = ""
+    """One line saying what the profile is for."""
     sources: list[Annotated[str, Field(pattern=r"^https?://\S+$")]] = []
+    """URLs that back the profile's numbers (model card, vendor page, measurement)."""
 
 
 class GpuEntry(_Model):
     model: Text
+    """A GPU id from the catalog (provisioner/catalog/gpus.yaml), e.g. rtx-pro-6000-blackwell."""
     count: int = Field(default=1, ge=1, le=16)
+    """How many of this GPU the machine (or node) has."""
 
 
 class Memory(_Model):
     """RAM for the roofline: a type and channel count, or a measured bandwidth."""
 
     type: Annotated[str, Field(pattern=r"^(ddr4|ddr5|lpddr5x?|hbm[0-9e]*)-[0-9]{3,5}$")] | None = None
+    """Memory type and speed in MT/s, e.g. ddr5-5600: with channels, the theoretical bandwidth."""
     channels: int | None = Field(default=None, ge=1, le=24)
+    """Populated memory channels (with type)."""
     bandwidth_gb_s: float | None = Field(default=None, gt=0, le=20000)
+    """A measured RAM bandwidth in GB/s; used instead of type x channels."""
 
     @model_validator(mode="after")
     def _type_or_measured(self) -> Memory:
@@ -153,14 +174,20 @@ class Memory(_Model):
 
 class Cpu(_Model):
     cores: int = Field(ge=1, le=1024)
+    """Physical CPU cores: the engine's default thread count and fit's CPU compute."""
     numa_nodes: int = Field(default=1, ge=1, le=64)
+    """NUMA nodes; above 1 the run script adds --numa distribute when weights sit in RAM."""
 
 
 class Hardware(_Model):
     gpus: list[GpuEntry] = []
+    """The machine's GPUs by catalog id and count; empty for CPU only (and for a cluster, whose nodes list theirs)."""
     ram: Bytes
+    """Installed system RAM, a size with its unit: 192GiB (2^30) or 96GB (10^9); a bare 192G is refused."""
     memory: Memory
+    """The RAM's type and channels, or its measured bandwidth (fit's CPU speed model)."""
     cpu: Cpu
+    """The CPU's cores and NUMA nodes."""
 
     @property
     def gpu_count(self) -> int:
@@ -169,14 +196,20 @@ class Hardware(_Model):
 
 class Driver(_Model):
     kernel_module: Literal["open", "proprietary"] = "open"
+    """NVIDIA kernel module flavour (open or proprietary); checked against what each GPU supports."""
     version: Annotated[str, BeforeValidator(_not_a_float), Field(pattern=r"^[0-9]+(\.[0-9]+){0,2}$")] | None = None
+    """The NVIDIA driver version, quoted ("580.95.05"); checked against each GPU's minimum."""
     persistence: bool = True
+    """Turn on NVIDIA persistence mode at boot (nvidia-smi --persistence-mode=1)."""
     power_limit_w: int | None = Field(default=None, ge=50, le=2000)
+    """GPU power limit in watts set at boot (nvidia-smi --power-limit); checked against the GPU's range."""
 
 
 class Hugepages(_Model):
     size: Literal["2MiB", "1GiB"] = "2MiB"
+    """Hugepage size to reserve: 2MiB (vm.nr_hugepages) or 1GiB (sysfs at boot)."""
     count: int = Field(default=0, ge=0, le=10_000_000)
+    """How many hugepages to reserve; fit takes them out of the RAM the model can use."""
 
     @property
     def size_bytes(self) -> int:
@@ -192,30 +225,46 @@ SysctlValue = Annotated[int | str, BeforeValidator(_sysctl_value)]
 
 class Os(_Model):
     tuning: Literal["sysctl", "tuned"] = "sysctl"
+    """Who owns the kernel tuning: sysctl (sysctl.d + tmpfiles.d) or a tuned profile, never both."""
     tuned_base: Annotated[str, Field(pattern=r"^[a-z0-9-]+$")] = "throughput-performance"
+    """The tuned profile provision's own tuned profile includes (tuning: tuned)."""
     sysctl: dict[SysctlKey, SysctlValue] = {}
+    """Kernel parameters written to sysctl.d (key: value); on a live apply every key must exist under /proc/sys."""
     transparent_hugepages: Literal["always", "madvise", "never"] = "madvise"
+    """Transparent hugepages mode (/sys/kernel/mm/transparent_hugepage/enabled)."""
     hugepages: Hugepages = Hugepages()
-    memlock: Annotated[Literal["unlimited"] | int, BeforeValidator(_memlock)] = "unlimited"
+    """Hugepages reserved for the machine."""
+    memlock: Annotated[Literal["unlimited"] | int, BeforeValidator(_memlock),
+                       WithJsonSchema({"anyOf": [{"const": "unlimited"}, *SIZE_JSON["anyOf"]]})] = "unlimited"
+    """Locked-memory limit of the server (LimitMEMLOCK, limits.d): unlimited or a size; mlock needs it."""
     swap: Literal["keep", "avoid"] = "avoid"
+    """avoid sets vm.swappiness=1 (swap only to escape the OOM killer); keep leaves swappiness alone."""
     cpu_governor: Literal["performance", "schedutil", "ondemand", "powersave"] | None = None
+    """CPU frequency governor set at boot (scaling_governor); monitor warns when it changes."""
 
 
 class ModelFile(_Model):
     path: AbsPath
+    """Where the file is (or will be) on the host: an absolute path."""
     bytes: int = Field(gt=0)
+    """The file's exact size in bytes (fit, verify and the download check it)."""
     sha256: Sha256
-    # where install.model downloads it from (https, or a local mirror)
+    """The file's sha256 (64 hex digits): verify and the download check it."""
     url: Annotated[str, Field(pattern=r"^(https?|file)://[A-Za-z0-9_./@+:,=%~?&-]+$")] | None = None
+    """Where install.model downloads it from (https, or file:// for a local mirror)."""
 
 
 class HfSource(_Model):
     repo: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+    """The Hugging Face repository, owner/name."""
     revision: Annotated[str, Field(pattern=r"^[0-9a-f]{40}$")]
+    """The commit to use, 40 hex digits (a branch or tag can move)."""
     include: list[Text] = []
+    """Glob patterns of the repository's files to use (Hugging Face allow-pattern semantics); empty: all."""
     dest: AbsPath
-    # llama.cpp loads one file: the GGUF (first shard) inside dest, e.g. Q8_0/x-00001-of-00006.gguf
+    """The folder on the host the files go into."""
     file: RelPath | None = None
+    """For llama.cpp: the GGUF (first shard) it loads, relative to dest, e.g. Q8_0/x-00001-of-00006.gguf."""
 
 
 class ModelSource(_Model):
@@ -223,11 +272,15 @@ class ModelSource(_Model):
     revision, a vLLM model directory, or an Ollama tag."""
 
     files: list[ModelFile] | None = None
+    """GGUF files (each shard) with their exact size and sha256."""
     hf: HfSource | None = None
+    """A Hugging Face repository at a pinned revision."""
     directory: AbsPath | None = None
+    """A model directory on the host (vLLM: config.json and safetensors)."""
     ollama: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._/-]*(:[A-Za-z0-9._-]+)?$")] | None = None
-    # the build an Ollama tag must point at: the ID `ollama list` shows, or the full sha256 digest
+    """An Ollama model tag, e.g. qwen3:30b-a3b."""
     ollama_digest: Annotated[str, Field(pattern=r"^(sha256:)?[0-9a-f]{12,64}$")] | None = None
+    """The build an Ollama tag must point at: the ID `ollama list` shows, or the full sha256 digest."""
 
     @model_validator(mode="after")
     def _exactly_one(self) -> ModelSource:
@@ -256,12 +309,19 @@ KvType = Annotated[str, Field(pattern=r"^[a-z0-9_]+$")]
 
 class ModelSection(_Model):
     id: Text
+    """A model id from the catalog (provisioner/catalog/models.yaml), e.g. qwen3-235b-a22b."""
     quant: Text
+    """The quantisation, as the catalog names it for that model (UD-Q3_K_XL, Q8_0, FP8, ...)."""
     source: ModelSource
+    """Where the weights come from: exactly one of files, hf, directory or ollama."""
     context: int = Field(ge=256, le=10_000_000)
+    """Context length in tokens per sequence (checked against the model's maximum)."""
     kv_cache: KvType = "f16"
-    kv_cache_v: KvType | None = None  # defaults to kv_cache
+    """KV cache type of the keys (and of the values unless kv_cache_v), one the engine version lists."""
+    kv_cache_v: KvType | None = None
+    """KV cache type of the values; default: kv_cache."""
     mode: Literal["thinking", "non-thinking"] = "non-thinking"
+    """thinking or non-thinking: picks the model card's sampling settings and the reasoning flags."""
 
     @property
     def kv_cache_k(self) -> str:
@@ -276,9 +336,13 @@ class Offload(_Model):
     """Explicit placement; ``auto`` (the default) lets fit choose."""
 
     gpu_layers: int | None = Field(default=None, ge=0, le=1000)
+    """Layers on the GPU (llama.cpp --n-gpu-layers); default: fit chooses."""
     cpu_moe_layers: int | None = Field(default=None, ge=0, le=1000)
+    """Layers whose MoE experts stay in system RAM (llama.cpp --n-cpu-moe); default: fit chooses."""
     override_tensors: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.*+?()\[\]|\\^$-]+=[A-Za-z0-9_]+$")]] = []
-    cpu_offload: Bytes | None = None  # vLLM --cpu-offload-gb
+    """llama.cpp --override-tensor rules, PATTERN=BUFFER (e.g. exps=CPU)."""
+    cpu_offload: Bytes | None = None
+    """vLLM --cpu-offload-gb: weights moved to pinned RAM per GPU, a size."""
 
 
 # flags whose value is a secret: a profile names where a secret comes from (secrets:), never the value
@@ -304,16 +368,27 @@ OffloadChoice = Annotated[
 
 class Runtime(_Model):
     engine: Literal["llama.cpp", "vllm", "ollama"]
+    """The inference engine: llama.cpp, vllm or ollama."""
     version: Annotated[Text, BeforeValidator(_not_a_float)]
+    """The engine version as the catalog keys it (b11312, "0.11.0"); flags are spelled as that version spells them."""
     port: int = Field(default=8080, ge=1, le=65535)
+    """TCP port the server listens on."""
     expose: bool = False  # before bind: bind's check reads it
+    """Allow bind to listen beyond loopback (set an API key too)."""
     bind: Text = "127.0.0.1"
+    """The IP address the server binds; beyond loopback only with expose: true."""
     parallel: int = Field(default=1, ge=1, le=256)
+    """Concurrent sequences: llama.cpp slots (-np, each the full context), vLLM --max-num-seqs, Ollama's."""
     offload: OffloadChoice = "auto"
+    """auto lets fit place the layers; a mapping states the placement."""
     threads: int | None = Field(default=None, ge=1, le=1024)
+    """CPU threads for the engine; default: the physical cores."""
     flash_attention: Literal["auto", "on", "off"] = "on"
+    """Flash attention: on, off or auto (the engine decides)."""
     gpu_memory_utilization: float | None = Field(default=None, gt=0.1, le=0.99)
+    """vLLM --gpu-memory-utilization, the share of each GPU's memory vLLM takes; default 0.9."""
     extra_args: list[ExtraArg] = []
+    """More engine arguments, appended to the command line as given (secret flags are refused)."""
 
     @property
     def local_address(self) -> str:
@@ -339,7 +414,9 @@ class SecretRef(_Model):
     """Where a secret comes from at run time; the value never enters a profile."""
 
     from_env: EnvName | None = None
+    """An environment variable, set in /etc/provision/SERVICE/secrets.env (0600, yours to write)."""
     from_file: AbsPath | None = None
+    """A file on the host, passed to the server as a systemd credential."""
 
     @model_validator(mode="before")
     @classmethod
@@ -359,48 +436,61 @@ class SecretRef(_Model):
 
 class Secrets(_Model):
     api_key: SecretRef | None = None
+    """The server's API key: where it comes from at run time."""
     hf_token: SecretRef | None = None
+    """A Hugging Face token for gated downloads: where it comes from on the host."""
 
 
 class Service(_Model):
     name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")] = "llm-server"
+    """The systemd unit and file names (NAME.service, NAME-run.sh)."""
     user: UnixName = "llm"
+    """The user the server runs as."""
     group: UnixName | None = None
+    """The group the server runs as; default: the user's name."""
     restart: Literal["no", "on-failure", "always"] = "on-failure"
+    """systemd Restart= policy of the server."""
     start_timeout_s: int = Field(default=1800, ge=10, le=86400)
+    """Seconds to wait for the server to load the model (TimeoutStartSec, apply --restart's health wait)."""
 
 
 class ExtraFile(_Model):
     template: RelPath
+    """A Jinja template beside the profile (sandboxed, StrictUndefined)."""
     dest: AbsPath
+    """Where the rendered file is installed."""
     mode: Mode = "0644"
+    """File mode, octal text ("0644")."""
     owner: UnixName = "root"
+    """File owner."""
     group: UnixName = "root"
+    """File group."""
     notify: list[Name] = []
+    """Handlers to run when the file changes (built-in names or the profile's handlers)."""
 
 
 class Handler(_Model):
     command: Text = Field(min_length=1, max_length=4096)
+    """The shell command run once when a file notifying it changed (after the built-in handlers)."""
 
 
 class Verify(_Model):
     min_tokens_per_s: float | None = Field(default=None, gt=0)
+    """Expected decode tok/s; init compares it with fit (verify's speed check uses fit's prediction)."""
     context_probe: bool = True
+    """Accepted, not read yet: verify's long-context needle check runs unless --no-needle."""
     determinism: bool = True
-    # install a service + timer that writes Prometheus metrics for node_exporter's textfile collector
+    """Accepted, not read yet: verify always checks determinism at temperature 0."""
     monitor: bool = False
-    # `provision monitor` thresholds replacing the defaults, e.g. {swap_fail_mbs: 5, gpu_temp_warn_c: 80}
+    """Install a service and timer writing Prometheus metrics for node_exporter's textfile collector."""
     thresholds: dict[Annotated[str, Field(pattern=r"^[a-z0-9_]+$")], float] = {}
+    """provision monitor thresholds replacing the defaults, e.g. {swap_fail_mbs: 5, gpu_temp_warn_c: 80}."""
 
     @model_validator(mode="after")
     def _known_thresholds(self) -> Verify:
-        from provisioner.profile.thresholds import threshold_names
-
         known = threshold_names()
         for name in self.thresholds:
             if name not in known:
-                import difflib
-
                 close = difflib.get_close_matches(name, sorted(known), n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(sorted(known))}"
                 raise ValueError(f"unknown monitor threshold {name!r}{hint}")
@@ -412,10 +502,15 @@ class ClusterNode(_Model):
     other nodes reach it at (an IP: it lands in unit files, scripts and --rpc lists)."""
 
     name: Name
-    host: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")]  # the inventory host's name
+    """The node's name (--node NAME)."""
+    host: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")]
+    """The inventory host that is this node."""
     address: Text
+    """The IP address the other nodes reach this one at."""
     role: Literal["head", "worker"]
+    """head (serves the API) or worker; exactly one head."""
     gpus: list[GpuEntry] = Field(min_length=1)
+    """This node's GPUs by catalog id and count."""
 
     @field_validator("address")
     @classmethod
@@ -435,7 +530,9 @@ class Interconnect(_Model):
     """The network between the nodes: its type sets the per-message latency fit assumes."""
 
     type: Literal["ethernet", "infiniband", "roce"] = "ethernet"
+    """ethernet, roce or infiniband: sets the per-message latency fit assumes (catalog/cluster.yaml)."""
     gbit_s: float = Field(gt=0, le=3200)
+    """Link bandwidth in Gbit/s."""
 
 
 class Cluster(_Model):
@@ -444,13 +541,17 @@ class Cluster(_Model):
     to the head's llama-server)."""
 
     backend: Literal["ray", "rpc"]
+    """ray (vLLM on Ray) or rpc (llama.cpp with rpc-server workers)."""
     nodes: list[ClusterNode] = Field(min_length=2, max_length=64)
+    """The machines, head and workers (2 to 64)."""
     interconnect: Interconnect
-    # Ray's GCS port on the head (ray start --port) or each worker's rpc-server port
+    """The network between the nodes."""
     port: int | None = Field(default=None, ge=1024, le=65535)
+    """Ray's GCS port on the head or each worker's rpc-server port; default: catalog/cluster.yaml."""
     # The RPC server and Ray's ports have no authentication: listening beyond loopback
     # must be asked for, like runtime.expose.
     trusted_network: bool = False
+    """Ray's and rpc-server's ports have no authentication: node addresses beyond loopback need true."""
 
     @model_validator(mode="after")
     def _shape(self) -> Cluster:
@@ -480,7 +581,7 @@ class Cluster(_Model):
     def node_for_host(self, host: str) -> ClusterNode | None:
         """The node an inventory host name (or, for --host, its address) stands for."""
         return next((n for n in self.nodes if host in (n.host, n.address)), None)
-# --- install: what gets onto the host (issue 8) --------------------------------
+# --- install: what gets onto the host --------------------------------------------
 
 # Debian and RPM package names and versions: no blanks, quotes or shell characters.
 PackageName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9+.-]{0,99}$")]
@@ -494,40 +595,58 @@ BuildTarget = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
 
 
 class PackagePin(_Model):
-    """A distribution package at an exact version (apt, dnf where apt is absent)."""
+    """A distribution package at an exact version (apt; dnf hosts are refused for now)."""
 
     name: PackageName
+    """The package's name."""
     version: PackageVersion
-    # apt-mark hold / dnf versionlock: unattended upgrades cannot move it
+    """The exact version, quoted ("2.10-3")."""
     hold: bool = True
+    """Hold it at this version (apt-mark hold) so unattended upgrades cannot move it."""
 
 
 class VenvEngine(_Model):
     """The engine (vLLM) in a Python venv with exact pins; rebuilt only when they change."""
 
     method: Literal["venv"]
-    path: AbsPath | None = None  # the stable symlink; default /opt/provision/venvs/<engine>
+    """venv: a Python venv."""
+    path: AbsPath | None = None
+    """The stable symlink to the venv; default /opt/provision/venvs/ENGINE."""
     requirements: list[Requirement] = Field(min_length=1)
-    index_url: Url | None = None  # e.g. the PyTorch index of the GPU's CUDA (cu128)
+    """Exact pins only, name==version (e.g. vllm==0.11.0)."""
+    index_url: Url | None = None
+    """pip's index URL, e.g. the PyTorch index of the GPU's CUDA (cu128)."""
     extra_index_urls: list[Url] = []
+    """More pip index URLs."""
     python: AbsPath = "/usr/bin/python3"
+    """The Python interpreter that creates the venv."""
 
 
 class SourceEngine(_Model):
     """llama.cpp / ik_llama.cpp built from a pinned tarball (sha256) or git commit."""
 
     method: Literal["source"]
-    path: AbsPath | None = None  # the stable symlink; default /opt/provision/builds/<engine>
-    url: Url | None = None  # a tarball (.tar.gz/.tgz/.tar.xz/.tar.bz2)
+    """source: a CMake build."""
+    path: AbsPath | None = None
+    """The stable symlink to the build; default /opt/provision/builds/ENGINE."""
+    url: Url | None = None
+    """A source tarball (.tar.gz/.tgz/.tar.xz/.tar.bz2), with sha256."""
     sha256: Sha256 | None = None
+    """The tarball's sha256."""
     git: Url | None = None
+    """A git repository, with commit."""
     commit: Annotated[str, Field(pattern=r"^[0-9a-f]{40}$")] | None = None
-    subdir: RelPath | None = None  # where CMakeLists.txt is inside the sources
+    """The git commit, 40 hex digits (a tag can move)."""
+    subdir: RelPath | None = None
+    """Where CMakeLists.txt is inside the sources."""
     cmake_options: list[CmakeOption] = []
+    """Extra CMake cache entries, -DNAME=VALUE; CUDA options come from the GPUs."""
     targets: list[BuildTarget] = ["llama-server"]
-    # CUDA architectures; default: from the profile's GPUs (catalog compute capability)
+    """CMake targets to build; their binaries go to the build's bin/."""
     cuda_architectures: list[Annotated[str, Field(pattern=r"^[0-9]{2,3}[a-z]?$")]] | None = None
+    """CUDA architectures to build for; default: the profile's GPUs (catalog compute capability)."""
     jobs: int = Field(default=2, ge=1, le=256)
+    """Parallel build jobs (cmake --build -j)."""
 
     @model_validator(mode="after")
     def _one_source(self) -> SourceEngine:
@@ -544,23 +663,32 @@ class ArchiveEngine(_Model):
     """A release archive (Ollama) with sha256, unpacked into a versioned dir."""
 
     method: Literal["archive"]
+    """archive: a release archive."""
     url: Url
+    """The release archive's URL."""
     sha256: Sha256
+    """The archive's sha256."""
     size: Bytes = Field(gt=0)
+    """The archive's exact size (a size with unit, or bytes)."""
     dest: AbsPath = "/opt/provision/ollama"
+    """The stable symlink to the unpacked archive."""
     strip_components: int = Field(default=0, ge=0, le=8)
+    """Leading path components to strip when unpacking (tar --strip-components)."""
 
 
 class ContainerEngine(_Model):
     """The server as a Podman Quadlet container instead of a bare process."""
 
     method: Literal["container"]
-    # pinned by digest: a tag can move under the same name
+    """container: a Podman Quadlet container."""
     image: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._/:-]*@sha256:[0-9a-f]{64}$")]
-    gpus: Literal["all", "none"] = "all"  # NVIDIA CDI device nvidia.com/gpu=all
+    """The image, pinned by digest: NAME@sha256:DIGEST (a tag can move)."""
+    gpus: Literal["all", "none"] = "all"
+    """all passes every NVIDIA GPU (CDI device nvidia.com/gpu=all); none passes none."""
     volumes: list[Annotated[str, Field(pattern=r"^/[A-Za-z0-9_./@+-]*:/[A-Za-z0-9_./@+-]*(:(ro|rw|z|Z))?$")]] = []
-    # the engine binary inside the image (the run script execs it); default known for llama.cpp only
+    """More bind mounts, HOST:CONTAINER[:ro|rw|z|Z]."""
     binary: AbsPath | None = None
+    """The engine binary inside the image (the run script execs it); default known for llama.cpp only."""
 
 
 EngineInstall = Annotated[VenvEngine | SourceEngine | ArchiveEngine | ContainerEngine,
@@ -571,8 +699,11 @@ class InstallSection(_Model):
     """What apply installs besides files. Absent: nothing is installed."""
 
     packages: list[PackagePin] = []
+    """Distribution packages at exact versions (apt), held by default."""
     engine: EngineInstall | None = None
-    model: bool = False  # download model.source (hf, or files with url + sha256) to its dest
+    """How the engine gets onto the host; method must suit runtime.engine."""
+    model: bool = False
+    """Download model.source (hf, or files with url) to its destination."""
 
     @field_validator("packages")
     @classmethod
@@ -585,27 +716,42 @@ class InstallSection(_Model):
 
 
 class Profile(_Model):
+    """A machine profile: one YAML document describing a machine and the model it serves."""
+
     apiVersion: Literal["provision/v1"] = "provision/v1"
+    """The profile format's version."""
     kind: Literal["MachineProfile"] = "MachineProfile"
+    """What this document is."""
     metadata: Metadata
+    """Name, description and sources."""
     hardware: Hardware
+    """The machine: GPUs, RAM, memory bandwidth, CPU."""
     driver: Driver = Driver()
+    """The NVIDIA driver: module flavour, version, persistence, power limit."""
     os: Os = Os()
+    """Kernel and OS tuning."""
     model: ModelSection
+    """The model, its quantisation, where the weights come from, context and KV cache."""
     runtime: Runtime
+    """The engine and how it serves."""
     secrets: Secrets = Secrets()
+    """Where secrets come from at run time; never inline."""
     service: Service = Service()
+    """The systemd service that runs the server."""
     files: list[ExtraFile] = []
+    """Your own templated files (the escape hatch)."""
     handlers: dict[Name, Handler] = {}
-    # false: install only the profile's own `files:` (provision as a plain,
-    # transactional file deployer; the model sections are still checked).
+    """Your own handlers, by name: commands run when a file notifying them changes."""
     builtin_files: bool = True
-    # Variables for the profile's own templates (files:), as top-level names.
+    """false: install only the profile's own files, a plain file deployer (the model sections are still checked)."""
     vars: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")], Any] = {}
+    """Variables for the profile's own templates, as top-level names."""
     verify: Verify = Verify()
-    # several machines serving one model; hardware.gpus stays empty, each node lists its own
+    """What verify and monitor expect."""
     cluster: Cluster | None = None
+    """Several machines serving one model; hardware.gpus stays empty, each node lists its own."""
     install: InstallSection = InstallSection()
+    """What apply installs besides files: packages, the engine, the model. Absent: nothing."""
     # files[].notify naming an undefined handler is checked in resolve.py, where the
     # problem can point at the name itself
 

@@ -26,7 +26,7 @@ from provisioner.facts.host_load import HostLoad
 from provisioner.profile.loader import LoadedProfile
 from provisioner.profile.models import BUILTIN_HANDLERS, Profile
 
-# Sources each engine can serve from (see README: model sources).
+# Sources each engine can serve from (docs/profile.md, model.source).
 _SOURCES_FOR_ENGINE = {
     "llama.cpp": {"files", "hf"},
     "vllm": {"hf", "directory"},
@@ -71,8 +71,8 @@ class Spec:
     @property
     def min_driver(self) -> str:
         """The newest of the GPUs' minimum drivers ("" without a GPU)."""
-        return max((g.spec.min_driver for g in self.gpus), key=lambda v: tuple(int(x) for x in v.split(".")),
-                   default="")
+        return max((g.spec.min_driver for g in self.gpus if g.spec.min_driver is not None),
+                   key=lambda v: tuple(int(x) for x in v.split(".")), default="")
 
     @property
     def vram_bytes(self) -> int:
@@ -246,19 +246,25 @@ def _gpu_rules(loaded: LoadedProfile, gpus: list[GpuGroup]) -> list[Problem]:
     out: list[Problem] = []
     for group in gpus:
         gpu = group.spec
-        if p.driver.kernel_module not in gpu.kernel_modules:
+        if not gpu.kernel_modules:
+            out.append(loaded.problem(
+                ("hardware", "gpus"),
+                f"{gpu.name} has no discrete-GPU kernel module: its driver comes with its Jetson Linux release",
+                "provision does not install that driver; keep the board's own"))
+        elif p.driver.kernel_module not in gpu.kernel_modules:
             out.append(loaded.problem(
                 ("driver", "kernel_module"),
                 f"{gpu.name} cannot run the {p.driver.kernel_module} kernel module",
                 f"use kernel_module: {' or '.join(gpu.kernel_modules)}"))
-        if p.driver.version is not None and _older(p.driver.version, gpu.min_driver):
+        if p.driver.version is not None and gpu.min_driver is not None and _older(p.driver.version, gpu.min_driver):
             out.append(loaded.problem(
                 ("driver", "version"),
                 f"driver {p.driver.version} is older than {gpu.min_driver}, "
                 f"the first that supports {gpu.name}",
                 f"use driver {gpu.min_driver} or newer"))
         limit = p.driver.power_limit_w
-        if limit is not None and not gpu.power_min_w <= limit <= gpu.power_max_w:
+        if (limit is not None and gpu.power_min_w is not None and gpu.power_max_w is not None
+                and not gpu.power_min_w <= limit <= gpu.power_max_w):
             out.append(loaded.problem(
                 ("driver", "power_limit_w"),
                 f"power limit {limit} W is outside {gpu.name}'s range "

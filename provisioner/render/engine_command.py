@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any
 
 from provisioner.errors import RenderError
 from provisioner.fit.placement import VLLM_DEFAULT_UTILIZATION, Placement, params
+from provisioner.install.select import installed_binary
+from provisioner.profile.cluster import address_env, gpus_per_node, head_address, rpc_servers
 from provisioner.profile.resolve import Spec
 
 GIB = 2**30
@@ -36,8 +39,6 @@ class EngineCommand:
 
 def _binary(spec: Spec) -> str:
     """The engine binary: inside what install.engine installs (a stable link), else on PATH."""
-    from provisioner.install.select import installed_binary
-
     return installed_binary(spec.profile, spec.engine_version.binary)
 
 
@@ -99,6 +100,18 @@ def engine_command(spec: Spec, placement: Placement, model_path: str) -> EngineC
     return _ollama(spec)
 
 
+def chosen_flags(spec: Spec, placement: Placement, model_path: str) -> dict[str, Any]:
+    """The engine's flags (and environment) as fit chose them: flag -> value (True for a switch)."""
+    command = engine_command(spec, placement, model_path)
+    out: dict[str, Any] = {}
+    for arg in command.args:
+        if not arg.words or not arg.words[0].startswith("-"):
+            continue
+        out[arg.words[0]] = True if len(arg.words) == 1 else " ".join(arg.words[1:])
+    out.update(command.env)
+    return out
+
+
 def _sampling(spec: Spec) -> dict[str, float]:
     sampling = spec.model.sampling[spec.profile.model.mode]
     return sampling.model_dump()
@@ -121,8 +134,6 @@ def _llama_cpp(spec: Spec, placement: Placement, model_path: str) -> EngineComma
         b.flag("n_cpu_moe", placement.cpu_moe_layers,
                "layers whose MoE experts stay in system RAM (chosen by fit)")
     if p.cluster is not None:
-        from provisioner.profile.cluster import rpc_servers
-
         b.flag("rpc", rpc_servers(spec), "the workers' rpc-servers: their GPUs hold layers too")
     for pattern in _override_tensors(spec):
         b.flag("override_tensor", pattern, "explicit tensor placement from the profile")
@@ -231,8 +242,6 @@ def _vllm(spec: Spec, placement: Placement, model_path: str) -> EngineCommand:
     if cluster is None:
         b.flag("tensor_parallel_size", max(spec.gpu_count, 1), "one shard per GPU")
     else:
-        from provisioner.profile.cluster import address_env, gpus_per_node, head_address
-
         b.flag("tensor_parallel_size", gpus_per_node(spec), "tensor parallel inside a node: one shard per GPU")
         b.flag("pipeline_parallel_size", len(cluster.nodes),
                "pipeline parallel across nodes: one stage of layers per node")

@@ -23,8 +23,11 @@ from provisioner.catalog import load_bundled_yaml
 from provisioner.datadir import data_dir
 from provisioner.errors import RenderError
 from provisioner.fit.placement import Placement
+from provisioner.install import Install
+from provisioner.profile.cluster import cluster_of, node_named, node_spec
 from provisioner.profile.models import ContainerEngine
 from provisioner.profile.resolve import Spec
+from provisioner.render.cluster import ray_command, rpc_server_command
 from provisioner.render.engine_command import engine_command
 from provisioner.render.resources import Directory, File, Rendered
 
@@ -169,9 +172,6 @@ def _cluster_context(spec: Spec) -> dict[str, Any]:
                            "ray_unit": f"{name}-ray.service", "ray_script": f"{BIN_DIR}/{name}-ray.sh"}
     if cluster is None:
         return out
-    from provisioner.profile.cluster import node_named
-    from provisioner.render.cluster import ray_command, rpc_server_command
-
     node = node_named(spec, spec.node or cluster.head.name)
     out.update(node=node, role=node.role)
     if cluster.backend == "ray":
@@ -206,16 +206,18 @@ def template_facts(facts: dict[str, str]) -> dict[str, str]:
 
 
 def render(spec: Spec, placement: Placement, facts: dict[str, str] | None = None,
-           node: str | None = None) -> Rendered:
-    """All managed files for this profile, byte for byte.
+           node: str | None = None, installs: tuple[Install, ...] = ()) -> Rendered:
+    """Everything a target needs for this profile: its files byte for byte, handlers,
+    directories, readiness, and what to install (``installs``: the profile's items, as
+    ``install.select.install_items`` resolved them).
 
     ``facts`` are the host's (from gathering), else the profile's hardware. On a
     cluster profile ``node`` names whose files to render (default: the head's)."""
     cluster = spec.profile.cluster
     if cluster is not None:
-        from provisioner.profile.cluster import node_spec
-
-        spec = node_spec(spec, node or cluster.head.name)
+        node = node or cluster.head.name
+        installs = node_installs(spec, node, installs)
+        spec = node_spec(spec, node)
     ctx = context(spec, placement)
     ctx["facts"] = {**profile_facts(spec), **template_facts(facts or {})}
     env = _environment(str(data_dir("templates")))
@@ -241,7 +243,15 @@ def render(spec: Spec, placement: Placement, facts: dict[str, str] | None = None
     if cluster is not None and ctx["role"] == "worker":
         readiness = None  # a worker serves no HTTP: Ray and rpc-server have no health endpoint
     return Rendered(files=tuple(sorted(files, key=lambda f: f.path)), directories=directories,
-                    handlers=handlers, warnings=placement.warnings, readiness=readiness)
+                    handlers=handlers, warnings=placement.warnings, readiness=readiness, installs=installs)
+
+
+def node_installs(spec: Spec, node: str, installs: tuple[Install, ...]) -> tuple[Install, ...]:
+    """A cluster node's installs: every node runs the engine; an RPC worker serves its GPUs
+    to the head and never reads the model, so it skips that download."""
+    if cluster_of(spec).backend == "rpc" and node_named(spec, node).role == "worker":
+        return tuple(item for item in installs if item.name != "download:model")
+    return installs
 
 
 def _render_one(env: SandboxedEnvironment, template: str, entry: dict[str, Any],

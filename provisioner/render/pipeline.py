@@ -1,4 +1,5 @@
-"""profile file -> Profile -> Spec -> Placement -> Rendered, and writing a tree."""
+"""The pure pipeline: profile file -> Profile -> Spec -> Placement -> Rendered (with
+installs), and writing a rendered tree to a folder."""
 
 from __future__ import annotations
 
@@ -12,7 +13,10 @@ from provisioner.errors import ProfileError, UsageError
 from provisioner.facts.gguf_layout import local_layout
 from provisioner.fit import fit
 from provisioner.fit.placement import Placement
+from provisioner.fit.suggest import suggestions
 from provisioner.install import Install
+from provisioner.install.select import install_items
+from provisioner.profile.cluster import chosen_node
 from provisioner.profile.loader import load_profile
 from provisioner.profile.resolve import Spec, resolve
 from provisioner.render.files import render
@@ -22,9 +26,16 @@ from provisioner.units import format_size
 
 @dataclass(frozen=True)
 class Built:
+    """A profile built for one target: resolved, placed, its installs resolved once, and
+    rendered with the profile's own facts (a host's facts render it again, ``rendered_for``)."""
+
     spec: Spec
     placement: Placement
     rendered: Rendered
+    installs: tuple[Install, ...] = ()  # every item of the profile (a cluster node takes its share)
+
+    def rendered_for(self, facts: dict[str, str] | None = None, node: str | None = None) -> Rendered:
+        return render(self.spec, self.placement, facts, node=node, installs=self.installs)
 
 
 def build(path: Path, *, ignore_fit: bool = False, overrides: dict[str, Any] | None = None,
@@ -40,8 +51,6 @@ def build(path: Path, *, ignore_fit: bool = False, overrides: dict[str, Any] | N
         spec = dataclasses.replace(spec, layout=local_layout(spec, model_root)[0])
     placement = fit(spec)
     if not placement.fits and not ignore_fit:
-        from provisioner.fit.suggest import suggestions
-
         fitting = [s for s in suggestions(spec, placement) if s["fits"]]
         cheapest = f"cheapest change that fits: {fitting[0]['change']}; " if fitting else ""
         raise ProfileError(loaded.problem(
@@ -49,26 +58,13 @@ def build(path: Path, *, ignore_fit: bool = False, overrides: dict[str, Any] | N
             f"{spec.model.name} {spec.profile.model.quant} at {placement.context} tokens does "
             f"not fit this machine: {format_size(placement.missing_bytes)} missing",
             f"{cheapest}`provision fit` shows the placement and every option, or pass --ignore-fit"))
-    from provisioner.install.select import install_items
-
-    rendered = render(spec, placement)
-    return Built(spec, placement, replace(rendered, installs=install_items(spec, network=network)))
+    installs = install_items(spec, network=network)
+    return Built(spec, placement, render(spec, placement, installs=installs), installs)
 
 
-def node_installs(built: Built, node: str) -> tuple[Install, ...]:
-    """A cluster node's installs: every node runs the engine; an RPC worker serves its GPUs
-    to the head and never reads the model, so it skips that download."""
-    from provisioner.profile.cluster import cluster_of, node_named
-
-    installs = built.rendered.installs
-    if cluster_of(built.spec).backend == "rpc" and node_named(built.spec, node).role == "worker":
-        installs = tuple(item for item in installs if item.name != "download:model")
-    return installs
-
-
-def node_rendered(built: Built, node: str) -> Rendered:
-    """One cluster node's files with its installs."""
-    return replace(render(built.spec, built.placement, node=node), installs=node_installs(built, node))
+def for_node(built: Built, node: str) -> Built:
+    """The profile as one named cluster node renders it (--node NAME, checked)."""
+    return replace(built, rendered=built.rendered_for(node=chosen_node(built.spec, node)))
 
 
 def write_tree(rendered: Rendered, out_dir: Path, *, overwrite: bool) -> list[Path]:

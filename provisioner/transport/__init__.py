@@ -21,3 +21,6 @@ class Transport(Protocol):
     state_dir: str  # provision's state (lock, generations) as a path on the host
 
     def run(self, script: str, env: dict[str, str] | None = None) -> Completed: ...
+
+    def close(self) -> None:
+        """Drop the connection (if any); the transport is not used afterwards."""

@@ -31,3 +31,6 @@ class LocalTransport:
         result = subprocess.run(["sh", "-s"], input=script, capture_output=True, text=True,
                                 check=False, env={**os.environ, **(env or {})})
         return Completed(result.returncode, result.stdout, result.stderr)
+
+    def close(self) -> None:
+        """Nothing to drop: every run is its own process."""

@@ -21,6 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import paramiko
+from fabric import Config, Connection
+
 from provisioner.errors import ProvisionError
 from provisioner.facts.gather import STATE_DIR
 from provisioner.transport import Completed
@@ -94,9 +97,6 @@ class SshTransport:
     def _connect(self) -> Any:
         if self._connection is not None:
             return self._connection
-        import paramiko
-        from fabric import Config, Connection
-
         target = self.target
         config = Config(overrides={"load_ssh_configs": True})
         kwargs: dict[str, Any] = {}
@@ -157,7 +157,6 @@ class SshTransport:
             command = f"sudo -n {shell}"
         else:
             command = shell
-        import paramiko
 
         try:
             channel = connection.client.get_transport().open_session()

@@ -113,7 +113,8 @@ def _present(gpus: tuple[Gpu, ...], expected: list[tuple[GpuSpec, int]], want: s
 
 
 def _driver(report: GpuReport, expected: list[tuple[GpuSpec, int]], min_driver: str) -> Check:
-    floors = [v for v in (_ver(s.min_driver) for s, _ in expected) if v] + [v for v in [_ver(min_driver)] if v]
+    floors = ([v for v in (_ver(s.min_driver) for s, _ in expected if s.min_driver is not None) if v]
+              + [v for v in [_ver(min_driver)] if v])
     floor = max(floors) if floors else None
     have = report.driver_version or proc_driver_version(report.proc_version)
     want = f">= {floor}" if floor else None
@@ -201,7 +202,7 @@ def _pcie(gpus: tuple[Gpu, ...], expected: list[tuple[GpuSpec, int]]) -> Check:
 
     def test(g: Gpu) -> tuple[str, str] | None:
         spec = spec_of(g)
-        if spec is None:
+        if spec is None or spec.pcie_gen is None or spec.pcie_lanes is None:  # unified memory: no PCIe hop
             return None
         if g.pcie_gen_max is not None and g.pcie_width_max is not None:
             ok = g.pcie_gen_max >= spec.pcie_gen and g.pcie_width_max >= spec.pcie_lanes
@@ -215,7 +216,8 @@ def _pcie(gpus: tuple[Gpu, ...], expected: list[tuple[GpuSpec, int]]) -> Check:
                     f"current Gen{g.pcie_gen_current} x{g.pcie_width_current} compared (max not reported"
                     + ("" if ok else "; an idle card drops the link, check under load") + ")")
         return None
-    want = ", ".join(sorted({f"Gen{s.pcie_gen} x{s.pcie_lanes} for {s.name}" for s, _ in expected}))
+    want = ", ".join(sorted({f"Gen{s.pcie_gen} x{s.pcie_lanes} for {s.name}" for s, _ in expected
+                             if s.pcie_gen is not None}))
     return _per_gpu(gpus, "gpu.pcie", test, want,
                     "the slot or riser limits the link: use a full x16 CPU slot, check BIOS PCIe settings and risers",
                     "PCIe link not reported (or GPU not in the profile)")

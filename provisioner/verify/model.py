@@ -7,7 +7,9 @@ The probes that read them on the target and their parsers: facts/model_files.py.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +40,7 @@ def file_checks(spec: Spec, on_disk: dict[str, OnDisk]) -> list[Check]:
 
 def header_facts(path: Path) -> dict[str, Any]:
     """What the GGUF header says (no tensor data is read)."""
-    from gguf import GGUFReader
+    from gguf import GGUFReader  # noqa: PLC0415 - numpy and gguf load only when a file is read
 
     reader = GGUFReader(str(path), "r")
     arch = _field(reader, "general.architecture")
@@ -223,9 +225,6 @@ def prehash(paths: list[str], root: str, state_dir: str, *, show_progress: bool)
     """Hash GGUF shards here, with a progress bar, into the same cache the probe reads
     (size, mtime, path, sha256), so the probe finds them hashed. Only for targets whose
     files this process can read (local and --root); returns how many files it hashed."""
-    import hashlib
-    import os
-
     cache = Path(state_dir) / "sha256-cache"
     known: set[tuple[str, str, str]] = set()
     if cache.is_file():
@@ -245,7 +244,13 @@ def prehash(paths: list[str], root: str, state_dir: str, *, show_progress: bool)
             todo.append((host_path, key, stat.st_size))
     if not todo:
         return 0
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+    from rich.progress import (  # noqa: PLC0415 - rich only for a progress bar on a terminal
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TransferSpeedColumn,
+    )
 
     cache.parent.mkdir(parents=True, exist_ok=True)
     with Progress(TextColumn("sha256 {task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),

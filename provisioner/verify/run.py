@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from provisioner.converge.plan import make_plan
@@ -22,13 +22,16 @@ from provisioner.facts.model_files import (
     ollama_probe,
 )
 from provisioner.facts.probe import Probe
+from provisioner.fit.predict import predict
+from provisioner.profile.cluster import head_address, node_spec
 from provisioner.render.files import render, sysctl_settings
-from provisioner.render.pipeline import Built, node_installs
+from provisioner.render.pipeline import Built
 from provisioner.transport import Transport
+from provisioner.transport.local import LocalTransport
 from provisioner.verify import drift as drift_checks
+from provisioner.verify import endpoint, ray_status
 from provisioner.verify import install as install_checks
 from provisioner.verify import model as model_checks
-from provisioner.verify import ray_status
 from provisioner.verify.gpu import gpu_checks
 
 GROUPS = ("gpu", "drift", "model", "install", "endpoint", "cluster")
@@ -46,31 +49,21 @@ def verify_target(built: Built, transport: Transport, options: VerifyOptions,
     """``node``: on a cluster profile, the node this target is (default: the head)."""
     cluster = built.spec.profile.cluster
     if cluster is not None:
-        built, options, node = _node_view(built, options, node or cluster.head.name)
+        node = node or cluster.head.name
+        role = next(n.role for n in cluster.nodes if n.name == node)
+        view = node_spec(built.spec, node)
+        built = Built(view, built.placement, built.rendered_for(node=node), built.installs)
+        if role == "worker":
+            # the head serves the endpoint and sees the cluster; an RPC worker holds no model file
+            options = VerifyOptions(only=options.only - {"endpoint"} - ({"model"} if cluster.backend == "rpc"
+                                                                         else set()),
+                                    endpoint=options.endpoint, needle=options.needle)
     spec, placement = built.spec, built.placement
     root_mode = bool(transport.root)
     wanted_sysctl = sysctl_settings(spec)
-    probes: list[Probe[object]] = []
-    snippets: list[str] = []  # probes whose lines other code parses
-    if "drift" in options.only:
-        snippets.append(drift_checks.live_probe(spec, list(wanted_sysctl)))
-    if "model" in options.only:
-        files = spec.profile.model.source.files or []
-        if files and isinstance(transport, _local_type()):
-            # big shards take minutes: hash them here with a progress bar on a terminal
-            model_checks.prehash([f.path for f in files], transport.root, transport.state_dir,
-                                 show_progress=sys.stderr.isatty())
-        probes += _model_probes(built, transport)
-    if "install" in options.only:
-        snippets += install_checks.probes(built.rendered.installs, transport.root)
-    if "gpu" in options.only and not root_mode and spec.gpus:
-        probes.append(GPU_PROBE)
     ray_probe = cluster is not None and cluster.backend == "ray" and not root_mode \
         and node == cluster.head.name and "cluster" in options.only
-    if ray_probe:
-        from provisioner.profile.cluster import head_address
-
-        snippets.append(ray_status.probe(head_address(spec)))
+    probes, snippets = _probes(built, transport, options, list(wanted_sysctl), ray_probe)
     gathered = run_gather(transport, probes, paths=[f.path for f in built.rendered.files],
                           service=spec.profile.service.name, extra="\n".join(snippets))
     checks: list[Check] = []
@@ -98,22 +91,28 @@ def verify_target(built: Built, transport: Transport, options: VerifyOptions,
     return checks
 
 
-def _node_view(built: Built, options: VerifyOptions, node: str) -> tuple[Built, VerifyOptions, str]:
-    """A cluster node's own view: its rendered files and installs, and the groups it answers for."""
-    from provisioner.profile.cluster import node_spec
-
-    cluster = built.spec.profile.cluster
-    assert cluster is not None
-    role = next(n.role for n in cluster.nodes if n.name == node)
-    view = node_spec(built.spec, node)
-    built = Built(view, built.placement, replace(render(view, built.placement, node=node),
-                                                 installs=node_installs(built, node)))
-    if role == "worker":
-        # the head serves the endpoint and sees the cluster; an RPC worker holds no model file
-        options = VerifyOptions(only=options.only - {"endpoint"} - ({"model"} if cluster.backend == "rpc"
-                                                                     else set()),
-                                endpoint=options.endpoint, needle=options.needle)
-    return built, options, node
+def _probes(built: Built, transport: Transport, options: VerifyOptions, sysctl_keys: list[str],
+            ray_probe: bool) -> tuple[list[Probe[object]], list[str]]:
+    """What rides in the one gather: typed probes, and snippets whose lines other code parses."""
+    spec = built.spec
+    probes: list[Probe[object]] = []
+    snippets: list[str] = []
+    if "drift" in options.only:
+        snippets.append(drift_checks.live_probe(spec, sysctl_keys))
+    if "model" in options.only:
+        files = spec.profile.model.source.files or []
+        if files and isinstance(transport, LocalTransport):
+            # big shards take minutes: hash them here with a progress bar on a terminal
+            model_checks.prehash([f.path for f in files], transport.root, transport.state_dir,
+                                 show_progress=sys.stderr.isatty())
+        probes += _model_probes(built, transport)
+    if "install" in options.only:
+        snippets += install_checks.probes(built.rendered.installs, transport.root)
+    if "gpu" in options.only and not transport.root and spec.gpus:
+        probes.append(GPU_PROBE)
+    if ray_probe:
+        snippets.append(ray_status.probe(head_address(spec)))
+    return probes, snippets
 
 
 def _model_probes(built: Built, transport: Transport) -> list[Probe[object]]:
@@ -159,7 +158,7 @@ def _header(built: Built, transport: Transport, first: str, shard_count: int | N
     """The GGUF header's checks, read here (local and --root targets). ``shard_count`` None: the
     header's own split.count is trusted (an hf file names only the first shard)."""
     spec = built.spec
-    if not isinstance(transport, _local_type()):
+    if not isinstance(transport, LocalTransport):
         return [Check("model.header", "skip",
                       hint="the GGUF header is read where provision runs: local and --root targets")]
     path = Path(transport.root + first)
@@ -172,12 +171,6 @@ def _header(built: Built, transport: Transport, first: str, shard_count: int | N
                       "the file is damaged or not GGUF")]
     count = shard_count if shard_count is not None else int(facts.get("split_count") or 1)
     return model_checks.header_checks(spec, facts, count)
-
-
-def _local_type() -> type:
-    from provisioner.transport.local import LocalTransport
-
-    return LocalTransport
 
 
 def _gpu(built: Built, gathered: Gathered) -> list[Check]:
@@ -208,12 +201,6 @@ def _endpoint(built: Built, transport: Transport, options: VerifyOptions) -> lis
 
 def _endpoint_at(built: Built, url: str, options: VerifyOptions) -> list[Check]:
     spec = built.spec
-    try:
-        from provisioner.verify import endpoint
-    except ImportError:  # pragma: no cover
-        return [Check("endpoint", "skip", hint="endpoint checks are not available in this build")]
-    from provisioner.fit.predict import predict
-
     speed = predict(spec, built.placement).decode_tokens_per_s
     checks: list[Check] = endpoint.endpoint_checks(spec, built.placement, speed, url, _api_key(built),
                                                    needle=options.needle)

@@ -8,9 +8,11 @@ from collections.abc import Iterator
 import pytest
 
 from provisioner.catalog import Catalog, load_catalog
+from provisioner.catalog.schema import GPU_SOURCED_FIELDS
 
 _ID = re.compile(r"^[a-z0-9]+(?:[.-][a-z0-9]+)*$")
 _PCI_ID = re.compile(r"^0x[0-9a-f]{4}$")
+_PCI_SUBSYSTEM = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{4}$")
 _URL = re.compile(r"https://[^\s;,]+")
 GIB = 2**30
 
@@ -65,37 +67,101 @@ def test_ids_are_unique_after_normalising(catalog: Catalog, part: str) -> None:
 
 def test_gpu_power_range_is_ordered(catalog: Catalog) -> None:
     for gpu_id, gpu in catalog.gpus.items():
-        assert gpu.power_min_w <= gpu.power_default_w <= gpu.power_max_w, gpu_id
+        assert (gpu.power_min_w is None) == (gpu.power_max_w is None), gpu_id
+        if gpu.power_min_w is not None and gpu.power_max_w is not None:
+            default = gpu.power_default_w if gpu.power_default_w is not None else gpu.power_max_w
+            assert gpu.power_min_w <= default <= gpu.power_max_w, gpu_id
 
 
 def test_gpu_vram_and_bandwidth_are_plausible(catalog: Catalog) -> None:
     for gpu_id, gpu in catalog.gpus.items():
-        assert 8 * GIB <= gpu.vram <= 256 * GIB, gpu_id
-        assert 200 <= gpu.memory_bandwidth_gb_s <= 10_000, gpu_id
+        assert 6 * GIB <= gpu.vram <= 300 * GIB, gpu_id
+        assert 150 <= gpu.memory_bandwidth_gb_s <= 10_000, gpu_id
         assert 10 <= gpu.fp16_dense_tflops <= 5_000, gpu_id
+        if gpu.fp8_dense_tflops is not None:
+            assert gpu.fp8_dense_tflops >= gpu.fp16_dense_tflops, gpu_id
+        if gpu.fp4_dense_tflops is not None:
+            assert gpu.fp4_dense_tflops >= (gpu.fp8_dense_tflops or 0), gpu_id
 
 
 def test_gpu_pci_ids_are_lowercase_hex_and_unique(catalog: Catalog) -> None:
-    seen: dict[str, str] = {}
+    """No board's identity (device id, plus subsystem id where boards share one) twice."""
+    owners: dict[str, list[str]] = {}
+    seen: dict[tuple[str, str], str] = {}
     for gpu_id, gpu in catalog.gpus.items():
         for pci_id in gpu.pci_device_ids:
             assert _PCI_ID.match(pci_id), f"{gpu_id}: {pci_id}"
-            assert pci_id not in seen, f"{pci_id} in both {seen.get(pci_id)} and {gpu_id}"
-            seen[pci_id] = gpu_id
+            owners.setdefault(pci_id, []).append(gpu_id)
+        for sub in gpu.pci_subsystem_ids:
+            assert _PCI_SUBSYSTEM.match(sub), f"{gpu_id}: {sub}"
+        for key in [(d, s) for d in gpu.pci_device_ids for s in (gpu.pci_subsystem_ids or [""])]:
+            assert key not in seen, f"{key} in both {seen.get(key)} and {gpu_id}"
+            seen[key] = gpu_id
+    for pci_id, gpu_ids in owners.items():
+        if len(gpu_ids) > 1:
+            # a shared device id is only allowed when every board that has it names its subsystem ids
+            assert all(catalog.gpus[g].pci_subsystem_ids for g in gpu_ids), f"{pci_id} in {gpu_ids}"
 
 
-def test_blackwell_needs_open_module_and_cc12(catalog: Catalog) -> None:
+def test_every_gpu_number_has_a_source(catalog: Catalog) -> None:
     for gpu_id, gpu in catalog.gpus.items():
-        if gpu.architecture == "blackwell":
+        set_fields = {f for f in GPU_SOURCED_FIELDS if getattr(gpu, f) not in (None, [], False)}
+        assert set_fields <= gpu.sourced_fields, f"{gpu_id}: no source for {sorted(set_fields - gpu.sourced_fields)}"
+        assert all(fields for fields in gpu.sources.values()), f"{gpu_id}: a source that gives no field"
+
+
+def test_gpu_catalog_covers_every_family(catalog: Catalog) -> None:
+    """Turing onwards, 6 GB and up: every family the catalog promises has its boards."""
+    assert len(catalog.gpus) >= 80
+    expected = {
+        "turing": {"titan-rtx", "rtx-2060", "rtx-2080-ti", "quadro-rtx-4000", "quadro-rtx-5000", "quadro-rtx-6000",
+                   "quadro-rtx-8000", "t4"},
+        "ampere": {"rtx-3050-6gb", "rtx-3060", "rtx-3070", "rtx-3080", "rtx-3090", "rtx-3090-ti", "rtx-a2000",
+                   "rtx-a2000-12gb", "rtx-a4000", "rtx-a4500", "rtx-a5000", "rtx-a5500", "rtx-a6000", "a2", "a10",
+                   "a10g", "a16", "a30", "a40", "a100-40gb", "a100-80gb", "a100-pcie-40gb", "a100-pcie-80gb",
+                   "jetson-agx-orin-32gb", "jetson-agx-orin-64gb"},
+        "ada": {"rtx-4060", "rtx-4070", "rtx-4080", "rtx-4090", "rtx-2000-ada", "rtx-4000-ada", "rtx-4500-ada",
+                "rtx-5000-ada", "rtx-6000-ada", "l4", "l40", "l40s"},
+        "hopper": {"h100-pcie", "h100-sxm", "h200"},
+        "blackwell": {"rtx-5050", "rtx-5060", "rtx-5070", "rtx-5080", "rtx-5090", "rtx-pro-4000-blackwell",
+                      "rtx-pro-4500-blackwell", "rtx-pro-5000-blackwell", "rtx-pro-6000-blackwell",
+                      "rtx-pro-6000-blackwell-max-q", "rtx-pro-6000-blackwell-server", "b200", "b300", "gb200",
+                      "dgx-spark-gb10"},
+    }
+    for architecture, ids in expected.items():
+        missing = ids - set(catalog.gpus)
+        assert not missing, f"{architecture}: {sorted(missing)}"
+        assert {catalog.gpus[i].architecture for i in ids} == {architecture}, architecture
+
+
+def test_unified_memory_boards_have_no_pcie_hop(catalog: Catalog) -> None:
+    assert any(g.unified_memory for g in catalog.gpus.values())
+    for gpu in catalog.gpus.values():
+        assert (gpu.pcie_gen is None) == gpu.unified_memory, gpu.name
+
+
+def test_tensor_formats_match_architecture(catalog: Catalog) -> None:
+    for gpu_id, gpu in catalog.gpus.items():
+        if gpu.architecture in {"turing", "ampere"}:
+            assert gpu.fp8_dense_tflops is None, gpu_id
+        if gpu.architecture != "blackwell":
+            assert gpu.fp4_dense_tflops is None, gpu_id
+
+
+def test_blackwell_needs_open_module(catalog: Catalog) -> None:
+    for gpu_id, gpu in catalog.gpus.items():
+        if not gpu.kernel_modules:
+            assert gpu.unified_memory and gpu.min_driver is None, gpu_id
+        elif gpu.architecture == "blackwell":
             assert gpu.kernel_modules == ["open"], gpu_id
-            assert gpu.compute_capability == "12.0", gpu_id
-            assert int(gpu.min_driver.split(".")[0]) >= 570, gpu_id
+            assert gpu.min_driver is not None and int(gpu.min_driver.split(".")[0]) >= 570, gpu_id
         else:
             assert set(gpu.kernel_modules) == {"open", "proprietary"}, gpu_id
 
 
 def test_compute_capability_matches_architecture(catalog: Catalog) -> None:
-    expected = {"ampere": {"8.0", "8.6"}, "ada": {"8.9"}, "hopper": {"9.0"}, "blackwell": {"12.0"}}
+    expected = {"turing": {"7.5"}, "ampere": {"8.0", "8.6", "8.7"}, "ada": {"8.9"}, "hopper": {"9.0"},
+                "blackwell": {"10.0", "10.3", "11.0", "12.0", "12.1"}}
     for gpu_id, gpu in catalog.gpus.items():
         assert gpu.compute_capability in expected[gpu.architecture], gpu_id
 

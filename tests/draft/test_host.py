@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
-from provisioner.draft.host import choose_profile, init_command, render_init_profile
+from provisioner.cli.init import init_command
+from provisioner.draft.host import choose_profile, render_init_profile
 from provisioner.errors import ProvisionError, UsageError
 from provisioner.facts.host import host_facts
 from provisioner.render.pipeline import build
@@ -114,6 +115,9 @@ class _Recorded:
     def __init__(self, output: str) -> None:
         self.output = output
         self.scripts: list[str] = []
+
+    def close(self) -> None:
+        pass
 
     def run(self, script: str, env: dict[str, str] | None = None) -> Completed:
         self.scripts.append(script)

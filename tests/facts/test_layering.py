@@ -1,6 +1,7 @@
 """Imports run one way: facts/ (reading hosts) sits below everything that uses what it
 reads. It may import errors, units and the catalog; only collect.py, which runs the
-gather on a host, imports the Transport protocol (never a concrete transport)."""
+gather on a host, names the Transport protocol (for types only, as tests/test_structure.py
+requires; never a concrete transport)."""
 
 from __future__ import annotations
 

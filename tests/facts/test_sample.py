@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
-from provisioner.facts.sample import SAMPLE_PROBE, gpu_json, parse_dmon, sample_script
+from provisioner.cli._output import monitor_gpu_json, sample_json
+from provisioner.facts.sample import SAMPLE_PROBE, parse_dmon, sample_script
 from tests.support.probe_lines import sample_lines
 
 CASES = Path(__file__).resolve().parents[1] / "cases" / "monitor"
@@ -28,13 +29,14 @@ def case(name: str) -> dict[str, Any]:
 
 @pytest.mark.parametrize("state", ["idle", "load"])
 def test_gpu_csv_capture(state: str) -> None:
-    """The capture's full header and row: what monitor's JSON says of the GPU."""
+    """The capture's full header and row: what monitor's JSON says of the GPU (the keys the
+    sample probe reads, whatever else the row held)."""
     data = case("rtx-4080-super-595-capture")
     sample = SAMPLE_PROBE.read(sample_lines(gpu=(data["gpu"]["header"], data["gpu"][state])))
     assert sample.smi == "present"
     (gpu,) = sample.gpus
-    got = gpu_json(gpu)
-    assert sample.as_json()["gpus"] == [got]
+    got = monitor_gpu_json(gpu)
+    assert sample_json(sample)["gpus"] == [got]
     for key, want in data["expect"][state].items():
         assert got[key] == (tuple(want) if isinstance(want, list) else want), key
 

@@ -11,13 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from provisioner.cli.fit import flags
 from provisioner.facts.host_load import HostLoad
 from provisioner.fit import fit
 from provisioner.fit.placement import GIB
 from provisioner.fit.predict import pcie_gb_s, prefill_tokens_per_s
 from provisioner.profile.loader import load_profile
 from provisioner.profile.resolve import resolve
+from provisioner.render.engine_command import chosen_flags
+from provisioner.render.files import model_path
 from provisioner.render.pipeline import build, write_tree
 from tests.conftest import ROOT, make_profile
 
@@ -26,7 +27,7 @@ SHELLCHECK = shutil.which("shellcheck") or str(Path(sys.executable).parent / "sh
 
 def _flags(path: Path, host: HostLoad | None = None) -> dict[str, object]:
     spec = dataclasses.replace(resolve(load_profile(path)), host=host)
-    return flags(spec, fit(spec))
+    return chosen_flags(spec, fit(spec), model_path(spec))
 
 
 def test_threads_and_batches_are_stated(tmp_path: Path) -> None:

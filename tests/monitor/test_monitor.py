@@ -18,12 +18,16 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from provisioner.cli.monitor import monitor_command
 from provisioner.converge.fleet import Target
 from provisioner.datadir import data_dir
 from provisioner.errors import ProvisionError
 from provisioner.facts.check import Check
 from provisioner.facts.sample import SAMPLE_PROBE, Sample
-from provisioner.monitor.run import METRICS, Thresholds, evaluate, monitor_command, prometheus_text, rates
+from provisioner.monitor.checks import evaluate
+from provisioner.monitor.probe import rates
+from provisioner.monitor.prometheus import METRICS, prometheus_text
+from provisioner.profile.thresholds import Thresholds
 from provisioner.transport import Completed
 from provisioner.transport.local import LocalTransport
 from tests.support.probe_lines import sample_lines
@@ -272,6 +276,9 @@ class _Broken:
     def run(self, script: str, env: dict[str, str] | None = None) -> Completed:
         return Completed(127, "", "sh: not found")
 
+    def close(self) -> None:
+        pass
+
 
 def _unreachable() -> LocalTransport:
     raise ProvisionError("gpu9: connection refused", hint="is sshd running?")
@@ -313,7 +320,7 @@ def test_metrics_script_passes_sh_n_and_shellcheck(metrics_script: Path) -> None
 
 
 def test_prom_script_is_the_template() -> None:
-    from provisioner.monitor import run as monitor
+    from provisioner.monitor import prometheus as monitor
 
     rendered = _render("monitor-metrics.sh.j2")
     assert "service=llm-server\n" in rendered

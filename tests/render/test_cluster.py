@@ -399,7 +399,6 @@ def test_install_engine_on_a_cluster_is_refused_until_node_scripts_use_it(
 def test_verify_on_a_cluster_node_keeps_the_profiles_installs(tmp_path: Path) -> None:
     """verify builds each node's view; the install checks must not vanish from it (a missing
     model on the head must fail `verify --only install`), and an RPC worker skips the model."""
-    from provisioner.render.pipeline import node_rendered
 
     data = yaml.safe_load(RPC_EXAMPLE.read_text())
     model = data["model"]["source"]["files"][0]
@@ -407,8 +406,8 @@ def test_verify_on_a_cluster_node_keeps_the_profiles_installs(tmp_path: Path) ->
         "model.source.files": [{**model, "url": "https://example.invalid/m.gguf"}],
         "install": {"model": True}})
     built = build(profile, network=False)
-    assert [i.name for i in node_rendered(built, "head").installs] == ["download:model"]
-    assert node_rendered(built, "w1").installs == ()
+    assert [i.name for i in built.rendered_for(node="head").installs] == ["download:model"]
+    assert built.rendered_for(node="w1").installs == ()
     result = subprocess.run([sys.executable, "-m", "provisioner", "verify", str(profile), "--root",
                              str(tmp_path / "head"), "--node", "head", "--only", "install", "--json"],
                             capture_output=True, text=True, check=False)

@@ -10,12 +10,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from provisioner.cli import main
 from provisioner.errors import UsageError
-from provisioner.profile.library import (
+from provisioner.fit.library import (
     entry,
     list_profiles,
-    profiles_list_command,
-    profiles_show_command,
     show_profile,
 )
 
@@ -75,17 +74,23 @@ def test_show_unknown_name_suggests() -> None:
     assert "rtx-4090-qwen3-30b-a3b-llamacpp" in (info.value.first.hint or "")
 
 
+def _cli(*args: str) -> int | str | None:
+    with pytest.raises(SystemExit) as done:
+        main.main(list(args))
+    return done.value.code
+
+
 def test_commands(capsys: pytest.CaptureFixture[str]) -> None:
-    assert profiles_list_command(False) == 0
+    assert _cli("profiles", "list") == 0
     out, err = capsys.readouterr()
     assert out == ""  # human output on stderr
     assert all(p.stem in err for p in LIBRARY)
-    assert profiles_list_command(True) == 0
+    assert _cli("profiles", "list", "--json") == 0
     data = json.loads(capsys.readouterr().out)
     assert data["command"] == "profiles" and data["ok"] is True and len(data["profiles"]) == len(LIBRARY)
-    assert profiles_show_command("cpu-only-256g-qwen3-235b-llamacpp", False) == 0
+    assert _cli("profiles", "show", "cpu-only-256g-qwen3-235b-llamacpp") == 0
     out, _ = capsys.readouterr()
     assert yaml.safe_load(out)["metadata"]["name"] == "cpu-only-256g-qwen3-235b-llamacpp"
-    assert profiles_show_command("cpu-only-256g-qwen3-235b-llamacpp", True) == 0
+    assert _cli("profiles", "show", "cpu-only-256g-qwen3-235b-llamacpp", "--json") == 0
     data = json.loads(capsys.readouterr().out)
     assert data["profile"]["gpu"] == "none" and data["summary"]
