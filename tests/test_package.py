@@ -35,6 +35,11 @@ def test_wheel_ships_templates_profiles_and_catalog(wheel: Path) -> None:
         assert f"provisioner/_data/profiles/{profile.name}" in names
     for part in ("gpus", "models", "engines"):
         assert f"provisioner/catalog/{part}.yaml" in names
+    snippets = list((ROOT / "provisioner/facts/snippets").glob("*.sh"))
+    assert snippets
+    for snippet in snippets:  # the probes read them at run time
+        assert f"provisioner/facts/snippets/{snippet.name}" in names
+    assert "provisioner/facts/xid.yaml" in names
     assert any(n.endswith("entry_points.txt") for n in names)
 
 

@@ -24,6 +24,8 @@ if TYPE_CHECKING:  # types only: importing them at run time would load pydantic 
     from provisioner.converge.generations import Generation
     from provisioner.converge.plan import Change, Plan
     from provisioner.facts.check import Check
+    from provisioner.facts.gpu import Gpu
+    from provisioner.facts.sample import Sample
     from provisioner.fit.placement import Device
     from provisioner.fit.predict import Prediction
     from provisioner.install import InstallChange
@@ -187,6 +189,21 @@ def generation_json(generation: Generation) -> dict[str, Any]:
 def dataclass_json(value: Any) -> dict[str, Any]:
     """A plain record (monitor samples and rates): its fields, as they are."""
     return dataclasses.asdict(value)
+
+
+def sample_json(sample: Sample) -> dict[str, Any]:
+    """A monitor sample: its fields, each GPU with what the sample probe reads."""
+    return {**dataclass_json(sample), "gpus": [monitor_gpu_json(g) for g in sample.gpus]}
+
+
+def monitor_gpu_json(gpu: Gpu) -> dict[str, Any]:
+    """A GPU in monitor's JSON: the values the sample probe reads (facts.sample)."""
+    return {"index": gpu.index, "temperature_c": gpu.temperature_c, "power_w": gpu.power_w,
+            "power_limit_w": gpu.power_limit_w, "sm_clock_mhz": gpu.sm_clock_mhz, "clock_reasons": gpu.clock_reasons,
+            "clock_mask": gpu.clock_mask, "memory_used_mib": gpu.memory_used_mib,
+            "memory_total_mib": gpu.memory_total_mib, "utilization_pct": gpu.utilization_pct,
+            "pcie_gen": gpu.pcie_gen_current, "pcie_width": gpu.pcie_width_current, "pcie_rx_mbs": gpu.pcie_rx_mbs,
+            "pcie_tx_mbs": gpu.pcie_tx_mbs}
 
 
 def host_json(host: str, plan: Plan | None, *, ok: bool = True, generation: int | None = None,

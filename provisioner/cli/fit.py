@@ -18,6 +18,7 @@ from provisioner.errors import UsageError
 from provisioner.units import format_size
 
 if TYPE_CHECKING:
+    from provisioner.facts.host import HostFacts
     from provisioner.facts.host_load import HostLoad
     from provisioner.fit.placement import Placement
     from provisioner.fit.predict import Prediction
@@ -25,46 +26,18 @@ if TYPE_CHECKING:
     from provisioner.transport import Transport
 
 
-def hardware_overrides(facts: Any) -> dict[str, Any]:
-    """The profile's hardware replaced by a host's facts (provisioner.init_command.HostFacts):
-    its GPUs (catalog ids by PCI device id), installed RAM, cores and NUMA nodes, and the
-    memory type where dmidecode could read it. Memory channels stay the profile's."""
-    hardware: dict[str, Any] = {
-        "gpus": [{"model": gid, "count": count} for gid, count in facts.gpu_groups],
-        "ram": facts.ram_bytes,
-        "cpu": {"cores": facts.cores or facts.cpus, "numa_nodes": facts.numa_nodes or 1},
-    }
-    if facts.memory_type:
-        hardware["memory"] = {"type": facts.memory_type}
-    return {"hardware": hardware}
-
-
-def gpu_order(facts: Any, output: str) -> list[str]:
-    """Bus ids of the host's catalog GPUs in the order the Spec numbers them: by catalog
-    group (first appearance), nvidia-smi order within a group."""
-    from provisioner.verify.gpu import parse_gpu
-
-    buses = [g.bus_id for g in parse_gpu(output).gpus]
-    pairs = list(zip((g.catalog_id for g in facts.gpus), buses, strict=False))
-    return [bus for cid, _ in facts.gpu_groups for gid, bus in pairs if gid == cid]
-
-
-def gather_fit_host(transport: Transport, profile: Path) -> tuple[Any, str]:
-    """ONE round trip: base facts, the GPU probe, init's probe and fit's own (processes
-    on the GPUs, hugepages, peer access, the model server's processes)."""
-    from provisioner.converge.run import gather
-    from provisioner.draft.host import INIT_GATHER, HostFacts
-    from provisioner.facts.host_load import fit_gather
+def gather_fit_host(transport: Transport, profile: Path) -> tuple[HostFacts, str]:
+    """ONE round trip (facts/collect.py): the host's facts and the gather's output, whose fit
+    probe lines tell what the profile's service does not hold."""
+    from provisioner.facts import collect
     from provisioner.profile.loader import load_profile
-    from provisioner.verify.gpu import GPU_GATHER
 
-    service = load_profile(profile).profile.service.name
-    gathered = gather(transport, [], extra=GPU_GATHER + INIT_GATHER + fit_gather(service))
-    return HostFacts.from_gathered(gathered), gathered.output
+    facts, gathered = collect.gather_fit_host(transport, load_profile(profile).profile.service.name)
+    return facts, gathered.output
 
 
 def fit_command(profile: Path, context: int | None, as_json: bool, ignore_fit: bool = False,
-                host_facts: Any = None, host: str | None = None, host_output: str | None = None,
+                host_facts: HostFacts | None = None, host: str | None = None, host_output: str | None = None,
                 root: str = "", read_model_files: bool = True) -> int:
     """The command's body: print the result and return the exit code."""
     result = fit_result(profile, context, ignore_fit, host_facts=host_facts, host=host, host_output=host_output,
@@ -74,7 +47,7 @@ def fit_command(profile: Path, context: int | None, as_json: bool, ignore_fit: b
 
 
 def fit_result(profile: Path, context: int | None, ignore_fit: bool = False,
-               host_facts: Any = None, host: str | None = None, host_output: str | None = None,
+               host_facts: HostFacts | None = None, host: str | None = None, host_output: str | None = None,
                root: str = "", read_model_files: bool = True) -> Result:
     """Exit 0 if the profile fits (or ignore_fit), 2 if it does not. With ``host_facts``
     the host's real GPUs, RAM and cores replace the profile's hardware numbers; with
@@ -82,8 +55,9 @@ def fit_result(profile: Path, context: int | None, ignore_fit: bool = False,
     hugepages are subtracted. Model files on this machine (under ``root``) give the
     real per-layer sizes (``read_model_files``: not for a remote host's facts)."""
     from provisioner.facts.gguf_layout import local_layout  # pydantic: only when run
-    from provisioner.facts.host_load import host_load
+    from provisioner.facts.host_load import FIT_PROBE, host_load
     from provisioner.fit import fit
+    from provisioner.fit.host import hardware_overrides
     from provisioner.fit.predict import predict
     from provisioner.fit.suggest import suggestions
     from provisioner.profile.loader import load_profile
@@ -100,7 +74,7 @@ def fit_result(profile: Path, context: int | None, ignore_fit: bool = False,
     spec = resolve(loaded)
     load: HostLoad | None = None
     if host_facts is not None and host_output is not None:
-        load = host_load(host_output, gpu_order(host_facts, host_output))
+        load = host_load(FIT_PROBE.read(host_output), host_facts.gpu_order)
     layout, layout_note = local_layout(spec, root) if read_model_files else (None, None)
     spec = dataclasses.replace(spec, host=load, layout=layout)
     if context is not None and context > spec.model.max_context:

@@ -39,7 +39,8 @@ def init(model: str | None, as_json: bool, **opts: Any) -> Result:
 
 def init_result(transport: Transport, model: str | None) -> Result:
     """Gather the host's facts (one round trip), choose, and the profile as text and JSON."""
-    from provisioner.draft.host import choose_profile, gather_host, hardware_text, render_init_profile
+    from provisioner.draft.host import choose_profile, gpu_label, hardware_text, render_init_profile
+    from provisioner.facts.collect import gather_host
 
     facts = gather_host(transport)
     host = transport.name
@@ -52,7 +53,8 @@ def init_result(transport: Transport, model: str | None) -> Result:
         "decode_tokens_per_s_at_context": round(c.decode_tokens_per_s_at_context, 1), "bottleneck": c.bottleneck,
         "facts": {"ram_bytes": facts.ram_bytes, "mem_total_kb": facts.mem_total_kb, "cpus": facts.cpus,
                   "cores": facts.cores, "numa_nodes": facts.numa_nodes, "memory_type": facts.memory_type,
-                  "gpus": [{"name": g.name, "device_id": g.device_id, "model": g.catalog_id} for g in facts.gpus]},
+                  "gpus": [{"name": gpu_label(g), "device_id": g.device_id, "model": g.catalog_id}
+                           for g in facts.gpus]},
         "alternatives": [{"name": o.base.name, "adapted": not o.exact,
                           "decode_tokens_per_s": round(o.decode_tokens_per_s, 1)} for o in choice.others],
         "profile": text,

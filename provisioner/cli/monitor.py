@@ -79,7 +79,7 @@ def report_json(report: Report) -> dict[str, Any]:
     return _output.envelope(
         "monitor", report.error is None, report.error, host=report.host, seq=report.seq,
         status=None if report.error else report.status,
-        sample=_output.dataclass_json(report.sample) if report.sample else None,
+        sample=_output.sample_json(report.sample) if report.sample else None,
         rates=_output.dataclass_json(report.rates),
         checks=[_output.check_json(c) for c in failures_first(list(report.checks))])
 

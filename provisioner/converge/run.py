@@ -30,7 +30,8 @@ from provisioner.converge.generations import (
 )
 from provisioner.converge.plan import Plan, make_plan
 from provisioner.errors import ProvisionError
-from provisioner.facts.gather import Gathered, gather_script, parse_gather
+from provisioner.facts.collect import run_gather
+from provisioner.facts.gather import Gathered
 from provisioner.install import EXIT_INSTALL
 from provisioner.render.resources import Rendered
 from provisioner.transport import Transport
@@ -51,13 +52,7 @@ class HostResult:
 def gather(transport: Transport, paths: list[str], service: str = "",
            host_paths: list[str] | None = None, extra: str = "") -> Gathered:
     """Round trip 1: facts, every managed path, provision's state."""
-    script = gather_script(paths, transport.root, service, transport.state_dir, host_paths, extra)
-    result = transport.run(script)
-    if result.returncode != 0 and "@done" not in result.stdout:
-        raise ProvisionError(f"gathering facts on {transport.name} failed: "
-                             f"{(result.stderr or result.stdout).strip()[:300]}",
-                             hint="the target needs a POSIX sh with stat, sha256sum and base64")
-    return parse_gather(result.stdout)
+    return run_gather(transport, paths=paths, service=service, host_paths=host_paths, extra=extra)
 
 
 def plan_host(rendered: Rendered, transport: Transport, *, service: str, restart: bool = False,

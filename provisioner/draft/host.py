@@ -1,7 +1,7 @@
 """`provision init`: read a host's facts, pick the best-fitting library profile, print a
 commented profile that `extends:` it with the host's hardware.
 
-    gather(GPU_GATHER + INIT_GATHER)  --host_facts-->  HostFacts
+    gather_host (facts/collect.py: the GPU and host probes)  -->  HostFacts (facts/host.py)
     HostFacts + library  --choose_profile-->  Choice  --render_init_profile-->  YAML text
 
 Choosing: every library profile (serving ``--model`` if given) is re-targeted at
@@ -18,209 +18,21 @@ import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from packaging.version import InvalidVersion, Version
 
 from provisioner.catalog import load_catalog
-from provisioner.converge.run import gather
 from provisioner.errors import ProvisionError, UsageError
-from provisioner.facts.gather import Gathered, parse_gather
+from provisioner.facts.gpu import Gpu
+from provisioner.facts.host import GIB, HostFacts
 from provisioner.fit.library import Entry, entries
 from provisioner.fit.predict import predict
 from provisioner.render.pipeline import build
 from provisioner.units import format_size
-from provisioner.verify.gpu import GPU_GATHER, parse_gpu
 
-GIB = 2**30
-KIB = 1024
 # below this predicted decode speed a bigger model is not preferred over a faster one
 MIN_USABLE_TOKENS_PER_S = 10.0
 PLACEHOLDER_SHA = re.compile(r"ffff0{8}")
-
-INIT_GATHER = r"""# --- provision init: host name, CPU cores, NUMA nodes, DIMMs (lines prefixed "@init ") ---
-printf '@init hostname %s\n' "$(uname -n 2>/dev/null)"
-init_cores=$(awk -F: '/^physical id/ {p=$2} /^core id/ {print p ":" $2}' /proc/cpuinfo 2>/dev/null | sort -u | wc -l)
-printf '@init cores %s\n' "$init_cores"
-init_model=$(sed -n 's/^model name[[:space:]]*:[[:space:]]*//p' /proc/cpuinfo 2>/dev/null | head -n 1)
-printf '@init cpu_model %s\n' "$init_model"
-init_numa=0
-for init_node in /sys/devices/system/node/node[0-9]*; do
-    if [ -d "$init_node" ]; then init_numa=$((init_numa + 1)); fi
-done
-printf '@init numa_nodes %s\n' "$init_numa"
-if command -v dmidecode >/dev/null 2>&1 && init_dmi=$(dmidecode -t 17 2>/dev/null) && [ -n "$init_dmi" ]; then
-    printf '%s\n' "$init_dmi" | grep -E '^[[:space:]]*(Size|Type|Speed|Configured Memory Speed):' \
-        | sed 's/^[[:space:]]*/@init dimm /'
-else
-    echo '@init dimm unreadable'
-fi
-"""
-
-
-@dataclass(frozen=True)
-class HostGpu:
-    name: str
-    device_id: str | None  # "0x2bb1", as the catalog stores it
-    catalog_id: str | None  # None: not in the catalog
-
-
-@dataclass(frozen=True)
-class HostFacts:
-    """What init needs to know about a host, from one gather round trip."""
-
-    mem_total_kb: int
-    cpus: int  # logical processors
-    gpus: tuple[HostGpu, ...] = ()
-    cores: int | None = None  # physical cores, None when unreadable
-    numa_nodes: int | None = None
-    cpu_model: str | None = None
-    hostname: str | None = None
-    memory_type: str | None = None  # "ddr5-5600" from dmidecode (needs root)
-    dimm_bytes: int | None = None  # installed RAM from dmidecode
-    dimms: int | None = None
-    nvidia_driver: str | None = None
-    nvidia_module: str | None = None
-    smi: str = "not-gathered"  # nvidia-smi: ok, missing, failed, not-gathered
-
-    @classmethod
-    def from_gathered(cls, gathered: Gathered) -> HostFacts:
-        """From a gather whose script included GPU_GATHER and INIT_GATHER (see gather_host)."""
-        return host_facts(gathered.output)
-
-    @property
-    def mem_total_bytes(self) -> int:
-        return self.mem_total_kb * KIB
-
-    @property
-    def ram_bytes(self) -> int:
-        """Installed RAM: the DIMMs' sizes if readable, else MemTotal rounded up to the
-        installed size (the kernel keeps a few GiB for itself), to whole GiB otherwise."""
-        if self.dimm_bytes:
-            return self.dimm_bytes
-        total = self.mem_total_bytes
-        for step in (8 * GIB, 4 * GIB):
-            rounded = -(-total // step) * step
-            # the kernel's share: ~2-3.5% of RAM; a bigger gap is not rounding, never claim it
-            if rounded - total <= 0.035 * rounded + GIB // 4:
-                return rounded
-        return -(-total // GIB) * GIB
-
-    @property
-    def ram_source(self) -> str:
-        if self.dimm_bytes:
-            return f"dmidecode: {self.dimms} DIMMs, {format_size(self.dimm_bytes)}"
-        return (f"MemTotal {self.mem_total_kb} kB ({format_size(self.mem_total_bytes)}) "
-                "rounded up to the installed size")
-
-    @property
-    def gpu_groups(self) -> tuple[tuple[str, int], ...]:
-        """(catalog id, count) of the known GPUs, in order of first appearance."""
-        counts: dict[str, int] = {}
-        for gpu in self.gpus:
-            if gpu.catalog_id is not None:
-                counts[gpu.catalog_id] = counts.get(gpu.catalog_id, 0) + 1
-        return tuple(counts.items())
-
-    @property
-    def unknown_gpus(self) -> tuple[HostGpu, ...]:
-        return tuple(g for g in self.gpus if g.catalog_id is None)
-
-
-def catalog_gpu_id(device_id: str | None, name: str | None) -> str | None:
-    """The catalog id of a GPU by PCI device id, else by its exact nvidia-smi name."""
-    gpus = load_catalog().gpus
-    if device_id:
-        by_device = [key for key, spec in gpus.items() if device_id.lower() in (d.lower() for d in spec.pci_device_ids)]
-        # boards that share a device id (Quadro RTX 6000/8000, A2/A16) are told apart by name
-        named = [key for key in by_device if name and gpus[key].name.lower() == name.strip().lower()]
-        if named or by_device:
-            return (named or by_device)[0]
-    if name:
-        for key, spec in gpus.items():
-            if spec.name.lower() == name.strip().lower():
-                return key
-    return None
-
-
-def _int(text: str | None) -> int | None:
-    return int(text) if text and text.strip().isdigit() else None
-
-
-def _dimm_size(text: str) -> int | None:
-    """dmidecode prints "16384 MB"/"16 GB" (before 3.6) or "32 GiB" (3.6 and later)."""
-    m = re.fullmatch(r"(\d+)\s*(MB|GB|TB|MiB|GiB|TiB)", text.strip())
-    if not m:
-        return None
-    return int(m.group(1)) * {"M": 2**20, "G": 2**30, "T": 2**40}[m.group(2)[0]]
-
-
-def _dimms(lines: list[str]) -> tuple[str | None, int | None, int | None]:
-    """(memory type like ddr5-5600, installed bytes, populated DIMMs) from dmidecode -t 17.
-
-    The speed is the slowest DIMM's "Configured Memory Speed" (what the controller runs:
-    below the rating with two DIMMs per channel, above it with XMP/EXPO), else its
-    rated "Speed" where the configured one is unknown."""
-    sizes: list[int] = []
-    types: set[str] = set()
-    speeds: list[int] = []
-    rated: int | None = None
-    populated = False
-
-    def close() -> None:  # the previous DIMM's speed, once its block is read
-        nonlocal rated
-        if rated is not None:
-            speeds.append(rated)
-        rated = None
-
-    for line in lines:
-        key, _, value = line.partition(":")
-        key, value = key.strip(), value.strip()
-        mts = re.match(r"(\d+)\s*MT/s", value)
-        if key == "Size":
-            close()
-            size = _dimm_size(value)
-            populated = size is not None
-            if size is not None:
-                sizes.append(size)
-        elif populated and key == "Type" and re.fullmatch(r"(LP)?DDR[45]X?", value):
-            types.add(value.lower())
-        elif populated and key == "Speed" and mts:
-            rated = int(mts.group(1))
-        elif populated and key == "Configured Memory Speed" and mts:
-            speeds.append(int(mts.group(1)))
-            rated = None
-    close()
-    memory_type = f"{types.pop()}-{min(speeds)}" if len(types) == 1 and speeds else None
-    return memory_type, (sum(sizes) or None), (len(sizes) or None)
-
-
-def host_facts(output: str) -> HostFacts:
-    """Pure: the gather output (base facts + GPU_GATHER + INIT_GATHER lines) -> HostFacts."""
-    values = parse_gather(output).facts.values
-    init: dict[str, str] = {}
-    dimm_lines: list[str] = []
-    for line in output.splitlines():
-        if line.startswith("@init dimm "):
-            dimm_lines.append(line.removeprefix("@init dimm "))
-        elif line.startswith("@init "):
-            key, _, value = line.removeprefix("@init ").partition(" ")
-            init[key] = value.strip()
-    report = parse_gpu(output)
-    gpus = tuple(HostGpu(g.name or "unknown GPU", g.device_id, catalog_gpu_id(g.device_id, g.name))
-                 for g in report.gpus)
-    memory_type, dimm_bytes, dimms = _dimms(dimm_lines)
-    mem_total_kb = _int(values.get("mem_total_kb"))
-    if not mem_total_kb:
-        raise ProvisionError("the host's facts have no MemTotal", hint="is /proc/meminfo readable on the host?")
-    driver = values.get("nvidia_driver")
-    return HostFacts(
-        mem_total_kb=mem_total_kb, cpus=_int(values.get("cpus")) or 1, gpus=gpus,
-        cores=_int(init.get("cores")) or None, numa_nodes=_int(init.get("numa_nodes")) or None,
-        cpu_model=init.get("cpu_model") or None, hostname=init.get("hostname") or None,
-        memory_type=memory_type, dimm_bytes=dimm_bytes, dimms=dimms,
-        nvidia_driver=driver if driver and driver != "none" else None,
-        nvidia_module=values.get("nvidia_module"), smi=report.smi)
 
 
 # --------------------------------------------------------------------------- choosing
@@ -441,7 +253,7 @@ def _header(e: Entry, facts: HostFacts, exact: bool, chosen: Candidate, others: 
         head.append(f"#   `provision verify` expects at least {p.verify.min_tokens_per_s:g} tok/s "
                     "(the library's verify.min_tokens_per_s).")
     for gpu in facts.unknown_gpus:
-        head.append(f"# NOT used: GPU {_printable(gpu.name)!r} (PCI device {gpu.device_id or '?'}) is not in "
+        head.append(f"# NOT used: GPU {_printable(gpu_label(gpu))!r} (PCI device {gpu.device_id or '?'}) is not in "
                     "the catalog, so fit cannot place anything on it.")
     head += _driver_notes(facts, e)
     if any(PLACEHOLDER_SHA.match(f.sha256 or "") for f in (p.model.source.files or [])):
@@ -482,6 +294,11 @@ def _driver_notes(facts: HostFacts, e: Entry) -> list[str]:
     return notes
 
 
+def gpu_label(gpu: Gpu) -> str:
+    """A GPU's name as init prints it (nvidia-smi may not have named it)."""
+    return gpu.name or "unknown GPU"
+
+
 def _printable(text: str) -> str:
     return "".join(ch for ch in text if ch.isprintable())[:80]
 
@@ -496,8 +313,8 @@ def _gpu_yaml(facts: HostFacts, e: Entry) -> list[str]:
     for gid, count in facts.gpu_groups:
         found = [g for g in facts.gpus if g.catalog_id == gid]
         ids = ", ".join(sorted({g.device_id or "?" for g in found}))
-        lines.append(f"    - {{model: {gid}, count: {count}}}  # nvidia-smi: {count}x {_printable(found[0].name)} "
-                     f"(pci.device_id {ids})")
+        name = _printable(gpu_label(found[0]))
+        lines.append(f"    - {{model: {gid}, count: {count}}}  # nvidia-smi: {count}x {name} (pci.device_id {ids})")
     lines[0] += f"  # library: {library}"
     return lines
 
@@ -512,11 +329,3 @@ def _memory_yaml(e: Entry) -> str:
     if m.bandwidth_gb_s is not None:
         parts.append(f"bandwidth_gb_s: {m.bandwidth_gb_s:g}")
     return "{" + ", ".join(parts) + "}"
-
-
-# --------------------------------------------------------------------------- command
-
-
-def gather_host(transport: Any) -> HostFacts:
-    """One round trip: the base facts, the GPU probe and init's own probe."""
-    return HostFacts.from_gathered(gather(transport, [], extra=GPU_GATHER + INIT_GATHER))

@@ -1,5 +1,6 @@
-"""Gathering: ONE POSIX sh script per host reads the facts, the state of every
-managed path and provision's own state; pure functions parse its output.
+"""Gathering: ONE POSIX sh script per host (snippets/gather.sh, with the probes a
+caller picks: facts/collect.py) reads the facts, the state of every managed path
+and provision's own state; pure functions parse its output.
 
 No Python is needed on the target. Paths are written into the script
 shell-quoted and come back base64-encoded, so no file name can confuse the
@@ -18,17 +19,18 @@ import base64
 import binascii
 import json
 import re
-import shlex
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from provisioner.errors import ProvisionError
+from provisioner.facts.probe import Probe, load_snippet, shell_inputs
 
 STATE_DIR = "/var/lib/provision"
 # Paths written into the gather script unquoted-safe: they never hold blanks or quotes.
 _SAFE_PATH = re.compile(r"^/[A-Za-z0-9_./@+:,=-]*$")
 
 Kind = Literal["missing", "file", "dir", "symlink", "other"]
+Result = TypeVar("Result")
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,10 @@ class Gathered:
     pending_handlers: tuple[str, ...]
     output: str = ""  # the raw output, for the parsers of extra probes
 
+    def read(self, probe: Probe[Result]) -> Result:
+        """What ``probe`` (one that rode in this gather) read."""
+        return probe.read(self.output)
+
 
 def visible(host_path: str, root: str) -> str:
     """How a host path appears in gather output: without the root prefix, if it has one."""
@@ -80,100 +86,9 @@ def gather_script(paths: list[str], root: str = "", service: str = "", state_dir
     if unsafe:
         raise ProvisionError(f"path {unsafe[0]!r} has characters provision does not manage",
                              hint="managed paths, roots and state dirs use letters, digits and _./@+:,=- only")
-    quoted = " ".join(every)
-    return (_GATHER.replace("@ROOT@", shlex.quote(root)).replace("@PATHS@", quoted)
-            .replace("@STATE@", shlex.quote(state_dir or root + STATE_DIR))
-            .replace("@SERVICE@", service).replace("@EXTRA@\n", extra.rstrip("\n") + "\n" if extra else ""))
-
-
-_GATHER = r"""set -u
-LC_ALL=C
-export LC_ALL
-root=@ROOT@
-state=@STATE@
-fact() { printf '@fact %s %s\n' "$1" "$2"; }
-b64() { printf '%s' "$1" | base64 | tr -d '\n'; }
-fact mem_total_kb "$(awk '/^MemTotal:/ {print $2}' /proc/meminfo 2>/dev/null)"
-fact cpus "$(getconf _NPROCESSORS_ONLN 2>/dev/null || echo 0)"
-fact kernel "$(uname -r)"
-fact arch "$(uname -m)"
-if [ -r /etc/os-release ]; then
-    fact distro "$(. /etc/os-release && printf '%s %s' "${ID:-unknown}" "${VERSION_ID:-}")"
-fi
-if command -v systemctl >/dev/null 2>&1; then
-    fact systemd "$(systemctl --version 2>/dev/null | awk 'NR==1 {print $2}')"
-fi
-if [ -d /run/systemd/system ]; then fact init systemd; else fact init other; fi
-if command -v getenforce >/dev/null 2>&1; then fact selinux "$(getenforce 2>/dev/null)"; else fact selinux absent; fi
-if [ -r /proc/driver/nvidia/version ]; then
-    fact nvidia_driver "$(sed -n 's/.*Kernel Module[^0-9]*\([0-9][0-9.]*\).*/\1/p' \
-        /proc/driver/nvidia/version | head -n 1)"
-    if grep -q 'Open Kernel Module' /proc/driver/nvidia/version; then
-        fact nvidia_module open
-    else
-        fact nvidia_module proprietary
-    fi
-else
-    fact nvidia_driver none
-fi
-fact root "$(b64 "$root")"
-files=""
-emit() {
-    # Classify one path. Regular files are only collected here and read below in
-    # one stat, one sha256sum and one cat for all of them: forks are the cost.
-    p=$1
-    if [ -L "$p" ]; then
-        printf '@path symlink %s %s\n' "$(b64 "$(readlink "$p")")" "$p"
-    elif [ -f "$p" ]; then
-        files="$files $p"
-    elif [ -d "$p" ]; then
-        printf '@path dir - %s\n' "$p"
-    elif [ -e "$p" ]; then
-        printf '@path other - %s\n' "$p"
-    else
-        printf '@path missing - %s\n' "$p"
-    fi
-}
-for p in @PATHS@; do
-    emit "$p"
-done
-if [ -r "$state/last" ]; then
-    last=$(cat "$state/last")
-    printf '@state last %s\n' "$last"
-    gen="$state/generations/$last"
-    if [ -r "$gen/manifest.json" ]; then
-        printf '@state manifest %s\n' "$(base64 < "$gen/manifest.json" | tr -d '\n')"
-    fi
-    if [ -r "$gen/paths" ]; then
-        # the files the last generation installed: a profile that dropped one deletes it
-        while IFS= read -r rel; do
-            if [ -n "$rel" ]; then emit "$root$rel"; fi
-        done < "$gen/paths"
-    fi
-else
-    echo '@state last 0'
-fi
-if [ -r "$state/pending-handlers" ]; then
-    printf '@state pending %s\n' "$(tr '\n' ' ' < "$state/pending-handlers")"
-fi
-if [ -n "$files" ]; then
-    # shellcheck disable=SC2086 # the paths hold no blanks (provision checks them)
-    set -- $files
-    stat -c '@stat %a %U %G %s %n' "$@"
-    sha256sum "$@" | sed 's/^/@sum /'
-    echo '@blob'
-    cat "$@" | base64
-    echo '@blob-end'
-fi
-if [ -z "$root" ] && [ -n "@SERVICE@" ] && [ -d /run/systemd/system ]; then
-    if systemctl is-active --quiet "@SERVICE@.service"; then fact server_active yes; else fact server_active no; fi
-    if systemctl is-enabled --quiet "@SERVICE@.service"; then fact server_enabled yes; else fact server_enabled no; fi
-else
-    fact server_active no
-fi
-@EXTRA@
-echo '@done'
-"""
+    inputs = shell_inputs(GATHER_ROOT=root, GATHER_STATE=state_dir or root + STATE_DIR, GATHER_SERVICE=service,
+                          GATHER_PATHS=" ".join(every))
+    return inputs + load_snippet("gather") + (extra.rstrip("\n") + "\n" if extra else "") + "echo '@done'\n"
 
 
 def _b64(text: str) -> str:

@@ -1,7 +1,8 @@
-"""What a host's memory already holds, so `fit --host/--here` plans with what is left (pure parsers).
+"""What a host's memory already holds, so `fit --host/--here` plans with what is left: the fit
+probe and its pure parsers.
 
-The snippet ``FIT_GATHER`` rides in the same single gather as the GPU and init
-probes. Every line it prints starts with ``@fit ``:
+The probe (snippets/load.sh, ``fit_probe(service)``) rides in the same single gather
+as the GPU and host probes. Every line it prints starts with ``@fit ``:
 
     @fit apps-rc CODE                 exit code of the compute-apps query
     @fit app |BUS, PID, MIB           nvidia-smi --query-compute-apps=gpu_bus_id,pid,used_memory
@@ -27,38 +28,17 @@ same profile would find its own server in the way and refuse.
 from __future__ import annotations
 
 import re
-import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from provisioner.facts.probe import Probe, load_snippet, with_inputs
 
 MIB = 2**20
 KIB = 1024
 
-_GATHER = r"""# --- provision fit: memory other processes hold, hugepages, GPU peer access (lines "@fit ") ---
-if command -v nvidia-smi >/dev/null 2>&1; then
-    fit_apps=$(nvidia-smi --query-compute-apps=gpu_bus_id,pid,used_memory --format=csv,noheader,nounits 2>&1)
-    printf '@fit apps-rc %s\n' "$?"
-    printf '%s\n' "$fit_apps" | sed 's/^/@fit app |/'
-    nvidia-smi topo -p2p r 2>&1 | sed 's/^/@fit p2p |/'
-    fit_apps=
-fi
-grep -E '^(HugePages_Total|Hugepagesize|Hugetlb):' /proc/meminfo 2>/dev/null | sed 's/^/@fit meminfo /'
-fit_main=0
-if command -v systemctl >/dev/null 2>&1; then
-    fit_main=$(systemctl show -p MainPID --value @UNIT@ 2>/dev/null) || fit_main=0
-fi
-printf '@fit mainpid %s\n' "${fit_main:-0}"
-ps -e -o pid= -o ppid= 2>/dev/null | sed 's/^ */@fit ps /'
-"""
-
-
-def fit_gather(service: str) -> str:
-    """The snippet for the profile's service (the unit whose processes are not "others")."""
-    return _GATHER.replace("@UNIT@", shlex.quote(f"{service}.service"))
-
 
 @dataclass(frozen=True)
 class GpuProcess:
-    bus_id: str  # 00000000:01:00.0, upper case as verify/gpu.py normalises it
+    bus_id: str  # 00000000:01:00.0, upper case as facts/gpu.py normalises it
     pid: int
     used_bytes: int
     server: bool  # the managed model server or one of its children
@@ -94,26 +74,6 @@ class HostLoad:
     @property
     def others(self) -> tuple[GpuProcess, ...]:
         return tuple(p for p in self.processes if not p.server)
-
-
-def _lines(output: str, tag: str) -> list[str]:
-    prefix = f"@fit {tag} |"
-    return [line[len(prefix):] for line in output.splitlines() if line.startswith(prefix)]
-
-
-def parse_ps(output: str) -> tuple[int, dict[int, int]]:
-    """(MainPID, {pid: ppid}) from the snippet's lines."""
-    main = 0
-    parents: dict[int, int] = {}
-    for line in output.splitlines():
-        if line.startswith("@fit mainpid "):
-            text = line.removeprefix("@fit mainpid ").strip()
-            main = int(text) if text.isdigit() else 0
-        elif line.startswith("@fit ps "):
-            parts = line.split()
-            if len(parts) == 4 and parts[2].isdigit() and parts[3].isdigit():
-                parents[int(parts[2])] = int(parts[3])
-    return main, parents
 
 
 def descendants(root: int, parents: dict[int, int]) -> frozenset[int]:
@@ -165,34 +125,75 @@ def parse_p2p(rows: list[str]) -> P2p | None:
     return P2p(status) if header is not None and status else None
 
 
-def parse_hugepages(output: str) -> int:
+def parse_hugepages(meminfo: list[str]) -> int:
     """Bytes reserved for hugetlbfs: ``Hugetlb`` (all page sizes, Linux 4.16+) or
     HugePages_Total x Hugepagesize (the default size only) on older kernels."""
     values: dict[str, int] = {}
-    for line in output.splitlines():
-        if line.startswith("@fit meminfo "):
-            key, _, rest = line.removeprefix("@fit meminfo ").partition(":")
-            number = rest.split()[0] if rest.split() else ""
-            if number.isdigit():
-                values[key.strip()] = int(number)
+    for line in meminfo:
+        key, _, rest = line.partition(":")
+        number = rest.split()[0] if rest.split() else ""
+        if number.isdigit():
+            values[key.strip()] = int(number)
     if "Hugetlb" in values:
         return values["Hugetlb"] * KIB
     return values.get("HugePages_Total", 0) * values.get("Hugepagesize", 0) * KIB
 
 
-def host_load(output: str, gpu_order: list[str]) -> HostLoad:
-    """Pure: the gather output -> HostLoad. ``gpu_order`` lists the bus ids of the GPUs in the
-    order the Spec numbers them (catalog groups, nvidia-smi order within a group)."""
-    main, parents = parse_ps(output)
-    server = descendants(main, parents)
-    rc_lines = [line for line in output.splitlines() if line.startswith("@fit apps-rc ")]
-    rows = _lines(output, "app")
-    failed = bool(rc_lines) and rc_lines[-1].split()[-1] != "0"
-    processes = () if failed else parse_apps(rows, server)
+@dataclass(frozen=True)
+class LoadReading:
+    """What the fit probe printed, sorted by kind."""
+
+    apps_failed: bool = False  # the compute-apps query exited non-zero
+    app_rows: tuple[str, ...] = ()  # its output: CSV rows, or the error text
+    p2p_rows: tuple[str, ...] = ()
+    hugepages_bytes: int = 0
+    main_pid: int = 0  # the model server unit's MainPID, 0: not running
+    parents: dict[int, int] = field(default_factory=dict)  # pid -> ppid of every process
+
+
+def parse_load_lines(lines: list[str]) -> LoadReading:
+    """The fit probe's lines (marker removed) -> LoadReading."""
+    rcs: list[str] = []
+    rows: dict[str, list[str]] = {"app": [], "p2p": [], "meminfo": []}
+    main = 0
+    parents: dict[int, int] = {}
+    for line in lines:
+        tag, _, rest = line.partition(" ")
+        if tag in ("app", "p2p") and rest.startswith("|"):
+            rows[tag].append(rest[1:])
+        elif tag == "meminfo":
+            rows["meminfo"].append(rest)
+        elif tag == "apps-rc":
+            rcs.append(rest)
+        elif tag == "mainpid":
+            main = int(rest.strip()) if rest.strip().isdigit() else 0
+        elif tag == "ps":
+            parts = rest.split()
+            if len(parts) == 2 and parts[0].isdigit() and parts[1].isdigit():
+                parents[int(parts[0])] = int(parts[1])
+    failed = bool(rcs) and (rcs[-1].split() or [""])[-1] != "0"
+    return LoadReading(failed, tuple(rows["app"]), tuple(rows["p2p"]), parse_hugepages(rows["meminfo"]), main,
+                       parents)
+
+
+FIT_PROBE: Probe[LoadReading] = Probe("fit", load_snippet("load"), parse_load_lines)  # its input: fit_probe()
+
+
+def fit_probe(service: str) -> Probe[LoadReading]:
+    """The probe for the profile's service (the unit whose processes are not "others")."""
+    return with_inputs(FIT_PROBE, FIT_UNIT=f"{service}.service")
+
+
+def host_load(reading: LoadReading, gpu_order: list[str]) -> HostLoad:
+    """Pure: what the fit probe read -> HostLoad. ``gpu_order`` lists the bus ids of the GPUs in
+    the order the Spec numbers them (catalog groups, nvidia-smi order within a group)."""
+    server = descendants(reading.main_pid, reading.parents)
+    rows = list(reading.app_rows)
+    processes = () if reading.apps_failed else parse_apps(rows, server)
     used = {bus: 0 for bus in gpu_order}
     for proc in processes:
         if not proc.server and proc.bus_id in used:
             used[proc.bus_id] += proc.used_bytes
     return HostLoad(gpu_used_by_others=tuple(used[bus] for bus in gpu_order), processes=processes,
-                    hugepages_bytes=parse_hugepages(output), p2p=parse_p2p(_lines(output, "p2p")),
-                    apps_error=" ".join(rows).strip()[:200] or "failed" if failed else None)
+                    hugepages_bytes=reading.hugepages_bytes, p2p=parse_p2p(list(reading.p2p_rows)),
+                    apps_error=" ".join(rows).strip()[:200] or "failed" if reading.apps_failed else None)

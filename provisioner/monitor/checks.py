@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 
 from provisioner.facts.check import ORDER, Check, Status, worst
-from provisioner.monitor.probe import GpuSample, Rates, Sample, rates
+from provisioner.facts.gpu import BAD_CLOCK_REASONS, XID_LINE, Gpu, load_xid_table
+from provisioner.facts.sample import Sample
+from provisioner.monitor.probe import Rates, rates
 from provisioner.profile.thresholds import Thresholds
-from provisioner.verify.gpu import BAD_CLOCK_REASONS, load_xid_table
 
 
 def _skip(check_id: str, why: str, expected: str | None = None) -> Check:
@@ -54,9 +54,6 @@ def _nvlink(cur: Sample) -> Check:
     return Check("monitor.nvlink", "pass", observed, "every link up")
 
 
-_XID_NUMBER = re.compile(r"NVRM: Xid \(([^)]*)\): (\d+)")
-
-
 def _xid(prev: Sample | None, cur: Sample, t: Thresholds) -> Check:
     """Xid events that appeared since the previous sample, with their meaning."""
     if cur.xid_readable is None:
@@ -72,7 +69,7 @@ def _xid(prev: Sample | None, cur: Sample, t: Thresholds) -> Check:
     table = load_xid_table()
     described = []
     for line in new[-3:]:
-        match = _XID_NUMBER.search(line)
+        match = XID_LINE.search(line)
         number = int(match.group(2)) if match else None
         meaning = table.get(number, {}).get("meaning", "see NVIDIA's Xid catalog") if number is not None else ""
         described.append(f"Xid {number} on {match.group(1) if match else '?'}: {meaning}")
@@ -213,7 +210,7 @@ def _gpu_checks(cur: Sample, t: Thresholds) -> list[Check]:
         return [_skip(i, why) for i in ids]
     gpus = cur.gpus
 
-    def per_gpu(check_id: str, test: Callable[[GpuSample], tuple[Status, str] | None], want: str,
+    def per_gpu(check_id: str, test: Callable[[Gpu], tuple[Status, str] | None], want: str,
                 hint: str) -> Check:
         known = [(g, res) for g in gpus if (res := test(g)) is not None]
         if not known:
@@ -222,19 +219,19 @@ def _gpu_checks(cur: Sample, t: Thresholds) -> list[Check]:
         observed = "; ".join(f"GPU{g.index}: {o}" for g, (_s, o) in known)
         return Check(check_id, status, observed, want, None if status == "pass" else hint)
 
-    def temp(g: GpuSample) -> tuple[Status, str] | None:
+    def temp(g: Gpu) -> tuple[Status, str] | None:
         if g.temperature_c is None:
             return None
         return _level(g.temperature_c, t.gpu_temp_warn_c, t.gpu_temp_fail_c), f"{g.temperature_c:g} C"
 
-    def power(g: GpuSample) -> tuple[Status, str] | None:
+    def power(g: Gpu) -> tuple[Status, str] | None:
         if g.power_w is None or not g.power_limit_w:
             return None
         fraction = g.power_w / g.power_limit_w
         return ("warn" if fraction >= t.gpu_power_warn_fraction else "pass",
                 f"{g.power_w:g} W of {g.power_limit_w:g} W ({fraction:.0%})")
 
-    def clocks(g: GpuSample) -> tuple[Status, str] | None:
+    def clocks(g: Gpu) -> tuple[Status, str] | None:
         if g.clock_reasons is None:
             return None
         hard = [r for r in g.clock_reasons if r in BAD_CLOCK_REASONS and r.startswith("HW")]
@@ -243,7 +240,7 @@ def _gpu_checks(cur: Sample, t: Thresholds) -> list[Check]:
         clock = f" at {g.sm_clock_mhz:g} MHz" if g.sm_clock_mhz is not None else ""
         return status, (", ".join(g.clock_reasons) or "none active") + clock
 
-    def memory(g: GpuSample) -> tuple[Status, str] | None:
+    def memory(g: Gpu) -> tuple[Status, str] | None:
         if g.memory_used_mib is None or not g.memory_total_mib:
             return None
         fraction = g.memory_used_mib / g.memory_total_mib
@@ -251,10 +248,11 @@ def _gpu_checks(cur: Sample, t: Thresholds) -> list[Check]:
                 f"{g.memory_used_mib:g} of {g.memory_total_mib:g} MiB ({fraction:.0%})"
                 + (f", {g.utilization_pct:g}% busy" if g.utilization_pct is not None else ""))
 
-    def pcie(g: GpuSample) -> tuple[Status, str] | None:
-        if g.pcie_gen is None and g.pcie_rx_mbs is None:
+    def pcie(g: Gpu) -> tuple[Status, str] | None:
+        if g.pcie_gen_current is None and g.pcie_rx_mbs is None:
             return None
-        link = f"Gen{g.pcie_gen} x{g.pcie_width}" if g.pcie_gen is not None else "link not reported"
+        link = f"Gen{g.pcie_gen_current} x{g.pcie_width_current}" if g.pcie_gen_current is not None \
+            else "link not reported"
         traffic = f", RX {g.pcie_rx_mbs:g} MB/s, TX {g.pcie_tx_mbs:g} MB/s" \
             if g.pcie_rx_mbs is not None and g.pcie_tx_mbs is not None else ""
         return "pass", link + traffic

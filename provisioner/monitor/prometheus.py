@@ -10,7 +10,8 @@ from pathlib import Path
 
 from provisioner.datadir import data_dir
 from provisioner.facts.check import Check
-from provisioner.monitor.probe import Sample, rates
+from provisioner.facts.sample import Sample
+from provisioner.monitor.probe import rates
 
 # name -> (type, help); the metrics script (PROM_SCRIPT) writes a subset under the same names.
 METRICS: dict[str, tuple[str, str]] = {
@@ -77,8 +78,8 @@ def prometheus_text(samples: dict[str, Sample], checks: dict[str, list[Check]],
             put("provision_gpu_memory_total_bytes", gl,
                 None if g.memory_total_mib is None else g.memory_total_mib * 2**20)
             put("provision_gpu_utilization_ratio", gl, None if g.utilization_pct is None else g.utilization_pct / 100)
-            put("provision_gpu_pcie_link_generation", gl, g.pcie_gen)
-            put("provision_gpu_pcie_link_width", gl, g.pcie_width)
+            put("provision_gpu_pcie_link_generation", gl, g.pcie_gen_current)
+            put("provision_gpu_pcie_link_width", gl, g.pcie_width_current)
             put("provision_gpu_pcie_rx_bytes_per_second", gl, None if g.pcie_rx_mbs is None else g.pcie_rx_mbs * 1e6)
             put("provision_gpu_pcie_tx_bytes_per_second", gl, None if g.pcie_tx_mbs is None else g.pcie_tx_mbs * 1e6)
         r = rates((previous or {}).get(host), s)

@@ -1,5 +1,5 @@
 """Sampling a serving box: what to watch on each target (from its profile), one sample
-per remote command (``probe.sample_script``), two samples judged into checks
+per remote command (``facts.sample.sample_script``), two samples judged into checks
 (``checks.evaluate``), once or as a stream. Printing is the command's (cli/monitor.py).
 """
 
@@ -16,8 +16,9 @@ from typing import Any
 from provisioner.converge.fleet import Target, map_targets
 from provisioner.errors import Problem, ProvisionError
 from provisioner.facts.check import Check, Status, worst
+from provisioner.facts.sample import SAMPLE_PROBE, Sample, sample_script
 from provisioner.monitor.checks import evaluate
-from provisioner.monitor.probe import Rates, Sample, parse_sample, rates, sample_script
+from provisioner.monitor.probe import Rates, rates
 from provisioner.profile.cluster import node_spec
 from provisioner.profile.thresholds import Thresholds
 from provisioner.render.engine_command import engine_command
@@ -57,7 +58,7 @@ def take_sample(transport: Transport, service: str) -> Sample:
         raise ProvisionError(f"{transport.name}: sampling failed: "
                              f"{(result.stderr or result.stdout).strip()[:300] or f'exit code {result.returncode}'}",
                              hint="the target needs a POSIX sh and a readable /proc")
-    return parse_sample(result.stdout)
+    return SAMPLE_PROBE.read(result.stdout)
 
 
 @dataclass(frozen=True)

@@ -2,63 +2,20 @@
 header (read with the ``gguf`` package) against the profile and the catalog; a
 vLLM model directory's config.json and safetensors index; an Ollama tag.
 
-Hashing runs on the target (sha256sum, streamed) and is cached in the state
-dir by path, size and mtime, so a second verify does not read 100 GB again.
+The probes that read them on the target and their parsers: facts/model_files.py.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import os
-import shlex
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from provisioner.facts.check import Check
+from provisioner.facts.model_files import ModelDir, OnDisk
 from provisioner.profile.resolve import Spec
-
-
-def model_probe(paths: list[str], root: str, state_dir: str) -> str:
-    """sh printing ``@model B64PATH SIZE SHA256`` or ``@model B64PATH missing`` per file."""
-    quoted = " ".join(shlex.quote(root + p) for p in paths)
-    return f"""cache={shlex.quote(state_dir)}/sha256-cache
-mkdir -p {shlex.quote(state_dir)} 2>/dev/null || true
-for p in {quoted}; do
-    rel=${{p#"$root"}}
-    if [ -f "$p" ]; then
-        size=$(stat -c '%s' "$p"); mtime=$(stat -c '%Y' "$p")
-        sum=$(awk -v s="$size" -v m="$mtime" -v p="$p" '$1 == s && $2 == m && $3 == p {{print $4}}' \\
-            "$cache" 2>/dev/null | tail -n 1)
-        if [ -z "$sum" ]; then
-            sum=$(sha256sum < "$p" | cut -c1-64)
-            printf '%s %s %s %s\\n' "$size" "$mtime" "$p" "$sum" >> "$cache" 2>/dev/null || true
-        fi
-        printf '@model %s %s %s\\n' "$(b64 "$rel")" "$size" "$sum"
-    else
-        printf '@model %s missing\\n' "$(b64 "$rel")"
-    fi
-done
-"""
-
-
-@dataclass(frozen=True)
-class OnDisk:
-    size: int | None  # None: missing
-    sha256: str | None
-
-
-def parse_model(output: str) -> dict[str, OnDisk]:
-    found: dict[str, OnDisk] = {}
-    for line in output.splitlines():
-        if not line.startswith("@model "):
-            continue
-        parts = line.split(" ")
-        path = base64.b64decode(parts[1]).decode()
-        found[path] = OnDisk(None, None) if parts[2] == "missing" else OnDisk(int(parts[2]), parts[3])
-    return found
 
 
 def file_checks(spec: Spec, on_disk: dict[str, OnDisk]) -> list[Check]:
@@ -144,102 +101,6 @@ def _equal(check_id: str, observed: Any, expected: Any) -> Check:
 
 
 # --------------------------------------------------------------------------- model directories and Ollama tags
-#
-# A vLLM model directory (model.source.directory, or model.source.hf's dest) is checked from one probe:
-#
-#     @modeldir dir B64PATH present | missing
-#     @modeldir config missing | B64(config.json)
-#     @modeldir index missing | B64(model.safetensors.index.json)   (a few MB at most: the weight map)
-#     @modeldir file B64NAME SIZE                                    (every *.safetensors in the directory)
-#     @modeldir gguf B64NAME SIZE | B64NAME missing                  (hf.file: the GGUF llama.cpp loads)
-#
-# An Ollama tag from ``ollama list`` on the target:
-#
-#     @modeldir ollama missing | present RC
-#     @modeldir ollama-line |TEXT
-
-
-def dir_probe(directory: str, root: str, gguf: str | None = None) -> str:
-    """sh printing ``@modeldir`` lines for a model directory (see above)."""
-    d = shlex.quote(root + directory)
-    script = f"""md={d}
-if [ -d "$md" ]; then
-    printf '@modeldir dir %s present\\n' "$(b64 {shlex.quote(directory)})"
-    for mf in config.json model.safetensors.index.json; do
-        case $mf in config.json) mk=config ;; *) mk=index ;; esac
-        if [ -f "$md/$mf" ]; then
-            printf '@modeldir %s %s\\n' "$mk" "$(base64 < "$md/$mf" | tr -d '\\n')"
-        else
-            printf '@modeldir %s missing\\n' "$mk"
-        fi
-    done
-    for mf in "$md"/*.safetensors; do
-        [ -f "$mf" ] || continue
-        printf '@modeldir file %s %s\\n' "$(b64 "${{mf##*/}}")" "$(stat -c '%s' "$mf")"
-    done
-else
-    printf '@modeldir dir %s missing\\n' "$(b64 {shlex.quote(directory)})"
-fi
-"""
-    if gguf is not None:
-        g = shlex.quote(root + directory + "/" + gguf)
-        script += f"""if [ -f {g} ]; then
-    printf '@modeldir gguf %s %s\\n' "$(b64 {shlex.quote(gguf)})" "$(stat -c '%s' {g})"
-else
-    printf '@modeldir gguf %s missing\\n' "$(b64 {shlex.quote(gguf)})"
-fi
-"""
-    return script
-
-
-def ollama_probe(host: str) -> str:
-    """sh printing ``@modeldir ollama ...`` and the lines of ``ollama list`` (against ``host``:port)."""
-    return f"""if command -v ollama >/dev/null 2>&1; then
-    ol_out=$(OLLAMA_HOST={shlex.quote(host)} ollama list 2>&1)
-    printf '@modeldir ollama present %s\\n' "$?"
-    printf '%s\\n' "$ol_out" | sed 's/^/@modeldir ollama-line |/'
-    ol_out=
-else
-    echo '@modeldir ollama missing'
-fi
-"""
-
-
-@dataclass
-class ModelDir:
-    present: bool | None = None  # None: not gathered
-    config: bytes | None = None
-    config_missing: bool = False
-    index: bytes | None = None
-    files: dict[str, int] = field(default_factory=dict)  # *.safetensors name -> bytes
-    gguf: tuple[str, int | None] | None = None  # hf.file: name, size (None: missing)
-    ollama: str | None = None  # "missing" or the exit code of ollama list
-    ollama_lines: list[str] = field(default_factory=list)
-
-
-def parse_model_dir(output: str) -> ModelDir:
-    found = ModelDir()
-    for line in output.splitlines():
-        if line.startswith("@modeldir ollama-line |"):
-            found.ollama_lines.append(line.removeprefix("@modeldir ollama-line |"))
-            continue
-        if not line.startswith("@modeldir "):
-            continue
-        kind, *rest = line.split(" ")[1:]
-        if kind == "dir":
-            found.present = rest[1] == "present"
-        elif kind in {"config", "index"}:
-            data = None if rest[:1] == ["missing"] else base64.b64decode(rest[0] if rest else "")
-            setattr(found, kind, data)
-            if kind == "config":
-                found.config_missing = data is None
-        elif kind == "file":
-            found.files[base64.b64decode(rest[0]).decode()] = int(rest[1])
-        elif kind == "gguf":
-            found.gguf = (base64.b64decode(rest[0]).decode(), None if rest[1] == "missing" else int(rest[1]))
-        elif kind == "ollama":
-            found.ollama = rest[1] if rest[0] == "present" else "missing"
-    return found
 
 
 def dir_checks(spec: Spec, directory: str, seen: ModelDir) -> list[Check]:

@@ -9,8 +9,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from provisioner.converge.plan import make_plan
-from provisioner.converge.run import gather
 from provisioner.facts.check import Check
+from provisioner.facts.collect import run_gather
+from provisioner.facts.gather import Gathered
+from provisioner.facts.gpu_probe import GPU_PROBE
+from provisioner.facts.model_files import (
+    MODEL_DIR_PROBE,
+    MODEL_FILES_PROBE,
+    ModelDir,
+    model_dir_probe,
+    model_files_probe,
+    ollama_probe,
+)
+from provisioner.facts.probe import Probe
 from provisioner.fit.predict import predict
 from provisioner.profile.cluster import head_address, node_spec
 from provisioner.render.files import render, sysctl_settings
@@ -18,9 +29,10 @@ from provisioner.render.pipeline import Built
 from provisioner.transport import Transport
 from provisioner.transport.local import LocalTransport
 from provisioner.verify import drift as drift_checks
-from provisioner.verify import endpoint, gpu, ray_status
+from provisioner.verify import endpoint, ray_status
 from provisioner.verify import install as install_checks
 from provisioner.verify import model as model_checks
+from provisioner.verify.gpu import gpu_checks
 
 GROUPS = ("gpu", "drift", "model", "install", "endpoint", "cluster")
 
@@ -49,26 +61,11 @@ def verify_target(built: Built, transport: Transport, options: VerifyOptions,
     spec, placement = built.spec, built.placement
     root_mode = bool(transport.root)
     wanted_sysctl = sysctl_settings(spec)
-    probes = []
-    if "drift" in options.only:
-        probes.append(drift_checks.live_probe(spec, list(wanted_sysctl)))
-    if "model" in options.only:
-        files = spec.profile.model.source.files or []
-        if files and isinstance(transport, LocalTransport):
-            # big shards take minutes: hash them here with a progress bar on a terminal
-            model_checks.prehash([f.path for f in files], transport.root, transport.state_dir,
-                                 show_progress=sys.stderr.isatty())
-        probes += _model_probes(built, transport)
-    if "install" in options.only:
-        probes += install_checks.probes(built.rendered.installs, transport.root)
-    if "gpu" in options.only and not root_mode and spec.gpus:
-        probes.append(gpu.GPU_GATHER)
     ray_probe = cluster is not None and cluster.backend == "ray" and not root_mode \
         and node == cluster.head.name and "cluster" in options.only
-    if ray_probe:
-        probes.append(ray_status.probe(head_address(spec)))
-    gathered = gather(transport, [f.path for f in built.rendered.files], spec.profile.service.name,
-                      extra="\n".join(probes))
+    probes, snippets = _probes(built, transport, options, list(wanted_sysctl), ray_probe)
+    gathered = run_gather(transport, probes, paths=[f.path for f in built.rendered.files],
+                          service=spec.profile.service.name, extra="\n".join(snippets))
     checks: list[Check] = []
     if ray_probe:
         assert cluster is not None
@@ -83,46 +80,70 @@ def verify_target(built: Built, transport: Transport, options: VerifyOptions,
         checks += drift_checks.live_checks(spec, wanted_sysctl, drift_checks.parse_live(gathered.output),
                                            root_mode=root_mode)
     if "model" in options.only:
-        checks += _model(built, transport, gathered.output)
+        checks += _model(built, transport, gathered)
     if "install" in options.only:
         checks += install_checks.checks(built.rendered.installs, gathered.output, transport.root)
     if "gpu" in options.only:
         checks += [Check("gpu", "skip", hint="--root: a tree has no GPU to look at")] if root_mode \
-            else _gpu(built, gathered.output)
+            else _gpu(built, gathered)
     if "endpoint" in options.only:
         checks += _endpoint(built, transport, options)
     return checks
 
 
-def _model_probes(built: Built, transport: Transport) -> list[str]:
+def _probes(built: Built, transport: Transport, options: VerifyOptions, sysctl_keys: list[str],
+            ray_probe: bool) -> tuple[list[Probe[object]], list[str]]:
+    """What rides in the one gather: typed probes, and snippets whose lines other code parses."""
+    spec = built.spec
+    probes: list[Probe[object]] = []
+    snippets: list[str] = []
+    if "drift" in options.only:
+        snippets.append(drift_checks.live_probe(spec, sysctl_keys))
+    if "model" in options.only:
+        files = spec.profile.model.source.files or []
+        if files and isinstance(transport, LocalTransport):
+            # big shards take minutes: hash them here with a progress bar on a terminal
+            model_checks.prehash([f.path for f in files], transport.root, transport.state_dir,
+                                 show_progress=sys.stderr.isatty())
+        probes += _model_probes(built, transport)
+    if "install" in options.only:
+        snippets += install_checks.probes(built.rendered.installs, transport.root)
+    if "gpu" in options.only and not transport.root and spec.gpus:
+        probes.append(GPU_PROBE)
+    if ray_probe:
+        snippets.append(ray_status.probe(head_address(spec)))
+    return probes, snippets
+
+
+def _model_probes(built: Built, transport: Transport) -> list[Probe[object]]:
     source, runtime = built.spec.profile.model.source, built.spec.profile.runtime
     if source.files:
-        return [model_checks.model_probe([f.path for f in source.files], transport.root, transport.state_dir)]
+        return [model_files_probe([f.path for f in source.files], transport.root, transport.state_dir)]
     if source.directory is not None:
-        return [model_checks.dir_probe(source.directory, transport.root)]
+        return [model_dir_probe(source.directory, transport.root)]
     if source.hf is not None:
-        return [model_checks.dir_probe(source.hf.dest, transport.root, source.hf.file)]
+        return [model_dir_probe(source.hf.dest, transport.root, source.hf.file)]
     if source.ollama is not None and not transport.root:
-        return [model_checks.ollama_probe(f"{runtime.local_address}:{runtime.port}")]
+        return [ollama_probe(f"{runtime.local_address}:{runtime.port}")]
     return []
 
 
-def _model(built: Built, transport: Transport, output: str) -> list[Check]:
+def _model(built: Built, transport: Transport, gathered: Gathered) -> list[Check]:
     spec = built.spec
     source = spec.profile.model.source
     if source.ollama is not None:
         if transport.root:
             return [Check("model.ollama", "skip", hint="--root: a tree runs no Ollama to list the tag")]
-        return model_checks.ollama_checks(source.ollama, model_checks.parse_model_dir(output), source.ollama_digest)
+        return model_checks.ollama_checks(source.ollama, gathered.read(MODEL_DIR_PROBE), source.ollama_digest)
     if source.directory is not None or source.hf is not None:
-        return _model_dir(built, transport, model_checks.parse_model_dir(output))
+        return _model_dir(built, transport, gathered.read(MODEL_DIR_PROBE))
     if not source.files:  # pragma: no cover - the profile validates to one source
         return []
-    checks = model_checks.file_checks(spec, model_checks.parse_model(output))
+    checks = model_checks.file_checks(spec, gathered.read(MODEL_FILES_PROBE))
     return [*checks, *_header(built, transport, source.files[0].path, len(source.files))]
 
 
-def _model_dir(built: Built, transport: Transport, seen: model_checks.ModelDir) -> list[Check]:
+def _model_dir(built: Built, transport: Transport, seen: ModelDir) -> list[Check]:
     source = built.spec.profile.model.source
     if source.hf is not None and source.hf.file:  # llama.cpp: one GGUF inside dest, not a safetensors repo
         if seen.gguf is None:
@@ -152,16 +173,14 @@ def _header(built: Built, transport: Transport, first: str, shard_count: int | N
     return model_checks.header_checks(spec, facts, count)
 
 
-def _gpu(built: Built, output: str) -> list[Check]:
+def _gpu(built: Built, gathered: Gathered) -> list[Check]:
     spec = built.spec
     if not spec.gpus:
         return [Check("gpu.present", "skip", hint="the profile has no GPU")]
-    report = gpu.parse_gpu(output)
     expected = [(g.spec, g.count) for g in spec.gpus]
     driver = spec.profile.driver
-    checks: list[Check] = gpu.gpu_checks(report, expected, driver.kernel_module, spec.min_driver, driver.persistence,
-                                         driver.power_limit_w)
-    return checks
+    return gpu_checks(gathered.read(GPU_PROBE), expected, driver.kernel_module, spec.min_driver, driver.persistence,
+                      driver.power_limit_w)
 
 
 def _endpoint(built: Built, transport: Transport, options: VerifyOptions) -> list[Check]:

@@ -57,7 +57,7 @@ def test_fit_with_a_hosts_recorded_facts_replaces_the_profiles_hardware(
     import yaml
 
     from provisioner.cli.fit import fit_command
-    from provisioner.draft.host import host_facts
+    from provisioner.facts.host import host_facts
 
     root = Path(__file__).resolve().parents[2]
     case = yaml.safe_load((root / "tests/cases/init/rtx-4090-64g.yaml").read_text())

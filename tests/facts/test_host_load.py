@@ -13,24 +13,14 @@ import os
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 
 from provisioner.cli.fit import fit_command
-from provisioner.converge.run import gather
-from provisioner.draft.host import host_facts
-from provisioner.facts.host_load import (
-    HostLoad,
-    P2p,
-    descendants,
-    fit_gather,
-    host_load,
-    parse_hugepages,
-    parse_p2p,
-    parse_ps,
-)
+from provisioner.facts.collect import run_gather
+from provisioner.facts.host import HostFacts, host_facts, parse_dimms
+from provisioner.facts.host_load import FIT_PROBE, HostLoad, P2p, descendants, fit_probe, host_load, parse_p2p
 from provisioner.fit import fit
 from provisioner.fit.placement import GIB
 from provisioner.profile.loader import load_profile
@@ -59,7 +49,7 @@ def test_p2p_matrix_from_recorded_output(path: Path) -> None:
 
 def _fit_lines(apps: list[str], *, mainpid: int = 0, ps: dict[int, int] | None = None,
                hugepages: tuple[int, int] = (0, 2048), p2p: str = "", rc: int = 0) -> str:
-    """The snippet's output, line for line as fit_gather prints it."""
+    """The fit probe's output, line for line as its snippet prints it."""
     lines = [f"@fit apps-rc {rc}"] + [f"@fit app |{a}" for a in apps]
     lines += [f"@fit p2p |{line}" for line in p2p.splitlines()]
     lines += [f"@fit meminfo HugePages_Total:    {hugepages[0]}", f"@fit meminfo Hugepagesize:    {hugepages[1]} kB",
@@ -73,25 +63,26 @@ def test_the_servers_own_processes_are_not_others() -> None:
     apply must not see its own server as a stranger holding the GPU."""
     ps = {1: 0, 500: 1, 501: 500, 502: 501, 900: 1}
     out = _fit_lines([f"{BUS}, 502, 20000", f"{BUS}, 900, 3000", f"{BUS}, 500, 400"], mainpid=500, ps=ps)
-    load = host_load(out, [BUS])
+    load = host_load(FIT_PROBE.read(out), [BUS])
     assert load.gpu_used_by_others == (3000 * MIB,)
     assert sorted(p.pid for p in load.processes if p.server) == [500, 502]
     # the same output without the service running: everything is someone else's
-    assert host_load(out.replace("@fit mainpid 500", "@fit mainpid 0"), [BUS]).gpu_used_by_others == (23400 * MIB,)
+    idle = FIT_PROBE.read(out.replace("@fit mainpid 500", "@fit mainpid 0"))
+    assert host_load(idle, [BUS]).gpu_used_by_others == (23400 * MIB,)
 
 
 def test_failed_query_is_unknown_not_zero() -> None:
     out = _fit_lines(["Failed to initialize NVML: Driver/library version mismatch"], rc=18)
-    load = host_load(out, [BUS])
+    load = host_load(FIT_PROBE.read(out), [BUS])
     assert load.apps_error and "mismatch" in load.apps_error
     assert load.gpu_used_by_others == (0,)
 
 
 def test_hugepages_prefer_hugetlb_over_the_default_size() -> None:
-    assert parse_hugepages(_fit_lines([], hugepages=(1024, 2048))) == 2 * GIB
+    assert FIT_PROBE.read(_fit_lines([], hugepages=(1024, 2048))).hugepages_bytes == 2 * GIB
     # Hugetlb (Linux 4.16+) also counts 1 GiB pages, which HugePages_Total does not
     both = _fit_lines([], hugepages=(1024, 2048)) + "@fit meminfo Hugetlb:        6291456 kB\n"
-    assert parse_hugepages(both) == 6 * GIB
+    assert FIT_PROBE.read(both).hugepages_bytes == 6 * GIB
 
 
 def test_the_snippet_runs_here_and_reads_real_proc(tmp_path: Path) -> None:
@@ -101,8 +92,9 @@ def test_the_snippet_runs_here_and_reads_real_proc(tmp_path: Path) -> None:
     try:
         deadline = time.monotonic() + 5
         while True:
-            gathered = gather(LocalTransport(), [], extra=fit_gather("provision-test-no-such-unit"))
-            main, parents = parse_ps(gathered.output)
+            gathered = run_gather(LocalTransport(), [fit_probe("provision-test-no-such-unit")])
+            reading = gathered.read(FIT_PROBE)
+            main, parents = reading.main_pid, reading.parents
             kids = descendants(tree.pid, parents) - {tree.pid}
             if len(kids) >= 2 or time.monotonic() > deadline:
                 break
@@ -116,10 +108,10 @@ def test_the_snippet_runs_here_and_reads_real_proc(tmp_path: Path) -> None:
     meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
     expected = (int(meminfo["Hugetlb"].split()[0]) * 1024 if "Hugetlb" in meminfo
                 else int(meminfo["HugePages_Total"]) * int(meminfo["Hugepagesize"].split()[0]) * 1024)
-    assert parse_hugepages(gathered.output) == expected
+    assert reading.hugepages_bytes == expected
 
 
-def _desk(extra: str) -> tuple[Any, str]:
+def _desk(extra: str) -> tuple[HostFacts, str]:
     case = yaml.safe_load((ROOT / "tests/cases/init/rtx-4090-64g.yaml").read_text())
     output = case["facts"].replace("@done", extra + "@done")
     return host_facts(output), output
@@ -189,10 +181,8 @@ DIMMS = sorted((ROOT / "tests" / "cases" / "fit_host").glob("dimm-*.yaml"))
 def test_ram_speed_is_the_configured_one(path: Path) -> None:
     """dmidecode's "Configured Memory Speed" (two DIMMs per channel run below the rating,
     XMP/EXPO above it) sets the RAM bandwidth fit uses; the recordings are real outputs."""
-    from provisioner.draft.host import _dimms
-
     case = yaml.safe_load(path.read_text())
-    memory_type, size, _ = _dimms(case["dmidecode"].splitlines())
+    memory_type, size, _ = parse_dimms(case["dmidecode"].splitlines())
     assert (memory_type, size) == (case["expect"]["memory_type"], case["expect"]["bytes"])
 
 
@@ -207,7 +197,7 @@ def test_configured_speed_reaches_the_cpu_bandwidth(capsys: pytest.CaptureFixtur
     lines[-1:-1] = [f"@init dimm {line}" for line in dimm["dmidecode"].splitlines()]
     facts = host_facts("\n".join(lines) + "\n")
     assert facts.memory_type == "ddr5-4200"
-    from provisioner.cli.fit import hardware_overrides
+    from provisioner.fit.host import hardware_overrides
 
     profile = ROOT / "profiles/rtx-4090-qwen3-30b-a3b-llamacpp.yaml"
     spec = resolve(load_profile(profile, hardware_overrides(facts)))
@@ -220,7 +210,7 @@ def test_recorded_geforce_matrix_reaches_the_prediction(tmp_path: Path) -> None:
     from provisioner.fit.predict import predict
 
     raw = yaml.safe_load((ROOT / "tests/cases/fit_host/p2p-2x5090-gns.yaml").read_text())["raw"]
-    load = host_load(_fit_lines([], p2p=raw), ["00000000:01:00.0", "00000000:02:00.0"])
+    load = host_load(FIT_PROBE.read(_fit_lines([], p2p=raw)), ["00000000:01:00.0", "00000000:02:00.0"])
     assert load.p2p is not None and load.p2p.missing == ((0, 1, "GNS"),)
     path = make_profile(tmp_path, {"hardware.gpus": [{"model": "rtx-5090", "count": 2}]})
     spec = resolve(load_profile(path))

@@ -1,4 +1,4 @@
-"""provision monitor: the probe's parser and checks on recorded real outputs
+"""provision monitor: checks of samples parsed from recorded real outputs
 (tests/cases/monitor/*.yaml, each with its source), the Prometheus text through
 prometheus_client's parser, monitor_command against this machine and a --root tree,
 and the metrics script + units apply installs."""
@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -24,12 +23,14 @@ from provisioner.converge.fleet import Target
 from provisioner.datadir import data_dir
 from provisioner.errors import ProvisionError
 from provisioner.facts.check import Check
+from provisioner.facts.sample import SAMPLE_PROBE, Sample
 from provisioner.monitor.checks import evaluate
-from provisioner.monitor.probe import SAMPLE_PROBE, Sample, parse_dmon, parse_sample, rates, sample_script
+from provisioner.monitor.probe import rates
 from provisioner.monitor.prometheus import METRICS, prometheus_text
 from provisioner.profile.thresholds import Thresholds
 from provisioner.transport import Completed
 from provisioner.transport.local import LocalTransport
+from tests.support.probe_lines import sample_lines
 
 CASES = Path(__file__).resolve().parents[1] / "cases" / "monitor"
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,31 +41,6 @@ def case(name: str) -> dict[str, Any]:
     data = yaml.safe_load((CASES / f"{name}.yaml").read_text())
     assert isinstance(data, dict)
     return data
-
-
-def probe_text(*, time_s: float = 100.0, gpu: tuple[str, str] | None = None, dmon: str = "", vmstat: str = "",
-               psi_memory: str = "", status: str = "", stat: str = "", server: str = "systemd",
-               pid: int | None = None, meminfo: str = "") -> str:
-    """Recorded raw outputs wrapped in SAMPLE_PROBE's line format, as the probe prints them."""
-    out = [f"@mon time {time_s}", "@mon pagesize 4096"]
-    if gpu is not None:
-        header, row = gpu
-        names = [re.sub(r" \[.*\]$", "", n.strip()) for n in header.split(", ")]
-        out += ["@mon smi present", f"@mon gpu-fields {','.join(names)}", f"@mon gpu |{row}"]
-        out += [f"@mon dmon |{line}" for line in dmon.splitlines()]
-    else:
-        out.append("@mon smi missing")
-    out += [f"@mon vmstat {line}" for line in vmstat.splitlines()
-            if line.split(" ")[0] in {"pswpin", "pswpout", "pgmajfault"}]
-    out += [f"@mon psi-memory |{line}" for line in psi_memory.splitlines()]
-    out += [f"@mon meminfo {line}" for line in meminfo.splitlines()]
-    out += ["@mon service llm-server", f"@mon server {server}"]
-    if pid is not None:
-        out.append(f"@mon pid {pid}")
-        out += [f"@mon status |{line}" for line in status.splitlines()
-                if line.split(":")[0] in {"Name", "VmRSS", "VmLck", "VmSwap"}]
-        out += [f"@mon stat |{line}" for line in stat.splitlines()]
-    return "unrelated line\n" + "\n".join(out) + "\n"
 
 
 def statuses(checks: list[Check]) -> dict[str, str]:
@@ -78,22 +54,11 @@ def test_every_case_cites_its_source() -> None:
         assert yaml.safe_load(path.read_text()).get("source"), path.name
 
 
-# --------------------------------------------------------------------------- parsing the recorded outputs
-
-@pytest.mark.parametrize("state", ["idle", "load"])
-def test_gpu_csv_capture(state: str) -> None:
-    data = case("rtx-4080-super-595-capture")
-    sample = parse_sample(probe_text(gpu=(data["gpu"]["header"], data["gpu"][state])))
-    assert sample.smi == "present"
-    (gpu,) = sample.gpus
-    got = asdict(gpu)
-    for key, want in data["expect"][state].items():
-        assert got[key] == (tuple(want) if isinstance(want, list) else want), key
-
+# --------------------------------------------------------------------------- checks of the recorded outputs
 
 def test_gpu_capture_checks_and_thresholds() -> None:
     data = case("rtx-4080-super-595-capture")
-    sample = parse_sample(probe_text(gpu=(data["gpu"]["header"], data["gpu"]["load"])))
+    sample = SAMPLE_PROBE.read(sample_lines(gpu=(data["gpu"]["header"], data["gpu"]["load"])))
     checks = statuses(evaluate(None, sample, Thresholds(), 0))
     for check_id, want in data["expect"]["checks_load"].items():
         assert checks[check_id] == want, check_id
@@ -109,22 +74,20 @@ def test_clock_reasons_from_the_bitmask() -> None:
     data = case("rtx-4080-super-595-capture")
     mask = "0x00000000000001FF, 0x0000000000000000"
     row = data["gpu"]["load"].replace(mask, "0x00000000000001FF, 0x0000000000000060")
-    sample = parse_sample(probe_text(gpu=(data["gpu"]["header"], row)))
+    sample = SAMPLE_PROBE.read(sample_lines(gpu=(data["gpu"]["header"], row)))
     assert sample.gpus[0].clock_reasons == ("SW Thermal Slowdown", "HW Thermal Slowdown")
     check = next(c for c in evaluate(None, sample, Thresholds(), 0) if c.id == "monitor.gpu_clocks")
     assert check.status == "fail" and check.hint and "heat" in check.hint
     soft = row.replace("0x0000000000000060", "0x0000000000000020")
-    check = next(c for c in evaluate(None, parse_sample(probe_text(gpu=(data["gpu"]["header"], soft))),
+    check = next(c for c in evaluate(None, SAMPLE_PROBE.read(sample_lines(gpu=(data["gpu"]["header"], soft))),
                                      Thresholds(), 0) if c.id == "monitor.gpu_clocks")
     assert check.status == "warn"
 
 
 def test_dmon_pcie_throughput() -> None:
     data = case("l40s-dmon")
-    assert parse_dmon(data["dmon_t"].splitlines()) == {k: tuple(v) for k, v in data["expect"]["dmon_t"].items()}
-    assert parse_dmon(data["dmon_default"].splitlines()) == {}
     caps = case("rtx-4080-super-595-capture")
-    sample = parse_sample(probe_text(gpu=(caps["gpu"]["header"], caps["gpu"]["load"]), dmon=data["dmon_t"]))
+    sample = SAMPLE_PROBE.read(sample_lines(gpu=(caps["gpu"]["header"], caps["gpu"]["load"]), dmon=data["dmon_t"]))
     assert (sample.gpus[0].pcie_rx_mbs, sample.gpus[0].pcie_tx_mbs) == (72.0, 12.0)
     pcie = next(c for c in evaluate(None, sample, Thresholds(), 0) if c.id == "monitor.gpu_pcie")
     assert pcie.observed == "GPU0: Gen4 x16, RX 72 MB/s, TX 12 MB/s"
@@ -133,21 +96,21 @@ def test_dmon_pcie_throughput() -> None:
 @pytest.mark.parametrize("name", ["psi-thrashing", "psi-idle"])
 def test_memory_pressure(name: str) -> None:
     data = case(name)
-    sample = parse_sample(probe_text(psi_memory=data["psi_memory"]))
+    sample = SAMPLE_PROBE.read(sample_lines(psi_memory=data["psi_memory"]))
     checks = statuses(evaluate(None, sample, Thresholds(), 0))
     for check_id, want in data["expect"]["checks"].items():
         assert checks[check_id] == want
 
 
 def test_memory_pressure_thresholds_warn() -> None:
-    sample = parse_sample(probe_text(psi_memory=case("psi-thrashing")["psi_memory"]))
+    sample = SAMPLE_PROBE.read(sample_lines(psi_memory=case("psi-thrashing")["psi_memory"]))
     lax = Thresholds(psi_memory_some_fail=90, psi_memory_full_fail=90)
     assert statuses(evaluate(None, sample, lax, 0))["monitor.memory_pressure"] == "warn"
 
 
 def test_server_status_and_stat() -> None:
     data = case("proc-188-bash")
-    sample = parse_sample(probe_text(status=data["status"], stat=data["stat"], pid=188))
+    sample = SAMPLE_PROBE.read(sample_lines(status=data["status"], stat=data["stat"], pid=188))
     got = asdict(sample)
     for key, want in data["expect"]["server"].items():
         assert got[key] == want, key
@@ -169,12 +132,12 @@ def _later_vmstat(text: str, add: dict[str, int]) -> str:
 
 def test_two_vmstat_samples_give_a_swap_rate() -> None:
     data = case("vmstat-swapping")
-    first = parse_sample(probe_text(vmstat=data["vmstat"], time_s=1000.0))
+    first = SAMPLE_PROBE.read(sample_lines(vmstat=data["vmstat"], time_s=1000.0))
     for key, want in data["expect"]["parsed"].items():
         assert getattr(first, key) == want
     later = data["later"]
     add = {k: later[k] for k in ("pswpin", "pswpout", "pgmajfault")}
-    second = parse_sample(probe_text(vmstat=_later_vmstat(data["vmstat"], add), time_s=1000.0 + later["dt"]))
+    second = SAMPLE_PROBE.read(sample_lines(vmstat=_later_vmstat(data["vmstat"], add), time_s=1000.0 + later["dt"]))
     got = rates(first, second)
     for key, want in data["expect"]["swapping"].items():
         assert getattr(got, key) == pytest.approx(want), key
@@ -183,7 +146,7 @@ def test_two_vmstat_samples_give_a_swap_rate() -> None:
         assert statuses(checks)[check_id] == want
     swap = next(c for c in checks if c.id == "monitor.swap")
     assert swap.hint is not None and swap.hint.startswith("swapping 52 MB/s while serving: the KV cache outgrew RAM")
-    quiet = parse_sample(probe_text(vmstat=data["vmstat"], time_s=1000.0 + later["dt"]))
+    quiet = SAMPLE_PROBE.read(sample_lines(vmstat=data["vmstat"], time_s=1000.0 + later["dt"]))
     for check_id, want in data["expect"]["checks_quiet"].items():
         assert statuses(evaluate(first, quiet, Thresholds(), 0))[check_id] == want
     # one sample alone cannot give a rate
@@ -192,7 +155,7 @@ def test_two_vmstat_samples_give_a_swap_rate() -> None:
 
 def test_host_without_gpu_recorded_here() -> None:
     data = case("no-gpu-host-recorded-here")
-    sample = parse_sample(data["probe"])
+    sample = SAMPLE_PROBE.read(data["probe"])
     got = asdict(sample)
     for key, want in data["expect"]["sample"].items():
         assert got[key] == (tuple(want) if isinstance(want, list) else want), key
@@ -205,7 +168,7 @@ def test_host_without_gpu_recorded_here() -> None:
 
 
 def test_page_cache_smaller_than_the_model() -> None:
-    sample = parse_sample(probe_text(meminfo="Cached:          1587204 kB"))
+    sample = SAMPLE_PROBE.read(sample_lines(meminfo="Cached:          1587204 kB"))
     low = next(c for c in evaluate(None, sample, Thresholds(), 40 * 2**30) if c.id == "monitor.page_cache")
     assert low.status == "warn" and low.hint and "evicted" in low.hint
     ok = next(c for c in evaluate(None, sample, Thresholds(), 2**30) if c.id == "monitor.page_cache")
@@ -221,17 +184,17 @@ def _families(text: str) -> dict[str, Any]:
 def test_prometheus_text_parses() -> None:
     caps = case("rtx-4080-super-595-capture")
     swapping = case("vmstat-swapping")
-    first = parse_sample(probe_text(gpu=(caps["gpu"]["header"], caps["gpu"]["load"]),
+    first = SAMPLE_PROBE.read(sample_lines(gpu=(caps["gpu"]["header"], caps["gpu"]["load"]),
                                     dmon=case("l40s-dmon")["dmon_t"], vmstat=swapping["vmstat"],
                                     psi_memory=case("psi-thrashing")["psi_memory"], time_s=1000.0))
     add = {k: swapping["later"][k] for k in ("pswpin", "pswpout", "pgmajfault")}
-    second = parse_sample(probe_text(
+    second = SAMPLE_PROBE.read(sample_lines(
         gpu=(caps["gpu"]["header"], caps["gpu"]["load"]), dmon=case("l40s-dmon")["dmon_t"],
         vmstat=_later_vmstat(swapping["vmstat"], add), psi_memory=case("psi-thrashing")["psi_memory"],
         status=case("proc-188-bash")["status"], stat=case("proc-188-bash")["stat"], pid=188, time_s=1005.0))
     checks = evaluate(first, second, Thresholds(), 0)
-    text = prometheus_text({"gpu-box": second, "cpu-box": parse_sample(case("no-gpu-host-recorded-here")["probe"])},
-                           {"gpu-box": checks}, previous={"gpu-box": first})
+    cpu_box = SAMPLE_PROBE.read(case("no-gpu-host-recorded-here")["probe"])
+    text = prometheus_text({"gpu-box": second, "cpu-box": cpu_box}, {"gpu-box": checks}, previous={"gpu-box": first})
     families = _families(text)
     assert set(families) <= set(METRICS)
     for line in text.splitlines():
@@ -329,22 +292,6 @@ def test_monitor_host_that_cannot_be_read(capsys: pytest.CaptureFixture[str]) ->
     assert reports["ok"]["ok"]
     assert not reports["broken"]["ok"] and "sampling failed" in reports["broken"]["error"]["message"]
     assert reports["gpu9"]["error"]["hint"] == "is sshd running?"
-
-
-def test_sample_script_sets_its_inputs() -> None:
-    script = sample_script("my server", "/srv/tree")
-    assert script.startswith("MON_SERVICE='my server'\nMON_ROOT=/srv/tree\n") and script.endswith(SAMPLE_PROBE)
-    out = subprocess.run(["sh", "-s"], input=script, capture_output=True, text=True, check=True).stdout
-    assert "@mon server root" in out and "@mon service my server" in out
-
-
-def test_probe_passes_sh_n_and_shellcheck(tmp_path: Path) -> None:
-    path = tmp_path / "probe.sh"
-    path.write_text("#!/bin/sh\n" + sample_script("llm-server"))
-    assert subprocess.run(["sh", "-n", str(path)], check=False).returncode == 0
-    result = subprocess.run([SHELLCHECK, "--shell=sh", "--severity=style", str(path)], capture_output=True,
-                            text=True, check=False)
-    assert result.returncode == 0, result.stdout
 
 
 # --------------------------------------------------------------------------- what apply installs
@@ -452,19 +399,19 @@ def test_profile_thresholds_replace_the_defaults_and_unknown_names_are_refused(t
 def test_new_xid_events_between_samples_fail_with_their_meaning() -> None:
     """The Xid line is the real one of tests/cases/gpu/rtx-5080-xid79.yaml
     (https://github.com/NVIDIA/open-gpu-kernel-modules/issues/1151)."""
+    from provisioner.facts.sample import SAMPLE_PROBE
     from provisioner.monitor.checks import evaluate
-    from provisioner.monitor.probe import parse_sample
     from provisioner.profile.thresholds import Thresholds
 
     xid = "May 18 19:02:39 kernel: NVRM: Xid (PCI:0000:2b:00): 79, GPU has fallen off the bus."
-    before = parse_sample("@mon time 100.0\n@mon xid-log readable\n")
-    after = parse_sample(f"@mon time 105.0\n@mon xid-log readable\n@mon xid |{xid}\n")
+    before = SAMPLE_PROBE.read("@mon time 100.0\n@mon xid-log readable\n")
+    after = SAMPLE_PROBE.read(f"@mon time 105.0\n@mon xid-log readable\n@mon xid |{xid}\n")
     checks = {c.id: c for c in evaluate(before, after, Thresholds(expect_server=False), 0)}
     assert checks["monitor.xid"].status == "fail"
     assert "Xid 79 on PCI:0000:2b:00" in (checks["monitor.xid"].observed or "")
     again = {c.id: c for c in evaluate(after, after, Thresholds(expect_server=False), 0)}
     assert again["monitor.xid"].status == "pass"  # the same event is not new any more
-    unreadable = parse_sample("@mon time 105.0\n@mon xid-log unreadable\n")
+    unreadable = SAMPLE_PROBE.read("@mon time 105.0\n@mon xid-log unreadable\n")
     assert {c.id: c for c in evaluate(before, unreadable, Thresholds(expect_server=False), 0)}[
         "monitor.xid"].status == "skip"
 
@@ -474,18 +421,18 @@ def test_nvlink_links_up_pass_and_a_down_link_warns() -> None:
     down-link variant replaces one link's speed with nvidia-smi's `<inactive>`."""
     import yaml
 
+    from provisioner.facts.sample import SAMPLE_PROBE
     from provisioner.monitor.checks import evaluate
-    from provisioner.monitor.probe import parse_sample
     from provisioner.profile.thresholds import Thresholds
 
     case = yaml.safe_load((Path(__file__).resolve().parents[1] / "cases/monitor/gb200-nvlink-status.yaml").read_text())
     lines = "".join(f"@mon nvlink |{line}\n" for line in case["nvlink_s"].splitlines())
-    sample = parse_sample("@mon time 1.0\n" + lines)
+    sample = SAMPLE_PROBE.read("@mon time 1.0\n" + lines)
     assert len(sample.nvlink) == 18 and sample.nvlink[0] == (0, 0, 53.125)
     check = {c.id: c for c in evaluate(None, sample, Thresholds(expect_server=False), 0)}["monitor.nvlink"]
     assert check.status == "pass" and "18/18 links up, 956.25 GB/s" in (check.observed or "")
-    down = parse_sample("@mon time 1.0\n" + lines.replace("Link 7: 53.125 GB/s", "Link 7: <inactive>"))
+    down = SAMPLE_PROBE.read("@mon time 1.0\n" + lines.replace("Link 7: 53.125 GB/s", "Link 7: <inactive>"))
     check = {c.id: c for c in evaluate(None, down, Thresholds(expect_server=False), 0)}["monitor.nvlink"]
     assert check.status == "warn" and "GPU0 link 7" in (check.observed or "")
-    none = {c.id: c for c in evaluate(None, parse_sample("@mon time 1.0\n"), Thresholds(expect_server=False), 0)}
+    none = {c.id: c for c in evaluate(None, SAMPLE_PROBE.read("@mon time 1.0\n"), Thresholds(expect_server=False), 0)}
     assert none["monitor.nvlink"].status == "skip"

@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 import yaml
 
-from provisioner.verify.model import ModelDir, dir_probe, ollama_checks, ollama_probe, parse_model_dir
+from provisioner.facts.model_files import MODEL_DIR_PROBE, ModelDir
+from provisioner.verify.model import ollama_checks
 
 ROOT = Path(__file__).resolve().parents[2]
 VLLM_PROFILE = ROOT / "profiles" / "2x-h200-qwen3-235b-fp8-vllm.yaml"  # qwen3-235b-a22b-instruct-2507, 94 layers
@@ -183,35 +184,10 @@ def test_ollama_tag_listed_by_a_stand_in_ollama(tmp_path: Path, tag: str, status
 
 def test_ollama_absent_or_failing() -> None:
     assert ollama_checks("qwen3:30b-a3b", ModelDir(ollama="missing"))[0].status == "skip"
-    down = parse_model_dir("@modeldir ollama present 1\n"
+    down = MODEL_DIR_PROBE.read("@modeldir ollama present 1\n"
                            "@modeldir ollama-line |Error: could not connect to ollama app, is it running?\n")
     (check,) = ollama_checks("qwen3:30b-a3b", down)
     assert check.status == "warn" and "could not connect" in (check.observed or "")
-
-
-def test_probes_are_posix_sh_and_shellcheck_clean(tmp_path: Path) -> None:
-    script = tmp_path / "probe.sh"
-    root = str(tmp_path / "r")
-    body = dir_probe("/srv/m dir/x", root, "Q8_0/x-00001-of-00002.gguf") + ollama_probe("127.0.0.1:11434")
-    script.write_text(f"root={root}\n" + "b64() { printf '%s' \"$1\" | base64 | tr -d '\\n'; }\n" + body)
-    assert subprocess.run(["sh", "-n", str(script)], check=False).returncode == 0
-    shellcheck = Path(sys.executable).parent / "shellcheck"
-    if shellcheck.exists():
-        result = subprocess.run([str(shellcheck), "--shell=sh", "-e", "SC2034", str(script)], capture_output=True,
-                                text=True, check=False)
-        assert result.returncode == 0, result.stdout
-
-
-def test_probe_reads_a_directory_with_spaces(tmp_path: Path) -> None:
-    root = tmp_path / "r"
-    model_dir(root, rel="/srv/m dir/x")
-    script = f"set -u\nroot={root}\nb64() {{ printf '%s' \"$1\" | base64 | tr -d '\\n'; }}\n" + dir_probe(
-        "/srv/m dir/x", str(root))
-    out = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True).stdout
-    assert all(line.startswith("@modeldir ") for line in out.splitlines())
-    seen = parse_model_dir(out)
-    assert seen.present and seen.config is not None and seen.index is not None
-    assert sorted(seen.files) == SHARDS and set(seen.files.values()) == {4096}
 
 
 def test_hf_gguf_file_for_llama_cpp(tmp_path: Path) -> None:
@@ -235,7 +211,7 @@ def test_hf_gguf_file_for_llama_cpp(tmp_path: Path) -> None:
 def test_ollama_pinned_digest_must_match_the_listed_id() -> None:
     listing = "@modeldir ollama present 0\n" + "".join(f"@modeldir ollama-line |{line}\n"
                                                       for line in OLLAMA_LIST.splitlines())
-    seen = parse_model_dir(listing)
+    seen = MODEL_DIR_PROBE.read(listing)
     # a full digest that starts with the listed ID (the rest of it is made up: only the prefix is listed)
     digest = "sha256:a6990ed6be41" + "2c6a217614b0ec8e9cd6800a743d5dd7e1d7fbe3e0e6a8d3d0e3"
     (same,) = ollama_checks("llama3:8b", seen, digest)

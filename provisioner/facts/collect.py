@@ -1,0 +1,45 @@
+"""The one round trip that reads a host: the gather script (facts/gather.py) with the
+probes a caller picks riding along, run through a transport. Everything it calls to
+understand the output is pure."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from provisioner.errors import ProvisionError
+from provisioner.facts.gather import Gathered, gather_script, parse_gather
+from provisioner.facts.gpu_probe import GPU_PROBE
+from provisioner.facts.host import HOST_PROBE, HostFacts
+from provisioner.facts.host_load import fit_probe
+from provisioner.facts.probe import Probe, snippets
+
+if TYPE_CHECKING:  # the protocol only: facts sits below transport/, which imports facts
+    from provisioner.transport import Transport
+
+
+def run_gather(transport: Transport, probes: Sequence[Probe[object]] = (), *, paths: Sequence[str] = (),
+               service: str = "", host_paths: list[str] | None = None, extra: str = "") -> Gathered:
+    """Facts, every managed path, provision's state and what ``probes`` print, in one exec on
+    the host. ``extra``: more sh whose lines other code parses (install items, verify's live
+    values), after the probes."""
+    script = gather_script(list(paths), transport.root, service, transport.state_dir, host_paths,
+                           snippets(probes) + extra)
+    result = transport.run(script)
+    if result.returncode != 0 and "@done" not in result.stdout:
+        raise ProvisionError(f"gathering facts on {transport.name} failed: "
+                             f"{(result.stderr or result.stdout).strip()[:300]}",
+                             hint="the target needs a POSIX sh with stat, sha256sum and base64")
+    return parse_gather(result.stdout)
+
+
+def gather_host(transport: Transport) -> HostFacts:
+    """One round trip: the base facts, the GPU probe and the host probe (`provision init`)."""
+    return HostFacts.from_gathered(run_gather(transport, [GPU_PROBE, HOST_PROBE]))
+
+
+def gather_fit_host(transport: Transport, service: str) -> tuple[HostFacts, Gathered]:
+    """ONE round trip for `fit --host/--here`: base facts, the GPU probe, the host probe and
+    the fit probe (processes on the GPUs, hugepages, peer access, ``service``'s processes)."""
+    gathered = run_gather(transport, [GPU_PROBE, HOST_PROBE, fit_probe(service)])
+    return HostFacts.from_gathered(gathered), gathered
