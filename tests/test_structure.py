@@ -34,7 +34,6 @@ LONG_FUNCTIONS = {
 # Over the line budget today, with the change that brings each under it.
 LONG_MODULES = {
     "profile/models.py": "the schema; its install and cluster sections move to modules of their own",
-    "verify/endpoint.py": "the endpoint checks; the long-prompt probes move out",
 }
 
 

@@ -19,14 +19,10 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
-import time
-import urllib.error
-import urllib.request
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from provisioner.facts.check import Check
+from provisioner.verify.client import ChatRun, Client, HttpError, as_int
 
 if TYPE_CHECKING:
     from provisioner.fit.placement import Placement
@@ -61,132 +57,11 @@ _FILLER = (
 )
 
 
-class _HttpError(Exception):
-    def __init__(self, status: int | None, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-@dataclass
-class _Client:
-    base_url: str
-    api_key: str | None
-    timeout_s: float
-
-    def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        url = self.base_url.rstrip("/") + path
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(url, data=data, method=method)  # noqa: S310 - http(s) checked in endpoint_checks
-        req.add_header("Accept", "application/json")
-        if data is not None:
-            req.add_header("Content-Type", "application/json")
-        if self.api_key:
-            req.add_header("Authorization", f"Bearer {self.api_key}")
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:  # noqa: S310 - URL given by the user
-                raw = resp.read()
-        except urllib.error.HTTPError as exc:
-            detail = exc.read().decode("utf-8", "replace")
-            raise _HttpError(exc.code, f"HTTP {exc.code}: {_error_message(detail) or exc.reason}") from exc
-        except (urllib.error.URLError, OSError) as exc:
-            reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
-            raise _HttpError(None, f"no answer from {url}: {reason}") from exc
-        try:
-            return json.loads(raw)
-        except ValueError as exc:
-            raise _HttpError(None, f"{url} did not answer JSON: {raw[:80]!r}") from exc
-
-    def get(self, path: str) -> Any:
-        return self.request("GET", path)
-
-    def post(self, path: str, body: dict[str, Any]) -> Any:
-        return self.request("POST", path, body)
-
-
-def _error_message(text: str) -> str:
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return text.strip()[:200]
-    if isinstance(data, dict):
-        err = data.get("error", data)
-        if isinstance(err, dict):
-            return str(err.get("message") or err)[:300]
-        return str(err)[:300]
-    return text.strip()[:200]
-
-
-@dataclass
-class _Answer:
-    content: str
-    reasoning: str
-    prompt_tokens: int | None
-    completion_tokens: int | None
-    timings: dict[str, Any]
-    seconds: float
-
-    @property
-    def text(self) -> str:
-        return self.reasoning + self.content
-
-
-@dataclass
-class _Run:
-    spec: Spec
-    client: _Client
-    model: str
-    answers: list[_Answer] = field(default_factory=list)
-
-    @property
-    def engine(self) -> str:
-        return self.spec.profile.runtime.engine
-
-    def chat(self, prompt: str, max_tokens: int, *, ignore_eos: bool = False) -> _Answer:
-        body: dict[str, Any] = {
-            "model": self.model,
-            "messages": [{"role": "user", "content": prompt}],
-            "max_tokens": max_tokens,
-            "temperature": 0.0,
-            "top_p": 1.0,
-            "seed": 1234,
-            "stream": False,
-        }
-        if self.engine in ("llama.cpp", "vllm"):
-            # short answers: no reasoning phase on hybrid models (ignored by other templates)
-            body["chat_template_kwargs"] = {"enable_thinking": False}
-        if self.engine == "llama.cpp":
-            body["cache_prompt"] = False  # same work every time: determinism and honest timings
-            body["top_k"] = 1
-        if ignore_eos and self.engine in ("llama.cpp", "vllm"):
-            body["ignore_eos"] = True
-        start = time.monotonic()
-        data = self.client.post("/v1/chat/completions", body)
-        seconds = time.monotonic() - start
-        choice = (data.get("choices") or [{}])[0]
-        message = choice.get("message") or {}
-        usage = data.get("usage") or {}
-        answer = _Answer(
-            content=str(message.get("content") or ""),
-            reasoning=str(message.get("reasoning_content") or message.get("reasoning") or ""),
-            prompt_tokens=_int(usage.get("prompt_tokens")),
-            completion_tokens=_int(usage.get("completion_tokens")),
-            timings=data.get("timings") or {},
-            seconds=seconds,
-        )
-        self.answers.append(answer)
-        return answer
-
-
-def _int(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
 def endpoint_checks(spec: Spec, placement: Placement, predicted_decode_tps: float | None, base_url: str,
                     api_key: str | None, *, needle: bool = True, timeout_s: float = 120.0) -> list[Check]:
     """Check the live server at ``base_url`` against the profile; one Check per property."""
     if base_url.startswith(("http://", "https://")):
-        client = _Client(base_url, api_key, timeout_s)
+        client = Client(base_url, api_key, timeout_s)
         answers, served = _check_answers(client, api_key)
     else:
         answers, served = Check("endpoint.answers", "fail", f"not an HTTP URL: {base_url!r}", "http(s)://HOST:PORT",
@@ -197,7 +72,7 @@ def endpoint_checks(spec: Spec, placement: Placement, predicted_decode_tps: floa
                             ("endpoint.model_id", "endpoint.context", "endpoint.slots", "endpoint.needle",
                              "endpoint.deterministic", "endpoint.template", "endpoint.speed")]
     model_check, model = _check_model_id(spec, served)
-    run = _Run(spec, _Client(base_url, api_key, timeout_s), model)
+    run = ChatRun(spec, Client(base_url, api_key, timeout_s), model)
     checks = [answers, model_check]
     if spec.profile.runtime.engine == "ollama":
         _warm_up(run)  # Ollama loads the model on the first request; /api/ps is empty before
@@ -213,11 +88,11 @@ def endpoint_checks(spec: Spec, placement: Placement, predicted_decode_tps: floa
 
 # -- answers and model id ----------------------------------------------------------------------
 
-def _check_answers(client: _Client, api_key: str | None) -> tuple[Check, list[str]]:
+def _check_answers(client: Client, api_key: str | None) -> tuple[Check, list[str]]:
     expected = "HTTP 200 from GET /v1/models"
     try:
         data = client.get("/v1/models")
-    except _HttpError as exc:
+    except HttpError as exc:
         if exc.status in (401, 403):
             hint = ("the server rejected the API key: use the key the profile's secrets.api_key names"
                     if api_key else
@@ -258,14 +133,14 @@ def _check_model_id(spec: Spec, served: list[str]) -> tuple[Check, str]:
             served[0] if served else spec.model_id)
 
 
-def _warm_up(run: _Run) -> None:
-    with contextlib.suppress(_HttpError):  # the checks that need an answer report it
+def _warm_up(run: ChatRun) -> None:
+    with contextlib.suppress(HttpError):  # the checks that need an answer report it
         run.chat("Hello", 1)
 
 
 # -- context and slots -------------------------------------------------------------------------
 
-def _check_context(run: _Run, placement: Placement) -> list[Check]:
+def _check_context(run: ChatRun, placement: Placement) -> list[Check]:
     expected_ctx = placement.context
     slots = run.spec.profile.runtime.parallel
     engine = run.engine
@@ -278,7 +153,7 @@ def _check_context(run: _Run, placement: Placement) -> list[Check]:
                           "(max_num_seqs): no fixed slots to count")]
         return [_ollama_context(run, expected_ctx),
                 Check("endpoint.slots", "skip", hint="Ollama does not report OLLAMA_NUM_PARALLEL over its API")]
-    except _HttpError as exc:
+    except HttpError as exc:
         return [Check("endpoint.context", "fail", exc.message, f"{expected_ctx} tokens per sequence",
                       "the server did not report its context"),
                 Check("endpoint.slots", "skip", hint="the context could not be read")]
@@ -300,17 +175,17 @@ def _context_verdict(observed: int | None, expected: int, source: str, *, detail
     return Check("endpoint.context", "pass", obs, exp)
 
 
-def _llama_context(run: _Run, expected: int, slots: int) -> list[Check]:
+def _llama_context(run: ChatRun, expected: int, slots: int) -> list[Check]:
     props = run.client.get("/props")
     settings = props.get("default_generation_settings") or {}
-    n_ctx = _int(settings.get("n_ctx"))
-    total_slots = _int(props.get("total_slots"))
+    n_ctx = as_int(settings.get("n_ctx"))
+    total_slots = as_int(props.get("total_slots"))
     slot_ctx: list[int] = []
     try:
         data = run.client.get("/slots")
         if isinstance(data, list):
-            slot_ctx = [c for c in (_int(s.get("n_ctx")) for s in data if isinstance(s, dict)) if c is not None]
-    except _HttpError:
+            slot_ctx = [c for c in (as_int(s.get("n_ctx")) for s in data if isinstance(s, dict)) if c is not None]
+    except HttpError:
         pass  # /slots is off (--no-slots): /props alone
     observed = min(slot_ctx) if slot_ctx else n_ctx
     detail = ""
@@ -329,21 +204,21 @@ def _llama_context(run: _Run, expected: int, slots: int) -> list[Check]:
     return [context, slot_check]
 
 
-def _vllm_context(run: _Run, expected: int) -> Check:
+def _vllm_context(run: ChatRun, expected: int) -> Check:
     data = run.client.get("/v1/models")
     for entry in data.get("data") or []:
         if isinstance(entry, dict) and entry.get("id") == run.model:
-            return _context_verdict(_int(entry.get("max_model_len")), expected, "/v1/models max_model_len")
+            return _context_verdict(as_int(entry.get("max_model_len")), expected, "/v1/models max_model_len")
     return _context_verdict(None, expected, "/v1/models")
 
 
-def _ollama_context(run: _Run, expected: int) -> Check:
+def _ollama_context(run: ChatRun, expected: int) -> Check:
     data = run.client.get("/api/ps")
     models = [m for m in data.get("models") or [] if isinstance(m, dict)]
     names = set(_expected_names(run.spec)) | {run.model}
     for entry in models:
         if entry.get("name") in names or entry.get("model") in names:
-            return _context_verdict(_int(entry.get("context_length")), expected, "/api/ps context_length")
+            return _context_verdict(as_int(entry.get("context_length")), expected, "/api/ps context_length")
     return Check("endpoint.context", "fail", f"{run.model} not loaded (/api/ps lists "
                  f"{', '.join(str(m.get('name')) for m in models) or 'nothing'})",
                  f"{expected} tokens per sequence", "the model did not load: see the Ollama log")
@@ -358,7 +233,7 @@ def _needle_prompt(blocks: int) -> str:
     return "\n".join(lines)
 
 
-def _check_needle(run: _Run, placement: Placement) -> Check:
+def _check_needle(run: ChatRun, placement: Placement) -> Check:
     context = placement.context
     target = int(context * NEEDLE_FILL) - NEEDLE_ANSWER_TOKENS
     try:
@@ -366,7 +241,7 @@ def _check_needle(run: _Run, placement: Placement) -> Check:
         base = run.chat(_needle_prompt(0), 1)
         probe_blocks = 4 * len(_FILLER)
         probe = run.chat(_needle_prompt(probe_blocks), 1)
-    except _HttpError as exc:
+    except HttpError as exc:
         return Check("endpoint.needle", "fail", f"calibration request failed: {exc.message}",
                      "the fact from the prompt's start", "the server refused a short prompt: see its log")
     if base.prompt_tokens is None or probe.prompt_tokens is None or probe.prompt_tokens <= base.prompt_tokens:
@@ -378,7 +253,7 @@ def _check_needle(run: _Run, placement: Placement) -> Check:
     expected = f"{NEEDLE_KEY} recalled from a ~{planned}-token prompt ({context}-token context)"
     try:
         answer = run.chat(_needle_prompt(blocks), NEEDLE_ANSWER_TOKENS)
-    except _HttpError as exc:
+    except HttpError as exc:
         hint = ("the server refused a prompt that fits the profile's context: it serves less context"
                 if exc.status is not None and exc.status < 500 else "the request failed: see the server log")
         return Check("endpoint.needle", "fail", f"~{planned}-token prompt refused: {exc.message}", expected, hint)
@@ -401,12 +276,12 @@ def _check_needle(run: _Run, placement: Placement) -> Check:
 
 # -- determinism, template, speed ---------------------------------------------------------------
 
-def _check_deterministic(run: _Run) -> Check:
+def _check_deterministic(run: ChatRun) -> Check:
     texts: list[str] = []
     try:
         for _ in range(3):
             texts.append(run.chat(DETERMINISM_PROMPT, 48).text)
-    except _HttpError as exc:
+    except HttpError as exc:
         return Check("endpoint.deterministic", "fail", exc.message, "3 identical answers at temperature 0",
                      "the server failed a short request: see its log")
     expected = "3 identical answers at temperature 0"
@@ -424,7 +299,7 @@ def _check_deterministic(run: _Run) -> Check:
                  "slots, or prompt caching changing numerics (llama.cpp: cache_prompt false)")
 
 
-def _check_template(run: _Run) -> Check:
+def _check_template(run: ChatRun) -> Check:
     texts = [a.text for a in run.answers if a.completion_tokens != 1]
     expected = "no raw template tokens in answers"
     if not texts:
@@ -437,12 +312,12 @@ def _check_template(run: _Run) -> Check:
     return Check("endpoint.template", "pass", f"none in {len(texts)} answer(s)", expected)
 
 
-def _check_speed(run: _Run, predicted: float | None) -> Check:
+def _check_speed(run: ChatRun, predicted: float | None) -> Check:
     if predicted is None or predicted <= 0:
         return Check("endpoint.speed", "skip", hint="no speed prediction for this profile")
     try:
         answer = run.chat(SPEED_PROMPT, SPEED_TOKENS, ignore_eos=True)
-    except _HttpError as exc:
+    except HttpError as exc:
         return Check("endpoint.speed", "fail", exc.message, f"{predicted:.1f} tok/s predicted",
                      "the speed request failed: see the server log")
     tps = answer.timings.get("predicted_per_second")
