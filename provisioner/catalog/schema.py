@@ -56,6 +56,8 @@ class GpuSpec(_Entry):
     nvlink: bool | None = None  # None: not recorded
     nvlink_gb_s: float | None = Field(default=None, gt=0)  # total per GPU, both directions
     sources: dict[str, list[str]] = Field(min_length=1)
+    # described in a profile (hardware.gpus[].spec), not the catalog: no driver minimum is known
+    inline: bool = False
 
     @model_validator(mode="after")
     def _consistent(self) -> GpuSpec:
@@ -68,7 +70,7 @@ class GpuSpec(_Entry):
             raise ValueError("a board without unified memory needs pcie_gen and pcie_lanes")
         if not self.pci_device_ids and not self.unified_memory:
             raise ValueError("a discrete board needs pci_device_ids")
-        if not self.unified_memory and (self.min_driver is None or not self.kernel_modules):
+        if not self.unified_memory and ((self.min_driver is None and not self.inline) or not self.kernel_modules):
             raise ValueError("a discrete board needs min_driver and kernel_modules")
         if self.nvlink_gb_s is not None and self.nvlink is not True:
             raise ValueError("nvlink_gb_s needs nvlink: true")

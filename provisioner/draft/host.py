@@ -14,6 +14,7 @@ the biggest model that still decodes at a usable speed, then the fastest.
 
 from __future__ import annotations
 
+import json
 import re
 import tempfile
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from provisioner.errors import ProvisionError, UsageError
 from provisioner.facts.gather import Gathered, parse_gather
 from provisioner.fit.library import Entry, entries
 from provisioner.fit.predict import predict
+from provisioner.profile.models import PLACEHOLDER
 from provisioner.render.pipeline import build
 from provisioner.units import format_size
 from provisioner.verify.gpu import GPU_GATHER, parse_gpu
@@ -55,6 +57,12 @@ if command -v dmidecode >/dev/null 2>&1 && init_dmi=$(dmidecode -t 17 2>/dev/nul
 else
     echo '@init dimm unreadable'
 fi
+# what a GPU the catalog lacks is described with (hardware.gpus[].spec); compute_cap is a
+# query field since driver 510, an older one prints nothing here
+if command -v nvidia-smi >/dev/null 2>&1; then
+    nvidia-smi --query-gpu=pci.bus_id,memory.total,compute_cap --format=csv,noheader,nounits 2>/dev/null \
+        | sed 's/^/@init gpu /'
+fi
 """
 
 
@@ -63,6 +71,11 @@ class HostGpu:
     name: str
     device_id: str | None  # "0x2bb1", as the catalog stores it
     catalog_id: str | None  # None: not in the catalog
+    # what nvidia-smi says of the board, for a GPU the catalog lacks (None: not reported)
+    memory_mib: int | None = None
+    compute_cap: str | None = None
+    pcie_gen: int | None = None
+    pcie_lanes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -195,6 +208,18 @@ def _dimms(lines: list[str]) -> tuple[str | None, int | None, int | None]:
     return memory_type, (sum(sizes) or None), (len(sizes) or None)
 
 
+def _boards(output: str) -> dict[str, tuple[int | None, str | None]]:
+    """Bus id -> (memory.total MiB, compute capability) from the ``@init gpu`` lines."""
+    out: dict[str, tuple[int | None, str | None]] = {}
+    for line in output.splitlines():
+        if line.startswith("@init gpu "):
+            parts = [p.strip() for p in line.removeprefix("@init gpu ").split(",")]
+            if len(parts) == 3:
+                cap = parts[2] if re.fullmatch(r"[0-9]+\.[0-9]+", parts[2]) else None
+                out[parts[0].lower()] = (_int(parts[1]), cap)
+    return out
+
+
 def host_facts(output: str) -> HostFacts:
     """Pure: the gather output (base facts + GPU_GATHER + INIT_GATHER lines) -> HostFacts."""
     values = parse_gather(output).facts.values
@@ -207,7 +232,9 @@ def host_facts(output: str) -> HostFacts:
             key, _, value = line.removeprefix("@init ").partition(" ")
             init[key] = value.strip()
     report = parse_gpu(output)
-    gpus = tuple(HostGpu(g.name or "unknown GPU", g.device_id, catalog_gpu_id(g.device_id, g.name))
+    boards = _boards(output)
+    gpus = tuple(HostGpu(g.name or "unknown GPU", g.device_id, catalog_gpu_id(g.device_id, g.name),
+                         *boards.get(g.bus_id.lower(), (None, None)), g.pcie_gen_max, g.pcie_width_max)
                  for g in report.gpus)
     memory_type, dimm_bytes, dimms = _dimms(dimm_lines)
     mem_total_kb = _int(values.get("mem_total_kb"))
@@ -303,7 +330,7 @@ def choose_profile(facts: HostFacts, model: str | None = None) -> Choice:
 
     Raises UsageError for an unknown model, ProvisionError when no library profile
     can be made to fit (naming the closest and why)."""
-    pool = entries()
+    pool = [e for e in entries() if e.spec.profile.cluster is None]  # init describes one host
     if model is not None:
         pool = [e for e in pool if _matches_model(e, model)]
         if not pool:
@@ -329,11 +356,14 @@ def choose_profile(facts: HostFacts, model: str | None = None) -> Choice:
         chosen = max((c for c in good if c.distance == nearest), key=lambda c: _best_key(c, facts))
     others = tuple(sorted((c for c in good if c is not chosen),
                           key=lambda c: (not c.exact, c.distance, [-x for x in _best_key(c, facts)])))
-    final = _profile_text(chosen.base, facts, exact=chosen.exact, note=(chosen, others, model))
+    note = (chosen, others, model)
+    final = _profile_text(chosen.base, facts, exact=chosen.exact, note=note)
     with tempfile.TemporaryDirectory(prefix="provision-init-") as tmp:
         path = Path(tmp) / "init.yaml"
         path.write_text(final, encoding="utf-8")
         build(path)  # what is printed validates; a failure here is a bug, raised as an error
+    if facts.unknown_gpus:  # printed with their inline specs, which wait for the user's numbers
+        final = _profile_text(chosen.base, facts, exact=chosen.exact, note=note, inline=True)
     return Choice(facts, _replace_text(chosen, final), model, others)
 
 
@@ -371,7 +401,7 @@ def _name(facts: HostFacts, base: str) -> str:
 
 
 def _profile_text(e: Entry, facts: HostFacts, *, exact: bool,
-                  note: tuple[Candidate, tuple[Candidate, ...], str | None] | None) -> str:
+                  note: tuple[Candidate, tuple[Candidate, ...], str | None] | None, inline: bool = False) -> str:
     """The profile for this host; ``note`` (the chosen candidate, the others, the model asked
     for) adds the header comments and the verify floor of the final text."""
     p = e.spec.profile
@@ -385,7 +415,7 @@ def _profile_text(e: Entry, facts: HostFacts, *, exact: bool,
         if floor is not None:
             verify = ["verify:", f"  min_tokens_per_s: {floor:g}  # half of fit's {chosen.decode_tokens_per_s:.1f} "
                       f"tok/s on this host; library: {p.verify.min_tokens_per_s:g}"]
-    gpu_lines = _gpu_yaml(facts, e)
+    gpu_lines = _gpu_yaml(facts, e, inline)
     cores, cores_note = (facts.cores, f"/proc/cpuinfo: {facts.cores} physical cores, {facts.cpus} "
                          "logical CPUs") if facts.cores else (
         facts.cpus, f"getconf: {facts.cpus} logical CPUs (physical cores unreadable)")
@@ -441,8 +471,10 @@ def _header(e: Entry, facts: HostFacts, exact: bool, chosen: Candidate, others: 
         head.append(f"#   `provision verify` expects at least {p.verify.min_tokens_per_s:g} tok/s "
                     "(the library's verify.min_tokens_per_s).")
     for gpu in facts.unknown_gpus:
-        head.append(f"# NOT used: GPU {_printable(gpu.name)!r} (PCI device {gpu.device_id or '?'}) is not in "
-                    "the catalog, so fit cannot place anything on it.")
+        head.append(f"# GPU {_printable(gpu.name)!r} (PCI device {gpu.device_id or '?'}) is not in the catalog: "
+                    "described inline under hardware.gpus from what nvidia-smi reports. Fill in each")
+        head.append(f"#   {PLACEHOLDER} value from the board's data sheet (validate refuses the profile until "
+                    "then); the library profile was chosen and fitted without this GPU.")
     head += _driver_notes(facts, e)
     if any(PLACEHOLDER_SHA.match(f.sha256 or "") for f in (p.model.source.files or [])):
         head.append("# The library's model file checksums are placeholders: put the real sha256 "
@@ -486,19 +518,48 @@ def _printable(text: str) -> str:
     return "".join(ch for ch in text if ch.isprintable())[:80]
 
 
-def _gpu_yaml(facts: HostFacts, e: Entry) -> list[str]:
+def _gpu_yaml(facts: HostFacts, e: Entry, inline: bool) -> list[str]:
     library = e.gpu_text
-    if not facts.gpu_groups:
+    unknown = _inline_gpus(facts) if inline else []
+    if not facts.gpu_groups and not unknown:
         why = ("nvidia-smi not found" if facts.smi == "missing" else
                "no GPU in the catalog" if facts.gpus else f"nvidia-smi: {facts.smi}, no GPU")
         return [f"  gpus: []  # {why}: CPU only; library: {library}"]
-    lines = ["  gpus:"]
+    lines = ["  gpus:", *unknown]
     for gid, count in facts.gpu_groups:
         found = [g for g in facts.gpus if g.catalog_id == gid]
         ids = ", ".join(sorted({g.device_id or "?" for g in found}))
         lines.append(f"    - {{model: {gid}, count: {count}}}  # nvidia-smi: {count}x {_printable(found[0].name)} "
                      f"(pci.device_id {ids})")
     lines[0] += f"  # library: {library}"
+    return lines
+
+
+def _inline_gpus(facts: HostFacts) -> list[str]:
+    """hardware.gpus[].spec of the GPUs the catalog lacks: nvidia-smi's numbers, and a
+    placeholder validate refuses for what nvidia-smi cannot report."""
+    groups: dict[HostGpu, int] = {}
+    for gpu in facts.unknown_gpus:
+        groups[gpu] = groups.get(gpu, 0) + 1
+    lines: list[str] = []
+    for gpu, count in groups.items():
+        fill = f'"{PLACEHOLDER}: '
+        memory = f"{gpu.memory_mib}MiB  # nvidia-smi memory.total" if gpu.memory_mib else \
+            fill + 'the memory size, e.g. 24GiB"'
+        cap = f'"{gpu.compute_cap}"  # nvidia-smi compute_cap' if gpu.compute_cap else \
+            fill + 'the compute capability, e.g. 8.9 (developer.nvidia.com/cuda-gpus)"'
+        gen = gpu.pcie_gen if gpu.pcie_gen else fill + 'PCIe generation"'
+        lanes = gpu.pcie_lanes if gpu.pcie_lanes else fill + 'PCIe lanes"'
+        lines += [f"    - spec:  # nvidia-smi: {count}x {_printable(gpu.name)} (pci.device_id {gpu.device_id or '?'}),"
+                  " not in the catalog",
+                  f"        name: {json.dumps(_printable(gpu.name))}",
+                  f"        memory: {memory}",
+                  f"        bandwidth_gb_s: {fill}the memory bandwidth in GB/s from the data sheet\"",
+                  f"        bf16_tflops: {fill}the dense (not sparse) BF16 tensor TFLOPS from the data sheet\"",
+                  f"        compute_capability: {cap}",
+                  f"        pcie: {{gen: {gen}, lanes: {lanes}}}  # nvidia-smi pcie.link.gen.max, width.max",
+                  *([f'        pci_device_id: "{gpu.device_id}"'] if gpu.device_id else []),
+                  f"      count: {count}"]
     return lines
 
 

@@ -126,9 +126,53 @@ class Metadata(_Model):
     sources: list[Annotated[str, Field(pattern=r"^https?://\S+$")]] = []
 
 
+# What `provision init` writes for a number nvidia-smi cannot report; validate refuses it.
+PLACEHOLDER = "FILL-IN"
+
+
+def _filled(value: Any) -> Any:
+    if isinstance(value, str) and value.startswith(PLACEHOLDER):
+        what = value.removeprefix(PLACEHOLDER).lstrip(": ") or "this number"
+        raise ValueError(f"not filled in yet ({PLACEHOLDER}){HINT_MARK}put {what} here")
+    return value
+
+
+Measured = Annotated[float, BeforeValidator(_filled), Field(gt=0, le=100_000)]
+
+
+class InlinePcie(_Model):
+    gen: Annotated[int, BeforeValidator(_filled), Field(ge=3, le=6)]
+    lanes: Annotated[int, BeforeValidator(_filled), Field(ge=1, le=16)]
+
+
+class InlineGpu(_Model):
+    """A GPU the catalog lacks, described in the profile (checked like a catalog entry by
+    profile/inline_gpu.py): the numbers fit needs, from the board's data sheet."""
+
+    name: Text
+    memory: Annotated[int, BeforeValidator(parse_size), BeforeValidator(_filled), Field(gt=0)]  # last runs first
+    bandwidth_gb_s: Measured
+    bf16_tflops: Measured  # dense BF16/FP16 tensor TFLOPS
+    fp8_tflops: Measured | None = None
+    compute_capability: Annotated[str, BeforeValidator(_filled), Field(pattern=r"^[0-9]+\.[0-9]+$")]
+    pcie: InlinePcie | None = None  # None only with unified_memory
+    unified_memory: bool = False
+    pci_device_id: Annotated[str, Field(pattern=r"^0x[0-9a-f]{4}$")] | None = None
+    sources: list[Annotated[str, Field(pattern=r"^https?://\S+$")]] = []
+
+
 class GpuEntry(_Model):
-    model: Text
+    """A catalog GPU by id (``model``) or one described inline (``spec``)."""
+
+    model: Text | None = None
+    spec: InlineGpu | None = None
     count: int = Field(default=1, ge=1, le=16)
+
+    @model_validator(mode="after")
+    def _one(self) -> GpuEntry:
+        if (self.model is None) == (self.spec is None):
+            raise ValueError("give exactly one of model (a catalog id) or spec (the GPU described inline)")
+        return self
 
 
 class Memory(_Model):

@@ -23,8 +23,9 @@ from provisioner.catalog import (
 from provisioner.errors import Problem, ProfileError
 from provisioner.facts.gguf_layout import TensorLayout
 from provisioner.facts.host_load import HostLoad
+from provisioner.profile.inline_gpu import gpu_spec, inline_id
 from provisioner.profile.loader import LoadedProfile
-from provisioner.profile.models import BUILTIN_HANDLERS, Profile
+from provisioner.profile.models import BUILTIN_HANDLERS, GpuEntry, Profile
 
 # Sources each engine can serve from (see README: model sources).
 _SOURCES_FOR_ENGINE = {
@@ -94,13 +95,7 @@ def resolve(loaded: LoadedProfile, catalog: Catalog | None = None) -> Spec:
 
     gpus: list[GpuGroup] = []
     for i, entry in enumerate(p.hardware.gpus):
-        gpu = catalog.gpus.get(entry.model)
-        if gpu is None:
-            problems.append(loaded.problem(("hardware", "gpus", i, "model"),
-                                           f"unknown GPU {entry.model!r}",
-                                           _suggest(entry.model, list(catalog.gpus))))
-        else:
-            gpus.append(GpuGroup(gpu, entry.model, entry.count))
+        problems += _gpu_group(loaded, catalog, entry, ("hardware", "gpus", i), gpus)
 
     node_gpus: list[tuple[str, tuple[GpuGroup, ...]]] = []
     if p.cluster is not None:
@@ -143,6 +138,27 @@ def resolve(loaded: LoadedProfile, catalog: Catalog | None = None) -> Spec:
                 engine=engine, engine_version=version, node_gpus=tuple(node_gpus))
 
 
+def _gpu_group(loaded: LoadedProfile, catalog: Catalog, entry: GpuEntry, where: tuple[str | int, ...],
+               into: list[GpuGroup]) -> list[Problem]:
+    """A catalog GPU by id, or one the profile describes (checked like a catalog entry)."""
+    if entry.spec is not None:
+        try:
+            spec = gpu_spec(entry.spec, f"profile {loaded.path.name}")
+        except ValueError as exc:
+            message, _, hint = str(exc).partition(" | hint: ")
+            return [loaded.problem((*where, "spec"), f"GPU {entry.spec.name!r}: {message}", hint or None)]
+        into.append(GpuGroup(spec, inline_id(entry.spec), entry.count))
+        return []
+    assert entry.model is not None  # the schema wants model or spec
+    gpu = catalog.gpus.get(entry.model)
+    if gpu is None:
+        return [loaded.problem((*where, "model"), f"unknown GPU {entry.model!r}",
+                               _suggest(entry.model, list(catalog.gpus))
+                               + "; or describe it inline: spec: {name, memory, bandwidth_gb_s, ...}")]
+    into.append(GpuGroup(gpu, entry.model, entry.count))
+    return []
+
+
 _BACKEND_ENGINE = {"ray": "vllm", "rpc": "llama.cpp"}
 
 
@@ -165,12 +181,7 @@ def _cluster_rules(loaded: LoadedProfile, catalog: Catalog, gpus: list[GpuGroup]
     for i, node in enumerate(cluster.nodes):
         groups: list[GpuGroup] = []
         for j, entry in enumerate(node.gpus):
-            gpu = catalog.gpus.get(entry.model)
-            if gpu is None:
-                out.append(loaded.problem(("cluster", "nodes", i, "gpus", j, "model"),
-                                          f"unknown GPU {entry.model!r}", _suggest(entry.model, list(catalog.gpus))))
-            else:
-                groups.append(GpuGroup(gpu, entry.model, entry.count))
+            out += _gpu_group(loaded, catalog, entry, ("cluster", "nodes", i, "gpus", j), groups)
         gpus.extend(groups)
         node_gpus.append((node.name, tuple(groups)))
     counts = {n.gpu_count for n in cluster.nodes}
