@@ -94,6 +94,8 @@ class QuantSpec(_Entry):
     bytes: Bytes  # total size of the weight files
     bits_per_weight: float = Field(gt=0, le=32)
     repo: str | None = None  # where this quantisation is published
+    # safetensors: config.json's quantization_config.quant_method, or the dtype (bf16)
+    method: str | None = None
     sources: list[str] = Field(min_length=1)
 
 

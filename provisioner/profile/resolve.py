@@ -25,6 +25,7 @@ from provisioner.facts.gguf_layout import TensorLayout
 from provisioner.facts.host_load import HostLoad
 from provisioner.profile.inline_gpu import gpu_spec, inline_id
 from provisioner.profile.loader import LoadedProfile
+from provisioner.profile.model_source import lookup_model
 from provisioner.profile.models import BUILTIN_HANDLERS, GpuEntry, Profile
 
 # Sources each engine can serve from (see README: model sources).
@@ -101,17 +102,9 @@ def resolve(loaded: LoadedProfile, catalog: Catalog | None = None) -> Spec:
     if p.cluster is not None:
         problems += _cluster_rules(loaded, catalog, gpus, node_gpus)
 
-    model = catalog.models.get(p.model.id)
-    quant: QuantSpec | None = None
-    if model is None:
-        problems.append(loaded.problem(("model", "id"), f"unknown model {p.model.id!r}",
-                                       _suggest(p.model.id, list(catalog.models))))
-    else:
-        quant = model.quants.get(p.model.quant)
-        if quant is None:
-            problems.append(loaded.problem(
-                ("model", "quant"), f"unknown quant {p.model.quant!r} for {p.model.id}",
-                _suggest(p.model.quant, list(model.quants))))
+    model, quant, layout, found = lookup_model(loaded, catalog)
+    problems += found
+    if model is not None:
         problems += _model_rules(loaded, model)
 
     engine = catalog.engines.get(p.runtime.engine)
@@ -135,7 +128,7 @@ def resolve(loaded: LoadedProfile, catalog: Catalog | None = None) -> Spec:
         raise ProfileError(problems)
     assert model is not None and quant is not None and engine is not None and version is not None
     return Spec(loaded=loaded, gpus=tuple(gpus), model=model, model_id=p.model.id, quant=quant,
-                engine=engine, engine_version=version, node_gpus=tuple(node_gpus))
+                engine=engine, engine_version=version, node_gpus=tuple(node_gpus), layout=layout)
 
 
 def _gpu_group(loaded: LoadedProfile, catalog: Catalog, entry: GpuEntry, where: tuple[str | int, ...],
