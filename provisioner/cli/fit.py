@@ -86,6 +86,7 @@ def fit_result(profile: Path, context: int | None, ignore_fit: bool = False,
     from provisioner.fit import fit
     from provisioner.fit.predict import predict
     from provisioner.fit.suggest import suggestions
+    from provisioner.install.model_fetch import fetch_model_shape
     from provisioner.profile.loader import load_profile
     from provisioner.profile.resolve import resolve
     from provisioner.render.engine_command import chosen_flags
@@ -93,6 +94,7 @@ def fit_result(profile: Path, context: int | None, ignore_fit: bool = False,
 
     overrides = hardware_overrides(host_facts) if host_facts is not None else None
     loaded = load_profile(profile, overrides)
+    fetch_model_shape(loaded.profile)  # a model the catalog lacks: read once from the Hub, then cached
     if overrides is not None and loaded.profile.cluster is not None:
         raise UsageError(f"fit reads one host's hardware; {profile} describes a cluster of "
                          f"{len(loaded.profile.cluster.nodes)} nodes",
@@ -102,7 +104,7 @@ def fit_result(profile: Path, context: int | None, ignore_fit: bool = False,
     if host_facts is not None and host_output is not None:
         load = host_load(host_output, gpu_order(host_facts, host_output))
     layout, layout_note = local_layout(spec, root) if read_model_files else (None, None)
-    spec = dataclasses.replace(spec, host=load, layout=layout)
+    spec = dataclasses.replace(spec, host=load, layout=layout or spec.layout)
     if context is not None and context > spec.model.max_context:
         raise UsageError(f"--context {context} exceeds {spec.model.name}'s maximum of "
                          f"{spec.model.max_context}", hint=f"use at most {spec.model.max_context}")
