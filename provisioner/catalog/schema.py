@@ -155,6 +155,9 @@ class EngineVersion(_Entry):
     kv_cache_types: list[str] = Field(min_length=1)
     quantized_v_needs_flash_attention: bool = False
     architectures: list[Architecture]  # GPU architectures this version supports
+    # safetensors checkpoints it loads: config.json quant_method values and unquantised dtypes
+    # (QuantSpec.method); None where the engine loads no safetensors (llama.cpp, Ollama)
+    quant_methods: list[str] | None = None
     binary: str  # what the run script executes
 
 

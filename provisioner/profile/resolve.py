@@ -319,6 +319,11 @@ def _engine_rules(loaded: LoadedProfile, engine: EngineSpec, version: EngineVers
             ("runtime", "flash_attention"),
             f"a quantised V cache ({p.model.kv_cache_value}) needs flash attention",
             "set runtime.flash_attention: on, or kv_cache f16"))
+    method = quant.method if quant is not None else None
+    if method is not None and version.quant_methods is not None and method not in version.quant_methods:
+        out.append(loaded.problem(
+            ("model", "quant"), f"{engine.name} {p.runtime.version} does not load {method} checkpoints "
+            f"(config.json quant_method)", f"it loads: {', '.join(version.quant_methods)}"))
     for group in gpus:
         if group.spec.architecture not in version.architectures:
             out.append(loaded.problem(

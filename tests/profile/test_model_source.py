@@ -17,6 +17,8 @@ from gguf import GGMLQuantizationType
 from provisioner.catalog import load_catalog
 from provisioner.cli import main
 from provisioner.errors import ProvisionError
+from provisioner.facts.model_shape import logical_elements, quant_bits
+from provisioner.facts.weights_header import Tensor
 from provisioner.fit import fit
 from provisioner.fit.placement import kv_bytes_per_token, kv_cache_bytes
 from provisioner.profile.loader import load_profile
@@ -207,3 +209,31 @@ def test_the_record_is_yaml_free_data(tmp_path: Path) -> None:
     record = json.loads(next(shapes_dir().glob("*.json")).read_text())
     assert record["model"]["sliding_window_layers"] == 52 and "Q4_K" in record["tensor_types"]
     assert yaml.safe_load(yaml.safe_dump(record)) == record
+
+
+def test_packed_checkpoints_count_their_real_parameters() -> None:
+    # AWQ/GPTQ: 8 4-bit values per int32; their scales and zero points are no parameters
+    awq = {"quantization_config": {"quant_method": "awq", "bits": 4}}
+    assert quant_bits(awq) == 4
+    assert logical_elements(Tensor("l.q_proj.qweight", (4096, 512), "I32", 4096 * 512 * 4), 4) == 4096 * 4096
+    assert logical_elements(Tensor("l.q_proj.scales", (32, 4096), "F16", 0), 4) == 0
+    # MXFP4 (gpt-oss): two FP4 values per byte
+    assert logical_elements(Tensor("l.experts.gate_up_proj_blocks", (32, 5760, 90, 16), "U8", 0), 4) == \
+        32 * 5760 * 90 * 16 * 2
+    # compressed-tensors: the bits from the config group
+    ct = {"quantization_config": {"quant_method": "compressed-tensors",
+                                  "config_groups": {"g": {"weights": {"num_bits": 8}}}}}
+    assert quant_bits(ct) == 8
+
+
+def test_vllm_refuses_a_checkpoint_format_its_version_does_not_load(tmp_path: Path) -> None:
+    folder = tmp_path / "m"
+    write_qwen3_30b(folder, shards=1)
+    config = {**QWEN3_30B_CONFIG, "quantization_config": {"quant_method": "exl2"}}
+    (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    path = make_profile(tmp_path, {"model.id": "acme/x", "model.quant": "EXL2", "model.source": {
+        "directory": str(folder)}, "runtime.engine": "vllm", "runtime.version": "0.11.0",
+        "model.kv_cache": "auto", "model.context": 8192}, name="x.yaml")
+    with pytest.raises(ProvisionError) as info:
+        _spec(path)
+    assert "vLLM (vllm serve) 0.11.0 does not load exl2 checkpoints" in str(info.value)
