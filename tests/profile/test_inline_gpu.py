@@ -60,3 +60,16 @@ def test_model_and_spec_together_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ProvisionError) as info:
         build(_profile(tmp_path, {"model": "rtx-4090", "spec": AS_INLINE}, "both.yaml"))
     assert "exactly one of model (a catalog id) or spec" in str(info.value)
+
+
+def test_turing_runs_where_the_engine_version_says_so(tmp_path: Path) -> None:
+    base = {**SMALL, "hardware.gpus": [{"model": "rtx-2080-ti", "count": 2}], "driver.power_limit_w": None,
+            "model.context": 8192}
+    # llama.cpp b11312 builds sm_75 by default (engines.yaml cites its CMakeLists.txt)
+    assert build(make_profile(tmp_path, base, name="llama.yaml")).spec.gpus[0].spec.architecture == "turing"
+    # Ollama 0.34.4 has no source for Turing in the catalog yet: refused with the reason
+    ollama = {**base, "runtime.engine": "ollama", "runtime.version": "0.34.4", "model.quant": "qwen3:30b",
+              "model.source": {"ollama": "qwen3:30b"}}
+    with pytest.raises(ProvisionError) as info:
+        build(make_profile(tmp_path, ollama, name="ollama.yaml"))
+    assert "does not support NVIDIA GeForce RTX 2080 Ti (turing)" in str(info.value)
