@@ -7,6 +7,7 @@ checkout (editable install, tests) they are the top-level folders.
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 
 _PACKAGE = Path(__file__).resolve().parent
@@ -24,3 +25,8 @@ def data_dir(name: str) -> Path:
 def library_profiles() -> dict[str, Path]:
     """Library profile name -> file."""
     return {p.stem: p for p in sorted(data_dir("profiles").glob("*.yaml"))}
+
+
+def cache_dir() -> Path:
+    """The controller's cache: resolved Hub listings, model shapes, the llama-server build."""
+    return Path(os.environ.get("PROVISION_CACHE") or Path.home() / ".cache" / "provision")

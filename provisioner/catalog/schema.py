@@ -56,6 +56,8 @@ class GpuSpec(_Entry):
     nvlink: bool | None = None  # None: not recorded
     nvlink_gb_s: float | None = Field(default=None, gt=0)  # total per GPU, both directions
     sources: dict[str, list[str]] = Field(min_length=1)
+    # described in a profile (hardware.gpus[].spec), not the catalog: no driver minimum is known
+    inline: bool = False
 
     @model_validator(mode="after")
     def _consistent(self) -> GpuSpec:
@@ -68,7 +70,7 @@ class GpuSpec(_Entry):
             raise ValueError("a board without unified memory needs pcie_gen and pcie_lanes")
         if not self.pci_device_ids and not self.unified_memory:
             raise ValueError("a discrete board needs pci_device_ids")
-        if not self.unified_memory and (self.min_driver is None or not self.kernel_modules):
+        if not self.unified_memory and ((self.min_driver is None and not self.inline) or not self.kernel_modules):
             raise ValueError("a discrete board needs min_driver and kernel_modules")
         if self.nvlink_gb_s is not None and self.nvlink is not True:
             raise ValueError("nvlink_gb_s needs nvlink: true")
@@ -92,6 +94,8 @@ class QuantSpec(_Entry):
     bytes: Bytes  # total size of the weight files
     bits_per_weight: float = Field(gt=0, le=32)
     repo: str | None = None  # where this quantisation is published
+    # safetensors: config.json's quantization_config.quant_method, or the dtype (bf16)
+    method: str | None = None
     sources: list[str] = Field(min_length=1)
 
 
@@ -151,6 +155,9 @@ class EngineVersion(_Entry):
     kv_cache_types: list[str] = Field(min_length=1)
     quantized_v_needs_flash_attention: bool = False
     architectures: list[Architecture]  # GPU architectures this version supports
+    # safetensors checkpoints it loads: config.json quant_method values and unquantised dtypes
+    # (QuantSpec.method); None where the engine loads no safetensors (llama.cpp, Ollama)
+    quant_methods: list[str] | None = None
     binary: str  # what the run script executes
 
 

@@ -60,6 +60,7 @@ def fit_result(profile: Path, context: int | None, ignore_fit: bool = False,
     from provisioner.fit.host import hardware_overrides
     from provisioner.fit.predict import predict
     from provisioner.fit.suggest import suggestions
+    from provisioner.install.model_fetch import fetch_model_shape
     from provisioner.profile.loader import load_profile
     from provisioner.profile.resolve import resolve
     from provisioner.render.engine_command import chosen_flags
@@ -67,6 +68,7 @@ def fit_result(profile: Path, context: int | None, ignore_fit: bool = False,
 
     overrides = hardware_overrides(host_facts) if host_facts is not None else None
     loaded = load_profile(profile, overrides)
+    fetch_model_shape(loaded.profile)  # a model the catalog lacks: read once from the Hub, then cached
     if overrides is not None and loaded.profile.cluster is not None:
         raise UsageError(f"fit reads one host's hardware; {profile} describes a cluster of "
                          f"{len(loaded.profile.cluster.nodes)} nodes",
@@ -76,7 +78,7 @@ def fit_result(profile: Path, context: int | None, ignore_fit: bool = False,
     if host_facts is not None and host_output is not None:
         load = host_load(FIT_PROBE.read(host_output), host_facts.gpu_order)
     layout, layout_note = local_layout(spec, root) if read_model_files else (None, None)
-    spec = dataclasses.replace(spec, host=load, layout=layout)
+    spec = dataclasses.replace(spec, host=load, layout=layout or spec.layout)
     if context is not None and context > spec.model.max_context:
         raise UsageError(f"--context {context} exceeds {spec.model.name}'s maximum of "
                          f"{spec.model.max_context}", hint=f"use at most {spec.model.max_context}")
@@ -98,13 +100,16 @@ def fit_result(profile: Path, context: int | None, ignore_fit: bool = False,
             warnings=list(placement.warnings), suggestions=hints, weights_from=placement.weights_from,
             host_load=_load_json(load), cluster=_cluster_json(spec, placement),
             hardware_from=host, hardware=overrides["hardware"] if overrides else None)
-    human: list[Block] = []
-    if overrides is not None:
-        hw = overrides["hardware"]
-        gpus = ", ".join(f"{g['count']}x {g['model']}" for g in hw["gpus"]) or "no GPU in the catalog"
-        human.append(lines(f"hardware from {host}: {gpus}, {format_size(hw['ram'])} RAM, {hw['cpu']['cores']} "
-                           "cores (the profile's values replaced)"))
-    return Result(code, fields, (*human, *_human(spec, placement, speed, chosen, hints)))
+    return Result(code, fields, (*_hardware_from(host, overrides), *_human(spec, placement, speed, chosen, hints)))
+
+
+def _hardware_from(host: str | None, overrides: dict[str, Any] | None) -> tuple[Block, ...]:
+    if overrides is None:
+        return ()
+    hw = overrides["hardware"]
+    gpus = ", ".join(f"{g['count']}x {g['model']}" for g in hw["gpus"]) or "no GPU in the catalog"
+    return (lines(f"hardware from {host}: {gpus}, {format_size(hw['ram'])} RAM, {hw['cpu']['cores']} "
+                  "cores (the profile's values replaced)"),)
 
 
 def _load_json(load: HostLoad | None) -> dict[str, Any] | None:

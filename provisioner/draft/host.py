@@ -14,6 +14,8 @@ the biggest model that still decodes at a usable speed, then the fastest.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import re
 import tempfile
 from dataclasses import dataclass, field
@@ -27,6 +29,7 @@ from provisioner.facts.gpu import Gpu
 from provisioner.facts.host import GIB, HostFacts
 from provisioner.fit.library import Entry, entries
 from provisioner.fit.predict import predict
+from provisioner.profile.models import PLACEHOLDER
 from provisioner.render.pipeline import build
 from provisioner.units import format_size
 
@@ -115,7 +118,7 @@ def choose_profile(facts: HostFacts, model: str | None = None) -> Choice:
 
     Raises UsageError for an unknown model, ProvisionError when no library profile
     can be made to fit (naming the closest and why)."""
-    pool = entries()
+    pool = [e for e in entries() if e.spec.profile.cluster is None]  # init describes one host
     if model is not None:
         pool = [e for e in pool if _matches_model(e, model)]
         if not pool:
@@ -141,11 +144,14 @@ def choose_profile(facts: HostFacts, model: str | None = None) -> Choice:
         chosen = max((c for c in good if c.distance == nearest), key=lambda c: _best_key(c, facts))
     others = tuple(sorted((c for c in good if c is not chosen),
                           key=lambda c: (not c.exact, c.distance, [-x for x in _best_key(c, facts)])))
-    final = _profile_text(chosen.base, facts, exact=chosen.exact, note=(chosen, others, model))
+    note = (chosen, others, model)
+    final = _profile_text(chosen.base, facts, exact=chosen.exact, note=note)
     with tempfile.TemporaryDirectory(prefix="provision-init-") as tmp:
         path = Path(tmp) / "init.yaml"
         path.write_text(final, encoding="utf-8")
         build(path)  # what is printed validates; a failure here is a bug, raised as an error
+    if facts.unknown_gpus:  # printed with their inline specs, which wait for the user's numbers
+        final = _profile_text(chosen.base, facts, exact=chosen.exact, note=note, inline=True)
     return Choice(facts, _replace_text(chosen, final), model, others)
 
 
@@ -183,7 +189,7 @@ def _name(facts: HostFacts, base: str) -> str:
 
 
 def _profile_text(e: Entry, facts: HostFacts, *, exact: bool,
-                  note: tuple[Candidate, tuple[Candidate, ...], str | None] | None) -> str:
+                  note: tuple[Candidate, tuple[Candidate, ...], str | None] | None, inline: bool = False) -> str:
     """The profile for this host; ``note`` (the chosen candidate, the others, the model asked
     for) adds the header comments and the verify floor of the final text."""
     p = e.spec.profile
@@ -197,7 +203,7 @@ def _profile_text(e: Entry, facts: HostFacts, *, exact: bool,
         if floor is not None:
             verify = ["verify:", f"  min_tokens_per_s: {floor:g}  # half of fit's {chosen.decode_tokens_per_s:.1f} "
                       f"tok/s on this host; library: {p.verify.min_tokens_per_s:g}"]
-    gpu_lines = _gpu_yaml(facts, e)
+    gpu_lines = _gpu_yaml(facts, e, inline)
     cores, cores_note = (facts.cores, f"/proc/cpuinfo: {facts.cores} physical cores, {facts.cpus} "
                          "logical CPUs") if facts.cores else (
         facts.cpus, f"getconf: {facts.cpus} logical CPUs (physical cores unreadable)")
@@ -253,8 +259,10 @@ def _header(e: Entry, facts: HostFacts, exact: bool, chosen: Candidate, others: 
         head.append(f"#   `provision verify` expects at least {p.verify.min_tokens_per_s:g} tok/s "
                     "(the library's verify.min_tokens_per_s).")
     for gpu in facts.unknown_gpus:
-        head.append(f"# NOT used: GPU {_printable(gpu_label(gpu))!r} (PCI device {gpu.device_id or '?'}) is not in "
-                    "the catalog, so fit cannot place anything on it.")
+        head.append(f"# GPU {_printable(gpu_label(gpu))!r} (PCI device {gpu.device_id or '?'}) is not in the "
+                    "catalog: described inline under hardware.gpus from what nvidia-smi reports. Fill in each")
+        head.append(f"#   {PLACEHOLDER} value from the board's data sheet (validate refuses the profile until "
+                    "then); the library profile was chosen and fitted without this GPU.")
     head += _driver_notes(facts, e)
     if any(PLACEHOLDER_SHA.match(f.sha256 or "") for f in (p.model.source.files or [])):
         head.append("# The library's model file checksums are placeholders: put the real sha256 "
@@ -303,19 +311,50 @@ def _printable(text: str) -> str:
     return "".join(ch for ch in text if ch.isprintable())[:80]
 
 
-def _gpu_yaml(facts: HostFacts, e: Entry) -> list[str]:
+def _gpu_yaml(facts: HostFacts, e: Entry, inline: bool) -> list[str]:
     library = e.gpu_text
-    if not facts.gpu_groups:
+    unknown = _inline_gpus(facts) if inline else []
+    if not facts.gpu_groups and not unknown:
         why = ("nvidia-smi not found" if facts.smi == "missing" else
                "no GPU in the catalog" if facts.gpus else f"nvidia-smi: {facts.smi}, no GPU")
         return [f"  gpus: []  # {why}: CPU only; library: {library}"]
-    lines = ["  gpus:"]
+    lines = ["  gpus:", *unknown]
     for gid, count in facts.gpu_groups:
         found = [g for g in facts.gpus if g.catalog_id == gid]
         ids = ", ".join(sorted({g.device_id or "?" for g in found}))
         name = _printable(gpu_label(found[0]))
         lines.append(f"    - {{model: {gid}, count: {count}}}  # nvidia-smi: {count}x {name} (pci.device_id {ids})")
     lines[0] += f"  # library: {library}"
+    return lines
+
+
+def _inline_gpus(facts: HostFacts) -> list[str]:
+    """hardware.gpus[].spec of the GPUs the catalog lacks: nvidia-smi's numbers, and a
+    placeholder validate refuses for what nvidia-smi cannot report."""
+    groups: dict[Gpu, int] = {}
+    for gpu in facts.unknown_gpus:
+        board = dataclasses.replace(gpu, index=None, bus_id=None)  # one group per kind of board
+        groups[board] = groups.get(board, 0) + 1
+    lines: list[str] = []
+    fill = f'"{PLACEHOLDER}: '
+    for gpu, count in groups.items():
+        mib = int(gpu.memory_total_mib) if gpu.memory_total_mib else None
+        memory = f"{mib}MiB  # nvidia-smi memory.total" if mib else fill + 'the memory size, e.g. 24GiB"'
+        cap = f'"{gpu.compute_cap}"  # nvidia-smi compute_cap' if gpu.compute_cap else \
+            fill + 'the compute capability, e.g. 8.9 (developer.nvidia.com/cuda-gpus)"'
+        gen = gpu.pcie_gen_max if gpu.pcie_gen_max else fill + 'PCIe generation"'
+        lanes = gpu.pcie_width_max if gpu.pcie_width_max else fill + 'PCIe lanes"'
+        name = _printable(gpu_label(gpu))
+        lines += [f"    - spec:  # nvidia-smi: {count}x {name} (pci.device_id {gpu.device_id or '?'}), "
+                  "not in the catalog",
+                  f"        name: {json.dumps(name)}",
+                  f"        memory: {memory}",
+                  f"        bandwidth_gb_s: {fill}the memory bandwidth in GB/s from the data sheet\"",
+                  f"        bf16_tflops: {fill}the dense (not sparse) BF16 tensor TFLOPS from the data sheet\"",
+                  f"        compute_capability: {cap}",
+                  f"        pcie: {{gen: {gen}, lanes: {lanes}}}  # nvidia-smi pcie.link.gen.max, width.max",
+                  *([f'        pci_device_id: "{gpu.device_id}"'] if gpu.device_id else []),
+                  f"      count: {count}"]
     return lines
 
 

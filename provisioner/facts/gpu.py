@@ -60,6 +60,7 @@ class Gpu:
     clock_reasons: tuple[str, ...] | None = None  # active reasons, None when unknown
     memory_used_mib: float | None = None
     memory_total_mib: float | None = None
+    compute_cap: str | None = None  # "8.9": nvidia-smi compute_cap (driver 510 and later)
     utilization_pct: float | None = None
     pcie_gen_current: int | None = None
     pcie_gen_max: int | None = None

@@ -14,6 +14,7 @@ Every line the host probe prints starts with ``@init ``:
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 
@@ -39,6 +40,8 @@ class HostInfo:
     memory_type: str | None = None  # "ddr5-5600" from dmidecode (needs root)
     dimm_bytes: int | None = None  # installed RAM from dmidecode
     dimms: int | None = None
+    # bus id (lower case) -> (memory.total MiB, compute capability), for GPUs the catalog lacks
+    boards: tuple[tuple[str, int | None, str | None], ...] = ()
 
 
 def _int(text: str | None) -> int | None:
@@ -97,16 +100,22 @@ def parse_host_lines(lines: list[str]) -> HostInfo:
     """The host probe's lines (marker removed) -> HostInfo."""
     values: dict[str, str] = {}
     dimm_lines: list[str] = []
+    boards: list[tuple[str, int | None, str | None]] = []
     for line in lines:
         if line.startswith("dimm "):
             dimm_lines.append(line.removeprefix("dimm "))
+        elif line.startswith("gpu "):
+            parts = [p.strip() for p in line.removeprefix("gpu ").split(",")]
+            if len(parts) == 3:
+                cap = parts[2] if re.fullmatch(r"[0-9]+\.[0-9]+", parts[2]) else None
+                boards.append((parts[0].lower(), _int(parts[1]), cap))
         else:
             key, _, value = line.partition(" ")
             values[key] = value.strip()
     memory_type, dimm_bytes, dimms = parse_dimms(dimm_lines)
     return HostInfo(hostname=values.get("hostname") or None, cores=_int(values.get("cores")) or None,
                     cpu_model=values.get("cpu_model") or None, numa_nodes=_int(values.get("numa_nodes")) or None,
-                    memory_type=memory_type, dimm_bytes=dimm_bytes, dimms=dimms)
+                    memory_type=memory_type, dimm_bytes=dimm_bytes, dimms=dimms, boards=tuple(boards))
 
 
 HOST_PROBE: Probe[HostInfo] = Probe("init", load_snippet("host"), parse_host_lines)
@@ -191,9 +200,18 @@ def host_facts(output: str) -> HostFacts:
     if not mem_total_kb:
         raise ProvisionError("the host's facts have no MemTotal", hint="is /proc/meminfo readable on the host?")
     driver = values.get("nvidia_driver")
+    boards = {bus: (mib, cap) for bus, mib, cap in host.boards}
+    gpus = tuple(_with_board(g, boards) for g in report.gpus)
     return HostFacts(
-        mem_total_kb=mem_total_kb, cpus=_int(values.get("cpus")) or 1, gpus=report.gpus,
+        mem_total_kb=mem_total_kb, cpus=_int(values.get("cpus")) or 1, gpus=gpus,
         cores=host.cores, numa_nodes=host.numa_nodes, cpu_model=host.cpu_model, hostname=host.hostname,
         memory_type=host.memory_type, dimm_bytes=host.dimm_bytes, dimms=host.dimms,
         nvidia_driver=driver if driver and driver != "none" else None,
         nvidia_module=values.get("nvidia_module"), smi=report.smi)
+
+
+def _with_board(gpu: Gpu, boards: dict[str, tuple[int | None, str | None]]) -> Gpu:
+    """The GPU with what the host probe's nvidia-smi query adds (memory, compute capability)."""
+    mib, cap = boards.get((gpu.bus_id or "").lower(), (None, None))
+    return dataclasses.replace(gpu, memory_total_mib=gpu.memory_total_mib if mib is None else float(mib),
+                               compute_cap=cap or gpu.compute_cap)

@@ -13,6 +13,7 @@ from typing import Any
 
 from provisioner.catalog import catalog_table
 from provisioner.facts.host_load import P2P_LEGEND
+from provisioner.fit.unified import memory_of, pool_bandwidth_gb_s, pool_left, unified
 from provisioner.profile.models import Offload
 from provisioner.profile.resolve import GpuGroup, Spec
 
@@ -186,9 +187,17 @@ def _ram_capacity(spec: Spec) -> int:
     return max(spec.profile.hardware.ram - RAM_RESERVE - _hugepages_bytes(spec), 0)
 
 
-def ram_device(spec: Spec, weights: int, experts: int, kv: int, buffers: int) -> Device:
+def ram_device(spec: Spec, weights: int, experts: int, kv: int, buffers: int,
+               gpus: list[Device] | None = None) -> Device:
+    if gpus and unified(spec):  # the rest of the GPUs' own pool (fit/unified.py)
+        return Device("CPU RAM (unified pool)", pool_left(spec, [d.free_bytes for d in gpus]), weights, kv,
+                      buffers, experts, pool_bandwidth_gb_s(spec))
     return Device("CPU RAM", _ram_capacity(spec), weights, kv, buffers, experts,
                   spec.profile.hardware.memory.bandwidth())
+
+
+def _memory(spec: Spec, gpu: GpuGroup) -> int:
+    return memory_of(spec, gpu.spec, RAM_RESERVE + _hugepages_bytes(spec))
 
 
 def _others(spec: Spec, index: int) -> int:
@@ -216,7 +225,7 @@ def fit_layers(spec: Spec, ctx: int) -> Placement:
         return placement_of(spec, ctx, (ram,), gpu_layers=0, cpu_moe=0, offload=0, missing=missing,
                           kv_seq=kv_seq, weights_from=w.source)
 
-    capacities = [max(int(g.spec.vram * (1 - GPU_MARGIN_FRACTION)) - _others(spec, i), 0)
+    capacities = [max(int(_memory(spec, g) * (1 - GPU_MARGIN_FRACTION)) - _others(spec, i), 0)
                   for i, (g, _) in enumerate(gpus)]
     budget = sum(capacities) - gpu_buffer * len(gpus)
 
@@ -231,7 +240,7 @@ def fit_layers(spec: Spec, ctx: int) -> Placement:
         gpu_layers = min(explicit.gpu_layers if explicit.gpu_layers is not None else m.layers + 1,
                          m.layers + 1)
         cpu_moe = min(explicit.cpu_moe_layers or 0, m.layers)
-    elif gpu_need(gpu_layers, 0) > budget:
+    elif gpu_need(gpu_layers, 0) > budget and not unified(spec):  # one pool: the CPU frees nothing
         if m.is_moe and p.runtime.engine == "llama.cpp" and w.expert_total > 0:
             # the fewest layers whose experts go to RAM (layer by layer: real sizes differ)
             while cpu_moe < m.layers and gpu_need(gpu_layers, cpu_moe) > budget:
@@ -259,7 +268,7 @@ def fit_layers(spec: Spec, ctx: int) -> Placement:
         devices.append(Device(name, capacity, int(gpu_weights * share), int(gpu_kv * share), gpu_buffer,
                               int(gpu_experts * share), group.spec.memory_bandwidth_gb_s))
     host_buffer = int(_mem("llama_cpp_host_buffer_mib") * MIB) if cpu_weights else 0
-    ram = ram_device(spec, cpu_weights, cpu_experts, cpu_kv, host_buffer)
+    ram = ram_device(spec, cpu_weights, cpu_experts, cpu_kv, host_buffer, devices)
     devices.append(ram)
     missing = (max(int(gpu_need(gpu_layers, cpu_moe)) - budget, 0)
                + max(ram.used_bytes - ram.capacity_bytes, 0))
@@ -304,12 +313,14 @@ def fit_vllm(spec: Spec, ctx: int) -> Placement:
     weights_gpu = spec.quant.bytes / n
     # vLLM takes vram x utilisation of each GPU; what other processes hold beyond the
     # rest (1 - utilisation) comes out of that share (vLLM 0.11 refuses to start then).
-    capacities = [min(int(g.spec.vram * util), g.spec.vram - _others(spec, i))
+    capacities = [min(int(g.spec.vram * util), _memory(spec, g) - _others(spec, i))
                   for i, (g, _) in enumerate(gpus)]
     smallest = min(capacities)
     explicit = p.runtime.offload if isinstance(p.runtime.offload, Offload) else None
     if explicit is not None and explicit.cpu_offload is not None:
         offload = explicit.cpu_offload
+    elif unified(spec):
+        offload = 0  # "CPU" memory is the same pool: offloading frees nothing
     else:
         deficit = weights_gpu + overhead + kv_need_gpu - smallest
         offload = _ceil_gib(deficit) if deficit > 0 else 0
@@ -324,7 +335,7 @@ def fit_vllm(spec: Spec, ctx: int) -> Placement:
                               int(resident * m.expert_params_fraction),
                               group.spec.memory_bandwidth_gb_s))
     ram_weights = int(offload * n * _mem("vllm_cpu_offload_ram_factor"))
-    ram = ram_device(spec, ram_weights, int(ram_weights * m.expert_params_fraction), 0, 0)
+    ram = ram_device(spec, ram_weights, int(ram_weights * m.expert_params_fraction), 0, 0, devices)
     devices.append(ram)
     missing = missing * n + max(ram.used_bytes - ram.capacity_bytes, 0)
     if offload > weights_gpu:

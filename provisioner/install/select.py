@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from provisioner.datadir import cache_dir
 from provisioner.errors import ProfileError
 from provisioner.install import Install
 from provisioner.install.build import Build, cuda_options
@@ -145,7 +146,7 @@ def install_items(spec: Spec, *, resolve_hf: ResolveHf | None = None,
 
 def hf_cache_dir() -> Path:
     """Where the controller keeps resolved Hugging Face listings (shared with the llama-server build)."""
-    return Path(os.environ.get("PROVISION_CACHE") or Path.home() / ".cache" / "provision")
+    return cache_dir()
 
 
 def _model_download(spec: Spec, resolve_hf: ResolveHf | None, hf_cache: Any, endpoint: str | None,

@@ -140,11 +140,68 @@ class Metadata(_Model):
     """URLs that back the profile's numbers (model card, vendor page, measurement)."""
 
 
+# What `provision init` writes for a number nvidia-smi cannot report; validate refuses it.
+PLACEHOLDER = "FILL-IN"
+
+
+def _filled(value: Any) -> Any:
+    if isinstance(value, str) and value.startswith(PLACEHOLDER):
+        what = value.removeprefix(PLACEHOLDER).lstrip(": ") or "this number"
+        raise ValueError(f"not filled in yet ({PLACEHOLDER}){HINT_MARK}put {what} here")
+    return value
+
+
+Measured = Annotated[float, BeforeValidator(_filled), Field(gt=0, le=100_000)]
+
+
+class InlinePcie(_Model):
+    gen: Annotated[int, BeforeValidator(_filled), Field(ge=3, le=6)]
+    """PCIe generation of the slot the GPU runs at (nvidia-smi pcie.link.gen.max)."""
+    lanes: Annotated[int, BeforeValidator(_filled), Field(ge=1, le=16)]
+    """PCIe lanes (nvidia-smi pcie.link.width.max)."""
+
+
+class InlineGpu(_Model):
+    """A GPU the catalog lacks, described in the profile (checked like a catalog entry by
+    profile/inline_gpu.py): the numbers fit needs, from the board's data sheet."""
+
+    name: Text
+    """The board's name, as nvidia-smi prints it."""
+    memory: Annotated[int, BeforeValidator(parse_size), BeforeValidator(_filled), Field(gt=0)]  # last runs first
+    """Memory size, e.g. 20GiB."""
+    bandwidth_gb_s: Measured
+    """Memory bandwidth in GB/s, from the data sheet."""
+    bf16_tflops: Measured
+    """Dense (not sparse) BF16/FP16 tensor TFLOPS, from the data sheet."""
+    fp8_tflops: Measured | None = None
+    """Dense FP8 tensor TFLOPS where the board has FP8 (Ada, Hopper, Blackwell)."""
+    compute_capability: Annotated[str, BeforeValidator(_filled), Field(pattern=r"^[0-9]+\.[0-9]+$")]
+    """CUDA compute capability, e.g. "8.9" (nvidia-smi compute_cap)."""
+    pcie: InlinePcie | None = None
+    """The PCIe link; leave it out only with unified_memory."""
+    unified_memory: bool = False
+    """One memory pool shared with the CPU and the OS (GB10, Jetson): no PCIe hop."""
+    pci_device_id: Annotated[str, Field(pattern=r"^0x[0-9a-f]{4}$")] | None = None
+    """The PCI device id ("0x2684"), so verify can match the board."""
+    sources: list[Annotated[str, Field(pattern=r"^https?://\S+$")]] = []
+    """URLs of the data sheet the numbers come from."""
+
+
 class GpuEntry(_Model):
-    model: Text
+    """A catalog GPU by id (``model``) or one described inline (``spec``)."""
+
+    model: Text | None = None
     """A GPU id from the catalog (provisioner/catalog/gpus.yaml), e.g. rtx-pro-6000-blackwell."""
+    spec: InlineGpu | None = None
+    """A GPU the catalog lacks, described from its data sheet (docs/models.md)."""
     count: int = Field(default=1, ge=1, le=16)
     """How many of this GPU the machine (or node) has."""
+
+    @model_validator(mode="after")
+    def _one(self) -> GpuEntry:
+        if (self.model is None) == (self.spec is None):
+            raise ValueError("give exactly one of model (a catalog id) or spec (the GPU described inline)")
+        return self
 
 
 class Memory(_Model):

@@ -23,8 +23,10 @@ from provisioner.catalog import (
 from provisioner.errors import Problem, ProfileError
 from provisioner.facts.gguf_layout import TensorLayout
 from provisioner.facts.host_load import HostLoad
+from provisioner.profile.inline_gpu import gpu_spec, inline_id
 from provisioner.profile.loader import LoadedProfile
-from provisioner.profile.models import BUILTIN_HANDLERS, Profile
+from provisioner.profile.model_source import lookup_model
+from provisioner.profile.models import BUILTIN_HANDLERS, GpuEntry, Profile
 
 # Sources each engine can serve from (docs/profile.md, model.source).
 _SOURCES_FOR_ENGINE = {
@@ -94,29 +96,15 @@ def resolve(loaded: LoadedProfile, catalog: Catalog | None = None) -> Spec:
 
     gpus: list[GpuGroup] = []
     for i, entry in enumerate(p.hardware.gpus):
-        gpu = catalog.gpus.get(entry.model)
-        if gpu is None:
-            problems.append(loaded.problem(("hardware", "gpus", i, "model"),
-                                           f"unknown GPU {entry.model!r}",
-                                           _suggest(entry.model, list(catalog.gpus))))
-        else:
-            gpus.append(GpuGroup(gpu, entry.model, entry.count))
+        problems += _gpu_group(loaded, catalog, entry, ("hardware", "gpus", i), gpus)
 
     node_gpus: list[tuple[str, tuple[GpuGroup, ...]]] = []
     if p.cluster is not None:
         problems += _cluster_rules(loaded, catalog, gpus, node_gpus)
 
-    model = catalog.models.get(p.model.id)
-    quant: QuantSpec | None = None
-    if model is None:
-        problems.append(loaded.problem(("model", "id"), f"unknown model {p.model.id!r}",
-                                       _suggest(p.model.id, list(catalog.models))))
-    else:
-        quant = model.quants.get(p.model.quant)
-        if quant is None:
-            problems.append(loaded.problem(
-                ("model", "quant"), f"unknown quant {p.model.quant!r} for {p.model.id}",
-                _suggest(p.model.quant, list(model.quants))))
+    model, quant, layout, found = lookup_model(loaded, catalog)
+    problems += found
+    if model is not None:
         problems += _model_rules(loaded, model)
 
     engine = catalog.engines.get(p.runtime.engine)
@@ -140,7 +128,28 @@ def resolve(loaded: LoadedProfile, catalog: Catalog | None = None) -> Spec:
         raise ProfileError(problems)
     assert model is not None and quant is not None and engine is not None and version is not None
     return Spec(loaded=loaded, gpus=tuple(gpus), model=model, model_id=p.model.id, quant=quant,
-                engine=engine, engine_version=version, node_gpus=tuple(node_gpus))
+                engine=engine, engine_version=version, node_gpus=tuple(node_gpus), layout=layout)
+
+
+def _gpu_group(loaded: LoadedProfile, catalog: Catalog, entry: GpuEntry, where: tuple[str | int, ...],
+               into: list[GpuGroup]) -> list[Problem]:
+    """A catalog GPU by id, or one the profile describes (checked like a catalog entry)."""
+    if entry.spec is not None:
+        try:
+            spec = gpu_spec(entry.spec, f"profile {loaded.path.name}")
+        except ValueError as exc:
+            message, _, hint = str(exc).partition(" | hint: ")
+            return [loaded.problem((*where, "spec"), f"GPU {entry.spec.name!r}: {message}", hint or None)]
+        into.append(GpuGroup(spec, inline_id(entry.spec), entry.count))
+        return []
+    assert entry.model is not None  # the schema wants model or spec
+    gpu = catalog.gpus.get(entry.model)
+    if gpu is None:
+        return [loaded.problem((*where, "model"), f"unknown GPU {entry.model!r}",
+                               _suggest(entry.model, list(catalog.gpus))
+                               + "; or describe it inline: spec: {name, memory, bandwidth_gb_s, ...}")]
+    into.append(GpuGroup(gpu, entry.model, entry.count))
+    return []
 
 
 _BACKEND_ENGINE = {"ray": "vllm", "rpc": "llama.cpp"}
@@ -165,12 +174,7 @@ def _cluster_rules(loaded: LoadedProfile, catalog: Catalog, gpus: list[GpuGroup]
     for i, node in enumerate(cluster.nodes):
         groups: list[GpuGroup] = []
         for j, entry in enumerate(node.gpus):
-            gpu = catalog.gpus.get(entry.model)
-            if gpu is None:
-                out.append(loaded.problem(("cluster", "nodes", i, "gpus", j, "model"),
-                                          f"unknown GPU {entry.model!r}", _suggest(entry.model, list(catalog.gpus))))
-            else:
-                groups.append(GpuGroup(gpu, entry.model, entry.count))
+            out += _gpu_group(loaded, catalog, entry, ("cluster", "nodes", i, "gpus", j), groups)
         gpus.extend(groups)
         node_gpus.append((node.name, tuple(groups)))
     counts = {n.gpu_count for n in cluster.nodes}
@@ -315,6 +319,11 @@ def _engine_rules(loaded: LoadedProfile, engine: EngineSpec, version: EngineVers
             ("runtime", "flash_attention"),
             f"a quantised V cache ({p.model.kv_cache_value}) needs flash attention",
             "set runtime.flash_attention: on, or kv_cache f16"))
+    method = quant.method if quant is not None else None
+    if method is not None and version.quant_methods is not None and method not in version.quant_methods:
+        out.append(loaded.problem(
+            ("model", "quant"), f"{engine.name} {p.runtime.version} does not load {method} checkpoints "
+            f"(config.json quant_method)", f"it loads: {', '.join(version.quant_methods)}"))
     for group in gpus:
         if group.spec.architecture not in version.architectures:
             out.append(loaded.problem(

@@ -113,8 +113,10 @@ def chosen_flags(spec: Spec, placement: Placement, model_path: str) -> dict[str,
 
 
 def _sampling(spec: Spec) -> dict[str, float]:
-    sampling = spec.model.sampling[spec.profile.model.mode]
-    return sampling.model_dump()
+    """The model card's sampling for the mode; {} for a model read from its own files
+    (no card in the catalog): the engine then keeps the model's own defaults."""
+    sampling = spec.model.sampling.get(spec.profile.model.mode)
+    return sampling.model_dump() if sampling is not None else {}
 
 
 def _llama_cpp(spec: Spec, placement: Placement, model_path: str) -> EngineCommand:
@@ -147,10 +149,11 @@ def _llama_cpp(spec: Spec, placement: Placement, model_path: str) -> EngineComma
     if b.has("fit"):
         b.choice("fit", "off", "these flags are authoritative: no automatic refitting at start")
     sampling = _sampling(spec)
-    b.flag("temperature", sampling["temperature"], f"{p.model.mode} sampling (model card)")
-    b.flag("top_p", sampling["top_p"], "model card")
-    b.flag("top_k", sampling["top_k"], "model card")
-    b.flag("min_p", sampling["min_p"], "model card")
+    if sampling:
+        b.flag("temperature", sampling["temperature"], f"{p.model.mode} sampling (model card)")
+        b.flag("top_p", sampling["top_p"], "model card")
+        b.flag("top_k", sampling["top_k"], "model card")
+        b.flag("min_p", sampling["min_p"], "model card")
     if sampling.get("presence_penalty") and b.has("presence_penalty"):
         b.flag("presence_penalty", sampling["presence_penalty"], "model card")
     if b.has("reasoning") and len(spec.model.modes) > 1:
@@ -259,11 +262,12 @@ def _vllm(spec: Spec, placement: Placement, model_path: str) -> EngineCommand:
     if b.has("seed"):
         b.flag("seed", 0, "fixed seed: temperature 0 is reproducible (the default changed between releases)")
     sampling = _sampling(spec)
-    if sampling["top_k"] == 0:
-        sampling["top_k"] = -1  # vLLM spells "no top-k" as -1
-    b.flag("generation_config", "vllm", "ignore the repo's generation_config.json")
-    b.flag("override_generation_config", json.dumps(sampling, sort_keys=True),
-           f"{p.model.mode} sampling (model card)")
+    if sampling:  # else vLLM keeps the repo's generation_config.json
+        if sampling["top_k"] == 0:
+            sampling["top_k"] = -1  # vLLM spells "no top-k" as -1
+        b.flag("generation_config", "vllm", "ignore the repo's generation_config.json")
+        b.flag("override_generation_config", json.dumps(sampling, sort_keys=True),
+               f"{p.model.mode} sampling (model card)")
     if spec.model.reasoning_parser and b.has("reasoning_parser"):
         b.flag("reasoning_parser", spec.model.reasoning_parser, "split out the reasoning")
     if spec.model.tool_call_parser and b.has("tool_call_parser"):

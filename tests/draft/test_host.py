@@ -85,16 +85,36 @@ def test_validate_cli_accepts_an_init_profile(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
 
 
-def test_unknown_gpu_is_named_and_not_used() -> None:
+def test_unknown_gpu_is_written_inline_for_the_user_to_finish(tmp_path: Path) -> None:
     text = _case(ROOT / "tests/cases/init/rtx-4090-64g.yaml")["facts"]
     line = next(ln for ln in text.splitlines() if ln.startswith("@gpu line csv-core"))
     extra = line.replace("00000000:01:00.0", "00000000:02:00.0").replace("NVIDIA GeForce RTX 4090", "Future GPU") \
         .replace("0x268410DE", "0xFFFF10DE")
-    facts = host_facts(text.replace(line, line + "\n" + extra))
+    # what INIT_GATHER's nvidia-smi query prints for it: bus id, memory.total (MiB), compute_cap
+    board = "@init gpu 00000000:02:00.0, 32607, 12.0"
+    facts = host_facts(text.replace(line, line + "\n" + extra) + board + "\n")
     assert facts.gpu_groups == (("rtx-4090", 1),)
-    assert [g.name for g in facts.unknown_gpus] == ["Future GPU"]
+    assert [(g.name, g.memory_total_mib, g.compute_cap) for g in facts.unknown_gpus] == [("Future GPU", 32607, "12.0")]
     out = render_init_profile(choose_profile(facts))
-    assert "NOT used: GPU 'Future GPU' (PCI device 0xffff)" in out
+    assert "GPU 'Future GPU' (PCI device 0xffff) is not in the catalog: described inline" in out
+    spec = yaml.safe_load(out)["hardware"]["gpus"][0]["spec"]
+    assert spec["memory"] == "32607MiB" and spec["compute_capability"] == "12.0"
+    assert spec["pci_device_id"] == "0xffff" and spec["pcie"] == {"gen": 4, "lanes": 16}
+    path = tmp_path / "host.yaml"
+    path.write_text(out, encoding="utf-8")
+    # the numbers nvidia-smi cannot give are placeholders validate refuses, naming what to put there
+    with pytest.raises(ProvisionError) as refused:
+        build(path)
+    message = str(refused.value)
+    assert "hardware.gpus[0].spec.bandwidth_gb_s: not filled in yet" in message
+    assert "memory bandwidth in GB/s" in message and "bf16_tflops" in message
+    # filled in, the profile validates and fit places the model on both GPUs
+    filled = out.replace(spec["bandwidth_gb_s"], "1792").replace(spec["bf16_tflops"], "209.5")
+    path.write_text(filled, encoding="utf-8")
+    built = build(path)
+    names = [d.name for d in built.placement.gpus]
+    assert names == ["GPU0 Future GPU", "GPU1 NVIDIA GeForce RTX 4090"]
+    assert built.spec.gpus[0].spec.vram == 32607 * 2**20 and built.spec.gpus[0].spec.architecture == "blackwell"
 
 
 def test_model_filter_and_unknown_model() -> None:

@@ -1,7 +1,7 @@
 """A small HTTP server on 127.0.0.1 serving generated files, for download tests.
 
 Real enough for curl and wget to resume against: ``Range: bytes=N-`` gets a
-206 with Content-Range, a range past the end a 416. A served file can
+206 with Content-Range (``bytes=N-M`` just those bytes), a range past the end a 416. A served file can
 
 - drop the connection once after N bytes of a response (the body promised
   more: the client sees a partial transfer and must resume);
@@ -135,18 +135,19 @@ class HttpStandin:
         if served.wrong and data:
             data = data[:-1] + bytes([data[-1] ^ 0xFF])
         ranged = headers.get("range", "")
-        first = ranged[len("bytes="):].split("-", 1)[0] if ranged.startswith("bytes=") else ""
+        first, _, last = ranged[len("bytes="):].partition("-") if ranged.startswith("bytes=") else ("", "", "")
         start = int(first) if first.isdigit() else 0
         if ranged and start >= len(data):
             return self._plain(h, 416, b"", {"Content-Range": f"bytes */{len(data)}"}), start, 0
-        rest = data[start:]
+        # "bytes=N-M" ends at M (inclusive, RFC 9110), "bytes=N-" at the end of the file
+        rest = data[start:int(last) + 1] if last.isdigit() else data[start:]
         status = 206 if ranged else 200
         h.send_response(status)
         h.send_header("Content-Type", served.content_type)
         h.send_header("Content-Length", str(len(rest)))
         h.send_header("Accept-Ranges", "bytes")
         if ranged:
-            h.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+            h.send_header("Content-Range", f"bytes {start}-{start + len(rest) - 1}/{len(data)}")
         h.end_headers()
         if not body:
             return status, start, 0

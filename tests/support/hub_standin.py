@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tests.support.http_standin import HttpStandin, Served
 
@@ -42,14 +42,18 @@ class HubRepo:
     files: dict[str, bytes]
     lfs: frozenset[str]  # paths stored in LFS (they get a sha256)
     token: str | None = None  # a private repo: this bearer token is required
+    # path -> the size the listing gives, for a file served as its first bytes only (a GGUF
+    # header without its tensor data: what fit reads of a 40 GB file through range requests)
+    listed_sizes: dict[str, int] = field(default_factory=dict)
 
     def siblings(self) -> list[dict[str, object]]:
         out: list[dict[str, object]] = []
         for path, content in sorted(self.files.items()):
             if path in self.lfs:
                 pointer = lfs_pointer(content)
-                out.append({"rfilename": path, "size": len(content), "blobId": git_blob_id(pointer),
-                            "lfs": {"size": len(content), "sha256": hashlib.sha256(content).hexdigest(),
+                size = self.listed_sizes.get(path, len(content))
+                out.append({"rfilename": path, "size": size, "blobId": git_blob_id(pointer),
+                            "lfs": {"size": size, "sha256": hashlib.sha256(content).hexdigest(),
                                     "pointerSize": len(pointer)}})
             else:
                 out.append({"rfilename": path, "size": len(content), "blobId": git_blob_id(content)})

@@ -16,3 +16,9 @@ if command -v dmidecode >/dev/null 2>&1 && init_dmi=$(dmidecode -t 17 2>/dev/nul
 else
     echo '@init dimm unreadable'
 fi
+# what a GPU the catalog lacks is described with (hardware.gpus[].spec); compute_cap is a
+# query field since driver 510, an older one prints nothing here
+if command -v nvidia-smi >/dev/null 2>&1; then
+    nvidia-smi --query-gpu=pci.bus_id,memory.total,compute_cap --format=csv,noheader,nounits 2>/dev/null \
+        | sed 's/^/@init gpu /'
+fi
