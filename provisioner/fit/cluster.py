@@ -21,6 +21,7 @@ from provisioner.fit.placement import (
     Device,
     Placement,
     fit_layers,
+    gpu_memory,
     kv_cache_bytes,
     params,
     placement_of,
@@ -116,7 +117,7 @@ def _fit_ray(spec: Spec, ctx: int) -> Placement:
     for _, groups in spec.node_gpus:
         for group in groups:
             for _ in range(group.count):
-                capacity = int(group.spec.vram * util)
+                capacity = min(int(group.spec.vram * util), gpu_memory(spec, group))
                 missing += max(weights + overhead + kv_need - capacity, 0)
                 left = capacity - weights - overhead
                 pool = left if pool is None else min(pool, left)

@@ -196,7 +196,8 @@ def ram_device(spec: Spec, weights: int, experts: int, kv: int, buffers: int,
                   spec.profile.hardware.memory.bandwidth())
 
 
-def _memory(spec: Spec, gpu: GpuGroup) -> int:
+def gpu_memory(spec: Spec, gpu: GpuGroup) -> int:
+    """VRAM, or a unified pool less what the OS keeps (fit/unified.py)."""
     return memory_of(spec, gpu.spec, RAM_RESERVE + _hugepages_bytes(spec))
 
 
@@ -225,7 +226,7 @@ def fit_layers(spec: Spec, ctx: int) -> Placement:
         return placement_of(spec, ctx, (ram,), gpu_layers=0, cpu_moe=0, offload=0, missing=missing,
                           kv_seq=kv_seq, weights_from=w.source)
 
-    capacities = [max(int(_memory(spec, g) * (1 - GPU_MARGIN_FRACTION)) - _others(spec, i), 0)
+    capacities = [max(int(gpu_memory(spec, g) * (1 - GPU_MARGIN_FRACTION)) - _others(spec, i), 0)
                   for i, (g, _) in enumerate(gpus)]
     budget = sum(capacities) - gpu_buffer * len(gpus)
 
@@ -313,7 +314,7 @@ def fit_vllm(spec: Spec, ctx: int) -> Placement:
     weights_gpu = spec.quant.bytes / n
     # vLLM takes vram x utilisation of each GPU; what other processes hold beyond the
     # rest (1 - utilisation) comes out of that share (vLLM 0.11 refuses to start then).
-    capacities = [min(int(g.spec.vram * util), _memory(spec, g) - _others(spec, i))
+    capacities = [min(int(g.spec.vram * util), gpu_memory(spec, g) - _others(spec, i))
                   for i, (g, _) in enumerate(gpus)]
     smallest = min(capacities)
     explicit = p.runtime.offload if isinstance(p.runtime.offload, Offload) else None

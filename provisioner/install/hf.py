@@ -108,6 +108,11 @@ def _query_hub(repo: str, revision: str, include: list[str], endpoint: str, toke
     return {"commit": info.sha or revision, "files": files}
 
 
+def list_repo(repo: str, revision: str, endpoint: str, token: str | None) -> dict[str, Any]:
+    """Every file of the repo at the revision: {"commit": sha, "files": [{path, size, ...}]}."""
+    return _query_hub(repo, revision, [], endpoint, token)
+
+
 def _check_repo_path(repo: str, path: str) -> None:
     parts = PurePosixPath(path).parts
     if not path or path.startswith("/") or ".." in parts or any(ord(c) < 32 or ord(c) == 127 for c in path):

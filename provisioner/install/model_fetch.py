@@ -25,9 +25,8 @@ from urllib.parse import quote
 from provisioner.catalog import load_catalog
 from provisioner.errors import ProvisionError
 from provisioner.facts.weights_header import BadHeader, Truncated, parse_gguf, parse_safetensors
-from provisioner.install.hf import _query_hub, hub_endpoint, hub_offline
+from provisioner.install.hf import hub_endpoint, hub_offline, list_repo
 from provisioner.profile.model_source import (
-    cached_record,
     gguf_record,
     hub_key,
     hub_target,
@@ -67,9 +66,10 @@ def fetch_model_shape(profile: Profile, *, endpoint: str | None = None, token: s
     repo, revision, file = target
     base = hub_endpoint(endpoint)
     if hub_offline():
-        raise ProvisionError(f"{profile.model.id} is not in the catalog and HF_HUB_OFFLINE is set",
-                             hint="read it once with network access (`provision fit`), or use local files")
-    listing = _query_hub(repo, revision, [], base, token)
+        raise ProvisionError(f"{profile.model.id} {profile.model.quant} is read from {repo} on the Hub, and "
+                             "HF_HUB_OFFLINE is set", hint="read it once with network access (`provision fit`), "
+                             "or point model.source at local files")
+    listing = list_repo(repo, revision, base, token)
     commit = str(listing["commit"])
     sizes = {str(f["path"]): int(f["size"]) for f in listing["files"]}
 
@@ -97,7 +97,7 @@ def fetch_model_shape(profile: Profile, *, endpoint: str | None = None, token: s
             hint=("GGUF files there: " + ", ".join(gguf[:8]) + ("..." if len(gguf) > 8 else "")) if gguf
             else "is it a model repo? name the quant as in the file names (e.g. Q4_K_M, UD-Q4_K_XL) or a glob")
     save_record(hub_key(repo, revision, profile.model.quant, file), record)
-    return cached_record(hub_key(repo, revision, profile.model.quant, file)) is not None
+    return True
 
 
 def gguf_files(sizes: dict[str, int], quant: str, first: str | None) -> list[str]:

@@ -262,6 +262,13 @@ def _gguf_source(profile: Profile) -> bool:
     return bool(src.files) or (src.hf is not None and (src.hf.file or "").endswith(".gguf"))
 
 
+def _own_files(profile: Profile) -> bool:
+    """The profile names weight files a quant's size can be read from (GGUF, or a safetensors
+    repo or folder: an AWQ/GPTQ/FP8 checkpoint of a catalog model)."""
+    src = profile.model.source
+    return _gguf_source(profile) or src.hf is not None or src.directory is not None
+
+
 def _readable(profile: Profile) -> bool:
     src = profile.model.source
     return is_repo_id(profile.model.id) or bool(src.files) or src.directory is not None or src.hf is not None
@@ -310,11 +317,11 @@ def _not_read(loaded: LoadedProfile, catalog: Catalog, model: ModelSpec | None) 
 def _unreadable(loaded: LoadedProfile, catalog: Catalog, model: ModelSpec | None) -> Problem | None:
     """Why the model cannot be read from its own files, or None when it can."""
     p = loaded.profile
-    if model is not None and not _gguf_source(p):
+    if model is not None and not _own_files(p):
         return loaded.problem(
             ("model", "quant"), f"unknown quant {p.model.quant!r} for {p.model.id}",
-            _suggest(p.model.quant, list(model.quants)) + "; or give GGUF files (model.source.files or "
-            "hf.file): any quant is read from its header")
+            _suggest(p.model.quant, list(model.quants)) + "; or name its files (model.source.files, hf or "
+            "directory): any quant is read from them")
     if model is not None or (_readable(p) and p.runtime.engine != "ollama"):
         return None
     hint = _suggest(p.model.id, list(catalog.models))

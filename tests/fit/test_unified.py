@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import yaml
+
 from provisioner.catalog import load_catalog
 from provisioner.fit import fit
 from provisioner.fit.placement import GPU_MARGIN_FRACTION, RAM_RESERVE
@@ -67,3 +69,14 @@ def test_the_library_profile_puts_480b_in_two_sparks() -> None:
     assert placed.ram.weights_bytes == 0
     # the head's RAM row is the head Spark's pool only
     assert placed.ram.capacity_bytes == placed.gpus[0].free_bytes
+
+
+def test_a_ray_cluster_of_sparks_leaves_the_os_its_share_of_each_pool(tmp_path: Path) -> None:
+    data = yaml.safe_load((ROOT / "examples/cluster/two-node-qwen3-235b-fp8-vllm.yaml").read_text())
+    for node in data["cluster"]["nodes"]:
+        node["gpus"] = [{"model": "dgx-spark-gb10", "count": 1}]
+    data["runtime"]["gpu_memory_utilization"] = 0.97  # above the pool less the OS's share
+    path = tmp_path / "sparks.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    placed = fit(resolve(load_profile(path)))
+    assert [d.capacity_bytes for d in placed.gpus] == [SPARK.vram - RAM_RESERVE] * 2

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from provisioner.cli import main
+from provisioner.errors import ProvisionError
 from provisioner.fit.placement import kv_bytes_per_token
 from provisioner.install.model_fetch import fetch_model_shape, gguf_files
 from provisioner.profile.loader import load_profile
@@ -125,3 +126,27 @@ def test_quant_names_pick_their_shards() -> None:
     assert gguf_files(sizes, "*Q6*", None) == ["M-Q6_K.gguf"]
     assert gguf_files(sizes, "x", "UD-Q4_K_XL/M-UD-Q4_K_XL-00001-of-00002.gguf") == [
         "UD-Q4_K_XL/M-UD-Q4_K_XL-00001-of-00002.gguf", "UD-Q4_K_XL/M-UD-Q4_K_XL-00002-of-00002.gguf"]
+
+
+def test_offline_without_a_record_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    path = _profile(tmp_path, REPO, "Q4_K_M", {"hf": {"repo": REPO, "revision": COMMIT, "dest": "/srv/models/l70",
+                                                      "file": SHARDS[0]}})
+    with pytest.raises(ProvisionError) as info:
+        fetch_model_shape(load_profile(path).profile)
+    assert f"is read from {REPO} on the Hub, and HF_HUB_OFFLINE is set" in info.value.first.message
+
+
+def test_a_state_space_gguf_on_the_hub_is_refused_by_name(
+        tmp_path: Path, http: HttpStandin, monkeypatch: pytest.MonkeyPatch) -> None:
+    local = tmp_path / "m.gguf"
+    write_gguf(local, "mamba", {"block_count": 64, "embedding_length": 4096, "context_length": 8192},
+               llama70b_tensors()[:3], sparse=False)
+    repo = "acme/Mamba-GGUF"
+    serve_repo(http, HubRepo(repo, COMMIT, {"Mamba-Q8_0.gguf": local.read_bytes()}, frozenset({"Mamba-Q8_0.gguf"})))
+    monkeypatch.setenv("HF_ENDPOINT", http.url())
+    path = _profile(tmp_path, repo, "Q8_0", {"hf": {"repo": repo, "revision": COMMIT, "dest": "/srv/models/m",
+                                                    "file": "Mamba-Q8_0.gguf"}})
+    with pytest.raises(ProvisionError) as info:
+        fetch_model_shape(load_profile(path).profile)
+    assert "architecture mamba is not supported: state-space (Mamba) layers" in info.value.first.message

@@ -237,3 +237,18 @@ def test_vllm_refuses_a_checkpoint_format_its_version_does_not_load(tmp_path: Pa
     with pytest.raises(ProvisionError) as info:
         _spec(path)
     assert "vLLM (vllm serve) 0.11.0 does not load exl2 checkpoints" in str(info.value)
+
+
+def test_a_catalog_model_takes_a_safetensors_checkpoint_it_does_not_list(tmp_path: Path) -> None:
+    """An AWQ folder of a catalog model: the catalog's shape and card, the folder's size and format."""
+    folder = tmp_path / "awq"
+    sizes = write_qwen3_30b(folder, shards=1)
+    config = {**QWEN3_30B_CONFIG, "quantization_config": {"quant_method": "awq", "bits": 4}}
+    (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    path = make_profile(tmp_path, {"model.id": "qwen3-30b-a3b", "model.quant": "AWQ", "model.source": {
+        "directory": str(folder)}, "runtime.engine": "vllm", "runtime.version": "0.11.0", "model.kv_cache": "auto",
+        "model.context": 8192, "model.mode": "thinking", "hardware.gpus": [{"model": "h100-sxm", "count": 1}]},
+        name="awq.yaml")
+    spec = _spec(path)
+    assert spec.model.name == "Qwen3-30B-A3B" and spec.model.reasoning_parser == "qwen3"
+    assert spec.quant.method == "awq" and spec.quant.bytes == sum(sizes)
