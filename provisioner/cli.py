@@ -578,13 +578,15 @@ def facts(as_json: bool, **opts: Any) -> int:
 @click.option("--endpoint", default=None, metavar="URL",
               help="The model server to check (default: the profile's address, on this machine).")
 @click.option("--only", default=None, metavar="GROUPS",
-              help="Comma-separated: gpu,drift,model,install,endpoint,cluster.")
+              help="Comma-separated: gpu,drift,model,install,endpoint,cluster,quality.")
 @click.option("--no-needle", is_flag=True, help="Skip the long-prompt needle check (slow on big contexts).")
+@click.option("--rebaseline", is_flag=True,
+              help="Record this run's quality fingerprint as the host's baseline (accept a change on purpose).")
 @json_option
 @ignore_fit_option
 @handle_errors("verify")
-def verify(profile: Path | None, endpoint: str | None, only: str | None, no_needle: bool, as_json: bool,
-           **opts: Any) -> int:
+def verify(profile: Path | None, endpoint: str | None, only: str | None, no_needle: bool, rebaseline: bool,
+           as_json: bool, **opts: Any) -> int:
     """Prove the box is right: GPU and driver, drift, model files, the live endpoint.
 
     Exit 0 every check passed (warnings allowed), 2 a check failed, 1 could not run.
@@ -602,7 +604,7 @@ def verify(profile: Path | None, endpoint: str | None, only: str | None, no_need
     unknown = groups - set(GROUPS)
     if unknown:
         raise UsageError(f"--only: unknown group {sorted(unknown)[0]!r}", hint=f"groups: {', '.join(GROUPS)}")
-    options = VerifyOptions(only=groups, endpoint=endpoint, needle=not no_needle)
+    options = VerifyOptions(only=groups, endpoint=endpoint, needle=not no_needle, rebaseline=rebaseline)
     return _run_verify(profile, opts, options, as_json)
 
 

@@ -19,7 +19,7 @@ from provisioner.verify import drift as drift_checks
 from provisioner.verify import install as install_checks
 from provisioner.verify import model as model_checks
 
-GROUPS = ("gpu", "drift", "model", "install", "endpoint", "cluster")
+GROUPS = ("gpu", "drift", "model", "install", "endpoint", "cluster", "quality")
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,7 @@ class VerifyOptions:
     only: frozenset[str] = frozenset(GROUPS)
     endpoint: str | None = None  # URL; default: the profile's address, on a local live target
     needle: bool = True
+    rebaseline: bool = False  # quality: record this run's fingerprint as the host's baseline
 
 
 def verify_target(built: Built, transport: Transport, options: VerifyOptions,
@@ -43,16 +44,15 @@ def verify_target(built: Built, transport: Transport, options: VerifyOptions,
                                                      installs=node_installs(built, node)))
         if role == "worker":
             # the head serves the endpoint and sees the cluster; an RPC worker holds no model file
-            options = VerifyOptions(only=options.only - {"endpoint"} - ({"model"} if cluster.backend == "rpc"
-                                                                         else set()),
-                                    endpoint=options.endpoint, needle=options.needle)
+            options = replace(options, only=options.only - {"endpoint", "quality"} - (
+                {"model"} if cluster.backend == "rpc" else set()))
     spec, placement = built.spec, built.placement
     root_mode = bool(transport.root)
     wanted_sysctl = sysctl_settings(spec)
     probes = []
     if "drift" in options.only:
         probes.append(drift_checks.live_probe(spec, list(wanted_sysctl)))
-    if "model" in options.only:
+    if "model" in options.only or "quality" in options.only:  # quality records the served file's sha256
         files = spec.profile.model.source.files or []
         if files and isinstance(transport, _local_type()):
             # big shards take minutes: hash them here with a progress bar on a terminal
@@ -94,6 +94,8 @@ def verify_target(built: Built, transport: Transport, options: VerifyOptions,
             else _gpu(built, gathered.output, gpu)
     if "endpoint" in options.only:
         checks += _endpoint(built, transport, options)
+    if "quality" in options.only:  # last: it records a baseline only when every other check passed
+        checks += _quality(built, transport, options, gathered, checks)
     return checks
 
 
@@ -211,6 +213,24 @@ def _endpoint_at(built: Built, url: str, options: VerifyOptions) -> list[Check]:
     checks: list[Check] = endpoint.endpoint_checks(spec, built.placement, speed, url, _api_key(built),
                                                    needle=options.needle)
     return checks
+
+
+def _quality(built: Built, transport: Transport, options: VerifyOptions, gathered: Any,
+             earlier: list[Check]) -> list[Check]:
+    from provisioner.verify.canary import QualityOptions, verify_quality
+
+    quality = QualityOptions(needle=options.needle, rebaseline=options.rebaseline, api_key=_api_key(built))
+    url = options.endpoint
+    if url is None:
+        if transport.root:
+            return [Check("quality", "skip", hint="--root: a tree serves nothing; give --endpoint URL to check one")]
+        runtime = built.spec.profile.runtime
+        forward = getattr(transport, "forward", None)
+        if forward is not None:
+            with forward(runtime.local_address, runtime.port) as local_port:
+                return verify_quality(built, transport, f"http://127.0.0.1:{local_port}", gathered, earlier, quality)
+        url = f"http://{runtime.local_address}:{runtime.port}"
+    return verify_quality(built, transport, url, gathered, earlier, quality)
 
 
 def _api_key(built: Built) -> str | None:
