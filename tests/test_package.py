@@ -35,6 +35,9 @@ def test_wheel_ships_templates_profiles_and_catalog(wheel: Path) -> None:
         assert f"provisioner/_data/profiles/{profile.name}" in names
     for part in ("gpus", "models", "engines"):
         assert f"provisioner/catalog/{part}.yaml" in names
+    canary = ROOT / "provisioner" / "verify" / "canary_data"
+    for data in (p for p in canary.rglob("*") if p.is_file()):  # the quality canary's prompts, probes, limits
+        assert f"provisioner/verify/canary_data/{data.relative_to(canary)}" in names
     assert any(n.endswith("entry_points.txt") for n in names)
 
 
