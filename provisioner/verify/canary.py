@@ -132,7 +132,10 @@ class _NotAvailable(Exception):
 
 @dataclass
 class _LlamaCpp:
-    """llama-server /completion (logprob_api.yaml: llama.cpp-completion)."""
+    """llama-server /completion (logprob_api.yaml: llama.cpp-completion). Request fields from
+    tools/server/server-schema.cpp, answer fields from tools/server/server-task.cpp
+    (to_json_non_oaicompat, probs_vector_to_json), /tokenize from server-context.cpp, all at
+    llama.cpp b11312; n_probs are the softmax of the raw logits (populate_token_probs)."""
 
     client: _Client
     context: int
@@ -206,7 +209,9 @@ class _LlamaCpp:
 
 @dataclass
 class _Vllm:
-    """vLLM /v1/completions with prompt_logprobs (logprob_api.yaml: vllm-completions)."""
+    """vLLM /v1/completions with prompt_logprobs (logprob_api.yaml: vllm-completions). Fields from
+    vllm/entrypoints/openai/protocol.py at v0.11.0 (CompletionRequest, CompletionLogProbs,
+    CompletionResponseChoice, TokenizeCompletionRequest)."""
 
     client: _Client
     model: str
@@ -272,8 +277,9 @@ def _vllm_prompt_positions(raw: Sequence[Any], k: int) -> list[Position | None]:
 
 @dataclass
 class _Ollama:
-    """Ollama /api/generate with logprobs (logprob_api.yaml: ollama-generate). Ollama takes no
-    token ids, so positions after the first divergence are not compared."""
+    """Ollama /api/generate with logprobs (logprob_api.yaml: ollama-generate). Fields from
+    api/types.go (GenerateRequest, GenerateResponse, Logprob, TokenLogprob) read at v0.33.0-rc2.
+    Ollama takes no token ids, so positions after the first divergence are not compared."""
 
     client: _Client
     model: str
