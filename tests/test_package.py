@@ -40,6 +40,9 @@ def test_wheel_ships_templates_profiles_and_catalog(wheel: Path) -> None:
     for snippet in snippets:  # the probes read them at run time
         assert f"provisioner/facts/snippets/{snippet.name}" in names
     assert "provisioner/facts/xid.yaml" in names
+    canary = ROOT / "provisioner" / "verify" / "canary_data"
+    for data in (p for p in canary.rglob("*") if p.is_file()):  # the quality canary's prompts, probes, limits
+        assert f"provisioner/verify/canary_data/{data.relative_to(canary)}" in names
     assert any(n.endswith("entry_points.txt") for n in names)
 
 

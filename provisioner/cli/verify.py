@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from provisioner.verify.run import VerifyOptions
 
 # verify/run.py's GROUPS, spelled here so --help does not import the checks (a test keeps them equal)
-GROUPS = ("gpu", "drift", "model", "install", "endpoint", "cluster")
+GROUPS = ("gpu", "drift", "model", "install", "endpoint", "cluster", "quality")
 
 
 @command("verify")
@@ -36,9 +36,11 @@ GROUPS = ("gpu", "drift", "model", "install", "endpoint", "cluster")
               help="The model server to check (default: the profile's address, on this machine).")
 @click.option("--only", default=None, metavar="GROUPS", help=f"Comma-separated: {','.join(GROUPS)}.")
 @click.option("--no-needle", is_flag=True, help="Skip the long-prompt needle check (slow on big contexts).")
+@click.option("--rebaseline", is_flag=True,
+              help="Accept today's setup on purpose: record the quality fingerprint again (docs/verify.md).")
 @ignore_fit_option
-def verify(profile: Path | None, endpoint: str | None, only: str | None, no_needle: bool, as_json: bool,
-           **opts: Any) -> Result:
+def verify(profile: Path | None, endpoint: str | None, only: str | None, no_needle: bool, rebaseline: bool,
+           as_json: bool, **opts: Any) -> Result:
     """Prove the box is right: GPU and driver, drift, model files, the live endpoint.
 
     Exit 0 every check passed (warnings allowed), 2 a check failed, 1 could not run.
@@ -55,7 +57,8 @@ def verify(profile: Path | None, endpoint: str | None, only: str | None, no_need
     unknown = groups - set(GROUPS)
     if unknown:
         raise UsageError(f"--only: unknown group {sorted(unknown)[0]!r}", hint=f"groups: {', '.join(GROUPS)}")
-    return run_verify(profile, opts, VerifyOptions(only=groups, endpoint=endpoint, needle=not no_needle))
+    return run_verify(profile, opts, VerifyOptions(only=groups, endpoint=endpoint, needle=not no_needle,
+                                                   rebaseline=rebaseline))
 
 
 def run_verify(profile: Path | None, opts: dict[str, Any], options: VerifyOptions) -> Result:

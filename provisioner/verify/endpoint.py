@@ -45,7 +45,7 @@ NEEDLE_QUESTION = ("What is the secret passphrase stated in the first sentence o
                    "Answer with the passphrase only.")
 DETERMINISM_PROMPT = "Write four short lines about a lighthouse keeper."
 SPEED_PROMPT = "Count upwards from 1, one number per line, and do not stop."
-_FILLER = (
+FILLER = (
     "The archive room held ledgers of grain prices from many harvests.",
     "A clerk copied each column by hand and checked the totals twice.",
     "Rain fell on the slate roof while the lamps burned low.",
@@ -62,7 +62,7 @@ def endpoint_checks(spec: Spec, placement: Placement, predicted_decode_tps: floa
     """Check the live server at ``base_url`` against the profile; one Check per property."""
     if base_url.startswith(("http://", "https://")):
         client = Client(base_url, api_key, timeout_s)
-        answers, served = _check_answers(client, api_key)
+        answers, served = check_answers(client, api_key)
     else:
         answers, served = Check("endpoint.answers", "fail", f"not an HTTP URL: {base_url!r}", "http(s)://HOST:PORT",
                                 "give the server's base URL, e.g. http://127.0.0.1:8080"), []
@@ -71,7 +71,7 @@ def endpoint_checks(spec: Spec, placement: Placement, predicted_decode_tps: floa
         return [answers] + [Check(cid, "skip", hint=reason) for cid in
                             ("endpoint.model_id", "endpoint.context", "endpoint.slots", "endpoint.needle",
                              "endpoint.deterministic", "endpoint.template", "endpoint.speed")]
-    model_check, model = _check_model_id(spec, served)
+    model_check, model = check_model_id(spec, served)
     run = ChatRun(spec, Client(base_url, api_key, timeout_s), model)
     checks = [answers, model_check]
     if spec.profile.runtime.engine == "ollama":
@@ -88,7 +88,7 @@ def endpoint_checks(spec: Spec, placement: Placement, predicted_decode_tps: floa
 
 # -- answers and model id ----------------------------------------------------------------------
 
-def _check_answers(client: Client, api_key: str | None) -> tuple[Check, list[str]]:
+def check_answers(client: Client, api_key: str | None) -> tuple[Check, list[str]]:
     expected = "HTTP 200 from GET /v1/models"
     try:
         data = client.get("/v1/models")
@@ -121,7 +121,7 @@ def _expected_names(spec: Spec) -> list[str]:
     return names
 
 
-def _check_model_id(spec: Spec, served: list[str]) -> tuple[Check, str]:
+def check_model_id(spec: Spec, served: list[str]) -> tuple[Check, str]:
     names = _expected_names(spec)
     observed = ", ".join(served) or "(none)"
     for name in names:
@@ -228,7 +228,7 @@ def _ollama_context(run: ChatRun, expected: int) -> Check:
 
 def _needle_prompt(blocks: int) -> str:
     lines = [NEEDLE_FACT]
-    lines += [f"{_FILLER[i % len(_FILLER)]}" for i in range(blocks)]
+    lines += [f"{FILLER[i % len(FILLER)]}" for i in range(blocks)]
     lines.append(NEEDLE_QUESTION)
     return "\n".join(lines)
 
@@ -239,7 +239,7 @@ def _check_needle(run: ChatRun, placement: Placement) -> Check:
     try:
         # Calibrate the tokenizer: the prompt without and with a known amount of filler.
         base = run.chat(_needle_prompt(0), 1)
-        probe_blocks = 4 * len(_FILLER)
+        probe_blocks = 4 * len(FILLER)
         probe = run.chat(_needle_prompt(probe_blocks), 1)
     except HttpError as exc:
         return Check("endpoint.needle", "fail", f"calibration request failed: {exc.message}",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from provisioner.converge.plan import make_plan
@@ -32,9 +32,10 @@ from provisioner.verify import drift as drift_checks
 from provisioner.verify import endpoint, ray_status
 from provisioner.verify import install as install_checks
 from provisioner.verify import model as model_checks
+from provisioner.verify.canary import QualityOptions, verify_quality
 from provisioner.verify.gpu import gpu_checks
 
-GROUPS = ("gpu", "drift", "model", "install", "endpoint", "cluster")
+GROUPS = ("gpu", "drift", "model", "install", "endpoint", "cluster", "quality")
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class VerifyOptions:
     only: frozenset[str] = frozenset(GROUPS)
     endpoint: str | None = None  # URL; default: the profile's address, on a local live target
     needle: bool = True
+    rebaseline: bool = False  # quality: record this run's fingerprint as the host's baseline
 
 
 def verify_target(built: Built, transport: Transport, options: VerifyOptions,
@@ -55,9 +57,8 @@ def verify_target(built: Built, transport: Transport, options: VerifyOptions,
         built = Built(view, built.placement, built.rendered_for(node=node), built.installs)
         if role == "worker":
             # the head serves the endpoint and sees the cluster; an RPC worker holds no model file
-            options = VerifyOptions(only=options.only - {"endpoint"} - ({"model"} if cluster.backend == "rpc"
-                                                                         else set()),
-                                    endpoint=options.endpoint, needle=options.needle)
+            options = replace(options, only=options.only - {"endpoint", "quality"} - (
+                {"model"} if cluster.backend == "rpc" else set()))
     spec, placement = built.spec, built.placement
     root_mode = bool(transport.root)
     wanted_sysctl = sysctl_settings(spec)
@@ -88,6 +89,8 @@ def verify_target(built: Built, transport: Transport, options: VerifyOptions,
             else _gpu(built, gathered)
     if "endpoint" in options.only:
         checks += _endpoint(built, transport, options)
+    if "quality" in options.only:  # last: it records a baseline only when every other check passed
+        checks += _quality(built, transport, options, gathered, checks)
     return checks
 
 
@@ -99,7 +102,7 @@ def _probes(built: Built, transport: Transport, options: VerifyOptions, sysctl_k
     snippets: list[str] = []
     if "drift" in options.only:
         snippets.append(drift_checks.live_probe(spec, sysctl_keys))
-    if "model" in options.only:
+    if "model" in options.only or "quality" in options.only:  # quality records the served file's sha256
         files = spec.profile.model.source.files or []
         if files and isinstance(transport, LocalTransport):
             # big shards take minutes: hash them here with a progress bar on a terminal
@@ -205,6 +208,22 @@ def _endpoint_at(built: Built, url: str, options: VerifyOptions) -> list[Check]:
     checks: list[Check] = endpoint.endpoint_checks(spec, built.placement, speed, url, _api_key(built),
                                                    needle=options.needle)
     return checks
+
+
+def _quality(built: Built, transport: Transport, options: VerifyOptions, gathered: Gathered,
+             earlier: list[Check]) -> list[Check]:
+    quality = QualityOptions(needle=options.needle, rebaseline=options.rebaseline, api_key=_api_key(built))
+    url = options.endpoint
+    if url is None:
+        if transport.root:
+            return [Check("quality", "skip", hint="--root: a tree serves nothing; give --endpoint URL to check one")]
+        runtime = built.spec.profile.runtime
+        forward = getattr(transport, "forward", None)
+        if forward is not None:
+            with forward(runtime.local_address, runtime.port) as local_port:
+                return verify_quality(built, transport, f"http://127.0.0.1:{local_port}", gathered, earlier, quality)
+        url = f"http://{runtime.local_address}:{runtime.port}"
+    return verify_quality(built, transport, url, gathered, earlier, quality)
 
 
 def _api_key(built: Built) -> str | None:

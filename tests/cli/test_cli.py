@@ -142,3 +142,11 @@ def test_usage_errors_are_one_line_and_exit_1_not_2(args: list[str], message: st
 def test_provision_alone_prints_its_help() -> None:
     result = run()
     assert result.returncode == 0 and "Usage: provision" in result.stdout
+
+
+def test_verify_groups_in_help_are_the_checks_groups() -> None:
+    """cli/verify.py spells the groups out so --help stays light; they must be verify's."""
+    from provisioner.cli.verify import GROUPS as SHOWN
+    from provisioner.verify.run import GROUPS
+
+    assert SHOWN == GROUPS

@@ -29,6 +29,7 @@ from typing import Any
 MODES = ("ok", "truncation", "context-shift", "nondeterministic", "leaked-template-tokens", "slow",
          "small-context", "auth")
 _PASSPHRASE = re.compile(r"passphrase is (\S+?)\.?(?:\s|$)")
+_DOOR_QUESTION = re.compile(r"passphrase for the (\w+) door, as stated")
 _OVERHEAD = 10  # template tokens around the user's message
 
 
@@ -116,7 +117,11 @@ class StandinServer:
         }
 
     def _answer(self, kept: str, max_tokens: int, count: int) -> str:
-        if "passphrase" in kept.lower() and "?" in kept:
+        door = _DOOR_QUESTION.search(kept)
+        if door:  # the quality canary's needles: one passphrase per door, asked about one door
+            fact = re.search(rf"passphrase for the {door.group(1)} door is (\S+?)\.(?:\s|$)", kept)
+            text = fact.group(1) if fact else "I do not know the passphrase."
+        elif "passphrase" in kept.lower() and "?" in kept:
             found = _PASSPHRASE.search(kept)
             text = found.group(1) if found else "I do not know the passphrase."
         else:
