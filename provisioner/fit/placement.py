@@ -268,9 +268,16 @@ def fit_layers(spec: Spec, ctx: int) -> Placement:
                       tensor_split=tuple(split) if len(split) > 1 else ())
 
 
+def llama_ubatch(spec: Spec) -> int:
+    """llama.cpp's physical batch (-ub): the profile's, else fit.yaml's."""
+    return spec.profile.runtime.ubatch or int(params()["speed"]["llama_cpp_ubatch"])
+
+
 def _llama_gpu_buffer(spec: Spec, total_ctx: int) -> int:
-    """CUDA context + llama.cpp compute buffer on each GPU."""
-    mib = _mem("cuda_context_mib") + _mem("llama_cpp_compute_buffer_mib")
+    """CUDA context + llama.cpp compute buffer on each GPU (its activations and logits
+    scale with the ubatch; the budget is for the default one)."""
+    scale = llama_ubatch(spec) / float(params()["speed"]["llama_cpp_ubatch"])
+    mib = _mem("cuda_context_mib") + _mem("llama_cpp_compute_buffer_mib") * scale
     if spec.profile.runtime.flash_attention == "off":
         mib += _mem("llama_cpp_no_fa_buffer_mib_per_1k_context") * total_ctx / 1024
     return int(mib * MIB)

@@ -315,6 +315,10 @@ class Runtime(_Model):
     threads: int | None = Field(default=None, ge=1, le=1024)
     flash_attention: Literal["auto", "on", "off"] = "on"
     gpu_memory_utilization: float | None = Field(default=None, gt=0.1, le=0.99)
+    # llama.cpp/Ollama physical batch (--ubatch-size): prompt tokens per GPU pass. None: fit's
+    # default (catalog/fit.yaml). A larger one feeds the GPU better and, with weights in RAM,
+    # streams them over PCIe fewer times per prompt; its compute buffer grows with it.
+    ubatch: int | None = Field(default=None, ge=1, le=65536)
     extra_args: list[ExtraArg] = []
 
     @property

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from provisioner.errors import RenderError
-from provisioner.fit.placement import VLLM_DEFAULT_UTILIZATION, Placement, params
+from provisioner.fit.placement import VLLM_DEFAULT_UTILIZATION, Placement, llama_ubatch, params
 from provisioner.install.select import installed_binary
 from provisioner.profile.cluster import address_env, gpus_per_node, head_address, rpc_servers
 from provisioner.profile.resolve import Spec
@@ -192,8 +192,10 @@ def _cpu_tuning(b: _Builder, spec: Spec, placement: Placement) -> None:
         b.choice("numa", "distribute", f"spread threads evenly over the {nodes} NUMA nodes that hold the "
                  "weights (drop the page cache before the first start so pages spread too)")
     speed = params()["speed"]
-    b.flag("batch_size", int(speed["llama_cpp_batch"]), "logical batch: tokens per prompt-processing step")
-    b.flag("ubatch_size", int(speed["llama_cpp_ubatch"]),
+    physical = llama_ubatch(spec)
+    b.flag("batch_size", max(int(speed["llama_cpp_batch"]), physical),
+           "logical batch: tokens per prompt-processing step")
+    b.flag("ubatch_size", physical,
            "physical batch: with weights in RAM each ubatch streams them over PCIe once (fit's prefill model)"
            if in_ram and spec.gpus else "physical batch (fit's prefill model and compute buffer assume it)")
     if placement.tensor_split and b.has("tensor_split"):
