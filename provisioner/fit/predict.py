@@ -210,3 +210,22 @@ def predict(spec: Spec, placement: Placement, depth: int = 0, prompt_tokens: int
                       prefill_tokens_per_s=prefill_tokens_per_s(spec, placement, prompt_tokens),
                       bottleneck=bottleneck,
                       decode_ms={k: round(v * 1e3, 3) for k, v in short.items()})
+
+
+def placement_kind(spec: Spec, placement: Placement) -> str:
+    """The kind of placement whose known error band verify uses (catalog/fit.yaml verify_speed)."""
+    if not spec.gpus:
+        return "cpu"
+    if spec.profile.runtime.engine == "vllm":
+        return "vllm"
+    if placement.ram.weights_bytes:
+        return "ram"
+    return "layer-split" if spec.gpu_count > 1 else "gpu"
+
+
+def speed_floors(spec: Spec, placement: Placement) -> tuple[float, float]:
+    """(warn, fail): shares of the predicted decode below which verify warns and fails. The
+    warn share is the lowest measured/predicted ratio of the passing cases of this kind."""
+    table = params()["verify_speed"]
+    warn = float(table["band"][placement_kind(spec, placement)])
+    return warn, warn * float(table["fail_share"])

@@ -29,7 +29,9 @@ from tests.support.fit_cases import (
     memory_numbers,
     predicted_decode,
     predicted_prefill,
+    replace_bands,
     replace_tables,
+    speed_bands,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -79,6 +81,15 @@ def test_docs_carry_the_current_tables(tmp_path: Path) -> None:
     text = doc.read_text()
     assert replace_tables(text, error_tables(tmp_path)) == text, \
         "docs/fit.md's error tables are stale: run scripts/fit-tables"
+
+
+def test_verify_bands_follow_the_case_table(tmp_path: Path) -> None:
+    """verify's speed thresholds (catalog/fit.yaml verify_speed.band) are the case table's
+    lowest measured/predicted ratio per kind of placement."""
+    path = ROOT / "provisioner" / "catalog" / "fit.yaml"
+    text = path.read_text()
+    assert replace_bands(text, speed_bands(tmp_path)) == text, \
+        "catalog/fit.yaml's verify_speed bands are stale: run scripts/fit-tables"
 
 
 def test_factors_are_the_train_fit() -> None:

@@ -97,3 +97,20 @@ def test_prefill_with_experts_in_ram_is_bounded_by_pcie(tmp_path: Path) -> None:
     # the same model entirely in VRAM: compute-bound, much faster
     big = resolve(load_profile(ROOT / "profiles" / "rtx-pro-6000-gpt-oss-120b-vllm.yaml"))
     assert prefill_tokens_per_s(big, fit(big)) > 5 * prefill_tokens_per_s(spec, placement)
+
+
+def test_the_profiles_ubatch_reaches_the_flags_buffer_and_prefill(tmp_path: Path) -> None:
+    """runtime.ubatch is the -ub the run script states (the logical batch at least as
+    large), the compute buffer fit budgets grows with it, and with experts in RAM the
+    prefill model copies them once per ubatch, so a larger one is faster."""
+    profile = ROOT / "profiles" / "rtx-3090-gpt-oss-120b-llamacpp.yaml"
+    small = resolve(load_profile(profile))
+    big = resolve(load_profile(profile, {"runtime": {"ubatch": 4096}}))
+    got = chosen_flags(big, fit(big), model_path(big))
+    assert got["--ubatch-size"] == "4096" and got["--batch-size"] == "4096"
+    assert fit(big).gpus[0].buffers_bytes > fit(small).gpus[0].buffers_bytes
+    assert prefill_tokens_per_s(big, fit(big)) > 2 * prefill_tokens_per_s(small, fit(small))
+    # a short prompt is one batch of its own length, however large the ubatch: it gains
+    # nothing, and the larger buffer pushed more experts to RAM, so it loses
+    assert fit(big).ram.weights_bytes > fit(small).ram.weights_bytes
+    assert prefill_tokens_per_s(big, fit(big), 128) < prefill_tokens_per_s(small, fit(small), 128)

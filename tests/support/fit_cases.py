@@ -6,6 +6,8 @@ catalog/fit.yaml on the `split: train` cases only).
 
 from __future__ import annotations
 
+import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,7 @@ import yaml
 from provisioner.catalog import load_catalog
 from provisioner.fit import fit
 from provisioner.fit.placement import Placement
-from provisioner.fit.predict import predict
+from provisioner.fit.predict import placement_kind, predict
 from provisioner.profile.loader import load_profile
 from provisioner.profile.resolve import Spec, resolve
 
@@ -147,3 +149,34 @@ def replace_tables(text: str, tables: dict[str, str]) -> str:
             raise ValueError(f"docs/fit.md: {start.strip()} is not closed by {end}")
         text = head + start + table + "\n" + end + tail
     return text
+
+
+MIN_BAND_CASES = 5  # fewer passing cases of a kind say little about its spread
+
+
+def speed_bands(directory: Path, tolerance: float = 0.25) -> dict[str, float]:
+    """Per placement kind: the lowest measured/predicted decode ratio of its passing cases
+    (rounded down to 0.01). A kind with fewer than MIN_BAND_CASES passing cases takes the
+    edge of the tests' tolerance instead (measured = predicted / 1.25)."""
+    ratios: dict[str, list[float]] = {kind: [] for kind in ("cpu", "gpu", "layer-split", "ram", "vllm")}
+    for name, case in load_cases():
+        if "decode_tokens_per_s" not in case["measured"] or case.get("xfail") or "cluster" in case:
+            continue
+        spec, placement = build(name, case, directory)
+        ratio = case["measured"]["decode_tokens_per_s"] / predicted_decode(spec, placement, case)
+        ratios[placement_kind(spec, placement)].append(ratio)
+    edge = 1 / (1 + tolerance)
+    return {kind: math.floor((min(values) if len(values) >= MIN_BAND_CASES else edge) * 100) / 100
+            for kind, values in ratios.items()}
+
+
+def replace_bands(text: str, bands: dict[str, float]) -> str:
+    """catalog/fit.yaml with verify_speed.band's values renewed (comments kept)."""
+    head, marker, text = text.partition("\nverify_speed:\n")
+    if not marker:
+        raise ValueError("catalog/fit.yaml has no verify_speed table")
+    for kind, value in bands.items():
+        text, count = re.subn(rf"^(    {re.escape(kind)}: )[0-9.]+$", rf"\g<1>{value:.2f}", text, flags=re.M)
+        if count != 1:
+            raise ValueError(f"catalog/fit.yaml: verify_speed.band.{kind} found {count} times")
+    return head + marker + text
