@@ -31,6 +31,9 @@ class Prediction:
     prefill_tokens_per_s: float
     bottleneck: str  # the largest share of a short-prompt decode step
     decode_ms: dict[str, float]  # that step, by bottleneck
+    streams: int = 1  # the profile's parallel sequences, decoded together
+    decode_aggregate_tokens_per_s: float = 0.0  # all streams, short prompts
+    decode_per_stream_tokens_per_s: float = 0.0  # each of them
 
 
 
@@ -75,17 +78,20 @@ def _read_ratios(spec: Spec) -> tuple[float, float]:
     return min(dense_read / dense_params, 1.0) if dense_params else 0.0, expert_ratio
 
 
-def decode_step_s(spec: Spec, placement: Placement, depth: int) -> dict[str, float]:
-    """Seconds one decode step spends per bottleneck, with ``depth`` tokens already cached."""
-    m = spec.model
+def decode_step_s(spec: Spec, placement: Placement, depth: int, streams: int = 1) -> dict[str, float]:
+    """Seconds one decode step spends per bottleneck, with ``depth`` tokens already cached in
+    each of ``streams`` sequences decoded together (one token each): the weights are read
+    once per step (an MoE's experts as far as any stream routes to them), each stream's
+    cache on its own."""
     engine = spec.profile.runtime.engine
     dense_ratio, expert_ratio = _read_ratios(spec)
+    expert_ratio = 1.0 - (1.0 - expert_ratio) ** streams
     gpu_eff = _per_engine("gpu_bandwidth_efficiency", engine)
     # Flash attention reads K and V in one fused kernel that streams them like a weight
     # matrix; without it the cache is read head group by head group with softmax between.
     fa = spec.profile.runtime.flash_attention != "off" or engine == "vllm"
     kv_eff = gpu_eff if fa else float(_speed("kv_read_efficiency"))
-    kv_now = kv_cache_bytes(spec, depth)
+    kv_now = kv_cache_bytes(spec, depth) * streams
     kv_full = max(sum(d.kv_cache_bytes for d in placement.devices), 1)
     steps = {name: 0.0 for name in BOTTLENECKS}
 
@@ -113,6 +119,14 @@ def decode_step_s(spec: Spec, placement: Placement, depth: int) -> dict[str, flo
         # vLLM --cpu-offload-gb: every step copies the offloaded weights to each GPU.
         steps["pcie"] = placement.cpu_offload_bytes / (pcie_gb_s(spec) * 1e9 * float(_speed("pcie_efficiency")))
 
+    steps["compute"] = _fixed_s(spec, placement)
+    return steps
+
+
+def _fixed_s(spec: Spec, placement: Placement) -> float:
+    """The step's costs that no bandwidth explains: per layer, per GPU-CPU hand-off, per
+    all-reduce or host-staged GPU boundary."""
+    m = spec.model
     overhead_us = _speed("gpu_layer_overhead_us")
     per_layer = float(overhead_us["moe"] if m.is_moe else overhead_us["dense"])
     if spec.gpus:
@@ -130,8 +144,7 @@ def decode_step_s(spec: Spec, placement: Placement, depth: int) -> dict[str, flo
             fixed += (spec.gpu_count - 1) * float(_speed("gpu_boundary_no_p2p_us"))
     else:
         fixed = m.layers * float(_speed("cpu_layer_overhead_us"))
-    steps["compute"] = fixed / 1e6
-    return steps
+    return fixed / 1e6
 
 
 def prefill_tokens_per_s(spec: Spec, placement: Placement, prompt_tokens: int | None = None) -> float:
@@ -205,11 +218,15 @@ def predict(spec: Spec, placement: Placement, depth: int = 0, prompt_tokens: int
     short = decode_step_s(spec, placement, depth)
     full = decode_step_s(spec, placement, placement.context)
     bottleneck = max(short, key=lambda k: short[k])
+    streams = spec.profile.runtime.parallel
+    together = sum(decode_step_s(spec, placement, depth, streams).values())
     return Prediction(decode_tokens_per_s=1.0 / sum(short.values()),
                       decode_tokens_per_s_at_context=1.0 / sum(full.values()),
                       prefill_tokens_per_s=prefill_tokens_per_s(spec, placement, prompt_tokens),
                       bottleneck=bottleneck,
-                      decode_ms={k: round(v * 1e3, 3) for k, v in short.items()})
+                      decode_ms={k: round(v * 1e3, 3) for k, v in short.items()},
+                      streams=streams, decode_aggregate_tokens_per_s=streams / together,
+                      decode_per_stream_tokens_per_s=1.0 / together)
 
 
 def placement_kind(spec: Spec, placement: Placement) -> str:
