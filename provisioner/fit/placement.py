@@ -13,6 +13,7 @@ from typing import Any
 
 from provisioner.catalog import catalog_table
 from provisioner.facts.host_load import P2P_LEGEND
+from provisioner.fit.rope import yarn_warnings
 from provisioner.profile.models import Offload
 from provisioner.profile.resolve import GpuGroup, Spec
 
@@ -352,7 +353,7 @@ def placement_of(spec: Spec, ctx: int, devices: tuple[Device, ...], *, gpu_layer
                weights_from: str = "catalog", tensor_split: tuple[float, ...] = (),
                stages: int = 1) -> Placement:
     p = spec.profile
-    warnings: list[str] = _host_warnings(spec, tensor_parallel)
+    warnings: list[str] = _host_warnings(spec, tensor_parallel) + yarn_warnings(spec, ctx)
     kv_k, kv_v = p.model.kv_cache_k, p.model.kv_cache_value
     if kv_v in {"q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1"} or kv_k in {"q4_0", "q4_1", "iq4_nl"}:
         warnings.append("a 4-bit KV cache degrades long reasoning and long-context recall; "

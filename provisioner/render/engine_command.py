@@ -14,6 +14,7 @@ from typing import Any
 
 from provisioner.errors import RenderError
 from provisioner.fit.placement import VLLM_DEFAULT_UTILIZATION, Placement, llama_ubatch, params
+from provisioner.fit.rope import yarn_factor
 from provisioner.install.select import installed_binary
 from provisioner.profile.cluster import address_env, gpus_per_node, head_address, rpc_servers
 from provisioner.profile.resolve import Spec
@@ -159,10 +160,10 @@ def _llama_cpp(spec: Spec, placement: Placement, model_path: str) -> EngineComma
     if p.model.mode == "thinking" and b.has("reasoning_format"):
         b.choice("reasoning_format", "deepseek",
                  "return the reasoning in reasoning_content, not in the answer")
-    if placement.context > spec.model.native_context:
-        factor = spec.model.yarn_factor or placement.context / spec.model.native_context
-        b.choice("rope_scaling", "yarn", "context beyond the native length: YaRN")
-        b.flag("rope_scale", factor, "YaRN factor (model card)")
+    factor = yarn_factor(spec, placement.context)
+    if factor is not None:
+        b.choice("rope_scaling", "yarn", "context beyond the native length: YaRN (static: only when needed)")
+        b.flag("rope_scale", factor, "YaRN factor: context / native length (model card)")
         b.flag("yarn_orig_ctx", spec.model.native_context, "native context length")
     if b.has("load_mode"):
         pinned = spec.profile.os.memlock == "unlimited" and placement.devices[-1].weights_bytes > 0
@@ -271,10 +272,9 @@ def _vllm(spec: Spec, placement: Placement, model_path: str) -> EngineCommand:
     if spec.model.tool_call_parser and b.has("tool_call_parser"):
         b.flag("enable_auto_tool_choice", None, "tool calls")
         b.flag("tool_call_parser", spec.model.tool_call_parser, "tool call format")
-    if placement.context > spec.model.native_context:
-        rope = {"rope_scaling": {"rope_type": "yarn",
-                                 "factor": spec.model.yarn_factor
-                                 or placement.context / spec.model.native_context,
+    factor = yarn_factor(spec, placement.context)
+    if factor is not None:
+        rope = {"rope_scaling": {"rope_type": "yarn", "factor": factor,
                                  "original_max_position_embeddings": spec.model.native_context}}
         b.flag("hf_overrides", json.dumps(rope, sort_keys=True), "YaRN beyond native context")
     _extra(b, spec)

@@ -4,6 +4,7 @@ sizes, the tensor split; and the prefill model they go with."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 import subprocess
 import sys
@@ -114,3 +115,20 @@ def test_the_profiles_ubatch_reaches_the_flags_buffer_and_prefill(tmp_path: Path
     # nothing, and the larger buffer pushed more experts to RAM, so it loses
     assert fit(big).ram.weights_bytes > fit(small).ram.weights_bytes
     assert prefill_tokens_per_s(big, fit(big), 128) < prefill_tokens_per_s(small, fit(small), 128)
+
+
+def test_yarn_only_when_the_context_needs_it_at_the_factor_it_needs(tmp_path: Path) -> None:
+    """Qwen3-235B's native context is 32,768: at that context no rope scaling; at 65,536 YaRN
+    at factor 2 (the model card's example), not the catalog's largest factor (4), with a
+    warning that static YaRN costs quality on short prompts. vLLM gets the same factor."""
+    native = _flags(make_profile(tmp_path, {"model.context": 32768}, name="native.yaml"))
+    assert "--rope-scaling" not in native and "--rope-scale" not in native
+    path = make_profile(tmp_path, {"model.context": 65536}, name="long.yaml")
+    got = _flags(path)
+    assert got["--rope-scaling"] == "yarn" and got["--rope-scale"] == "2" and got["--yarn-orig-ctx"] == "32768"
+    spec = resolve(load_profile(path))
+    assert any("static YaRN at factor 2" in w for w in fit(spec).warnings)
+    vllm = resolve(load_profile(ROOT / "profiles" / "4x-h100-qwen3-235b-fp8-vllm.yaml",
+                                {"model": {"id": "qwen3-235b-a22b", "quant": "FP8", "context": 40960}}))
+    overrides = json.loads(str(chosen_flags(vllm, fit(vllm), model_path(vllm))["--hf-overrides"]))
+    assert overrides["rope_scaling"]["factor"] == 1.25
