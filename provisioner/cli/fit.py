@@ -124,6 +124,7 @@ def fit_result(profile: Path, context: int | None, ignore_fit: bool = False,
             flags=chosen, **prediction_json(speed), decode_ms=speed.decode_ms,
             warnings=list(placement.warnings), suggestions=hints, weights_from=placement.weights_from,
             host_load=_load_json(load), cluster=_cluster_json(spec, placement),
+            ubatch_options=[dataclasses.asdict(o) for o in placement.ubatch_options],
             hardware_from=host, hardware=overrides["hardware"] if overrides else None)
     human: list[Block] = []
     if overrides is not None:
@@ -170,6 +171,11 @@ def _human(spec: Spec, placement: Placement, speed: Prediction, chosen: dict[str
     said.append(f"predicted: {speed.decode_tokens_per_s:.1f} tok/s decode (short prompt), "
         f"{speed.decode_tokens_per_s_at_context:.1f} tok/s with {placement.context} tokens cached, "
         f"{speed.prefill_tokens_per_s:.0f} tok/s prefill; bottleneck: {speed.bottleneck}")
+    if placement.ubatch_options:
+        said.append(f"ubatch {placement.ubatch} (fit's choice: the fastest prefill that keeps decode within a few "
+                    "percent): " + "; ".join(
+                        f"{o.ubatch}: {o.prefill_tokens_per_s:.0f} prefill, {o.decode_tokens_per_s:.1f} decode"
+                        if o.fits else f"{o.ubatch}: does not fit" for o in placement.ubatch_options))
     if speed.streams > 1:
         said.append(f"with {speed.streams} streams decoding at once: {speed.decode_aggregate_tokens_per_s:.1f} "
                     f"tok/s in all, {speed.decode_per_stream_tokens_per_s:.1f} tok/s each (short prompts)")

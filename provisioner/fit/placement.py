@@ -84,6 +84,8 @@ class Placement:
     tensor_parallel: bool = False  # vLLM: every GPU holds a shard and works on every token
     weights_from: str = "catalog"  # or "GGUF header of FILE": where the per-layer sizes came from
     tensor_split: tuple[float, ...] = ()  # llama.cpp, several GPUs: share of the layers on each
+    ubatch: int = 0  # llama.cpp -ub fit chose (0: the profile's or fit.yaml's, llama_ubatch)
+    ubatch_options: tuple[Any, ...] = ()  # fit.ubatch.UbatchOption per size it weighed
     p2p_missing: bool = False  # host facts: some GPU pair has no peer-to-peer access
     # a cluster: pipeline stages (the GPUs split into this many equal groups, one per node,
     # taking turns on each token) and what the network costs one decode step

@@ -155,7 +155,7 @@ def prefill_tokens_per_s(spec: Spec, placement: Placement, prompt_tokens: int | 
     if not spec.gpus:
         cores = spec.profile.runtime.threads or spec.profile.hardware.cpu.cores
         return cores * float(_speed("cpu_gflops_per_core")) * 1e9 / flops_per_token
-    full = ubatch(spec)
+    full = placement.ubatch or ubatch(spec)
     batch = min(full, prompt_tokens) if prompt_tokens else full
     compute = batch * flops_per_token * _compute_s_per_flop(spec, placement)
     # Weights in host RAM cross PCIe once per ubatch (llama.cpp copies CPU-resident

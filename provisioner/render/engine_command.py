@@ -193,7 +193,7 @@ def _cpu_tuning(b: _Builder, spec: Spec, placement: Placement) -> None:
         b.choice("numa", "distribute", f"spread threads evenly over the {nodes} NUMA nodes that hold the "
                  "weights (drop the page cache before the first start so pages spread too)")
     speed = params()["speed"]
-    physical = llama_ubatch(spec)
+    physical = placement.ubatch or llama_ubatch(spec)
     b.flag("batch_size", max(int(speed["llama_cpp_batch"]), physical),
            "logical batch: tokens per prompt-processing step")
     b.flag("ubatch_size", physical,

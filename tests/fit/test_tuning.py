@@ -132,3 +132,24 @@ def test_yarn_only_when_the_context_needs_it_at_the_factor_it_needs(tmp_path: Pa
                                 {"model": {"id": "qwen3-235b-a22b", "quant": "FP8", "context": 40960}}))
     overrides = json.loads(str(chosen_flags(vllm, fit(vllm), model_path(vllm))["--hf-overrides"]))
     assert overrides["rope_scaling"]["factor"] == 1.25
+
+
+def test_fit_chooses_the_ubatch_by_its_prefill_model_and_shows_the_trade_off() -> None:
+    """With most experts in RAM every ubatch copies them over PCIe: a larger one makes
+    prefill several times faster, while its compute buffer pushes a few more experts off
+    the GPU. fit keeps the fastest prefill whose decode stays within fit.yaml's allowance
+    of the default's, and reports every size it weighed; a profile's own ubatch wins."""
+    profile = ROOT / "profiles" / "rtx-4080-super-qwen3-235b-q2-llamacpp.yaml"
+    spec = resolve(load_profile(profile))
+    placement = fit(spec)
+    options = {o.ubatch: o for o in placement.ubatch_options}
+    assert set(options) == {512, 1024, 2048, 4096}
+    chosen, default = options[placement.ubatch], options[512]
+    assert placement.ubatch > 512 and chosen.prefill_tokens_per_s > 2 * default.prefill_tokens_per_s
+    assert default.decode_tokens_per_s * 0.97 <= chosen.decode_tokens_per_s <= default.decode_tokens_per_s
+    assert all(o.prefill_tokens_per_s <= chosen.prefill_tokens_per_s or
+               o.decode_tokens_per_s < default.decode_tokens_per_s * 0.97 for o in options.values() if o.fits)
+    assert options[4096].gpu_buffer_bytes > options[512].gpu_buffer_bytes
+    assert chosen_flags(spec, placement, model_path(spec))["--ubatch-size"] == str(placement.ubatch)
+    stated = resolve(load_profile(profile, {"runtime": {"ubatch": 512}}))
+    assert fit(stated).ubatch_options == () and fit(stated).ubatch == 0

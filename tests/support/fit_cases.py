@@ -15,7 +15,7 @@ import yaml
 
 from provisioner.catalog import load_catalog
 from provisioner.fit import fit
-from provisioner.fit.placement import Placement
+from provisioner.fit.placement import Placement, params
 from provisioner.fit.predict import placement_kind, predict
 from provisioner.profile.loader import load_profile
 from provisioner.profile.resolve import Spec, resolve
@@ -41,8 +41,10 @@ def case_profile(name: str, case: dict[str, Any]) -> dict[str, Any]:
     else:
         source = {"files": [{"path": f"/srv/models/{name}.gguf", "bytes": 1, "sha256": SHA}]}
     runtime = {"version": ENGINE_VERSION[engine], **case["runtime"]}
-    if engine != "vllm" and "ubatch" in case.get("prefill", {}):
-        runtime.setdefault("ubatch", case["prefill"]["ubatch"])
+    if engine != "vllm":
+        # the measurement ran at its stated ubatch, else at llama.cpp's default (fit.yaml):
+        # fit must not choose another one for it
+        runtime.setdefault("ubatch", case.get("prefill", {}).get("ubatch", params()["speed"]["llama_cpp_ubatch"]))
     mode = load_catalog().models[case["model"]["id"]].modes[0]
     profile = {
         "metadata": {"name": name.lower()[:60], "sources": [case["source"]]},
