@@ -55,33 +55,37 @@ def gather_fit_host(transport: Transport, profile: Path) -> tuple[Any, str]:
     from provisioner.converge.run import gather
     from provisioner.draft.host import INIT_GATHER, HostFacts
     from provisioner.facts.host_load import fit_gather
+    from provisioner.facts.speed_record import READ_SNIPPET
     from provisioner.profile.loader import load_profile
     from provisioner.verify.gpu import GPU_GATHER
 
     service = load_profile(profile).profile.service.name
-    gathered = gather(transport, [], extra=GPU_GATHER + INIT_GATHER + fit_gather(service))
+    gathered = gather(transport, [], extra=GPU_GATHER + INIT_GATHER + fit_gather(service) + READ_SNIPPET)
     return HostFacts.from_gathered(gathered), gathered.output
 
 
 def fit_command(profile: Path, context: int | None, as_json: bool, ignore_fit: bool = False,
                 host_facts: Any = None, host: str | None = None, host_output: str | None = None,
-                root: str = "", read_model_files: bool = True, settings: dict[str, Any] | None = None) -> int:
+                root: str = "", read_model_files: bool = True, settings: dict[str, Any] | None = None,
+                calibrate: bool = False) -> int:
     """The command's body: print the result and return the exit code."""
     result = fit_result(profile, context, ignore_fit, host_facts=host_facts, host=host, host_output=host_output,
-                        root=root, read_model_files=read_model_files, settings=settings)
+                        root=root, read_model_files=read_model_files, settings=settings, calibrate=calibrate)
     emit("fit", result, as_json)
     return result.code
 
 
 def fit_result(profile: Path, context: int | None, ignore_fit: bool = False,
                host_facts: Any = None, host: str | None = None, host_output: str | None = None,
-               root: str = "", read_model_files: bool = True, settings: dict[str, Any] | None = None) -> Result:
+               root: str = "", read_model_files: bool = True, settings: dict[str, Any] | None = None,
+               calibrate: bool = False) -> Result:
     """Exit 0 if the profile fits (or ignore_fit), 2 if it does not. With ``host_facts``
     the host's real GPUs, RAM and cores replace the profile's hardware numbers; with
     ``host_output`` (the gather's text) the memory other processes hold and reserved
     hugepages are subtracted. Model files on this machine (under ``root``) give the
     real per-layer sizes (``read_model_files``: not for a remote host's facts). ``settings``
-    (--set) change profile fields before the host's hardware is applied."""
+    (--set) change profile fields before the host's hardware is applied; ``calibrate`` scales
+    the prediction by the host's own recorded verify runs (fit/calibrate.py)."""
     from provisioner.facts.gguf_layout import local_layout  # pydantic: only when run
     from provisioner.facts.host_load import host_load
     from provisioner.fit import fit
@@ -111,6 +115,7 @@ def fit_result(profile: Path, context: int | None, ignore_fit: bool = False,
     if layout_note:
         placement = dataclasses.replace(placement, warnings=(layout_note, *placement.warnings))
     speed = predict(spec, placement)
+    placement, speed, cal = _calibrate(spec, placement, speed, host_output) if calibrate else (placement, speed, None)
     chosen = chosen_flags(spec, placement, model_path(spec))
     hints = suggestions(spec, placement)
     code = 0 if placement.fits or ignore_fit else 2
@@ -125,14 +130,32 @@ def fit_result(profile: Path, context: int | None, ignore_fit: bool = False,
             warnings=list(placement.warnings), suggestions=hints, weights_from=placement.weights_from,
             host_load=_load_json(load), cluster=_cluster_json(spec, placement),
             ubatch_options=[dataclasses.asdict(o) for o in placement.ubatch_options],
+            calibration=dataclasses.asdict(cal) if cal is not None else None,
             hardware_from=host, hardware=overrides["hardware"] if overrides else None)
-    human: list[Block] = []
-    if overrides is not None:
-        hw = overrides["hardware"]
-        gpus = ", ".join(f"{g['count']}x {g['model']}" for g in hw["gpus"]) or "no GPU in the catalog"
-        human.append(lines(f"hardware from {host}: {gpus}, {format_size(hw['ram'])} RAM, {hw['cpu']['cores']} "
-                           "cores (the profile's values replaced)"))
-    return Result(code, fields, (*human, *_human(spec, placement, speed, chosen, hints)))
+    return Result(code, fields, (*_hardware_line(overrides, host), *_human(spec, placement, speed, chosen, hints)))
+
+
+def _hardware_line(overrides: dict[str, Any] | None, host: str | None) -> tuple[Block, ...]:
+    if overrides is None:
+        return ()
+    hw = overrides["hardware"]
+    gpus = ", ".join(f"{g['count']}x {g['model']}" for g in hw["gpus"]) or "no GPU in the catalog"
+    return (lines(f"hardware from {host}: {gpus}, {format_size(hw['ram'])} RAM, {hw['cpu']['cores']} "
+                  "cores (the profile's values replaced)"),)
+
+
+def _calibrate(spec: Spec, placement: Placement, speed: Prediction,
+               host_output: str | None) -> tuple[Placement, Prediction, Any]:
+    """The prediction scaled by the runs recorded on the host (its gather's output), the
+    placement with the note saying so, and the fit/calibrate.Calibration."""
+    from provisioner.facts.speed_record import parse_records
+    from provisioner.fit.calibrate import calibrated, calibration
+
+    if host_output is None:
+        raise UsageError("--calibrate uses the runs recorded on a host",
+                         hint="add --host H (or --here) with --calibrate")
+    cal = calibration(spec, parse_records(host_output))
+    return dataclasses.replace(placement, warnings=(cal.note, *placement.warnings)), calibrated(speed, cal), cal
 
 
 def _load_json(load: HostLoad | None) -> dict[str, Any] | None:
@@ -257,10 +280,12 @@ def compare_command(profile: Path, settings: dict[str, Any], compares: list[str]
               help="Change a profile field for this run only (repeatable), e.g. model.quant=Q4_K_M.")
 @click.option("--compare", "compares", multiple=True, metavar="FIELD=V1,V2",
               help="Fit each value (repeatable: every combination) and print one row each.")
+@click.option("--calibrate", is_flag=True,
+              help="With --host/--here: scale the prediction by that host's own recorded verify runs.")
 @target_options
 @ignore_fit_option
 def fit(profile: Path, context: int | None, here: bool, as_json: bool, ignore_fit: bool,
-        sets: tuple[str, ...], compares: tuple[str, ...], **opts: Any) -> int:
+        sets: tuple[str, ...], compares: tuple[str, ...], calibrate: bool, **opts: Any) -> int:
     """Where every byte goes and how fast it will run.
 
     Prints the placement per device (weights, KV cache, buffers, free) for each
@@ -304,9 +329,13 @@ def fit(profile: Path, context: int | None, here: bool, as_json: bool, ignore_fi
                              hint="drop --host/--here/--context, or give model.context as a --compare axis")
         return compare_command(profile, settings, list(compares), as_json, root=root)
     if not remote:
+        if calibrate:
+            raise UsageError("--calibrate uses the runs recorded on a host",
+                             hint="add --host H (or --here) with --calibrate")
         return fit_command(profile, context, as_json, ignore_fit, root=root, settings=settings)
     target = one_target(profile, opts, "fit reads one host's hardware")
     with target.opened() as transport:
         facts, output = gather_fit_host(transport, profile)
     return fit_command(profile, context, as_json, ignore_fit, host_facts=facts, host=target.name,
-                       host_output=output, root=root, read_model_files=here or bool(root), settings=settings)
+                       host_output=output, root=root, read_model_files=here or bool(root), settings=settings,
+                       calibrate=calibrate)

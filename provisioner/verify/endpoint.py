@@ -389,8 +389,12 @@ def _check_needle(run: _Run, placement: Placement) -> Check:
                      f"the server processed {got} of ~{planned} prompt tokens; answered {said!r}", expected,
                      "the prompt was truncated (the start is lost): the served context is smaller than the "
                      "profile's (Ollama: num_ctx / OLLAMA_CONTEXT_LENGTH)")
+    prompt_rate = answer.timings.get("prompt_per_second")
+    measured = ((("prefill_tokens_per_s", float(prompt_rate)), ("prompt_tokens", float(got)))
+                if isinstance(prompt_rate, (int, float)) and prompt_rate > 0 and got else ())
     if NEEDLE_KEY.lower() in answer.text.lower().replace(" ", ""):
-        return Check("endpoint.needle", "pass", f"recalled from a {got or planned}-token prompt", expected)
+        return Check("endpoint.needle", "pass", f"recalled from a {got or planned}-token prompt", expected,
+                     measured=measured)
     return Check("endpoint.needle", "fail",
                  f"not recalled from a {got or planned}-token prompt; answered {said!r}", expected,
                  "the fact at the prompt's start was lost: context shift or truncation (llama.cpp: "
@@ -457,14 +461,15 @@ def _check_speed(run: _Run, predicted: float | None, floors: tuple[float, float]
         return Check("endpoint.speed", "skip", hint="the server reported neither timings nor usage")
     ratio = rate / predicted
     observed = f"{rate:.1f} tok/s decode ({source}), {ratio:.0%} of predicted"
+    measured = (("decode_tokens_per_s", rate), ("predicted_decode_tokens_per_s", predicted))
     expected = (f">= {warn:.0%} of {predicted:.1f} tok/s predicted (the model's known error band "
                 "for this kind of placement)")
     if ratio < fail:
         return Check("endpoint.speed", "fail", observed, expected,
                      f"below {fail:.0%} of the prediction: a silent CPU spill? check the GPU layers the "
-                     "server loaded, nvidia-smi memory use, and that the GPU is not throttled")
+                     "server loaded, nvidia-smi memory use, and that the GPU is not throttled", measured)
     if ratio < warn:
         return Check("endpoint.speed", "warn", observed, expected,
                      "slower than the published cases of this kind: other load on the machine, power limit "
-                     "or clocks, or part of the model in system RAM")
-    return Check("endpoint.speed", "pass", observed, expected)
+                     "or clocks, or part of the model in system RAM", measured)
+    return Check("endpoint.speed", "pass", observed, expected, measured=measured)
