@@ -66,11 +66,19 @@ def _link_gb_s(gpu: GpuSpec) -> float:
 
 
 def _read_ratios(spec: Spec) -> tuple[float, float]:
-    """Share of stored dense bytes and of stored expert bytes that one token reads."""
+    """Share of stored dense bytes and of stored expert bytes that one token reads: every
+    dense tensor but the input embedding (one row of it), and the experts the model's
+    config routes each token to (experts_active of experts_total). With the GGUF header
+    the dense bytes and the embedding's are the file's own; else the catalog's parameter
+    counts give the dense share."""
     m = spec.model
+    expert_ratio = m.experts_active / m.experts_total if m.is_moe else 0.0
+    layout = spec.layout
+    if layout is not None and layout.layers == m.layers and layout.token_embd:
+        dense = sum(layout.dense) + layout.outside
+        return (dense - layout.token_embd) / dense if dense else 0.0, expert_ratio
     if not m.is_moe:
         return 1.0, 0.0
-    expert_ratio = m.experts_active / m.experts_total
     expert_active_params = m.params_total * m.expert_params_fraction * expert_ratio
     dense_params = m.params_total * (1 - m.expert_params_fraction)
     # params_active excludes the input embedding table (one row is read, not all):

@@ -153,3 +153,25 @@ def test_fit_chooses_the_ubatch_by_its_prefill_model_and_shows_the_trade_off() -
     assert chosen_flags(spec, placement, model_path(spec))["--ubatch-size"] == str(placement.ubatch)
     stated = resolve(load_profile(profile, {"runtime": {"ubatch": 512}}))
     assert fit(stated).ubatch_options == () and fit(stated).ubatch == 0
+
+
+def test_decode_reads_the_files_own_dense_bytes_but_one_embedding_row(tmp_path: Path) -> None:
+    """With the GGUF header, a token reads every dense tensor of the file but only one
+    row of token_embd: the same bytes moved from the output matrix to the embedding make
+    decode faster, and the layout's dense share replaces the catalog's estimate."""
+    from provisioner.facts.gguf_layout import layout_of
+    from provisioner.fit.predict import predict
+
+    spec = resolve(load_profile(make_profile(tmp_path)))
+    layers = spec.model.layers
+    per_layer = spec.quant.bytes // (layers + 2)
+    body = [(f"blk.{i}.attn_q.weight", per_layer // 4) for i in range(layers)]
+    body += [(f"blk.{i}.ffn_up_exps.weight", per_layer - per_layer // 4) for i in range(layers)]
+    in_output = layout_of([*body, ("token_embd.weight", 1000), ("output.weight", per_layer)], "a.gguf")
+    in_embedding = layout_of([*body, ("token_embd.weight", per_layer), ("output.weight", 1000)], "b.gguf")
+    assert in_output.token_embd == 1000 and in_embedding.token_embd == per_layer
+    speeds = []
+    for layout in (in_output, in_embedding):
+        variant = dataclasses.replace(spec, layout=layout)
+        speeds.append(predict(variant, fit(variant)).decode_tokens_per_s)
+    assert speeds[1] > speeds[0]
