@@ -235,7 +235,9 @@ def _extra(b: _Builder, spec: Spec) -> None:
 def _vllm(spec: Spec, placement: Placement, model_path: str) -> EngineCommand:
     p = spec.profile
     b = _Builder(spec)
-    b.flag("model", model_path, "the model directory")
+    # `vllm serve MODEL`: the positional form every pinned release accepts (the model
+    # flag's entry in engines.yaml); `--model` with `vllm serve` is deprecated upstream
+    b.args.append(Arg((model_path,), "the model directory (vllm serve's positional MODEL)"))
     b.flag("served_model_name", spec.model_id, "the model name clients send")
     b.flag("host", p.runtime.bind, "listen address")
     b.flag("port", p.runtime.port, "listen port")
