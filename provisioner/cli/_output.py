@@ -167,7 +167,9 @@ def prediction_json(speed: Prediction) -> dict[str, Any]:
     return {"decode_tokens_per_s": round(speed.decode_tokens_per_s, 1),
             "decode_tokens_per_s_at_context": round(speed.decode_tokens_per_s_at_context, 1),
             "prefill_tokens_per_s": round(speed.prefill_tokens_per_s, 1),
-            "bottleneck": speed.bottleneck}
+            "bottleneck": speed.bottleneck, "streams": speed.streams,
+            "decode_aggregate_tokens_per_s": round(speed.decode_aggregate_tokens_per_s, 1),
+            "decode_per_stream_tokens_per_s": round(speed.decode_per_stream_tokens_per_s, 1)}
 
 
 def change_json(change: Change) -> dict[str, Any]:

@@ -38,42 +38,37 @@ def gather_fit_host(transport: Transport, profile: Path) -> tuple[HostFacts, str
 
 def fit_command(profile: Path, context: int | None, as_json: bool, ignore_fit: bool = False,
                 host_facts: HostFacts | None = None, host: str | None = None, host_output: str | None = None,
-                root: str = "", read_model_files: bool = True) -> int:
+                root: str = "", read_model_files: bool = True, settings: dict[str, Any] | None = None,
+                calibrate: bool = False) -> int:
     """The command's body: print the result and return the exit code."""
     result = fit_result(profile, context, ignore_fit, host_facts=host_facts, host=host, host_output=host_output,
-                        root=root, read_model_files=read_model_files)
+                        root=root, read_model_files=read_model_files, settings=settings, calibrate=calibrate)
     emit("fit", result, as_json)
     return result.code
 
 
 def fit_result(profile: Path, context: int | None, ignore_fit: bool = False,
                host_facts: HostFacts | None = None, host: str | None = None, host_output: str | None = None,
-               root: str = "", read_model_files: bool = True) -> Result:
+               root: str = "", read_model_files: bool = True, settings: dict[str, Any] | None = None,
+               calibrate: bool = False) -> Result:
     """Exit 0 if the profile fits (or ignore_fit), 2 if it does not. With ``host_facts``
     the host's real GPUs, RAM and cores replace the profile's hardware numbers; with
     ``host_output`` (the gather's text) the memory other processes hold and reserved
     hugepages are subtracted. Model files on this machine (under ``root``) give the
-    real per-layer sizes (``read_model_files``: not for a remote host's facts)."""
+    real per-layer sizes (``read_model_files``: not for a remote host's facts). ``settings``
+    (--set) change profile fields before the host's hardware is applied; ``calibrate`` scales
+    the prediction by the host's own recorded verify runs (fit/calibrate.py)."""
     from provisioner.facts.gguf_layout import local_layout  # pydantic: only when run
     from provisioner.facts.host_load import FIT_PROBE, host_load
     from provisioner.fit import fit
     from provisioner.fit.host import hardware_overrides
     from provisioner.fit.predict import predict
     from provisioner.fit.suggest import suggestions
-    from provisioner.install.model_fetch import fetch_model_shape
-    from provisioner.profile.loader import load_profile
-    from provisioner.profile.resolve import resolve
     from provisioner.render.engine_command import chosen_flags
     from provisioner.render.files import model_path
 
     overrides = hardware_overrides(host_facts) if host_facts is not None else None
-    loaded = load_profile(profile, overrides)
-    fetch_model_shape(loaded.profile)  # a model the catalog lacks: read once from the Hub, then cached
-    if overrides is not None and loaded.profile.cluster is not None:
-        raise UsageError(f"fit reads one host's hardware; {profile} describes a cluster of "
-                         f"{len(loaded.profile.cluster.nodes)} nodes",
-                         hint="run `provision fit` without --host/--here: each node's GPUs are in cluster.nodes")
-    spec = resolve(loaded)
+    spec = _resolved(profile, settings, overrides)
     load: HostLoad | None = None
     if host_facts is not None and host_output is not None:
         load = host_load(FIT_PROBE.read(host_output), host_facts.gpu_order)
@@ -86,6 +81,7 @@ def fit_result(profile: Path, context: int | None, ignore_fit: bool = False,
     if layout_note:
         placement = dataclasses.replace(placement, warnings=(layout_note, *placement.warnings))
     speed = predict(spec, placement)
+    placement, speed, cal = _calibrate(spec, placement, speed, host_output) if calibrate else (placement, speed, None)
     chosen = chosen_flags(spec, placement, model_path(spec))
     hints = suggestions(spec, placement)
     code = 0 if placement.fits or ignore_fit else 2
@@ -99,8 +95,25 @@ def fit_result(profile: Path, context: int | None, ignore_fit: bool = False,
             flags=chosen, **prediction_json(speed), decode_ms=speed.decode_ms,
             warnings=list(placement.warnings), suggestions=hints, weights_from=placement.weights_from,
             host_load=_load_json(load), cluster=_cluster_json(spec, placement),
+            ubatch_options=[dataclasses.asdict(o) for o in placement.ubatch_options],
+            calibration=dataclasses.asdict(cal) if cal is not None else None,
             hardware_from=host, hardware=overrides["hardware"] if overrides else None)
     return Result(code, fields, (*_hardware_from(host, overrides), *_human(spec, placement, speed, chosen, hints)))
+
+
+def _resolved(profile: Path, settings: dict[str, Any] | None, overrides: dict[str, Any] | None) -> Spec:
+    """The profile with --set values and a host's hardware, resolved against the catalog."""
+    from provisioner.install.model_fetch import fetch_model_shape
+    from provisioner.profile.loader import deep_merge, load_profile
+    from provisioner.profile.resolve import resolve
+
+    loaded = load_profile(profile, deep_merge(settings or {}, overrides or {}) or None)
+    fetch_model_shape(loaded.profile)  # a model the catalog lacks: read once from the Hub, then cached
+    if overrides is not None and loaded.profile.cluster is not None:
+        raise UsageError(f"fit reads one host's hardware; {profile} describes a cluster of "
+                         f"{len(loaded.profile.cluster.nodes)} nodes",
+                         hint="run `provision fit` without --host/--here: each node's GPUs are in cluster.nodes")
+    return resolve(loaded)
 
 
 def _hardware_from(host: str | None, overrides: dict[str, Any] | None) -> tuple[Block, ...]:
@@ -110,6 +123,20 @@ def _hardware_from(host: str | None, overrides: dict[str, Any] | None) -> tuple[
     gpus = ", ".join(f"{g['count']}x {g['model']}" for g in hw["gpus"]) or "no GPU in the catalog"
     return (lines(f"hardware from {host}: {gpus}, {format_size(hw['ram'])} RAM, {hw['cpu']['cores']} "
                   "cores (the profile's values replaced)"),)
+
+
+def _calibrate(spec: Spec, placement: Placement, speed: Prediction,
+               host_output: str | None) -> tuple[Placement, Prediction, Any]:
+    """The prediction scaled by the runs recorded on the host (its gather's output), the
+    placement with the note saying so, and the fit/calibrate.Calibration."""
+    from provisioner.facts.speed_record import parse_records
+    from provisioner.fit.calibrate import calibrated, calibration
+
+    if host_output is None:
+        raise UsageError("--calibrate uses the runs recorded on a host",
+                         hint="add --host H (or --here) with --calibrate")
+    cal = calibration(spec, parse_records(host_output))
+    return dataclasses.replace(placement, warnings=(cal.note, *placement.warnings)), calibrated(speed, cal), cal
 
 
 def _load_json(load: HostLoad | None) -> dict[str, Any] | None:
@@ -148,6 +175,14 @@ def _human(spec: Spec, placement: Placement, speed: Prediction, chosen: dict[str
     said.append(f"predicted: {speed.decode_tokens_per_s:.1f} tok/s decode (short prompt), "
         f"{speed.decode_tokens_per_s_at_context:.1f} tok/s with {placement.context} tokens cached, "
         f"{speed.prefill_tokens_per_s:.0f} tok/s prefill; bottleneck: {speed.bottleneck}")
+    if placement.ubatch_options:
+        said.append(f"ubatch {placement.ubatch} (fit's choice: the fastest prefill that keeps decode within a few "
+                    "percent): " + "; ".join(
+                        f"{o.ubatch}: {o.prefill_tokens_per_s:.0f} prefill, {o.decode_tokens_per_s:.1f} decode"
+                        if o.fits else f"{o.ubatch}: does not fit" for o in placement.ubatch_options))
+    if speed.streams > 1:
+        said.append(f"with {speed.streams} streams decoding at once: {speed.decode_aggregate_tokens_per_s:.1f} "
+                    f"tok/s in all, {speed.decode_per_stream_tokens_per_s:.1f} tok/s each (short prompts)")
     said += [f"warning: {warning}" for warning in placement.warnings]
     if placement.fits:
         said.append("fits")
@@ -185,14 +220,53 @@ def _cluster_line(spec: Spec, placement: Placement) -> str:
             f"{placement.interconnect_s_per_token * 1e3:.3f} ms per token")
 
 
+def compare_command(profile: Path, settings: dict[str, Any], compares: list[str], as_json: bool,
+                    root: str = "") -> int:
+    """One row per combination of the --compare values: fits, margin, speeds, quality."""
+    from provisioner.facts.gguf_layout import local_layout
+    from provisioner.fit import fit
+    from provisioner.fit.whatif import combinations, ordered, row_of, with_settings
+    from provisioner.profile.loader import load_profile
+    from provisioner.profile.resolve import resolve
+
+    rows = []
+    for combo in combinations(compares):
+        spec = resolve(load_profile(profile, with_settings(settings, combo) or None))
+        spec = dataclasses.replace(spec, layout=local_layout(spec, root)[0])
+        rows.append(row_of(spec, fit(spec), combo))
+    rows = ordered(rows)
+    many = any(r.streams > 1 for r in rows)
+    columns = [*(f for f, _ in rows[0].settings), "fits", "margin", "decode", "decode at context", "prefill",
+               *(["all streams", "per stream"] if many else []), "quality"]
+    table = Table(f"{profile.stem}: {len(rows)} combinations, best pick first", columns, [
+        [*(str(v) for _, v in r.settings), "yes" if r.fits else "NO",
+         format_size(r.margin_bytes) if r.margin_bytes >= 0 else "-" + format_size(-r.margin_bytes),
+         f"{r.decode_tokens_per_s:.1f}", f"{r.decode_tokens_per_s_at_context:.1f} @ {r.context}",
+         f"{r.prefill_tokens_per_s:.0f}",
+         *([f"{r.decode_aggregate_tokens_per_s:.1f} x{r.streams}", f"{r.decode_per_stream_tokens_per_s:.1f}"]
+           if many else []), r.quality] for r in rows])
+    note = lines("tok/s; margin: least free memory on any device (negative: missing); decode at a short "
+                 "prompt and with the cache filled to the context")
+    result = Result(0 if any(r.fits for r in rows) else 2, {"rows": [r.as_dict() for r in rows]}, (table, note))
+    emit("fit", result, as_json)
+    return result.code
+
+
 @command("fit")
 @click.argument("profile", type=click.Path(path_type=Path))
 @click.option("--context", type=click.IntRange(256, 10_000_000), default=None,
               help="Fit at this context instead of the profile's.")
 @click.option("--here", is_flag=True, help="Use this machine's real GPUs, RAM and cores instead of the profile's.")
+@click.option("--set", "sets", multiple=True, metavar="FIELD=VALUE",
+              help="Change a profile field for this run only (repeatable), e.g. model.quant=Q4_K_M.")
+@click.option("--compare", "compares", multiple=True, metavar="FIELD=V1,V2",
+              help="Fit each value (repeatable: every combination) and print one row each.")
+@click.option("--calibrate", is_flag=True,
+              help="With --host/--here: scale the prediction by that host's own recorded verify runs.")
 @target_options
 @ignore_fit_option
-def fit(profile: Path, context: int | None, here: bool, as_json: bool, ignore_fit: bool, **opts: Any) -> int:
+def fit(profile: Path, context: int | None, here: bool, as_json: bool, ignore_fit: bool,
+        sets: tuple[str, ...], compares: tuple[str, ...], calibrate: bool, **opts: Any) -> int:
     """Where every byte goes and how fast it will run.
 
     Prints the placement per device (weights, KV cache, buffers, free) for each
@@ -220,14 +294,29 @@ def fit(profile: Path, context: int | None, here: bool, as_json: bool, ignore_fi
       provision fit rtx-4090-qwen3-30b-a3b-llamacpp --host admin@gpu-box   # that box's GPUs and RAM
       provision fit examples/quickstart.yaml --here   # this machine, minus what others hold
       provision fit examples/cluster/two-node-qwen3-235b-fp8-vllm.yaml --json   # devices per node
+      provision fit rtx-4090-qwen3-30b-a3b-llamacpp --set runtime.parallel=2   # what if, no file written
+      provision fit rtx-4090-qwen3-30b-a3b-llamacpp --compare model.quant=Q4_K_M,Q8_0 \\
+          --compare model.context=32768,65536   # one row per combination
     """
-    from provisioner.cli.fit import fit_command, gather_fit_host
+    from provisioner.cli.fit import compare_command, fit_command, gather_fit_host
+    from provisioner.fit.whatif import overrides_of
 
     root = str(opts["root"]) if opts.get("root") else ""
-    if not here and opts["host"] is None and opts["inventory"] is None:
-        return fit_command(profile, context, as_json, ignore_fit, root=root)
+    settings = overrides_of(list(sets))
+    remote = here or opts["host"] is not None or opts["inventory"] is not None
+    if compares:
+        if remote or context is not None:
+            raise UsageError("--compare fits the profile's own hardware at each value's context",
+                             hint="drop --host/--here/--context, or give model.context as a --compare axis")
+        return compare_command(profile, settings, list(compares), as_json, root=root)
+    if not remote:
+        if calibrate:
+            raise UsageError("--calibrate uses the runs recorded on a host",
+                             hint="add --host H (or --here) with --calibrate")
+        return fit_command(profile, context, as_json, ignore_fit, root=root, settings=settings)
     target = one_target(profile, opts, "fit reads one host's hardware")
     with target.opened() as transport:
         facts, output = gather_fit_host(transport, profile)
     return fit_command(profile, context, as_json, ignore_fit, host_facts=facts, host=target.name,
-                       host_output=output, root=root, read_model_files=here or bool(root))
+                       host_output=output, root=root, read_model_files=here or bool(root), settings=settings,
+                       calibrate=calibrate)

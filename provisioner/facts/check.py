@@ -20,6 +20,8 @@ class Check:
     observed: str | None = None
     expected: str | None = None
     hint: str | None = None  # what to do; for skip, why it was skipped
+    # numbers the check measured (verify records the endpoint's speeds in the host's state)
+    measured: tuple[tuple[str, float], ...] = ()
 
 
 

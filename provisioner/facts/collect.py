@@ -13,6 +13,7 @@ from provisioner.facts.gpu_probe import GPU_PROBE
 from provisioner.facts.host import HOST_PROBE, HostFacts
 from provisioner.facts.host_load import fit_probe
 from provisioner.facts.probe import Probe, snippets
+from provisioner.facts.speed_record import READ_SNIPPET
 
 if TYPE_CHECKING:  # the protocol only: facts sits below transport/, which imports facts
     from provisioner.transport import Transport
@@ -41,5 +42,6 @@ def gather_host(transport: Transport) -> HostFacts:
 def gather_fit_host(transport: Transport, service: str) -> tuple[HostFacts, Gathered]:
     """ONE round trip for `fit --host/--here`: base facts, the GPU probe, the host probe and
     the fit probe (processes on the GPUs, hugepages, peer access, ``service``'s processes)."""
-    gathered = run_gather(transport, [GPU_PROBE, HOST_PROBE, fit_probe(service)])
+    # the speeds earlier verify runs recorded ride along, for fit --calibrate
+    gathered = run_gather(transport, [GPU_PROBE, HOST_PROBE, fit_probe(service)], extra=READ_SNIPPET)
     return HostFacts.from_gathered(gathered), gathered

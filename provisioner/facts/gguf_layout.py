@@ -39,6 +39,8 @@ class TensorLayout:
     experts: tuple[int, ...]
     outside: int
     source: str  # the file(s) it was read from, for the output
+    # of ``outside``: the input embedding table, of which a decode step reads one row
+    token_embd: int = 0
 
     @property
     def layers(self) -> int:
@@ -54,17 +56,19 @@ def layout_of(tensors: Iterable[tuple[str, int]], source: str = "") -> TensorLay
     dense: dict[int, int] = {}
     experts: dict[int, int] = {}
     outside = 0
+    token_embd = 0
     for name, size in tensors:
         block = _BLOCK.match(name)
         if block is None:
             outside += size
+            token_embd += size if name == "token_embd.weight" else 0
             continue
         layer = int(block.group(1))
         table = experts if EXPERT_TENSOR.search(name) else dense
         table[layer] = table.get(layer, 0) + size
     count = max([*dense, *experts], default=-1) + 1
     return TensorLayout(tuple(dense.get(i, 0) for i in range(count)),
-                        tuple(experts.get(i, 0) for i in range(count)), outside, source)
+                        tuple(experts.get(i, 0) for i in range(count)), outside, source, token_embd)
 
 
 def read_layout(paths: list[Path]) -> TensorLayout:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from provisioner.fit.cluster import fit_cluster
 from provisioner.fit.placement import Placement, fit_layers, fit_vllm
+from provisioner.fit.ubatch import choose, chooses_ubatch
 from provisioner.profile.resolve import Spec
 
 __all__ = ["Placement", "fit"]
@@ -21,4 +22,6 @@ def fit(spec: Spec, context: int | None = None) -> Placement:
         return fit_cluster(spec, ctx)
     if p.runtime.engine == "vllm":
         return fit_vllm(spec, ctx)
+    if chooses_ubatch(spec):
+        return choose(spec, lambda variant: fit_layers(variant, ctx))
     return fit_layers(spec, ctx)

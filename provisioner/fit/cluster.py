@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import dataclasses
 
+from provisioner.fit.kv import kv_cache_bytes
 from provisioner.fit.placement import (
     VLLM_DEFAULT_UTILIZATION,
     Device,
     Placement,
     fit_layers,
     gpu_memory,
-    kv_cache_bytes,
     params,
     placement_of,
     ram_device,

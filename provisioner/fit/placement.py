@@ -13,22 +13,14 @@ from typing import Any
 
 from provisioner.catalog import catalog_table
 from provisioner.facts.host_load import P2P_LEGEND
+from provisioner.fit.kv import UNQUANTISED_KV, kv_bytes_per_token, kv_cache_bytes
+from provisioner.fit.rope import yarn_warnings
 from provisioner.fit.unified import memory_of, pool_bandwidth_gb_s, pool_left, unified
 from provisioner.profile.models import Offload
 from provisioner.profile.resolve import GpuGroup, Spec
 
 GIB = 2**30
 MIB = 2**20
-
-# Bytes per cached element. GGML block formats: q8_0 stores 32 values in 34
-# bytes, q4_0 in 18, q4_1 in 20, q5_0 in 22, q5_1 in 24, iq4_nl in 18
-# (ggml/src/ggml-common.h block structs).
-KV_BYTES_PER_ELEMENT = {
-    "f32": 4.0, "f16": 2.0, "bf16": 2.0, "auto": 2.0,
-    "q8_0": 34 / 32, "q4_0": 18 / 32, "q4_1": 20 / 32, "q5_0": 22 / 32, "q5_1": 24 / 32,
-    "iq4_nl": 18 / 32, "fp8": 1.0, "fp8_e4m3": 1.0, "fp8_e5m2": 1.0,
-}
-_UNQUANTISED_KV = {"f32", "f16", "bf16", "auto"}
 
 
 def params() -> dict[str, Any]:
@@ -66,7 +58,6 @@ class Device:
         return self.capacity_bytes - self.used_bytes
 
 
-
 @dataclass(frozen=True)
 class Placement:
     fits: bool
@@ -84,6 +75,8 @@ class Placement:
     tensor_parallel: bool = False  # vLLM: every GPU holds a shard and works on every token
     weights_from: str = "catalog"  # or "GGUF header of FILE": where the per-layer sizes came from
     tensor_split: tuple[float, ...] = ()  # llama.cpp, several GPUs: share of the layers on each
+    ubatch: int = 0  # llama.cpp -ub fit chose (0: the profile's or fit.yaml's, llama_ubatch)
+    ubatch_options: tuple[Any, ...] = ()  # fit.ubatch.UbatchOption per size it weighed
     p2p_missing: bool = False  # host facts: some GPU pair has no peer-to-peer access
     # a cluster: pipeline stages (the GPUs split into this many equal groups, one per node,
     # taking turns on each token) and what the network costs one decode step
@@ -98,31 +91,6 @@ class Placement:
     @property
     def ram(self) -> Device:
         return self.devices[-1]
-
-
-def kv_bytes_per_token(spec: Spec) -> int:
-    """KV cache bytes for one token of context, over all layers (full-attention view)."""
-    m = spec.model
-    k_size = KV_BYTES_PER_ELEMENT.get(spec.profile.model.kv_cache_k, 2.0)
-    v_size = KV_BYTES_PER_ELEMENT.get(spec.profile.model.kv_cache_value, 2.0)
-    if m.attention == "mla" and m.kv_lora_rank and m.qk_rope_head_dim:
-        # MLA caches the compressed latent plus the rope part, once per layer.
-        return int(m.layers * (m.kv_lora_rank + m.qk_rope_head_dim) * k_size)
-    per_layer = m.kv_heads * m.head_dim * (k_size + v_size)
-    return int(m.layers * per_layer)
-
-
-def kv_cache_bytes(spec: Spec, context: int) -> int:
-    """KV cache of one sequence holding ``context`` tokens."""
-    m = spec.model
-    per_token = kv_bytes_per_token(spec)
-    if m.attention == "gqa-sliding" and m.sliding_window and m.sliding_window_layers:
-        # Sliding-window layers only keep the last `sliding_window` tokens.
-        per_layer = per_token / m.layers
-        full = (m.layers - m.sliding_window_layers) * per_layer * context
-        window = m.sliding_window_layers * per_layer * min(context, m.sliding_window)
-        return int(full + window)
-    return per_token * context
 
 
 @dataclass(frozen=True)
@@ -278,9 +246,16 @@ def fit_layers(spec: Spec, ctx: int) -> Placement:
                       tensor_split=tuple(split) if len(split) > 1 else ())
 
 
+def llama_ubatch(spec: Spec) -> int:
+    """llama.cpp's physical batch (-ub): the profile's, else fit.yaml's."""
+    return spec.profile.runtime.ubatch or int(params()["speed"]["llama_cpp_ubatch"])
+
+
 def _llama_gpu_buffer(spec: Spec, total_ctx: int) -> int:
-    """CUDA context + llama.cpp compute buffer on each GPU."""
-    mib = _mem("cuda_context_mib") + _mem("llama_cpp_compute_buffer_mib")
+    """CUDA context + llama.cpp compute buffer on each GPU (its activations and logits
+    scale with the ubatch; the budget is for the default one)."""
+    scale = llama_ubatch(spec) / float(params()["speed"]["llama_cpp_ubatch"])
+    mib = _mem("cuda_context_mib") + _mem("llama_cpp_compute_buffer_mib") * scale
     if spec.profile.runtime.flash_attention == "off":
         mib += _mem("llama_cpp_no_fa_buffer_mib_per_1k_context") * total_ctx / 1024
     return int(mib * MIB)
@@ -357,12 +332,12 @@ def placement_of(spec: Spec, ctx: int, devices: tuple[Device, ...], *, gpu_layer
                weights_from: str = "catalog", tensor_split: tuple[float, ...] = (),
                stages: int = 1) -> Placement:
     p = spec.profile
-    warnings: list[str] = _host_warnings(spec, tensor_parallel)
+    warnings: list[str] = _host_warnings(spec, tensor_parallel) + yarn_warnings(spec, ctx)
     kv_k, kv_v = p.model.kv_cache_k, p.model.kv_cache_value
     if kv_v in {"q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1"} or kv_k in {"q4_0", "q4_1", "iq4_nl"}:
         warnings.append("a 4-bit KV cache degrades long reasoning and long-context recall; "
                         "prefer q8_0 or f16")
-    elif (kv_k not in _UNQUANTISED_KV or kv_v not in _UNQUANTISED_KV) and p.model.mode == "thinking":
+    elif (kv_k not in UNQUANTISED_KV or kv_v not in UNQUANTISED_KV) and p.model.mode == "thinking":
         warnings.append(f"quantised KV cache ({kv_k}/{kv_v}) in thinking mode: small but measurable "
                         "quality loss on long reasoning chains; f16 is the safe choice")
     if spec.gpus and gpu_layers < spec.model.layers + 1:

@@ -444,6 +444,8 @@ class Runtime(_Model):
     """Flash attention: on, off or auto (the engine decides)."""
     gpu_memory_utilization: float | None = Field(default=None, gt=0.1, le=0.99)
     """vLLM --gpu-memory-utilization, the share of each GPU's memory vLLM takes; default 0.9."""
+    ubatch: int | None = Field(default=None, ge=1, le=65536)
+    """llama.cpp/Ollama physical batch (--ubatch-size): prompt tokens per GPU pass; default: fit picks it."""
     extra_args: list[ExtraArg] = []
     """More engine arguments, appended to the command line as given (secret flags are refused)."""
 

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from provisioner.errors import RenderError
-from provisioner.fit.placement import VLLM_DEFAULT_UTILIZATION, Placement, params
+from provisioner.fit.placement import VLLM_DEFAULT_UTILIZATION, Placement, llama_ubatch, params
+from provisioner.fit.rope import yarn_factor
 from provisioner.install.select import installed_binary
 from provisioner.profile.cluster import address_env, gpus_per_node, head_address, rpc_servers
 from provisioner.profile.resolve import Spec
@@ -162,10 +163,10 @@ def _llama_cpp(spec: Spec, placement: Placement, model_path: str) -> EngineComma
     if p.model.mode == "thinking" and b.has("reasoning_format"):
         b.choice("reasoning_format", "deepseek",
                  "return the reasoning in reasoning_content, not in the answer")
-    if placement.context > spec.model.native_context:
-        factor = spec.model.yarn_factor or placement.context / spec.model.native_context
-        b.choice("rope_scaling", "yarn", "context beyond the native length: YaRN")
-        b.flag("rope_scale", factor, "YaRN factor (model card)")
+    factor = yarn_factor(spec, placement.context)
+    if factor is not None:
+        b.choice("rope_scaling", "yarn", "context beyond the native length: YaRN (static: only when needed)")
+        b.flag("rope_scale", factor, "YaRN factor: context / native length (model card)")
         b.flag("yarn_orig_ctx", spec.model.native_context, "native context length")
     if b.has("load_mode"):
         pinned = spec.profile.os.memlock == "unlimited" and placement.devices[-1].weights_bytes > 0
@@ -195,8 +196,10 @@ def _cpu_tuning(b: _Builder, spec: Spec, placement: Placement) -> None:
         b.choice("numa", "distribute", f"spread threads evenly over the {nodes} NUMA nodes that hold the "
                  "weights (drop the page cache before the first start so pages spread too)")
     speed = params()["speed"]
-    b.flag("batch_size", int(speed["llama_cpp_batch"]), "logical batch: tokens per prompt-processing step")
-    b.flag("ubatch_size", int(speed["llama_cpp_ubatch"]),
+    physical = placement.ubatch or llama_ubatch(spec)
+    b.flag("batch_size", max(int(speed["llama_cpp_batch"]), physical),
+           "logical batch: tokens per prompt-processing step")
+    b.flag("ubatch_size", physical,
            "physical batch: with weights in RAM each ubatch streams them over PCIe once (fit's prefill model)"
            if in_ram and spec.gpus else "physical batch (fit's prefill model and compute buffer assume it)")
     if placement.tensor_split and b.has("tensor_split"):
@@ -235,7 +238,9 @@ def _extra(b: _Builder, spec: Spec) -> None:
 def _vllm(spec: Spec, placement: Placement, model_path: str) -> EngineCommand:
     p = spec.profile
     b = _Builder(spec)
-    b.flag("model", model_path, "the model directory")
+    # `vllm serve MODEL`: the positional form every pinned release accepts (the model
+    # flag's entry in engines.yaml); `--model` with `vllm serve` is deprecated upstream
+    b.args.append(Arg((model_path,), "the model directory (vllm serve's positional MODEL)"))
     b.flag("served_model_name", spec.model_id, "the model name clients send")
     b.flag("host", p.runtime.bind, "listen address")
     b.flag("port", p.runtime.port, "listen port")
@@ -273,10 +278,9 @@ def _vllm(spec: Spec, placement: Placement, model_path: str) -> EngineCommand:
     if spec.model.tool_call_parser and b.has("tool_call_parser"):
         b.flag("enable_auto_tool_choice", None, "tool calls")
         b.flag("tool_call_parser", spec.model.tool_call_parser, "tool call format")
-    if placement.context > spec.model.native_context:
-        rope = {"rope_scaling": {"rope_type": "yarn",
-                                 "factor": spec.model.yarn_factor
-                                 or placement.context / spec.model.native_context,
+    factor = yarn_factor(spec, placement.context)
+    if factor is not None:
+        rope = {"rope_scaling": {"rope_type": "yarn", "factor": factor,
                                  "original_max_position_embeddings": spec.model.native_context}}
         b.flag("hf_overrides", json.dumps(rope, sort_keys=True), "YaRN beyond native context")
     _extra(b, spec)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 from provisioner.converge.plan import make_plan
@@ -22,6 +23,7 @@ from provisioner.facts.model_files import (
     ollama_probe,
 )
 from provisioner.facts.probe import Probe
+from provisioner.facts.speed_record import SpeedRecord, write_script
 from provisioner.fit.predict import predict
 from provisioner.profile.cluster import head_address, node_spec
 from provisioner.render.files import render, sysctl_settings
@@ -197,9 +199,39 @@ def _endpoint(built: Built, transport: Transport, options: VerifyOptions) -> lis
         forward = getattr(transport, "forward", None)
         if forward is not None:  # a remote host: through the SSH connection, to its own loopback
             with forward(host, runtime.port) as local_port:
-                return _endpoint_at(built, f"http://127.0.0.1:{local_port}", options)
-        url = f"http://{host}:{runtime.port}"
+                checks = _endpoint_at(built, f"http://127.0.0.1:{local_port}", options)
+        else:
+            checks = _endpoint_at(built, f"http://{host}:{runtime.port}", options)
+        # the profile's own server on this host: keep what it measured for fit --calibrate
+        return [*checks, _record_speed(built, transport, checks)]
     return _endpoint_at(built, url, options)
+
+
+def _record_speed(built: Built, transport: Transport, checks: list[Check]) -> Check:
+    """Append the endpoint's measured decode and prefill, with fit's predictions for them,
+    to the last generation's speed.jsonl in the host's state."""
+    measured = {k: v for c in checks for k, v in c.measured}
+    if "decode_tokens_per_s" not in measured and "prefill_tokens_per_s" not in measured:
+        return Check("endpoint.recorded", "skip", hint="no speed was measured")
+    spec = built.spec
+    prompt = int(measured["prompt_tokens"]) if "prompt_tokens" in measured else None
+    record = SpeedRecord(
+        generation=0, engine=spec.profile.runtime.engine, engine_version=spec.profile.runtime.version,
+        gpus=tuple(g.id for g in spec.gpus for _ in range(g.count)), model=spec.profile.model.id,
+        quant=spec.profile.model.quant, decode_tokens_per_s=measured.get("decode_tokens_per_s"),
+        predicted_decode_tokens_per_s=measured.get("predicted_decode_tokens_per_s"),
+        prefill_tokens_per_s=measured.get("prefill_tokens_per_s"),
+        predicted_prefill_tokens_per_s=(predict(spec, built.placement, prompt_tokens=prompt).prefill_tokens_per_s
+                                        if prompt else None),
+        prompt_tokens=prompt, time=datetime.now(UTC).isoformat(timespec="seconds"))
+    done = transport.run(write_script(transport.state_dir, record))
+    where = next((line.split(" ", 1)[1] for line in done.stdout.splitlines() if line.startswith("@recorded ")), None)
+    if where is not None:
+        return Check("endpoint.recorded", "pass", f"measured speeds appended to {where}",
+                     hint="provision fit --host H --calibrate corrects its predictions with them")
+    why = next((line.split(" ", 1)[1] for line in done.stdout.splitlines() if line.startswith("@not-recorded ")),
+               done.stderr.strip() or "the write failed")
+    return Check("endpoint.recorded", "skip", hint=f"speeds not recorded: {why}")
 
 
 def _endpoint_at(built: Built, url: str, options: VerifyOptions) -> list[Check]:

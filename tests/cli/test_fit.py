@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
 import pytest
 
-from provisioner.cli.fit import fit_command
+from provisioner.cli.fit import compare_command, fit_command
+from provisioner.errors import UsageError
+from provisioner.fit.whatif import combinations, overrides_of
 from tests.conftest import good_profiles, make_profile
 
 
@@ -72,3 +75,49 @@ def test_fit_with_a_hosts_recorded_facts_replaces_the_profiles_hardware(
     same = fit_command(root / "profiles/rtx-4090-qwen3-30b-a3b-llamacpp.yaml", None, True, host_facts=facts,
                        host="desk")
     assert same == 0 and json.loads(capsys.readouterr().out)["fits"]
+
+
+def test_set_changes_a_field_without_writing_the_profile(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = make_profile(tmp_path)
+    before = path.read_text()
+    assert fit_command(path, None, True) == 0
+    alone = json.loads(capsys.readouterr().out)
+    assert fit_command(path, None, True, settings=overrides_of(["runtime.parallel=2"])) == 0
+    two = json.loads(capsys.readouterr().out)
+    assert path.read_text() == before
+    assert alone["parallel"] == 1 and two["parallel"] == 2 and two["streams"] == 2
+    # two streams share each step's weight reads: more in all, less each
+    assert two["decode_aggregate_tokens_per_s"] > two["decode_tokens_per_s"] > two["decode_per_stream_tokens_per_s"]
+
+
+def test_set_and_compare_refuse_a_malformed_assignment() -> None:
+    for bad in (["model.quant"], ["=Q4_K_M"], ["model..quant=Q4_K_M"], ["model.quant="]):
+        with pytest.raises(UsageError, match="FIELD=VALUE"):
+            overrides_of(bad)
+    with pytest.raises(UsageError, match="--compare"):
+        combinations(["model.quant"])
+
+
+def test_compare_prints_one_row_per_combination_best_pick_first(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    path = make_profile(tmp_path, {"hardware.ram": "32GiB"})
+    quants = "model.quant=Q4_K_M,Q8_0,UD-Q2_K_XL"
+    code = compare_command(path, {}, [quants, "model.context=8192,32768"], True)
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert code == 0 and len(rows) == 6
+    assert {(r["settings"]["model.quant"], r["settings"]["model.context"]) for r in rows} == {
+        (q, c) for q in ("Q4_K_M", "Q8_0", "UD-Q2_K_XL") for c in (8192, 32768)}
+    fitting = [r for r in rows if r["fits"]]
+    assert rows[:len(fitting)] == fitting, "what fits comes first"
+    assert all(r["margin_bytes"] < 0 for r in rows[len(fitting):])
+    for a, b in itertools.pairwise(fitting):  # VRAM-only first, then the better quant
+        assert (a["weights_in_ram_bytes"] > 0, -a["bits_per_weight"]) <= (b["weights_in_ram_bytes"] > 0,
+                                                                         -b["bits_per_weight"])
+    # the same numbers as fitting that combination on its own
+    first = rows[0]["settings"]
+    assert fit_command(path, None, True, settings=overrides_of([f"{k}={v}" for k, v in first.items()])) in (0, 2)
+    alone = json.loads(capsys.readouterr().out)
+    assert alone["decode_tokens_per_s"] == pytest.approx(rows[0]["decode_tokens_per_s"], rel=1e-3)
+    assert compare_command(path, {}, [quants], False) == 0
+    err = capsys.readouterr().err
+    assert "combinations, best pick" in err and "Q8_0" in err

@@ -2,8 +2,8 @@
 
 Each case is a real measurement with its source. The factors in
 provisioner/catalog/fit.yaml were set on the `train` cases; `held-out` cases were
-not looked at while setting them. `pytest -s` prints the error tables (docs/fit.md
-has a copy).
+not looked at while setting them (scripts/fit-factors builds only train cases).
+`pytest -s` prints the error tables; docs/fit.md carries them (scripts/fit-tables).
 
 A case measures decode (`measured.decode_tokens_per_s` at `depth` cached tokens),
 prefill (`measured.prefill_tokens_per_s` for `prefill.prompt_tokens`, processed in
@@ -14,70 +14,33 @@ physical batches of `prefill.ubatch` on llama.cpp/Ollama), memory, or several of
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from provisioner.catalog import load_catalog
-from provisioner.fit import fit
-from provisioner.fit.placement import Placement
-from provisioner.fit.predict import predict
-from provisioner.profile.loader import load_profile
-from provisioner.profile.resolve import Spec, resolve
+from tests.support.fit_cases import (
+    MEMORY_KEYS,
+    build,
+    error_tables,
+    load_cases,
+    memory_numbers,
+    predicted_decode,
+    predicted_prefill,
+    replace_bands,
+    replace_tables,
+    speed_bands,
+)
 
-CASES = Path(__file__).resolve().parents[1] / "cases" / "fit"
+ROOT = Path(__file__).resolve().parents[2]
+
 TOLERANCE = 0.25  # decode tok/s
 PREFILL_TOLERANCE = 0.35  # prompt tok/s: compute efficiency and batch effects are coarser
 MEMORY_TOLERANCE = 0.10
-GIB = 2**30
-ENGINE_VERSION = {"llama.cpp": "b11312", "vllm": "0.11.0", "ollama": "0.34.4"}
-SHA = "0" * 64
 
 
-def load_cases() -> list[tuple[str, dict[str, Any]]]:
-    return [(p.stem, yaml.safe_load(p.read_text())) for p in sorted(CASES.glob("*.yaml"))]
-
-
-def case_profile(name: str, case: dict[str, Any]) -> dict[str, Any]:
-    """A minimal valid profile for the case's hardware, model and flags."""
-    engine = case["runtime"]["engine"]
-    source: dict[str, Any]
-    if engine == "vllm":
-        source = {"directory": f"/srv/models/{name}"}
-    elif engine == "ollama":
-        source = {"ollama": "model:tag"}
-    else:
-        source = {"files": [{"path": f"/srv/models/{name}.gguf", "bytes": 1, "sha256": SHA}]}
-    runtime = {"version": ENGINE_VERSION[engine], **case["runtime"]}
-    mode = load_catalog().models[case["model"]["id"]].modes[0]
-    profile = {
-        "metadata": {"name": name.lower()[:60], "sources": [case["source"]]},
-        "hardware": case["hardware"],
-        "model": {"mode": mode, **case["model"], "source": source},
-        "runtime": runtime,
-    }
-    if "cluster" in case:  # a multi-node case: the GPUs are the nodes' (profile.cluster)
-        profile["cluster"] = case["cluster"]
-    return profile
-
-
-def build(name: str, case: dict[str, Any], tmp_path: Path) -> tuple[Spec, Placement]:
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(case_profile(name, case), sort_keys=False))
-    spec = resolve(load_profile(path))
-    return spec, fit(spec)
-
-
-def _row(name: str, case: dict[str, Any], predicted: float, measured: float) -> str:
-    error = predicted / measured - 1
-    mark = " (xfail)" if case.get("xfail") else ""
-    return (f"| {name} | {case['split']} | {case['kind']} | {measured:g} | {predicted:.1f} | "
-            f"{error:+.0%}{mark} |")
-
-
-MEMORY_KEYS = ("kv_cache_bytes", "kv_bytes_per_token_per_gpu", "available_kv_cache_gib_per_gpu")
 SPEED = [(n, c) for n, c in load_cases() if "decode_tokens_per_s" in c["measured"]]
 PREFILL = [(n, c) for n, c in load_cases() if "prefill_tokens_per_s" in c["measured"]]
 MEMORY = [(n, c) for n, c in load_cases() if any(k in c["measured"] for k in MEMORY_KEYS)]
@@ -107,13 +70,34 @@ def test_prefill_cases_state_what_was_processed(name: str, case: dict[str, Any])
         assert prefill["ubatch"] > 0, f"{name}: llama.cpp/Ollama prefill needs the ubatch it ran with"
 
 
-def test_print_error_table(tmp_path: Path) -> None:
-    lines = ["| case | split | kind | measured tok/s | predicted | error |", "|---|---|---|---|---|---|"]
-    for name, case in SPEED:
-        spec, placement = build(name, case, tmp_path)
-        predicted = predict(spec, placement, depth=case["depth"]).decode_tokens_per_s
-        lines.append(_row(name, case, predicted, case["measured"]["decode_tokens_per_s"]))
-    print("\n" + "\n".join(lines))
+def test_print_error_tables(tmp_path: Path) -> None:
+    tables = error_tables(tmp_path)
+    print("\n" + "\n\n".join(tables.values()))
+
+
+def test_docs_carry_the_current_tables(tmp_path: Path) -> None:
+    """docs/fit.md's tables are what the cases and the model give now."""
+    doc = ROOT / "docs" / "fit.md"
+    text = doc.read_text()
+    assert replace_tables(text, error_tables(tmp_path)) == text, \
+        "docs/fit.md's error tables are stale: run scripts/fit-tables"
+
+
+def test_verify_bands_follow_the_case_table(tmp_path: Path) -> None:
+    """verify's speed thresholds (catalog/fit.yaml verify_speed.band) are the case table's
+    lowest measured/predicted ratio per kind of placement."""
+    path = ROOT / "provisioner" / "catalog" / "fit.yaml"
+    text = path.read_text()
+    assert replace_bands(text, speed_bands(tmp_path)) == text, \
+        "catalog/fit.yaml's verify_speed bands are stale: run scripts/fit-tables"
+
+
+def test_factors_are_the_train_fit() -> None:
+    """catalog/fit.yaml's fitted speed factors are what scripts/fit-factors finds on the
+    train cases (it never builds a held-out case)."""
+    run = subprocess.run([sys.executable, str(ROOT / "scripts" / "fit-factors"), "--check"],
+                         capture_output=True, text=True, check=False, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
 
 
 @pytest.mark.parametrize(("name", "case"), SPEED, ids=[n for n, _ in SPEED])
@@ -121,27 +105,9 @@ def test_decode_speed_within_tolerance(name: str, case: dict[str, Any], tmp_path
     if case.get("xfail"):
         pytest.xfail(case["xfail"])
     spec, placement = build(name, case, tmp_path)
-    predicted = predict(spec, placement, depth=case["depth"]).decode_tokens_per_s
+    predicted = predicted_decode(spec, placement, case)
     measured = case["measured"]["decode_tokens_per_s"]
     assert abs(predicted / measured - 1) <= TOLERANCE, f"{name}: predicted {predicted:.1f}, measured {measured}"
-
-
-def _prefill_row(name: str, case: dict[str, Any], predicted: float) -> str:
-    measured = case["measured"]["prefill_tokens_per_s"]
-    error = predicted / measured - 1
-    mark = " (xfail)" if case.get("prefill_xfail") else ""
-    ubatch = case["prefill"].get("ubatch", "-")
-    return (f"| {name} | {case['split']} | {case['prefill']['prompt_tokens']} | {ubatch} | {measured:g} | "
-            f"{predicted:.1f} | {error:+.0%}{mark} |")
-
-
-def test_print_prefill_table(tmp_path: Path) -> None:
-    lines = ["| case | split | prompt tokens | ubatch | measured tok/s | predicted | error |",
-             "|---|---|---|---|---|---|---|"]
-    for name, case in PREFILL:
-        spec, placement = build(name, case, tmp_path)
-        lines.append(_prefill_row(name, case, predict(spec, placement).prefill_tokens_per_s))
-    print("\n" + "\n".join(lines))
 
 
 @pytest.mark.parametrize(("name", "case"), PREFILL, ids=[n for n, _ in PREFILL])
@@ -149,38 +115,10 @@ def test_prefill_speed_within_tolerance(name: str, case: dict[str, Any], tmp_pat
     if case.get("prefill_xfail"):
         pytest.xfail(case["prefill_xfail"])
     spec, placement = build(name, case, tmp_path)
-    predicted = predict(spec, placement).prefill_tokens_per_s
+    predicted = predicted_prefill(spec, placement, case)
     measured = case["measured"]["prefill_tokens_per_s"]
     assert abs(predicted / measured - 1) <= PREFILL_TOLERANCE, \
         f"{name}: predicted {predicted:.1f}, measured {measured}"
-
-
-def memory_numbers(spec: Spec, placement: Placement, measured: dict[str, Any]) -> tuple[float, float, str]:
-    """(predicted, measured, unit) of a memory case."""
-    if "available_kv_cache_gib_per_gpu" in measured:
-        # vLLM's "Available KV cache memory" log line: what is left of vram x utilisation
-        # after weights and the profiled overhead, on the tightest GPU
-        assert spec.profile.runtime.engine == "vllm"
-        pool = min(d.capacity_bytes - d.weights_bytes - d.buffers_bytes for d in placement.gpus)
-        return pool / GIB, measured["available_kv_cache_gib_per_gpu"], "GiB/GPU"
-    if "kv_bytes_per_token_per_gpu" in measured:
-        gpus = spec.gpu_count
-        replicas = max(1.0, gpus / spec.model.kv_heads)
-        return (placement.kv_bytes_per_token * replicas / gpus, measured["kv_bytes_per_token_per_gpu"],
-                "B/token/GPU")
-    return placement.kv_bytes_per_sequence, measured["kv_cache_bytes"], "bytes"
-
-
-def test_print_memory_table(tmp_path: Path) -> None:
-    lines = ["| case | split | measured | predicted | error |", "|---|---|---|---|---|"]
-    for name, case in MEMORY:
-        spec, placement = build(name, case, tmp_path)
-        predicted, expected, unit = memory_numbers(spec, placement, case["measured"])
-        mark = " (xfail)" if case.get("xfail") else ""
-        digits = 2 if unit == "GiB/GPU" else 0
-        lines.append(f"| {name} | {case['split']} | {expected:,.{digits}f} {unit} | {predicted:,.{digits}f} | "
-                     f"{predicted / expected - 1:+.1%}{mark} |")
-    print("\n" + "\n".join(lines))
 
 
 @pytest.mark.parametrize(("name", "case"), MEMORY, ids=[n for n, _ in MEMORY])

@@ -12,7 +12,7 @@ import pytest
 
 from provisioner.cli import main
 from provisioner.errors import ProvisionError
-from provisioner.fit.placement import kv_bytes_per_token
+from provisioner.fit.kv import kv_bytes_per_token
 from provisioner.install.model_fetch import fetch_model_shape, gguf_files
 from provisioner.profile.loader import load_profile
 from provisioner.profile.resolve import resolve

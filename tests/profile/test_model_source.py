@@ -20,7 +20,7 @@ from provisioner.errors import ProvisionError
 from provisioner.facts.model_shape import logical_elements, quant_bits
 from provisioner.facts.weights_header import Tensor
 from provisioner.fit import fit
-from provisioner.fit.placement import kv_bytes_per_token, kv_cache_bytes
+from provisioner.fit.kv import kv_bytes_per_token, kv_cache_bytes
 from provisioner.profile.loader import load_profile
 from provisioner.profile.model_source import shape_record, shapes_dir
 from provisioner.profile.resolve import Spec, resolve

@@ -115,3 +115,17 @@ def test_same_profile_same_bytes(tmp_path: Path) -> None:
         ours = {p.relative_to(here): p.read_bytes() for p in here.rglob("*") if p.is_file()}
         theirs = {p.relative_to(there): p.read_bytes() for p in there.rglob("*") if p.is_file()}
         assert ours == theirs
+
+
+def test_vllm_takes_the_model_as_serves_positional_argument(tmp_path: Path) -> None:
+    """`vllm serve MODEL`: the model directory is the first argument after `serve`, never
+    `--model` (deprecated with `vllm serve` upstream; the positional form is what every
+    pinned release accepts)."""
+    root = Path(__file__).resolve().parents[2]
+    built = build(root / "profiles" / "rtx-pro-6000-gpt-oss-120b-vllm.yaml")
+    write_tree(built.rendered, tmp_path, overwrite=False)
+    script = (tmp_path / "opt/provision/bin/llm-server-run.sh").read_text()
+    sets = [line for line in script.splitlines() if line.startswith('set -- "$@" ')]
+    model_dir = built.spec.profile.model.source.directory
+    assert sets[0].startswith(f'set -- "$@" {model_dir}  # the model directory')
+    assert "--model" not in script and script.rstrip().endswith('serve "$@"')

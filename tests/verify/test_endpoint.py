@@ -24,6 +24,7 @@ import yaml
 
 from provisioner.facts.check import Check
 from provisioner.fit.placement import Placement
+from provisioner.fit.predict import speed_floors
 from provisioner.profile.resolve import Spec
 from provisioner.verify.endpoint import endpoint_checks
 from tests.conftest import ROOT, make_profile
@@ -110,6 +111,17 @@ def test_slow_fails_speed_as_cpu_spill(quick: tuple[Spec, Placement]) -> None:
 def test_somewhat_slow_warns(quick: tuple[Spec, Placement]) -> None:
     check = by_id(run_standin(quick, "slow", slow_tps=60.0))["endpoint.speed"]
     assert check.status == "warn", check
+
+
+def test_speed_thresholds_follow_the_known_error_band(quick: tuple[Spec, Placement]) -> None:
+    """The warning starts where the published cases of this kind of placement stop
+    (catalog/fit.yaml verify_speed), not at a flat share of the prediction."""
+    warn, fail = speed_floors(*quick)
+    assert fail < warn < 1.0
+    below = by_id(run_standin(quick, "slow", slow_tps=100.0 * (warn - 0.04)))["endpoint.speed"]
+    assert below.status == "warn" and f">= {warn:.0%}" in (below.expected or "")
+    inside = by_id(run_standin(quick, "slow", slow_tps=100.0 * min(warn + 0.04, 1.0)))["endpoint.speed"]
+    assert inside.status == "pass", inside
 
 
 def test_speed_skipped_without_prediction(quick: tuple[Spec, Placement]) -> None:
