@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from provisioner.errors import ProvisionError
-from provisioner.facts.gather import Gathered, PathState
+from provisioner.facts.gather import Gathered, PathState, visible
 from provisioner.install import InstallChange, parse_install_lines
 from provisioner.install.packages import unhold_change
 from provisioner.render.resources import File, Rendered
@@ -51,6 +51,11 @@ class Plan:
     warnings: tuple[str, ...] = ()
     installs: tuple[InstallChange, ...] = ()  # in the order apply runs them; pending ones are not run
     install_records: dict[str, Any] = field(default_factory=dict)  # the manifest's installs after apply
+    stale_temps: tuple[str, ...] = ()  # temp files a killed run left beside managed paths: removed
+
+    @property
+    def nothing_to_do(self) -> bool:
+        return not self.changes and not self.handlers and not self.runnable_installs and not self.stale_temps
 
     @property
     def runnable_installs(self) -> tuple[InstallChange, ...]:
@@ -58,7 +63,7 @@ class Plan:
 
     @property
     def changed(self) -> bool:
-        return bool(self.changes) or bool(self.handlers) or bool(self.runnable_installs)
+        return not self.nothing_to_do
 
 
 def sha256(data: bytes) -> str:
@@ -156,11 +161,12 @@ def make_plan(rendered: Rendered, gathered: Gathered, *, root_mode: bool,
         change = file_change(item, gathered.paths.get(item.path, PathState("missing")))
         if change is not None:
             changes.append(change)
-    previous = set((gathered.manifest or {}).get("files", {}))
+    recorded: dict[str, Any] = (gathered.manifest or {}).get("files", {})
+    previous = set(recorded) | set(gathered.unfinished_deletes)  # a killed generation's deletions too
     for path in sorted(previous - {f.path for f in rendered.files}):
         current = gathered.paths.get(path, PathState("missing"))
         if current.kind == "file":
-            secret = bool(gathered.manifest and gathered.manifest["files"][path].get("secret"))
+            secret = bool(recorded.get(path, {}).get("secret"))
             changes.append(Change(path, "delete", current, None,
                                   _diff(path, current.content, None, secret), None, None))
     owed: set[str] = set(gathered.pending_handlers)
@@ -203,7 +209,12 @@ def make_plan(rendered: Rendered, gathered: Gathered, *, root_mode: bool,
     return Plan(tuple(sorted(changes, key=lambda c: c.path)), tuple(ordered), commands,
                 restart_pending, reboot, pending_builtin,
                 {f.path: f for f in rendered.files}, table, readiness, rendered.warnings + install_notes,
-                installs, install_records)
+                installs, install_records, _own_temps(gathered, root))
+
+
+def _own_temps(gathered: Gathered, root: str) -> tuple[str, ...]:
+    """Temp files a killed apply or rollback left (paths as managed, without the root)."""
+    return tuple(visible(t, root) for t in gathered.stale_temps)
 
 
 _BUILTIN_EXTRA = {"initramfs": "update-initramfs -u 2>/dev/null || dracut -f"}

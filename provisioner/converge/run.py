@@ -28,6 +28,7 @@ from provisioner.converge.generations import (
     rollback_reads,
     rollback_rendered,
 )
+from provisioner.converge.guard import EXIT_LINKED
 from provisioner.converge.plan import Plan, make_plan
 from provisioner.errors import ProvisionError
 from provisioner.facts.gather import Gathered, gather_script, parse_gather
@@ -105,6 +106,8 @@ _EXIT_MEANING = {
                      "the previous generation is back and running; read the server's journal "
                      "(journalctl -u SERVICE) for why the new one did not start"),
     EXIT_HANDLER: ("a handler failed", "fix the cause; the next apply runs the owed handlers"),
+    EXIT_LINKED: ("a folder under the root is a symlink; nothing was written",
+                  "replace the link with a real folder, or give --root the tree it points to"),
 }
 
 

@@ -9,7 +9,9 @@ parser. Output lines:
     @path B64PATH missing | file MODE OWNER GROUP SHA256 SIZE | dir MODE OWNER GROUP
           | symlink B64TARGET | other
     (file content follows a `file` line as base64 lines, closed by @end)
-    @state last N | manifest B64JSON | pending NAME...
+    @state last N | manifest B64JSON | pending NAME... | incomplete | delete PATH
+    @linked B64TARGET PATH   (a symlinked folder or state file under a root: refused)
+    @temp PATH               (a temp file a killed apply or rollback left)
 """
 
 from __future__ import annotations
@@ -59,6 +61,9 @@ class Gathered:
     manifest: dict[str, Any] | None  # the last generation's manifest
     pending_handlers: tuple[str, ...]
     output: str = ""  # the raw output, for the parsers of extra probes
+    # deletions the last generation recorded but, killed before it completed, may not have done
+    unfinished_deletes: tuple[str, ...] = ()
+    stale_temps: tuple[str, ...] = ()  # temp files of a killed run, beside managed paths
 
 
 def visible(host_path: str, root: str) -> str:
@@ -82,8 +87,28 @@ def gather_script(paths: list[str], root: str = "", service: str = "", state_dir
                              hint="managed paths, roots and state dirs use letters, digits and _./@+:,=- only")
     quoted = " ".join(every)
     return (_GATHER.replace("@ROOT@", shlex.quote(root)).replace("@PATHS@", quoted)
+            .replace("@GUARD@", GUARD_FUNCTION.replace("@ON_LINK@", _REPORT_LINK))
             .replace("@STATE@", shlex.quote(state_dir or root + STATE_DIR))
             .replace("@SERVICE@", service).replace("@EXTRA@\n", extra.rstrip("\n") + "\n" if extra else ""))
+
+
+# Under a root, every folder between the root and a path (and provision's state files) must
+# be a real one: a symlink would carry a write outside the tree (an absolute link in an image
+# tree points at this machine's own /). The apply script runs the same walk and refuses.
+GUARD_FUNCTION = r"""guard() {
+    case $1 in "$root"/*) ;; *) return 0 ;; esac
+    [ -n "$root" ] || return 0
+    rest=${1#"$root"/}
+    d=$root
+    while :; do
+        case $rest in */*) ;; *) break ;; esac
+        d="$d/${rest%%/*}"
+        rest=${rest#*/}
+        if [ -L "$d" ]; then @ON_LINK@; fi
+    done
+    if [ "${2:-}" = state ] && [ -L "$1" ]; then d=$1; @ON_LINK@; fi
+}"""
+_REPORT_LINK = r"""printf '@linked %s %s\n' "$(b64 "$(readlink "$d")")" "$d" """.rstrip()
 
 
 _GATHER = r"""set -u
@@ -117,11 +142,20 @@ else
     fact nvidia_driver none
 fi
 fact root "$(b64 "$root")"
+@GUARD@
+for f in "$state" "$state/generations" "$state/last" "$state/lock" "$state/lock.pid" "$state/last.new" \
+        "$state/pending-handlers" "$state/pending.new"; do
+    guard "$f" state
+done
 files=""
 emit() {
     # Classify one path. Regular files are only collected here and read below in
     # one stat, one sha256sum and one cat for all of them: forks are the cost.
     p=$1
+    guard "$p"
+    for t in "${p%/*}"/.*.provision-new-*; do
+        if [ -e "$t" ] || [ -L "$t" ]; then printf '@temp %s\n' "$t"; fi
+    done
     if [ -L "$p" ]; then
         printf '@path symlink %s %s\n' "$(b64 "$(readlink "$p")")" "$p"
     elif [ -f "$p" ]; then
@@ -149,6 +183,15 @@ if [ -r "$state/last" ]; then
         while IFS= read -r rel; do
             if [ -n "$rel" ]; then emit "$root$rel"; fi
         done < "$gen/paths"
+    fi
+    if [ -d "$gen" ] && [ ! -e "$gen/complete" ]; then
+        # killed after it was recorded: the deletions it owed may not have happened
+        echo '@state incomplete'
+        if [ -r "$gen/deletes" ]; then
+            while IFS= read -r rel; do
+                if [ -n "$rel" ]; then printf '@state delete %s\n' "$rel"; emit "$root$rel"; fi
+            done < "$gen/deletes"
+        fi
     fi
 else
     echo '@state last 0'
@@ -191,9 +234,7 @@ def parse_gather(output: str) -> Gathered:
     stats: list[tuple[str, int, str, str, int]] = []  # path, mode, owner, group, size: in cat order
     sums: dict[str, str] = {}
     blob: list[str] = []
-    last = 0
-    manifest: dict[str, Any] | None = None
-    pending: tuple[str, ...] = ()
+    state = _StateLines()
     done = False
     in_blob = False
     for line in output.splitlines():
@@ -221,12 +262,8 @@ def parse_gather(output: str) -> Gathered:
             sums[path.lstrip(" *")] = digest
         elif line == "@blob":
             in_blob = True
-        elif line.startswith("@state last "):
-            last = int(line.split()[2] or 0)
-        elif line.startswith("@state manifest "):
-            manifest = json.loads(_b64(line.split()[2]))
-        elif line.startswith("@state pending"):
-            pending = tuple(line.split()[2:])
+        elif state.take(line):
+            pass
         elif line == "@done":
             done = True
     if not done:
@@ -239,5 +276,70 @@ def parse_gather(output: str) -> Gathered:
         offset += size
         paths[path] = PathState("file", mode, owner, group, sums.get(path), size, content)
     root = _b64(facts.get("root", "")) if facts.get("root") else ""
-    paths = {visible(path, root): state for path, state in paths.items()}
-    return Gathered(Facts(facts), paths, last, manifest, pending, output)
+    if state.linked:
+        path, target = sorted(state.linked.items())[0]
+        raise ProvisionError(f"{path} is a symlink (to {target}) inside the root {root}: provision writes "
+                             "nothing through a symlinked folder or state file under --root",
+                             hint="an absolute link in an image tree points at this machine's own /; "
+                             "replace the link with a real folder, or give --root the tree it points to")
+    paths = {visible(path, root): kind for path, kind in paths.items()}
+    return Gathered(Facts(facts), paths, state.last, state.manifest, state.pending, output,
+                    tuple(state.deletes) if state.incomplete else (), tuple(sorted(state.temps)))
+
+
+class _StateLines:
+    """The @state, @linked and @temp lines of a gather output, as they are read."""
+
+    def __init__(self) -> None:
+        self.last = 0
+        self.manifest: dict[str, Any] | None = None
+        self.pending: tuple[str, ...] = ()
+        self.linked: dict[str, str] = {}
+        self.temps: set[str] = set()
+        self.deletes: list[str] = []
+        self.incomplete = False
+
+    def take(self, line: str) -> bool:
+        """Read ``line`` if it is one of these; False leaves it to the caller."""
+        if line.startswith("@state last "):
+            self.last = _last_number(line.removeprefix("@state last "))
+        elif line.startswith("@state manifest "):
+            self.manifest = _manifest(line.split()[2], self.last)
+        elif line.startswith("@state pending"):
+            self.pending = tuple(line.split()[2:])
+        elif line == "@state incomplete":
+            self.incomplete = True
+        elif line.startswith("@state delete "):
+            self.deletes.append(line.removeprefix("@state delete "))
+        elif line.startswith("@linked "):
+            _, target, path = line.split(" ", 2)
+            self.linked.setdefault(path, _b64(target))
+        elif line.startswith("@temp "):
+            self.temps.add(line.removeprefix("@temp "))
+        else:
+            return False
+        return True
+
+
+def _last_number(text: str) -> int:
+    """The state's ``last`` file: a generation number, or a clear error naming the file."""
+    text = text.strip()
+    if not text.isdigit() or len(text) > 9:  # written by a rename, so never empty after a kill
+        raise ProvisionError(f"provision's state file 'last' holds {text[:40]!r}, not a generation number",
+                             hint="it was changed by hand or the disk is damaged; write the number of "
+                             "the newest folder under generations/ into it (or 0)")
+    return int(text)
+
+
+def _manifest(data: str, last: int) -> dict[str, Any]:
+    """The last generation's manifest.json, or a clear error naming it."""
+    try:
+        manifest = json.loads(_b64(data))
+    except (ValueError, ProvisionError):
+        manifest = None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files", {}), dict):
+        raise ProvisionError(f"provision's state file generations/{last}/manifest.json is damaged "
+                             "(not a JSON object with files)",
+                             hint="restore it from a backup, or move generations/{last} away and write "
+                             "the previous generation's number into 'last'".replace("{last}", str(last)))
+    return manifest
