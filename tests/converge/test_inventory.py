@@ -65,3 +65,46 @@ def test_host_argument() -> None:
     assert host_from_arg("box").user is None
     with pytest.raises(ProvisionError):
         host_from_arg("box:ssh")
+
+
+BAD_INVENTORIES = {
+    "hosts as a list": "hosts: [a, b]\n",
+    "a host as a list": "hosts:\n  a: [1, 2]\n",
+    "all as a list": "all: [a]\n",
+    "ansible hosts as a list": "all:\n  hosts: [a]\n",
+    "group hosts as a word": "hosts: {a: {}}\ngroups:\n  g: {hosts: a}\n",
+    "port beyond 65535": "hosts:\n  a: {port: 99999}\n",
+    "port as a bool": "hosts:\n  a: {port: true}\n",
+    "become as maybe": "hosts:\n  a: {become: maybe}\n",
+    "ansible port beyond 65535": "all:\n  hosts:\n    a: {ansible_port: 70000}\n",
+    "root with a blank": "hosts:\n  a: {root: /srv/my tree}\n",
+    "root relative": "hosts:\n  a: {root: srv/tree}\n",
+    "user with a semicolon": "hosts:\n  a: {user: 'x;id'}\n",
+    "address with a dollar": "hosts:\n  a: {address: '$(id)'}\n",
+    "address as a number list": "hosts:\n  a: {address: [1]}\n",
+}
+
+
+@pytest.mark.parametrize("text", BAD_INVENTORIES.values(), ids=BAD_INVENTORIES.keys())
+def test_bad_inventory_is_one_line_never_a_coercion(tmp_path: Path, text: str) -> None:
+    import subprocess
+    import sys
+
+    inventory = tmp_path / "inventory.yaml"
+    inventory.write_text(text)
+    with pytest.raises(ProvisionError):
+        load_inventory(inventory)
+    proc = subprocess.run([sys.executable, "-m", "provisioner", "plan", str(ROOT / "examples/quickstart.yaml"),
+                           "-i", str(inventory)], capture_output=True, text=True, check=False)
+    assert proc.returncode == 1
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_host_port_and_become_are_kept_exactly(tmp_path: Path) -> None:
+    inventory = tmp_path / "inventory.yaml"
+    inventory.write_text("hosts:\n  a: {port: 2222, become: yes}\n  b: {port: '22', become: false}\n")
+    hosts = {h.name: h for h in load_inventory(inventory)}
+    assert (hosts["a"].port, hosts["a"].become) == (2222, True)
+    assert (hosts["b"].port, hosts["b"].become) == (22, False)
+    with pytest.raises(ProvisionError, match="1 to 65535"):
+        host_from_arg("gpu:99999")
