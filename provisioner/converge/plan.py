@@ -70,6 +70,12 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _hidden(secret: bool, *modes: int | None) -> bool:
+    """A diff is shown only of a file anyone on the host may read: a secret, or a file whose
+    old or new mode keeps others out (0600, 0640), is redacted from plan and its JSON."""
+    return secret or any(mode is not None and not mode & 0o004 for mode in modes)
+
+
 def _diff(path: str, old: bytes | None, new: bytes | None, secret: bool) -> str | None:
     if secret:
         return REDACTED
@@ -97,9 +103,10 @@ def file_change(item: File, current: PathState, *, allow_symlink: bool = False) 
     if current.kind == "other":
         raise ProvisionError(f"{item.path} exists on the target and is not a regular file")
     want_mode, want_owner = item.mode_text, f"{item.owner}:{item.group}"
+    hidden = _hidden(item.secret, item.mode, current.mode)
     if current.kind == "missing":
         return Change(item.path, "create", current, item,
-                      _diff(item.path, None, item.content, item.secret), None, None)
+                      _diff(item.path, None, item.content, hidden), None, None)
     same_content = current.sha256 == sha256(item.content)
     mode = None if current.mode == item.mode else (f"{current.mode or 0:04o}", want_mode)
     owner = None if _owner(current) == want_owner else (_owner(current), want_owner)
@@ -107,7 +114,7 @@ def file_change(item: File, current: PathState, *, allow_symlink: bool = False) 
         return None
     diff = None
     if not same_content:
-        diff = (_diff(item.path, current.content, item.content, item.secret)
+        diff = (_diff(item.path, current.content, item.content, hidden)
                 if current.content is not None else "content differs (file too large to show)")
     return Change(item.path, "update", current, item, diff, mode, owner)
 
@@ -166,9 +173,9 @@ def make_plan(rendered: Rendered, gathered: Gathered, *, root_mode: bool,
     for path in sorted(previous - {f.path for f in rendered.files}):
         current = gathered.paths.get(path, PathState("missing"))
         if current.kind == "file":
-            secret = bool(recorded.get(path, {}).get("secret"))
+            hidden = _hidden(bool(recorded.get(path, {}).get("secret")), current.mode)
             changes.append(Change(path, "delete", current, None,
-                                  _diff(path, current.content, None, secret), None, None))
+                                  _diff(path, current.content, None, hidden), None, None))
     owed: set[str] = set(gathered.pending_handlers)
     installed = (gathered.manifest or {}).get("files", {})
     for change in changes:
