@@ -92,7 +92,7 @@ def plan(profile: Path | None, as_json: bool, **opts: Any) -> Result:
 @click.option("--diff", "show_diff", is_flag=True, help="Show unified diffs of the changes.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask; needed without a terminal.")
 @click.option("--restart", is_flag=True, help="Restart the model server if it runs and its files changed.")
-@click.option("--wait-lock", type=float, default=0.0, metavar="SECONDS",
+@click.option("--wait-lock", type=click.FloatRange(min=0, max=86400), default=0.0, metavar="SECONDS",
               help="Wait this long for another apply's lock instead of failing at once.")
 @click.option("--verify", "then_verify", is_flag=True,
               help="Run `provision verify` after a successful apply (exit 2 if a check fails).")

@@ -302,9 +302,9 @@ class _StateLines:
     def take(self, line: str) -> bool:
         """Read ``line`` if it is one of these; False leaves it to the caller."""
         if line.startswith("@state last "):
-            self.last = _last_number(line.removeprefix("@state last "))
+            self.last = last_number(line.removeprefix("@state last "))
         elif line.startswith("@state manifest "):
-            self.manifest = _manifest(line.split()[2], self.last)
+            self.manifest = checked_manifest(line.removeprefix("@state manifest "), self.last)
         elif line.startswith("@state pending"):
             self.pending = tuple(line.split()[2:])
         elif line == "@state incomplete":
@@ -321,7 +321,7 @@ class _StateLines:
         return True
 
 
-def _last_number(text: str) -> int:
+def last_number(text: str) -> int:
     """The state's ``last`` file: a generation number, or a clear error naming the file."""
     text = text.strip()
     if not text.isdigit() or len(text) > 9:  # written by a rename, so never empty after a kill
@@ -331,13 +331,16 @@ def _last_number(text: str) -> int:
     return int(text)
 
 
-def _manifest(data: str, last: int) -> dict[str, Any]:
-    """The last generation's manifest.json, or a clear error naming it."""
+def checked_manifest(data: str, last: int) -> dict[str, Any]:
+    """Generation ``last``'s manifest.json, or a clear error naming it."""
     try:
         manifest = json.loads(_b64(data))
     except (ValueError, ProvisionError):
         manifest = None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("files", {}), dict):
+    changes = manifest.get("changes", []) if isinstance(manifest, dict) else None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files", {}), dict) \
+            or not isinstance(changes, list) or not all(isinstance(c, dict) and isinstance(c.get("path"), str)
+                                                        for c in changes):
         raise ProvisionError(f"provision's state file generations/{last}/manifest.json is damaged "
                              "(not a JSON object with files)",
                              hint="restore it from a backup, or move generations/{last} away and write "
