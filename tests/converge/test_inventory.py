@@ -5,7 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from provisioner.converge.inventory import _ANSIBLE as ANSIBLE_NAMES
 from provisioner.converge.inventory import host_from_arg, load_inventory, select
 from provisioner.errors import ProvisionError
 from provisioner.render.pipeline import build
@@ -108,3 +112,31 @@ def test_host_port_and_become_are_kept_exactly(tmp_path: Path) -> None:
     assert (hosts["b"].port, hosts["b"].become) == (22, False)
     with pytest.raises(ProvisionError, match="1 to 65535"):
         host_from_arg("gpu:99999")
+
+
+
+INVENTORY_FIELDS = ["address", "port", "user", "key", "profile", "root", "state_dir", "become", "jump",
+                    "overrides"]
+ANY_VALUE = st.one_of(st.text(max_size=40), st.integers(), st.booleans(), st.floats(allow_nan=False),
+                      st.lists(st.integers(), max_size=2), st.none())
+
+
+@settings(max_examples=200, deadline=None, derandomize=True, database=None)
+@given(field=st.sampled_from(INVENTORY_FIELDS), value=ANY_VALUE, ansible=st.booleans())
+def test_every_inventory_field_is_kept_exactly_or_refused_in_one_line(
+        tmp_path_factory: pytest.TempPathFactory, field: str, value: object, ansible: bool) -> None:
+    path = tmp_path_factory.mktemp("inv") / "inventory.yaml"
+    names = {ours: theirs for theirs, ours in ANSIBLE_NAMES.items()}
+    data = ({"all": {"hosts": {"h": {names[field]: value}}}} if ansible else {"hosts": {"h": {field: value}}})
+    path.write_text(yaml.safe_dump(data))
+    try:
+        [host] = load_inventory(path)
+    except ProvisionError as exc:
+        assert all("\n" not in p.one_line() and "Traceback" not in p.one_line() for p in exc.problems)
+        return
+    kept = {"address": host.address if value is not None else None, "port": host.port, "user": host.user,
+            "key": host.key, "root": host.root or None, "state_dir": host.state_dir, "jump": host.jump}
+    if field in kept and value is not None:
+        assert kept[field] == (int(value) if field == "port" else value), f"{field}: {value!r} became {kept[field]!r}"
+    if field == "become" and value is not None:
+        assert host.become is (value in (True, "true", "True", "yes", "on"))
