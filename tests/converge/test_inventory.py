@@ -137,6 +137,7 @@ def test_every_inventory_field_is_kept_exactly_or_refused_in_one_line(
     kept = {"address": host.address if value is not None else None, "port": host.port, "user": host.user,
             "key": host.key, "root": host.root or None, "state_dir": host.state_dir, "jump": host.jump}
     if field in kept and value is not None:
-        assert kept[field] == (int(value) if field == "port" else value), f"{field}: {value!r} became {kept[field]!r}"
+        wanted = int(str(value)) if field == "port" else value
+        assert kept[field] == wanted, f"{field}: {value!r} became {kept[field]!r}"
     if field == "become" and value is not None:
         assert host.become is (value in (True, "true", "True", "yes", "on"))

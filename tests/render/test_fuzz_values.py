@@ -47,7 +47,7 @@ FIELDS: dict[str, tuple[str, Any]] = {
 FRAGMENTS = [f"$(touch {CANARY})", f"`touch {CANARY}`", f";touch {CANARY}", f"|touch {CANARY}", "%n", "%%",
              "${HOME}", "\n", "\r", "\x00", "'", '"', "\\", "{{ 7*7 }}", "{% raw %}", "#", " ", "=", "/../",
              "é", "\u2028", "\U0001f600", "--", "0.0.0.0", "::1%eth0", "/etc/x", "a" * 4000]  # noqa: S104
-TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=30)
+TEXT = st.text(st.characters(exclude_categories=["Cs"]), max_size=30)
 # printable ASCII and the metacharacters among it: values that often pass validation, so the
 # rendered files are checked too, not only the refusals
 PRINTABLE = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7e), min_size=1, max_size=40)
