@@ -6,9 +6,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from provisioner.cli import main
 from provisioner.converge.inventory import _ANSIBLE as ANSIBLE_NAMES
 from provisioner.converge.inventory import host_from_arg, load_inventory, select
 from provisioner.errors import ProvisionError
@@ -91,17 +93,13 @@ BAD_INVENTORIES = {
 
 @pytest.mark.parametrize("text", BAD_INVENTORIES.values(), ids=BAD_INVENTORIES.keys())
 def test_bad_inventory_is_one_line_never_a_coercion(tmp_path: Path, text: str) -> None:
-    import subprocess
-    import sys
-
     inventory = tmp_path / "inventory.yaml"
     inventory.write_text(text)
     with pytest.raises(ProvisionError):
         load_inventory(inventory)
-    proc = subprocess.run([sys.executable, "-m", "provisioner", "plan", str(ROOT / "examples/quickstart.yaml"),
-                           "-i", str(inventory)], capture_output=True, text=True, check=False)
-    assert proc.returncode == 1
-    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    result = CliRunner().invoke(main, ["plan", str(ROOT / "examples/quickstart.yaml"), "-i", str(inventory)])
+    assert result.exit_code == 1
+    assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith("error: "), result.stderr
 
 
 def test_host_port_and_become_are_kept_exactly(tmp_path: Path) -> None:

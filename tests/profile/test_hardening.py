@@ -3,12 +3,12 @@ secret or being silently coerced: each is refused in one line (exit 1, no traceb
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from provisioner.cli import main
 from provisioner.errors import ProvisionError
 from provisioner.render.pipeline import build
 from tests.conftest import make_profile
@@ -52,13 +52,12 @@ def test_refused_in_one_line(tmp_path: Path, patch: dict[str, object], message: 
     profile = make_profile(tmp_path, patch, TEMPLATES)
     with pytest.raises(ProvisionError, match=message.replace("(", r"\(")):
         build(profile)
-    proc = subprocess.run([sys.executable, "-m", "provisioner", "render", str(profile), "--out",
-                           str(tmp_path / "out")], capture_output=True, text=True, check=False)
-    assert proc.returncode == 1, proc.stdout
-    lines = proc.stderr.strip().splitlines()
-    assert lines and all(line.startswith("error: ") for line in lines), proc.stderr  # a line per problem
+    result = CliRunner().invoke(main, ["render", str(profile), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1, result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert lines and all(line.startswith("error: ") for line in lines), result.stderr  # a line per problem
     for secret in (TOKEN, "z" * 30, "abc"):
-        assert secret not in proc.stderr + proc.stdout
+        assert secret not in result.stderr + result.stdout
 
 
 def test_a_template_linked_outside_the_profile_is_refused(tmp_path: Path) -> None:
