@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import re
 import shlex
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -73,10 +74,23 @@ def sysctl_value(value: object) -> str:
     return text
 
 
+class _TreeLoader(FileSystemLoader):
+    """Templates from one folder only: a template or an include that is a link to a file
+    elsewhere (a 0600 key) would otherwise be rendered into a world-readable file."""
+
+    def get_source(self, environment: Any, template: str) -> tuple[str, str, Callable[[], bool]]:
+        source, filename, uptodate = super().get_source(environment, template)
+        if not any(Path(filename).resolve().is_relative_to(Path(folder).resolve())
+                                            for folder in self.searchpath):
+            raise RenderError(f"template {template} leads outside its folder ({Path(filename).resolve()})",
+                              hint="copy the file into the profile's folder instead of linking it")
+        return source, filename, uptodate
+
+
 @functools.cache
 def _environment(folder: str) -> SandboxedEnvironment:
     env = SandboxedEnvironment(
-        loader=FileSystemLoader(folder),
+        loader=_TreeLoader(folder),
         undefined=StrictUndefined,
         keep_trailing_newline=True,
         trim_blocks=True,

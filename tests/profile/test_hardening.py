@@ -74,6 +74,19 @@ def test_a_template_linked_outside_the_profile_is_refused(tmp_path: Path) -> Non
         build(profile)
 
 
+def test_an_include_linked_outside_the_profile_is_refused(tmp_path: Path) -> None:
+    outside = tmp_path / "private"
+    outside.mkdir()
+    (outside / "key").write_text("secret key\n")
+    folder = tmp_path / "profile"
+    folder.mkdir()
+    (folder / "inc.j2").symlink_to(outside / "key")
+    profile = make_profile(folder, {"files": [{"template": "t.j2", "dest": "/etc/t.conf"}]},
+                           {"t.j2": "{% include 'inc.j2' %}\n"})
+    with pytest.raises(ProvisionError, match="leads outside"):
+        build(profile)
+
+
 def test_a_plain_ipv6_bind_and_a_link_inside_the_profile_still_work(tmp_path: Path) -> None:
     (tmp_path / "real.j2").write_text("x\n")
     (tmp_path / "link.j2").symlink_to(tmp_path / "real.j2")
