@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
-from provisioner.converge.guard import guards
+from provisioner.converge.guard import guards, install_paths
 from provisioner.converge.plan import Change, Plan, sha256
 from provisioner.facts.gather import PathState
 from provisioner.install import EXIT_INSTALL, InstallChange
@@ -90,7 +90,8 @@ def apply_script(inputs: ApplyInputs) -> str:
 def _body(inputs: ApplyInputs) -> str:
     plan, root = inputs.plan, inputs.root
     out = [_PRELUDE.replace("@ROOT@", q(root)).replace("@STATE@", q(inputs.state_dir))
-           .replace("@GUARDS@", guards(root, inputs.state_dir, [c.path for c in plan.changes]))]
+           .replace("@GUARDS@", guards(root, inputs.state_dir, [c.path for c in plan.changes]
+                                       + install_paths(plan.runnable_installs)))]
     lock = f"flock -w {inputs.wait_lock:g} 9" if inputs.wait_lock else "flock -n 9"
     out.append(f"""exec 9>>"$state/lock"
 if ! {lock}; then

@@ -11,8 +11,10 @@ first write, and stops the script.
 from __future__ import annotations
 
 import shlex
+from typing import Any
 
 from provisioner.facts.gather import GUARD_FUNCTION
+from provisioner.install import InstallChange
 
 EXIT_LINKED = 9  # 8 is install's EXIT_INSTALL
 STATE_FILES = ("", "/generations", "/last", "/lock", "/lock.pid", "/last.new", "/pending-handlers",
@@ -29,3 +31,16 @@ def guards(root: str, state_dir: str, paths: list[str]) -> str:
     lines += [f"guard {shlex.quote(state_dir + name)} state" for name in STATE_FILES]
     lines += [f"guard {shlex.quote(root + path)}" for path in sorted(set(paths))]
     return "\n".join(lines)
+
+
+def install_paths(changes: tuple[InstallChange, ...]) -> list[str]:
+    """Where install snippets write, as their records name it (a venv's or build's ``path``
+    and ``dir``, an archive's ``dest``, each downloaded file's ``dest``): their folders
+    are walked like a managed file's."""
+    found: list[str] = []
+    for change in changes:
+        record: dict[str, Any] = change.record or {}
+        values = [record.get(key) for key in ("path", "dir", "dest")]
+        values += [f.get("dest") for f in record.get("files", []) if isinstance(f, dict)]
+        found += [v for v in values if isinstance(v, str) and v.startswith("/")]
+    return found

@@ -4,6 +4,7 @@ between plan and apply (the apply script's own walk)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import pytest
 
 from provisioner.converge.run import apply_plan, plan_host
 from provisioner.errors import ProvisionError
+from provisioner.install import InstallChange
 from provisioner.render.pipeline import build
 from provisioner.transport.local import LocalTransport
 from tests.conftest import ROOT, make_profile
@@ -101,3 +103,20 @@ def test_deletion_through_a_linked_folder_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ProvisionError, match="symlink"):
         plan_host(build(b).rendered, transport, service="llm-server")
     assert (victim / "a.conf").read_text() == "a\n"
+
+
+def test_an_install_destination_behind_a_linked_folder_is_refused(tmp_path: Path) -> None:
+    """A download into R/srv/models where R/srv links out would fill the controller's own /srv."""
+    root, victim = tmp_path / "R", tmp_path / "victim"
+    victim.mkdir()
+    root.mkdir()
+    transport = LocalTransport(root)
+    plan, gathered = plan_host(build(QUICKSTART).rendered, transport, service="llm-server")
+    fetch = InstallChange("download:model", "download", "download", "one file",
+                          'mkdir -p "$root/srv/models" && echo weights > "$root/srv/models/m.gguf"',
+                          {"files": [{"dest": "/srv/models/m.gguf"}]})
+    plan = dataclasses.replace(plan, installs=(fetch,))
+    (root / "srv").symlink_to(victim)
+    with pytest.raises(ProvisionError, match="symlink"):
+        apply_plan(plan, gathered, transport, profile_name="t")
+    assert _everything(victim) == {}
