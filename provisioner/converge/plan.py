@@ -210,8 +210,10 @@ def make_plan(rendered: Rendered, gathered: Gathered, *, root_mode: bool,
     commands = {name: table.get(name, "") for name in ordered}
     unknown = [name for name in ordered if not commands[name]]
     if unknown:
-        raise ProvisionError(f"handler {unknown[0]!r} is owed but has no command",
-                             hint="it was notified by an earlier run; add it back under handlers")
+        raise ProvisionError(f"handler {unknown[0]!r} is owed (provision's state file pending-handlers) "
+                             "but has no command",
+                             hint="it was notified by an earlier run; add it back under handlers, or remove "
+                             "its line from pending-handlers if it was written by hand")
     readiness = rendered.readiness if restart and server_active and "restart-server" in ordered else None
     return Plan(tuple(sorted(changes, key=lambda c: c.path)), tuple(ordered), commands,
                 restart_pending, reboot, pending_builtin,
