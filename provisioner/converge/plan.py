@@ -169,7 +169,7 @@ def make_plan(rendered: Rendered, gathered: Gathered, *, root_mode: bool,
         if change is not None:
             changes.append(change)
     recorded: dict[str, Any] = (gathered.manifest or {}).get("files", {})
-    previous = set(recorded) | set(gathered.unfinished_deletes)  # a killed generation's deletions too
+    previous = set(recorded) | _unfinished_deletes(gathered)
     for path in sorted(previous - {f.path for f in rendered.files}):
         current = gathered.paths.get(path, PathState("missing"))
         if current.kind == "file":
@@ -210,15 +210,20 @@ def make_plan(rendered: Rendered, gathered: Gathered, *, root_mode: bool,
     commands = {name: table.get(name, "") for name in ordered}
     unknown = [name for name in ordered if not commands[name]]
     if unknown:
-        raise ProvisionError(f"handler {unknown[0]!r} is owed (provision's state file pending-handlers) "
-                             "but has no command",
-                             hint="it was notified by an earlier run; add it back under handlers, or remove "
-                             "its line from pending-handlers if it was written by hand")
+        raise ProvisionError(f"handler {unknown[0]!r} is owed (state file pending-handlers) but has no command",
+                             hint="it was notified by an earlier run; add it back under handlers")
     readiness = rendered.readiness if restart and server_active and "restart-server" in ordered else None
     return Plan(tuple(sorted(changes, key=lambda c: c.path)), tuple(ordered), commands,
                 restart_pending, reboot, pending_builtin,
                 {f.path: f for f in rendered.files}, table, readiness, rendered.warnings + install_notes,
                 installs, install_records, _own_temps(gathered, root))
+
+
+def _unfinished_deletes(gathered: Gathered) -> set[str]:
+    """The deletions a killed generation owed: listed in its deletes file AND as deletions in
+    its manifest, so a hand-edited list can never name a file provision did not manage."""
+    owed = {c.get("path") for c in (gathered.manifest or {}).get("changes", []) if c.get("action") == "delete"}
+    return set(gathered.unfinished_deletes) & {p for p in owed if isinstance(p, str)}
 
 
 def _own_temps(gathered: Gathered, root: str) -> tuple[str, ...]:

@@ -108,3 +108,25 @@ def test_kill_at_every_failpoint_of_a_rollback(profiles: dict[str, Path], tmp_pa
         assert not temps(root), f"step {step}: {status.plan.stale_temps}"
         assert converge(profiles["a2"], root).plan.nothing_to_do
         assert (root / CUSTOM.lstrip("/")).read_text() == "a2\n"
+
+
+def test_a_hand_edited_deletes_list_never_deletes_a_foreign_file(profiles: dict[str, Path], tmp_path: Path) -> None:
+    """Only deletions the killed generation's manifest also lists are redone."""
+    root = tmp_path / "root"
+    foreign = root / "etc/sysctl.d/10-mine.conf"
+    foreign.parent.mkdir(parents=True)
+    foreign.write_text("vm.dirty_ratio = 5\n")
+    converge(profiles["a"], root)
+    transport = LocalTransport(root)
+    plan, _gathered = plan_host(build(profiles["b"]).rendered, transport, service="llm-server")
+    script = apply_script(ApplyInputs(plan, transport.root, transport.state_dir, 2, 1, "t", "now")).splitlines()
+    recorded = next(i for i, line in enumerate(script) if '"$state/last.new" "$state/last"' in line)
+    step = int(script[recorded + 1].removeprefix("fp "))
+    with pytest.raises(ProvisionError):
+        converge(profiles["b"], root, failpoint=step)
+    deletes = root / "var/lib/provision/generations/2/deletes"
+    assert deletes.read_text() == CUSTOM + "\n"
+    deletes.write_text(CUSTOM + "\n/etc/sysctl.d/10-mine.conf\n")
+    converge(profiles["b"], root)
+    assert not (root / CUSTOM.lstrip("/")).exists()
+    assert foreign.read_text() == "vm.dirty_ratio = 5\n"
