@@ -91,7 +91,7 @@ def _body(inputs: ApplyInputs) -> str:
     plan, root = inputs.plan, inputs.root
     out = [_PRELUDE.replace("@ROOT@", q(root)).replace("@STATE@", q(inputs.state_dir))
            .replace("@GUARDS@", guards(root, inputs.state_dir, [c.path for c in plan.changes]
-                                       + install_paths(plan.runnable_installs)))]
+                                       + install_paths([c.record for c in plan.runnable_installs])))]
     lock = f"flock -w {inputs.wait_lock:g} 9" if inputs.wait_lock else "flock -n 9"
     out.append(f"""exec 9>>"$state/lock"
 if ! {lock}; then

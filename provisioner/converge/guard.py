@@ -14,7 +14,7 @@ import shlex
 from typing import Any
 
 from provisioner.facts.gather import GUARD_FUNCTION
-from provisioner.install import InstallChange
+from provisioner.install import Install
 
 EXIT_LINKED = 9  # 8 is install's EXIT_INSTALL
 STATE_FILES = ("", "/generations", "/last", "/lock", "/lock.pid", "/last.new", "/pending-handlers",
@@ -33,14 +33,22 @@ def guards(root: str, state_dir: str, paths: list[str]) -> str:
     return "\n".join(lines)
 
 
-def install_paths(changes: tuple[InstallChange, ...]) -> list[str]:
+def install_paths(records: list[dict[str, Any]]) -> list[str]:
     """Where install snippets write, as their records name it (a venv's or build's ``path``
     and ``dir``, an archive's ``dest``, each downloaded file's ``dest``): their folders
     are walked like a managed file's."""
     found: list[str] = []
-    for change in changes:
-        record: dict[str, Any] = change.record or {}
+    for record in records:
         values = [record.get(key) for key in ("path", "dir", "dest")]
         values += [f.get("dest") for f in record.get("files", []) if isinstance(f, dict)]
         found += [v for v in values if isinstance(v, str) and v.startswith("/")]
     return found
+
+
+def install_guards(root: str, installs: tuple[Install, ...]) -> str:
+    """For the gather script (which defines ``guard``): report a link on the way to where an
+    install item will write, so plan refuses it before apply does."""
+    if not root:
+        return ""
+    records = [item.record() for item in installs if callable(getattr(item, "record", None))]  # type: ignore[attr-defined]
+    return "\n".join(f"guard {shlex.quote(root + path)}" for path in sorted(set(install_paths(records))))

@@ -28,7 +28,7 @@ from provisioner.converge.generations import (
     rollback_reads,
     rollback_rendered,
 )
-from provisioner.converge.guard import EXIT_LINKED
+from provisioner.converge.guard import EXIT_LINKED, install_guards
 from provisioner.converge.plan import Plan, make_plan
 from provisioner.errors import ProvisionError
 from provisioner.facts.gather import Gathered, gather_script, parse_gather
@@ -65,7 +65,8 @@ def plan_host(rendered: Rendered, transport: Transport, *, service: str, restart
               rerender: Callable[[dict[str, str]], Rendered] | None = None) -> tuple[Plan, Gathered]:
     """Gather, then plan. ``rerender`` renders again with the host's facts (the
     destinations never depend on facts, so the first render names the paths)."""
-    probes = "\n".join(item.probe(transport.root) for item in rendered.installs)
+    probes = "\n".join([item.probe(transport.root) for item in rendered.installs]
+                       + [install_guards(transport.root, rendered.installs)])
     gathered = gather(transport, [f.path for f in rendered.files], service, extra=probes)
     if rerender is not None:
         rendered = rerender(gathered.facts.values)

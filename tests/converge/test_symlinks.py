@@ -5,6 +5,7 @@ between plan and apply (the apply script's own walk)."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import subprocess
 import sys
@@ -119,4 +120,20 @@ def test_an_install_destination_behind_a_linked_folder_is_refused(tmp_path: Path
     (root / "srv").symlink_to(victim)
     with pytest.raises(ProvisionError, match="symlink"):
         apply_plan(plan, gathered, transport, profile_name="t")
+    assert _everything(victim) == {}
+
+
+def test_plan_reports_a_linked_folder_on_the_way_to_a_download(tmp_path: Path) -> None:
+    data = b"weights"
+    mirror = tmp_path / "mirror.gguf"
+    mirror.write_bytes(data)
+    model = {"path": "/srv/models/q/model-00001-of-00001.gguf", "bytes": len(data),
+             "sha256": hashlib.sha256(data).hexdigest(), "url": f"file://{mirror}"}
+    profile = make_profile(tmp_path, {"model.source": {"files": [model]}, "install": {"model": True}})
+    root, victim = tmp_path / "R", tmp_path / "victim"
+    victim.mkdir()
+    root.mkdir()
+    (root / "srv").symlink_to(victim)
+    with pytest.raises(ProvisionError, match="srv is a symlink"):
+        plan_host(build(profile).rendered, LocalTransport(root), service="llm-server")
     assert _everything(victim) == {}
