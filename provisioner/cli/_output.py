@@ -220,6 +220,7 @@ def host_json(host: str, plan: Plan | None, *, ok: bool = True, generation: int 
         "reboot_required": bool(plan.reboot_required) if plan is not None else False,
         "restart_pending": list(plan.restart_pending) if plan is not None else [],
         "installs": [install_json(c) for c in plan.installs] if plan is not None else [],
+        "stale_temps": list(plan.stale_temps) if plan is not None else [],
         "generation": generation,
         "error": problem_json(error) if error else None,
     }
@@ -231,13 +232,16 @@ def plan_text(host: str, plan: Plan, *, show_diff: bool, color: bool) -> str:
     """The human summary of one host's plan, diffs included when asked."""
     out: list[str] = []
     counts = {a: sum(1 for c in plan.changes if c.action == a) for a in ("create", "update", "delete")}
-    if not plan.changes and not plan.handlers and not plan.runnable_installs:
+    if plan.nothing_to_do:
         out.append(f"{host}: nothing to do")
     else:
         installs = len(plan.runnable_installs)
         out.append(f"{host}: {counts['create']} to create, {counts['update']} to update, "
                    f"{counts['delete']} to delete" + (f", {installs} to install" if installs else ""))
     out += _change_lines(plan, show_diff=show_diff, color=color)
+    if plan.stale_temps:
+        out.append(f"  {len(plan.stale_temps)} temp file(s) a killed run left, to remove: "
+                   + ", ".join(plan.stale_temps[:3]) + (" ..." if len(plan.stale_temps) > 3 else ""))
     for install in plan.installs:
         size = f", {format_size(install.bytes)}" if install.bytes else ""
         reboot = ", needs a reboot" if install.reboot else ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -13,18 +14,20 @@ from provisioner.cli._common import (
     EXIT_ERROR,
     EXIT_FINDING,
     EXIT_OK,
+    NO_PROFILE,
     command,
     ignore_fit_option,
-    local_transport,
-    root_option,
     target_options,
     targets,
 )
 from provisioner.cli._output import Result, Table, host_json, lines, plan_text
-from provisioner.errors import UsageError
+from provisioner.errors import Problem, ProvisionError, UsageError
 
 if TYPE_CHECKING:
-    from provisioner.converge.fleet import Outcome
+    from provisioner.converge.fleet import Outcome, Target
+    from provisioner.converge.plan import Plan
+    from provisioner.facts.gather import Gathered
+    from provisioner.transport import Transport
 
 
 def run_fleet(profile: Path | None, opts: dict[str, Any], *, apply: bool, show_diff: bool,
@@ -92,7 +95,7 @@ def plan(profile: Path | None, as_json: bool, **opts: Any) -> Result:
 @click.option("--diff", "show_diff", is_flag=True, help="Show unified diffs of the changes.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask; needed without a terminal.")
 @click.option("--restart", is_flag=True, help="Restart the model server if it runs and its files changed.")
-@click.option("--wait-lock", type=float, default=0.0, metavar="SECONDS",
+@click.option("--wait-lock", type=click.FloatRange(min=0, max=86400), default=0.0, metavar="SECONDS",
               help="Wait this long for another apply's lock instead of failing at once.")
 @click.option("--verify", "then_verify", is_flag=True,
               help="Run `provision verify` after a successful apply (exit 2 if a check fails).")
@@ -136,53 +139,120 @@ def apply(profile: Path | None, dry_run: bool, show_diff: bool, yes: bool, then_
 
 
 @command("generations")
-@root_option
-def generations(root: Path | None, as_json: bool) -> Result:
-    """List the generations applied to this machine (or the tree under --root).
+@target_options
+def generations(as_json: bool, **opts: Any) -> Result:
+    """List the generations applied to this machine, a --root tree, a --host or an inventory.
 
     \b
     Example:
       provision generations --root ./demo
+      provision generations --host admin@gpu-box --become
+      provision generations -i examples/fleet/inventory.yaml --limit workstations --json
     """
+    from provisioner.converge.fleet import map_targets
     from provisioner.converge.run import read_generations
 
-    last, found = read_generations(local_transport(root))
-    rows = [[("* " if g.number == last else "  ") + str(g.number), g.time, g.profile,
-             str(len(g.manifest.get("changes", []))), "" if g.complete else "incomplete"] for g in found]
-    table = Table(f"{len(found)} generation(s), current {last}", ["number", "time", "profile", "files changed", ""],
-                  rows)
-    return Result(EXIT_OK, {"current": last, "generations": [_output.generation_json(g) for g in found]}, (table,))
+    def work(target: Target, transport: Transport) -> _HostOutcome:
+        last, found = read_generations(transport)
+        rows = [[("* " if g.number == last else "  ") + str(g.number), g.time, g.profile,
+                 str(len(g.manifest.get("changes", []))), "" if g.complete else "incomplete"] for g in found]
+        table = Table(f"{target.name}: {len(found)} generation(s), current {last}",
+                      ["number", "time", "profile", "files changed", ""], rows)
+        fields = {"current": last, "generations": [_output.generation_json(g) for g in found]}
+        return _HostOutcome(target.name, fields, (table,), top=fields)
+
+    chosen = targets(NO_PROFILE, opts)
+    outcomes = map_targets(chosen, opts["forks"], work, _failed)
+    return _fleet_result(outcomes, EXIT_OK)
 
 
 @command("rollback")
-@root_option
+@target_options
 @click.option("--to", "to", type=int, default=None, help="Generation to restore (default: the previous one).")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask; needed without a terminal.")
-def rollback(root: Path | None, to: int | None, yes: bool, as_json: bool) -> Result:
+def rollback(to: int | None, yes: bool, as_json: bool, **opts: Any) -> Result:
     """Restore an earlier generation exactly; the rollback is itself a generation.
 
     Files created since are removed, files replaced or deleted since come back
-    byte for byte with their modes and owners.
+    byte for byte with their modes and owners. Over an inventory each host
+    rolls back its own history (--to names the same number on every host).
 
     \b
     Example:
       provision rollback --root ./demo --yes
       provision rollback --to 1 --yes
+      provision rollback --host admin@gpu-box --become --yes
+      provision rollback -i examples/fleet/inventory.yaml --limit ws1 --yes
     """
+    from provisioner.converge.fleet import map_targets
     from provisioner.converge.run import apply_plan, plan_rollback
 
-    transport = local_transport(root)
-    planned, gathered, target = plan_rollback(transport, to)
     color = sys.stderr.isatty()
-    if planned.changed and not yes:
+    chosen = targets(NO_PROFILE, opts)
+    plans: dict[str, tuple[Plan, Gathered, int]] = {}
+    if not yes:
         if not sys.stdin.isatty():
-            raise UsageError("rollback needs --yes when there is no terminal to ask on")
-        _output.show([lines(plan_text(transport.name, planned, show_diff=True, color=color))])
-        if not click.confirm(f"Roll back to generation {target}?", err=True):
-            return Result(EXIT_ERROR, ok=False)
-    result = apply_plan(planned, gathered, transport, profile_name=f"rollback to {target}")
-    said = lines(plan_text(transport.name, planned, show_diff=False, color=color),
-                 f"{transport.name}: rolled back to generation {target}"
-                 + (f" (recorded as generation {result.generation})" if result.generation else ""))
-    return Result(EXIT_OK, {"changed": planned.changed, "target": target,
-                            "hosts": [host_json(transport.name, planned, generation=result.generation)]}, (said,))
+            raise UsageError("rollback needs --yes when there is no terminal to ask on",
+                             hint="review with `provision generations`, then roll back with --yes")
+
+        def preview(target: Target, transport: Transport) -> _HostOutcome:
+            plans[target.name] = planned = plan_rollback(transport, to)
+            text = plan_text(target.name, planned[0], show_diff=True, color=color)
+            return _HostOutcome(target.name, {}, (lines(text, f"  rolls back to generation {planned[2]}"),))
+
+        previewed = map_targets(chosen, opts["forks"], preview, _failed)
+        _output.show([block for o in previewed for block in o.human])
+        if any(o.error for o in previewed) or not click.confirm("Roll back?", err=True):
+            return _fleet_result(previewed, EXIT_OK) if any(o.error for o in previewed) else \
+                Result(EXIT_ERROR, ok=False)
+
+    def work(target: Target, transport: Transport) -> _HostOutcome:
+        planned, gathered, target_number = plans.get(target.name) or plan_rollback(transport, to)
+        result = apply_plan(planned, gathered, transport, profile_name=f"rollback to {target_number}")
+        said = lines(plan_text(target.name, planned, show_diff=False, color=color),
+                     f"{target.name}: rolled back to generation {target_number}"
+                     + (f" (recorded as generation {result.generation})" if result.generation else ""))
+        fields = {**host_json(target.name, planned, generation=result.generation), "target": target_number,
+                  "changed": planned.changed}
+        return _HostOutcome(target.name, fields, (said,), top={"changed": planned.changed, "target": target_number})
+
+    outcomes = map_targets(chosen, opts["forks"], work, _failed)
+    return _fleet_result(outcomes, EXIT_OK)
+
+
+@dataclasses.dataclass(frozen=True)
+class _HostOutcome:
+    """One host's part of `generations` or `rollback`: its JSON, its text, or its error."""
+
+    name: str
+    fields: dict[str, Any]
+    human: tuple[_output.Block, ...]
+    error: Problem | None = None
+    top: dict[str, Any] = dataclasses.field(default_factory=dict)  # the JSON's own fields for one target
+
+
+def _failed(target: Target, exc: ProvisionError) -> _HostOutcome:
+    return _HostOutcome(target.name, {"host": target.name, "ok": False}, (), exc.first)
+
+
+def _fleet_result(outcomes: list[_HostOutcome], ok_code: int) -> Result:
+    """One target: its fields at the top, as before fleets; more: a list and a summary line.
+    Exit 1 if any host failed (each failure is one line), like plan and apply."""
+    errored = [o for o in outcomes if o.error is not None]
+    human: list[_output.Block] = []
+    for outcome in outcomes:
+        human += outcome.human if outcome.error is None else \
+            (lines(f"error: {outcome.error.one_line()}"),)
+    if len(outcomes) > 1:
+        human.append(lines(f"{len(outcomes)} hosts: {len(outcomes) - len(errored)} ok, {len(errored)} failed"
+                           + (f" ({', '.join(o.name for o in errored)})" if errored else "")))
+    hosts = [{"host": o.name, "ok": o.error is None, **o.fields,
+              "error": _output.problem_json(o.error) if o.error else None} for o in outcomes]
+    fields: dict[str, Any] = dict(outcomes[0].top) if len(outcomes) == 1 else {}
+    if any(o.fields.get("changed") for o in outcomes):
+        fields["changed"] = True
+    fields["hosts"] = hosts
+    if len(outcomes) == 1 and errored:
+        raise ProvisionError([errored[0].error]) if errored[0].error else ProvisionError("failed")
+    return Result(EXIT_ERROR if errored else ok_code, fields, tuple(human), ok=not errored,
+                  error=errored[0].error if errored else None)

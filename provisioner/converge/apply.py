@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
+from provisioner.converge.guard import guards, install_paths
 from provisioner.converge.plan import Change, Plan, sha256
 from provisioner.facts.gather import PathState
 from provisioner.install import EXIT_INSTALL, InstallChange
@@ -81,8 +82,16 @@ def manifest(inputs: ApplyInputs) -> dict[str, Any]:
 
 
 def apply_script(inputs: ApplyInputs) -> str:
+    """The script; its body is one function called on its last line, so a script cut
+    short in transit (sh runs what it has read) is a syntax error and does nothing."""
+    return "provision_apply() {\n" + _body(inputs) + "}\nprovision_apply\n"
+
+
+def _body(inputs: ApplyInputs) -> str:
     plan, root = inputs.plan, inputs.root
-    out = [_PRELUDE.replace("@ROOT@", q(root)).replace("@STATE@", q(inputs.state_dir))]
+    out = [_PRELUDE.replace("@ROOT@", q(root)).replace("@STATE@", q(inputs.state_dir))
+           .replace("@GUARDS@", guards(root, inputs.state_dir, [c.path for c in plan.changes]
+                                       + install_paths([c.record for c in plan.runnable_installs])))]
     lock = f"flock -w {inputs.wait_lock:g} 9" if inputs.wait_lock else "flock -n 9"
     out.append(f"""exec 9>>"$state/lock"
 if ! {lock}; then
@@ -95,6 +104,8 @@ fp 1""")
     out.append(f'[ "$(cat "$state/last" 2>/dev/null || echo 0)" = {inputs.expected_last} ] '
                f'|| changed "$state/last"')
     out.append(_checks(plan.changes, root))
+    if plan.stale_temps:  # left by a killed run whose plan is no longer the current one
+        out.append("rm -f " + " ".join(q(root + t) for t in plan.stale_temps))
     if not plan.changes and not plan.runnable_installs:  # only handlers owed by an earlier run that died
         out.append(_handlers(inputs))
         out.append("echo @ok")
@@ -162,6 +173,7 @@ changed() { echo "@error changed since plan: ${1#"$root"}"; exit 4; }
 bad() { echo "@invalid $1: $2"; invalid=1; }
 hash_of() { if [ -L "$1" ]; then echo symlink; elif [ -f "$1" ]; then sha256sum < "$1" | cut -c1-64; \
     elif [ -e "$1" ]; then echo other; else echo absent; fi; }
+@GUARDS@
 mkdir -p "$state/generations"
 """
 
@@ -238,8 +250,8 @@ def _modes_owners_sync(temps: list[tuple[Change, str]], root: str) -> str:
         if root:
             # An image tree's users may not exist on the building host yet.
             lines.append(f"if id -u {q(owner)} >/dev/null 2>&1 && getent group {q(group)} >/dev/null 2>&1; "
-                         f"then {chown}; else echo \"@warn {owner}:{group} does not exist here; "
-                         f"left as $(id -un)\"; fi")
+                         f"then {chown}; else echo {q(f'@warn {owner}:{group} does not exist here; left as')} "
+                         f"\"$(id -un)\"; fi")
         else:
             lines.append(chown)
     if temps:
@@ -306,8 +318,11 @@ def _record_generation(inputs: ApplyInputs) -> str:
             backup = f'"$gen/backup"{q(change.path)}'
             lines.append(f'mkdir -p "$(dirname {backup})" && cp -p {q(root + change.path)} {backup}')
     paths = "\n".join(sorted(p for p, f in plan.files.items() if f.managed))
+    # the deletions this generation owes: a kill before they are done must not lose them
+    deletes = "\n".join(c.path for c in plan.changes if c.action == "delete")
     lines += ["base64 -d > \"$gen/manifest.json\" <<'PROVISION_EOF'", data, "PROVISION_EOF",
               f"printf '%s\\n' {q(paths)} | grep . > \"$gen/paths\" || true",
+              f"printf '%s\\n' {q(deletes)} | grep . > \"$gen/deletes\" || true",
               f"printf '%s\\n' {q(owed)} | grep . > \"$state/pending-handlers\" || "
               f"rm -f \"$state/pending-handlers\"",
               'sync "$gen/manifest.json" 2>/dev/null || true',
@@ -368,15 +383,15 @@ def _handlers(inputs: ApplyInputs) -> str:
         # Run only while still owed: another apply may have run it since the plan.
         lines.append(
             f"if ! grep -qx {q(name)} \"$state/pending-handlers\" 2>/dev/null; then\n"
-            f"    echo '@handler-skip {name}'\n"
+            f"    echo {q('@handler-skip ' + name)}\n"
             f"elif PROVISION_ROOT=\"$root\" sh -c {q(command)}; then\n"
             # Struck from the owed list before reporting: a dropped connection
             # (SIGPIPE on echo) must not make the next apply run it twice.
             f"    grep -vx {q(name)} \"$state/pending-handlers\" > \"$state/pending.new\" || true\n"
             f"    mv -f \"$state/pending.new\" \"$state/pending-handlers\"\n"
-            f"    echo '@handler-ok {name}'\n"
+            f"    echo {q('@handler-ok ' + name)}\n"
             f"else\n"
-            f"    echo '@error handler {name} failed; it stays owed and runs on the next apply'\n"
+            f"    echo {q(f'@error handler {name} failed; it stays owed and runs on the next apply')}\n"
             f"    exit {EXIT_HANDLER}\n"
             f"fi")
     if plan.pending_builtin:
@@ -389,6 +404,8 @@ def _handlers(inputs: ApplyInputs) -> str:
 def _restart_and_wait(inputs: ApplyInputs, command: str, url: str, seconds: int) -> str:
     """--restart: restart, wait for readiness; if it never comes, restore and restart the old."""
     restore = _restore(inputs) if inputs.plan.changes else "    :"
+    failed = q(f"@error the model server did not answer {url} within {seconds}s; "
+               f"restored generation {inputs.expected_last} and restarted it")
     return (
         f"if PROVISION_ROOT=\"$root\" sh -c {q(command)} && wait_ready {q(url)} {seconds}; then\n"
         f"    grep -vx restart-server \"$state/pending-handlers\" > \"$state/pending.new\" || true\n"
@@ -396,7 +413,6 @@ def _restart_and_wait(inputs: ApplyInputs, command: str, url: str, seconds: int)
         f"    echo '@handler-ok restart-server'\n"
         f"else\n"
         f"{restore}\n"
-        f"    echo \"@error the model server did not answer {url} within {seconds}s; "
-        f"restored generation {inputs.expected_last} and restarted it\"\n"
+        f"    echo {failed}\n"
         f"    exit {EXIT_NOT_READY}\n"
         f"fi")

@@ -9,14 +9,12 @@ removed, a replaced or deleted one comes back byte for byte.
 
 from __future__ import annotations
 
-import base64
-import json
 import shlex
 from dataclasses import dataclass
 from typing import Any
 
 from provisioner.errors import ProvisionError, UsageError
-from provisioner.facts.gather import Gathered, PathState, visible
+from provisioner.facts.gather import Gathered, PathState, checked_manifest, last_number, visible
 from provisioner.install import Install
 from provisioner.install.rollback import rollback_items
 from provisioner.render.resources import File, Rendered
@@ -60,11 +58,10 @@ def parse_generations(output: str) -> tuple[int, list[Generation]]:
     found: list[Generation] = []
     for line in output.splitlines():
         if line.startswith("@last "):
-            last = int(line.split()[1])
+            last = last_number(line.removeprefix("@last "))
         elif line.startswith("@gen "):
             _, number, complete, data = line.split(" ", 3)
-            manifest = json.loads(base64.b64decode(data))
-            found.append(Generation(int(number), complete == "complete", manifest))
+            found.append(Generation(int(number), complete == "complete", checked_manifest(data, int(number))))
     if "@done" not in output:
         raise ProvisionError("could not read the generations", hint="is the state dir readable?")
     return last, sorted(found, key=lambda g: g.number)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from provisioner.errors import ProvisionError
-from provisioner.facts.gather import Gathered, PathState
+from provisioner.facts.gather import Gathered, PathState, visible
 from provisioner.install import InstallChange, parse_install_lines
 from provisioner.install.packages import unhold_change
 from provisioner.render.resources import File, Rendered
@@ -51,6 +51,11 @@ class Plan:
     warnings: tuple[str, ...] = ()
     installs: tuple[InstallChange, ...] = ()  # in the order apply runs them; pending ones are not run
     install_records: dict[str, Any] = field(default_factory=dict)  # the manifest's installs after apply
+    stale_temps: tuple[str, ...] = ()  # temp files a killed run left beside managed paths: removed
+
+    @property
+    def nothing_to_do(self) -> bool:
+        return not self.changes and not self.handlers and not self.runnable_installs and not self.stale_temps
 
     @property
     def runnable_installs(self) -> tuple[InstallChange, ...]:
@@ -58,11 +63,17 @@ class Plan:
 
     @property
     def changed(self) -> bool:
-        return bool(self.changes) or bool(self.handlers) or bool(self.runnable_installs)
+        return not self.nothing_to_do
 
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def _hidden(secret: bool, *modes: int | None) -> bool:
+    """A diff is shown only of a file anyone on the host may read: a secret, or a file whose
+    old or new mode keeps others out (0600, 0640), is redacted from plan and its JSON."""
+    return secret or any(mode is not None and not mode & 0o004 for mode in modes)
 
 
 def _diff(path: str, old: bytes | None, new: bytes | None, secret: bool) -> str | None:
@@ -92,9 +103,10 @@ def file_change(item: File, current: PathState, *, allow_symlink: bool = False) 
     if current.kind == "other":
         raise ProvisionError(f"{item.path} exists on the target and is not a regular file")
     want_mode, want_owner = item.mode_text, f"{item.owner}:{item.group}"
+    hidden = _hidden(item.secret, item.mode, current.mode)
     if current.kind == "missing":
         return Change(item.path, "create", current, item,
-                      _diff(item.path, None, item.content, item.secret), None, None)
+                      _diff(item.path, None, item.content, hidden), None, None)
     same_content = current.sha256 == sha256(item.content)
     mode = None if current.mode == item.mode else (f"{current.mode or 0:04o}", want_mode)
     owner = None if _owner(current) == want_owner else (_owner(current), want_owner)
@@ -102,7 +114,7 @@ def file_change(item: File, current: PathState, *, allow_symlink: bool = False) 
         return None
     diff = None
     if not same_content:
-        diff = (_diff(item.path, current.content, item.content, item.secret)
+        diff = (_diff(item.path, current.content, item.content, hidden)
                 if current.content is not None else "content differs (file too large to show)")
     return Change(item.path, "update", current, item, diff, mode, owner)
 
@@ -156,13 +168,14 @@ def make_plan(rendered: Rendered, gathered: Gathered, *, root_mode: bool,
         change = file_change(item, gathered.paths.get(item.path, PathState("missing")))
         if change is not None:
             changes.append(change)
-    previous = set((gathered.manifest or {}).get("files", {}))
+    recorded: dict[str, Any] = (gathered.manifest or {}).get("files", {})
+    previous = set(recorded) | _unfinished_deletes(gathered)
     for path in sorted(previous - {f.path for f in rendered.files}):
         current = gathered.paths.get(path, PathState("missing"))
         if current.kind == "file":
-            secret = bool(gathered.manifest and gathered.manifest["files"][path].get("secret"))
+            hidden = _hidden(bool(recorded.get(path, {}).get("secret")), current.mode)
             changes.append(Change(path, "delete", current, None,
-                                  _diff(path, current.content, None, secret), None, None))
+                                  _diff(path, current.content, None, hidden), None, None))
     owed: set[str] = set(gathered.pending_handlers)
     installed = (gathered.manifest or {}).get("files", {})
     for change in changes:
@@ -197,13 +210,25 @@ def make_plan(rendered: Rendered, gathered: Gathered, *, root_mode: bool,
     commands = {name: table.get(name, "") for name in ordered}
     unknown = [name for name in ordered if not commands[name]]
     if unknown:
-        raise ProvisionError(f"handler {unknown[0]!r} is owed but has no command",
+        raise ProvisionError(f"handler {unknown[0]!r} is owed (state file pending-handlers) but has no command",
                              hint="it was notified by an earlier run; add it back under handlers")
     readiness = rendered.readiness if restart and server_active and "restart-server" in ordered else None
     return Plan(tuple(sorted(changes, key=lambda c: c.path)), tuple(ordered), commands,
                 restart_pending, reboot, pending_builtin,
                 {f.path: f for f in rendered.files}, table, readiness, rendered.warnings + install_notes,
-                installs, install_records)
+                installs, install_records, _own_temps(gathered, root))
+
+
+def _unfinished_deletes(gathered: Gathered) -> set[str]:
+    """The deletions a killed generation owed: listed in its deletes file AND as deletions in
+    its manifest, so a hand-edited list can never name a file provision did not manage."""
+    owed = {c.get("path") for c in (gathered.manifest or {}).get("changes", []) if c.get("action") == "delete"}
+    return set(gathered.unfinished_deletes) & {p for p in owed if isinstance(p, str)}
+
+
+def _own_temps(gathered: Gathered, root: str) -> tuple[str, ...]:
+    """Temp files a killed apply or rollback left (paths as managed, without the root)."""
+    return tuple(visible(t, root) for t in gathered.stale_temps)
 
 
 _BUILTIN_EXTRA = {"initramfs": "update-initramfs -u 2>/dev/null || dracut -f"}

@@ -28,6 +28,7 @@ from provisioner.converge.generations import (
     rollback_reads,
     rollback_rendered,
 )
+from provisioner.converge.guard import EXIT_LINKED, install_guards
 from provisioner.converge.plan import Plan, make_plan
 from provisioner.errors import ProvisionError
 from provisioner.facts.collect import run_gather
@@ -59,7 +60,8 @@ def plan_host(rendered: Rendered, transport: Transport, *, service: str, restart
               rerender: Callable[[dict[str, str]], Rendered] | None = None) -> tuple[Plan, Gathered]:
     """Gather, then plan. ``rerender`` renders again with the host's facts (the
     destinations never depend on facts, so the first render names the paths)."""
-    probes = "\n".join(item.probe(transport.root) for item in rendered.installs)
+    probes = "\n".join([item.probe(transport.root) for item in rendered.installs]
+                       + [install_guards(transport.root, rendered.installs)])
     gathered = gather(transport, [f.path for f in rendered.files], service, extra=probes)
     if rerender is not None:
         rendered = rerender(gathered.facts.values)
@@ -100,6 +102,8 @@ _EXIT_MEANING = {
                      "the previous generation is back and running; read the server's journal "
                      "(journalctl -u SERVICE) for why the new one did not start"),
     EXIT_HANDLER: ("a handler failed", "fix the cause; the next apply runs the owed handlers"),
+    EXIT_LINKED: ("a folder under the root is a symlink; nothing was written",
+                  "replace the link with a real folder, or give --root the tree it points to"),
 }
 
 

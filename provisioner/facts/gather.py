@@ -10,7 +10,9 @@ parser. Output lines:
     @path B64PATH missing | file MODE OWNER GROUP SHA256 SIZE | dir MODE OWNER GROUP
           | symlink B64TARGET | other
     (file content follows a `file` line as base64 lines, closed by @end)
-    @state last N | manifest B64JSON | pending NAME...
+    @state last N | manifest B64JSON | pending NAME... | incomplete | delete PATH
+    @linked B64TARGET PATH   (a symlinked folder or state file under a root: refused)
+    @temp PATH               (a temp file a killed apply or rollback left)
 """
 
 from __future__ import annotations
@@ -61,6 +63,9 @@ class Gathered:
     manifest: dict[str, Any] | None  # the last generation's manifest
     pending_handlers: tuple[str, ...]
     output: str = ""  # the raw output, for the parsers of extra probes
+    # deletions the last generation recorded but, killed before it completed, may not have done
+    unfinished_deletes: tuple[str, ...] = ()
+    stale_temps: tuple[str, ...] = ()  # temp files of a killed run, beside managed paths
 
     def read(self, probe: Probe[Result]) -> Result:
         """What ``probe`` (one that rode in this gather) read."""
@@ -88,7 +93,27 @@ def gather_script(paths: list[str], root: str = "", service: str = "", state_dir
                              hint="managed paths, roots and state dirs use letters, digits and _./@+:,=- only")
     inputs = shell_inputs(GATHER_ROOT=root, GATHER_STATE=state_dir or root + STATE_DIR, GATHER_SERVICE=service,
                           GATHER_PATHS=" ".join(every))
-    return inputs + load_snippet("gather") + (extra.rstrip("\n") + "\n" if extra else "") + "echo '@done'\n"
+    guard = GUARD_FUNCTION.replace("@ON_LINK@", _REPORT_LINK) + "\n"
+    return inputs + guard + load_snippet("gather") + (extra.rstrip("\n") + "\n" if extra else "") + "echo '@done'\n"
+
+
+# Under a root, every folder between the root and a path (and provision's state files) must
+# be a real one: a symlink would carry a write outside the tree (an absolute link in an image
+# tree points at this machine's own /). The apply script runs the same walk and refuses.
+GUARD_FUNCTION = r"""guard() {
+    case $1 in "$root"/*) ;; *) return 0 ;; esac
+    [ -n "$root" ] || return 0
+    rest=${1#"$root"/}
+    d=$root
+    while :; do
+        case $rest in */*) ;; *) break ;; esac
+        d="$d/${rest%%/*}"
+        rest=${rest#*/}
+        if [ -L "$d" ]; then @ON_LINK@; fi
+    done
+    if [ "${2:-}" = state ] && [ -L "$1" ]; then d=$1; @ON_LINK@; fi
+}"""
+_REPORT_LINK = r"""printf '@linked %s %s\n' "$(b64 "$(readlink "$d")")" "$d" """.rstrip()
 
 
 def _b64(text: str) -> str:
@@ -106,9 +131,7 @@ def parse_gather(output: str) -> Gathered:
     stats: list[tuple[str, int, str, str, int]] = []  # path, mode, owner, group, size: in cat order
     sums: dict[str, str] = {}
     blob: list[str] = []
-    last = 0
-    manifest: dict[str, Any] | None = None
-    pending: tuple[str, ...] = ()
+    state = _StateLines()
     done = False
     in_blob = False
     for line in output.splitlines():
@@ -136,12 +159,8 @@ def parse_gather(output: str) -> Gathered:
             sums[path.lstrip(" *")] = digest
         elif line == "@blob":
             in_blob = True
-        elif line.startswith("@state last "):
-            last = int(line.split()[2] or 0)
-        elif line.startswith("@state manifest "):
-            manifest = json.loads(_b64(line.split()[2]))
-        elif line.startswith("@state pending"):
-            pending = tuple(line.split()[2:])
+        elif state.take(line):
+            pass
         elif line == "@done":
             done = True
     if not done:
@@ -154,5 +173,73 @@ def parse_gather(output: str) -> Gathered:
         offset += size
         paths[path] = PathState("file", mode, owner, group, sums.get(path), size, content)
     root = _b64(facts.get("root", "")) if facts.get("root") else ""
-    paths = {visible(path, root): state for path, state in paths.items()}
-    return Gathered(Facts(facts), paths, last, manifest, pending, output)
+    if state.linked:
+        path, target = sorted(state.linked.items())[0]
+        raise ProvisionError(f"{path} is a symlink (to {target}) inside the root {root}: provision writes "
+                             "nothing through a symlinked folder or state file under --root",
+                             hint="an absolute link in an image tree points at this machine's own /; "
+                             "replace the link with a real folder, or give --root the tree it points to")
+    paths = {visible(path, root): kind for path, kind in paths.items()}
+    return Gathered(Facts(facts), paths, state.last, state.manifest, state.pending, output,
+                    tuple(state.deletes) if state.incomplete else (), tuple(sorted(state.temps)))
+
+
+class _StateLines:
+    """The @state, @linked and @temp lines of a gather output, as they are read."""
+
+    def __init__(self) -> None:
+        self.last = 0
+        self.manifest: dict[str, Any] | None = None
+        self.pending: tuple[str, ...] = ()
+        self.linked: dict[str, str] = {}
+        self.temps: set[str] = set()
+        self.deletes: list[str] = []
+        self.incomplete = False
+
+    def take(self, line: str) -> bool:
+        """Read ``line`` if it is one of these; False leaves it to the caller."""
+        if line.startswith("@state last "):
+            self.last = last_number(line.removeprefix("@state last "))
+        elif line.startswith("@state manifest "):
+            self.manifest = checked_manifest(line.removeprefix("@state manifest "), self.last)
+        elif line.startswith("@state pending"):
+            self.pending = tuple(line.split()[2:])
+        elif line == "@state incomplete":
+            self.incomplete = True
+        elif line.startswith("@state delete "):
+            self.deletes.append(line.removeprefix("@state delete "))
+        elif line.startswith("@linked "):
+            _, target, path = line.split(" ", 2)
+            self.linked.setdefault(path, _b64(target))
+        elif line.startswith("@temp "):
+            self.temps.add(line.removeprefix("@temp "))
+        else:
+            return False
+        return True
+
+
+def last_number(text: str) -> int:
+    """The state's ``last`` file: a generation number, or a clear error naming the file."""
+    text = text.strip()
+    if not text.isdigit() or len(text) > 9:  # written by a rename, so never empty after a kill
+        raise ProvisionError(f"provision's state file 'last' holds {text[:40]!r}, not a generation number",
+                             hint="it was changed by hand or the disk is damaged; write the number of "
+                             "the newest folder under generations/ into it (or 0)")
+    return int(text)
+
+
+def checked_manifest(data: str, last: int) -> dict[str, Any]:
+    """Generation ``last``'s manifest.json, or a clear error naming it."""
+    try:
+        manifest = json.loads(_b64(data))
+    except (ValueError, ProvisionError):
+        manifest = None
+    changes = manifest.get("changes", []) if isinstance(manifest, dict) else None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files", {}), dict) \
+            or not isinstance(changes, list) or not all(isinstance(c, dict) and isinstance(c.get("path"), str)
+                                                        for c in changes):
+        raise ProvisionError(f"provision's state file generations/{last}/manifest.json is damaged "
+                             "(not a JSON object with files)",
+                             hint="restore it from a backup, or move generations/{last} away and write "
+                             "the previous generation's number into 'last'".replace("{last}", str(last)))
+    return manifest

@@ -68,6 +68,16 @@ def _abs_path(value: str) -> str:
     return value
 
 
+def _dest_path(value: str) -> str:
+    """A file's destination, written one way only: two spellings of one path would be two
+    files to the duplicate check, and a folder-like one cannot be a file at all."""
+    parts = value.split("/")[1:]
+    if value == "/" or any(part in ("", ".", "..") for part in parts):
+        raise ValueError(f"destination {value!r} must name a file: no trailing '/', no '//', '.' or '..'"
+                         f"{HINT_MARK}write it as {'/' + '/'.join(p for p in parts if p not in ('', '.'))!r}")
+    return value
+
+
 def _rel_path(value: str) -> str:
     if value.startswith("/") or any(part == ".." for part in value.split("/")):
         raise ValueError(f"must be a relative path inside the profile's folder, got {value!r}")
@@ -112,6 +122,7 @@ Bytes = Annotated[int, BeforeValidator(parse_size), WithJsonSchema(SIZE_JSON)]
 AbsPath = Annotated[str, AfterValidator(_no_control), AfterValidator(_abs_path),
                     WithJsonSchema({"type": "string", "pattern": "^/[A-Za-z0-9_./@+:,=-]*$"})]
 RelPath = Annotated[str, AfterValidator(_no_control), AfterValidator(_rel_path)]
+DestPath = Annotated[AbsPath, AfterValidator(_dest_path)]
 Name = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,62}$")]
 UnixName = Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_-]{0,31}$")]
 EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
@@ -120,12 +131,26 @@ Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 Mode = Annotated[str, Field(pattern=r"^0?[0-7]{3,4}$")]
 
 
+_NUMBERS = (int, float, int | None, float | None)
+
+
 class _Model(BaseModel):
     # numbers become strings where a string is expected: `version: 575` is "575"
     # .inf / .nan are never a sensible number in a profile
     # a field's docstring is its description (the JSON Schema and docs/profile.md)
     model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True, allow_inf_nan=False,
                               use_attribute_docstrings=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_for_a_number(cls, data: Any) -> Any:
+        """pydantic reads `true` as 1 where a number is meant: `cores: true` is a mistake, not 1."""
+        if isinstance(data, dict):
+            for name, value in data.items():
+                field_info = cls.model_fields.get(name) if isinstance(name, str) else None
+                if isinstance(value, bool) and field_info is not None and field_info.annotation in _NUMBERS:
+                    raise ValueError(f"{name}: expected a number, got {str(value).lower()}")
+        return data
 
 
 # --- sections ---------------------------------------------------------------
@@ -402,15 +427,28 @@ class Offload(_Model):
     """vLLM --cpu-offload-gb: weights moved to pinned RAM per GPU, a size."""
 
 
-# flags whose value is a secret: a profile names where a secret comes from (secrets:), never the value
-_SECRET_FLAGS = frozenset({"--api-key", "--hf-token"})
+# Flags whose value is a secret: a profile names where a secret comes from (secrets:), never the
+# value. Spelled as the engines' parsers accept them: llama.cpp (common/arg.cpp) turns '_' into '-'
+# in a '--' flag and knows -hft as --hf-token; vLLM (FlexibleArgumentParser, vllm/utils/
+# argparse_utils.py) does the same '_' -> '-', takes --flag=value, and argparse's allow_abbrev
+# (on by default) accepts any unambiguous prefix. Ollama reads no key from its command line.
+_SECRET_FLAGS = ("--api-key", "--hf-token")
+_SECRET_SHORT = frozenset({"-hft"})
+# Public token formats: a value shaped like one is refused wherever it appears in extra_args.
+_TOKEN_SHAPE = re.compile(r"(^|=)(hf_[A-Za-z0-9]{16,}|sk-[A-Za-z0-9_-]{16,}|gh[pousr]_[A-Za-z0-9]{16,}"
+                          r"|github_pat_[A-Za-z0-9_]{16,}|xox[abpr]-[A-Za-z0-9-]{10,}|AKIA[0-9A-Z]{16})")
 
 
 def _no_secret_flag(arg: str) -> str:
-    flag = arg.split("=", 1)[0]
-    if flag in _SECRET_FLAGS:
-        raise ValueError(f"{flag} in extra_args would write a secret into the run script; "
+    name = arg.split("=", 1)[0]
+    spelled = name.replace("_", "-") if name.startswith("--") else name
+    if spelled in _SECRET_SHORT or (len(spelled) > 3 and any(f.startswith(spelled) for f in _SECRET_FLAGS)):
+        raise ValueError(f"{name} in extra_args would write a secret into the run script; "
                          "name where it comes from under secrets: (from_env or from_file)")
+    if _TOKEN_SHAPE.search(arg):
+        # the message never repeats the value: it is likely the secret itself
+        raise ValueError("an extra_args value looks like an access token; a secret never goes into the "
+                         "run script: name where it comes from under secrets: (from_env or from_file)")
     return arg
 
 
@@ -461,6 +499,8 @@ class Runtime(_Model):
             address = ipaddress.ip_address(bind)
         except ValueError as exc:
             raise ValueError(f"bind must be an IP address, got {bind!r}") from exc
+        if "%" in bind:  # ipaddress takes any text after % as an IPv6 scope id
+            raise ValueError(f"bind must be a plain IP address, without a scope id (%...), got {bind!r}")
         if not address.is_loopback and not info.data.get("expose", False):
             raise ValueError(
                 f"bind {bind} listens beyond this machine; set runtime.expose: true "
@@ -469,13 +509,22 @@ class Runtime(_Model):
         return bind
 
 
+def _secret_file(value: str) -> str:
+    """Like AbsPath, but an error never repeats the value: a secret pasted here by mistake."""
+    if not value.startswith("/") or CONTROL_CHARS.search(value) or not _SAFE_PATH.match(value) \
+            or ".." in value.split("/"):
+        raise ValueError("from_file must be an absolute path of letters, digits and _./@+:,=- "
+                         "(the value given is not repeated: it may be the secret itself)")
+    return value
+
+
 class SecretRef(_Model):
     """Where a secret comes from at run time; the value never enters a profile."""
 
     from_env: EnvName | None = None
     """An environment variable, set in /etc/provision/SERVICE/secrets.env (0600, yours to write)."""
-    from_file: AbsPath | None = None
-    """A file on the host, passed to the server as a systemd credential."""
+    from_file: Annotated[str, AfterValidator(_secret_file)] | None = None
+    """A file on the host (an absolute path), passed to the server as a systemd credential."""
 
     @model_validator(mode="before")
     @classmethod
@@ -516,8 +565,8 @@ class Service(_Model):
 class ExtraFile(_Model):
     template: RelPath
     """A Jinja template beside the profile (sandboxed, StrictUndefined)."""
-    dest: AbsPath
-    """Where the rendered file is installed."""
+    dest: DestPath
+    """Where the rendered file is installed (absolute, normalised, outside provision's state)."""
     mode: Mode = "0644"
     """File mode, octal text ("0644")."""
     owner: UnixName = "root"

@@ -229,10 +229,16 @@ def _os_rules(loaded: LoadedProfile) -> list[Problem]:
                                   "vm.nr_hugepages is set both here and by os.hugepages",
                                   "set hugepages in one place: os.hugepages"))
     for i, extra in enumerate(p.files):
-        if not (loaded.base_dir / extra.template).is_file():
+        source = loaded.base_dir / extra.template
+        if not source.is_file():
             out.append(loaded.problem(("files", i, "template"),
                                       f"template not found: {extra.template}",
                                       f"paths are relative to {loaded.base_dir}"))
+        elif not source.resolve().is_relative_to(loaded.base_dir.resolve()):
+            # a link to a file elsewhere (a 0600 key) would be rendered into a world-readable file
+            out.append(loaded.problem(("files", i, "template"),
+                                      f"template {extra.template} leads outside the profile's folder",
+                                      "copy the template into the profile's folder instead of linking it"))
         for j, name in enumerate(extra.notify):
             if name not in p.handlers and name not in BUILTIN_HANDLERS:
                 out.append(loaded.problem(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import re
 import shlex
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -22,6 +23,7 @@ from jinja2.sandbox import SandboxedEnvironment
 from provisioner.catalog import load_bundled_yaml
 from provisioner.datadir import data_dir
 from provisioner.errors import RenderError
+from provisioner.facts.gather import STATE_DIR
 from provisioner.fit.placement import Placement
 from provisioner.install import Install
 from provisioner.profile.cluster import cluster_of, node_named, node_spec
@@ -72,10 +74,23 @@ def sysctl_value(value: object) -> str:
     return text
 
 
+class _TreeLoader(FileSystemLoader):
+    """Templates from one folder only: a template or an include that is a link to a file
+    elsewhere (a 0600 key) would otherwise be rendered into a world-readable file."""
+
+    def get_source(self, environment: Any, template: str) -> tuple[str, str, Callable[[], bool]]:
+        source, filename, uptodate = super().get_source(environment, template)
+        if not any(Path(filename).resolve().is_relative_to(Path(folder).resolve())
+                                            for folder in self.searchpath):
+            raise RenderError(f"template {template} leads outside its folder ({Path(filename).resolve()})",
+                              hint="copy the file into the profile's folder instead of linking it")
+        return source, filename, uptodate
+
+
 @functools.cache
 def _environment(folder: str) -> SandboxedEnvironment:
     env = SandboxedEnvironment(
-        loader=FileSystemLoader(folder),
+        loader=_TreeLoader(folder),
         undefined=StrictUndefined,
         keep_trailing_newline=True,
         trim_blocks=True,
@@ -228,13 +243,9 @@ def render(spec: Spec, placement: Placement, facts: dict[str, str] | None = None
             continue
         files.append(_render_one(env, entry["template"], entry, ctx))
     files += _user_files(spec, ctx)
-    paths = [f.path for f in files]
-    duplicates = {p for p in paths if paths.count(p) > 1}
-    if duplicates:
-        raise RenderError(f"two files render to {sorted(duplicates)[0]}",
-                          hint="a files[] dest collides with a file provision manages")
-    handlers = _handlers(spec)
     directories = (Directory(BIN_DIR), Directory(f"/etc/provision/{spec.profile.service.name}"))
+    _owned_once([f.path for f in files], [d.path for d in directories])
+    handlers = _handlers(spec)
     runtime = spec.profile.runtime
     host = runtime.local_address
     host = f"[{host}]" if ":" in host else host
@@ -244,6 +255,26 @@ def render(spec: Spec, placement: Placement, facts: dict[str, str] | None = None
         readiness = None  # a worker serves no HTTP: Ray and rpc-server have no health endpoint
     return Rendered(files=tuple(sorted(files, key=lambda f: f.path)), directories=directories,
                     handlers=handlers, warnings=placement.warnings, readiness=readiness, installs=installs)
+
+
+def _owned_once(paths: list[str], directories: list[str]) -> None:
+    """Each path has one owner: no two files at one path, no file where a managed folder or
+    provision's own state is, none inside another managed file."""
+    seen: set[str] = set()
+    for path in sorted(paths):
+        if path in seen:
+            raise RenderError(f"two files render to {path}",
+                              hint="a files[] dest collides with a file provision manages")
+        seen.add(path)
+        if path == STATE_DIR or path.startswith(STATE_DIR + "/"):
+            raise RenderError(f"{path} is inside provision's own state ({STATE_DIR})",
+                              hint="choose a destination outside it: provision keeps its generations there")
+        if path in directories:
+            raise RenderError(f"{path} is a folder provision manages; a file cannot go there")
+        parents = {str(parent) for parent in PurePosixPath(path).parents}
+        inside = sorted(parents & seen)
+        if inside:
+            raise RenderError(f"{path} would be inside {inside[0]}, which is a file provision manages")
 
 
 def node_installs(spec: Spec, node: str, installs: tuple[Install, ...]) -> tuple[Install, ...]:
@@ -261,8 +292,8 @@ def _render_one(env: SandboxedEnvironment, template: str, entry: dict[str, Any],
         content = env.get_template(template).render(**ctx)
     except RenderError:
         raise
-    except TemplateError as exc:
-        raise RenderError(f"template {template}: {exc}") from None
+    except _TEMPLATE_FAILURES as exc:
+        raise RenderError(f"template {template}: {_failure(exc)}") from None
     return File(path=dest, content=content.encode("utf-8"), mode=int(str(entry["mode"]), 8),
                 owner=str(entry.get("owner", "root")), group=str(entry.get("group", "root")),
                 validate=entry.get("validate", "none"), notify=tuple(entry.get("notify", ())),
@@ -282,13 +313,26 @@ def _user_files(spec: Spec, ctx: dict[str, Any]) -> list[File]:
             content = env.get_template(path.as_posix()).render(**ctx)
         except RenderError:
             raise
-        except TemplateError as exc:
-            raise RenderError(f"template {extra.template}: {exc}",
+        except _TEMPLATE_FAILURES as exc:
+            raise RenderError(f"template {extra.template}: {_failure(exc)}",
                               file=str(base / extra.template)) from None
         out.append(File(path=extra.dest, content=content.encode("utf-8"),
                         mode=int(extra.mode, 8), owner=extra.owner, group=extra.group,
                         notify=tuple(extra.notify), template=extra.template))
     return out
+
+
+# The sandbox stops a huge range() with OverflowError and a macro that calls itself ends in
+# RecursionError: neither is a TemplateError, and each is the template's fault.
+_TEMPLATE_FAILURES = (TemplateError, OverflowError, RecursionError, MemoryError)
+
+
+def _failure(exc: BaseException) -> str:
+    if isinstance(exc, RecursionError):
+        return "a macro or include calls itself without end"
+    if isinstance(exc, OverflowError | MemoryError):
+        return f"it asks for too much ({str(exc).split(chr(10))[0] or type(exc).__name__})"
+    return str(exc)
 
 
 def _enable_server(spec: Spec) -> str:

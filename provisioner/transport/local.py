@@ -26,8 +26,8 @@ class LocalTransport:
         self.state_dir = state_dir or self.root + STATE_DIR
 
     def run(self, script: str, env: dict[str, str] | None = None) -> Completed:
-        if self.root:
-            Path(self.root).mkdir(parents=True, exist_ok=True)
+        # no folder is made here: plan and generations only read, and apply's script makes the
+        # state folder (and with it the root) once it has checked the way there
         result = subprocess.run(["sh", "-s"], input=script, capture_output=True, text=True,
                                 check=False, env={**os.environ, **(env or {})})
         return Completed(result.returncode, result.stdout, result.stderr)

@@ -52,6 +52,32 @@ class _HostKeyPolicy:
             handle.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
 
 
+def _connect_error(target: SshTarget, exc: BaseException) -> ProvisionError:
+    """What went wrong when connecting, in words of SSH rather than of the library."""
+    where = f"{target.address}:{target.port or 22}"
+    text = str(exc)
+    if isinstance(exc, paramiko.AuthenticationException) or "No existing session" in text \
+            or "No authentication methods" in text:
+        return ProvisionError(f"{target.name}: SSH login to {where} as {target.user or 'the current user'} "
+                              "was refused: no key or agent offered was accepted",
+                              hint="check the user and key (key: in the inventory, or ssh-agent)")
+    if isinstance(exc, TimeoutError | socket.timeout):
+        return ProvisionError(f"{target.name}: connecting to {where} timed out",
+                              hint="is the host up and the port right? (--connect-timeout to wait longer)")
+    if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError | ConnectionRefusedError):
+        return ProvisionError(f"{target.name}: nothing accepts connections on {where}",
+                              hint="is sshd running there and the port right?")
+    if isinstance(exc, EOFError) or "protocol banner" in text or "Connection reset" in text:
+        return ProvisionError(f"{target.name}: {where} accepted the connection but does not speak SSH",
+                              hint="is this the SSH port? (give it as HOST:PORT or port: in the inventory)")
+    if isinstance(exc, socket.gaierror):
+        return ProvisionError(f"{target.name}: cannot resolve the host name {target.address}",
+                              hint="check the spelling, or give the address")
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else text or type(exc).__name__
+    return ProvisionError(f"{target.name}: cannot connect to {where}: {reason}",
+                          hint="is the host up, sshd running and the port right?")
+
+
 class SshTransport:
     def __init__(self, target: SshTarget) -> None:
         self.target = target
@@ -98,15 +124,8 @@ class SshTransport:
             raise ProvisionError(
                 f"{target.name}: the host key of {exc.hostname} CHANGED (now {fingerprint(exc.key)}); refusing",
                 hint="if the host was reinstalled, remove its old line from known_hosts; otherwise stop") from None
-        except paramiko.AuthenticationException as exc:
-            raise ProvisionError(f"{target.name}: SSH authentication failed: {exc}",
-                                 hint="check the user and key (or ssh-agent)") from None
-        except TimeoutError:
-            raise ProvisionError(f"{target.name}: connection to {target.address} timed out",
-                                 hint="is the host up and the port right?") from None
-        except (OSError, paramiko.SSHException) as exc:
-            raise ProvisionError(f"{target.name}: cannot connect to {target.address}: {exc}",
-                                 hint="is the host up, sshd running and the port right?") from None
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise _connect_error(target, exc) from None
         transport = connection.client.get_transport()
         if transport is not None:
             transport.set_keepalive(15)

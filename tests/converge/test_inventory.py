@@ -5,7 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
+from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from provisioner.cli import main
+from provisioner.converge.inventory import _ANSIBLE as ANSIBLE_NAMES
 from provisioner.converge.inventory import host_from_arg, load_inventory, select
 from provisioner.errors import ProvisionError
 from provisioner.render.pipeline import build
@@ -65,3 +71,71 @@ def test_host_argument() -> None:
     assert host_from_arg("box").user is None
     with pytest.raises(ProvisionError):
         host_from_arg("box:ssh")
+
+
+BAD_INVENTORIES = {
+    "hosts as a list": "hosts: [a, b]\n",
+    "a host as a list": "hosts:\n  a: [1, 2]\n",
+    "all as a list": "all: [a]\n",
+    "ansible hosts as a list": "all:\n  hosts: [a]\n",
+    "group hosts as a word": "hosts: {a: {}}\ngroups:\n  g: {hosts: a}\n",
+    "port beyond 65535": "hosts:\n  a: {port: 99999}\n",
+    "port as a bool": "hosts:\n  a: {port: true}\n",
+    "become as maybe": "hosts:\n  a: {become: maybe}\n",
+    "ansible port beyond 65535": "all:\n  hosts:\n    a: {ansible_port: 70000}\n",
+    "root with a blank": "hosts:\n  a: {root: /srv/my tree}\n",
+    "root relative": "hosts:\n  a: {root: srv/tree}\n",
+    "user with a semicolon": "hosts:\n  a: {user: 'x;id'}\n",
+    "address with a dollar": "hosts:\n  a: {address: '$(id)'}\n",
+    "address as a number list": "hosts:\n  a: {address: [1]}\n",
+}
+
+
+@pytest.mark.parametrize("text", BAD_INVENTORIES.values(), ids=BAD_INVENTORIES.keys())
+def test_bad_inventory_is_one_line_never_a_coercion(tmp_path: Path, text: str) -> None:
+    inventory = tmp_path / "inventory.yaml"
+    inventory.write_text(text)
+    with pytest.raises(ProvisionError):
+        load_inventory(inventory)
+    result = CliRunner().invoke(main, ["plan", str(ROOT / "examples/quickstart.yaml"), "-i", str(inventory)])
+    assert result.exit_code == 1
+    assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith("error: "), result.stderr
+
+
+def test_host_port_and_become_are_kept_exactly(tmp_path: Path) -> None:
+    inventory = tmp_path / "inventory.yaml"
+    inventory.write_text("hosts:\n  a: {port: 2222, become: yes}\n  b: {port: '22', become: false}\n")
+    hosts = {h.name: h for h in load_inventory(inventory)}
+    assert (hosts["a"].port, hosts["a"].become) == (2222, True)
+    assert (hosts["b"].port, hosts["b"].become) == (22, False)
+    with pytest.raises(ProvisionError, match="1 to 65535"):
+        host_from_arg("gpu:99999")
+
+
+
+INVENTORY_FIELDS = ["address", "port", "user", "key", "profile", "root", "state_dir", "become", "jump",
+                    "overrides"]
+ANY_VALUE = st.one_of(st.text(max_size=40), st.integers(), st.booleans(), st.floats(allow_nan=False),
+                      st.lists(st.integers(), max_size=2), st.none())
+
+
+@settings(max_examples=200, deadline=None, derandomize=True, database=None)
+@given(field=st.sampled_from(INVENTORY_FIELDS), value=ANY_VALUE, ansible=st.booleans())
+def test_every_inventory_field_is_kept_exactly_or_refused_in_one_line(
+        tmp_path_factory: pytest.TempPathFactory, field: str, value: object, ansible: bool) -> None:
+    path = tmp_path_factory.mktemp("inv") / "inventory.yaml"
+    names = {ours: theirs for theirs, ours in ANSIBLE_NAMES.items()}
+    data = ({"all": {"hosts": {"h": {names[field]: value}}}} if ansible else {"hosts": {"h": {field: value}}})
+    path.write_text(yaml.safe_dump(data))
+    try:
+        [host] = load_inventory(path)
+    except ProvisionError as exc:
+        assert all("\n" not in p.one_line() and "Traceback" not in p.one_line() for p in exc.problems)
+        return
+    kept = {"address": host.address if value is not None else None, "port": host.port, "user": host.user,
+            "key": host.key, "root": host.root or None, "state_dir": host.state_dir, "jump": host.jump}
+    if field in kept and value is not None:
+        wanted = int(str(value)) if field == "port" else value
+        assert kept[field] == wanted, f"{field}: {value!r} became {kept[field]!r}"
+    if field == "become" and value is not None:
+        assert host.become is (value in (True, "true", "True", "yes", "on"))

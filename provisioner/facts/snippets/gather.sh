@@ -36,11 +36,20 @@ else
     fact nvidia_driver none
 fi
 fact root "$(b64 "$root")"
+# guard() (defined before this snippet): a symlinked folder or state file under the root is reported
+for f in "$state" "$state/generations" "$state/last" "$state/lock" "$state/lock.pid" "$state/last.new" \
+        "$state/pending-handlers" "$state/pending.new"; do
+    guard "$f" state
+done
 files=""
 emit() {
     # Classify one path. Regular files are only collected here and read below in
     # one stat, one sha256sum and one cat for all of them: forks are the cost.
     p=$1
+    guard "$p"
+    for t in "${p%/*}"/.*.provision-new-*; do
+        if [ -e "$t" ] || [ -L "$t" ]; then printf '@temp %s\n' "$t"; fi
+    done
     if [ -L "$p" ]; then
         printf '@path symlink %s %s\n' "$(b64 "$(readlink "$p")")" "$p"
     elif [ -f "$p" ]; then
@@ -69,6 +78,15 @@ if [ -r "$state/last" ]; then
         while IFS= read -r rel; do
             if [ -n "$rel" ]; then emit "$root$rel"; fi
         done < "$gen/paths"
+    fi
+    if [ -d "$gen" ] && [ ! -e "$gen/complete" ]; then
+        # killed after it was recorded: the deletions it owed may not have happened
+        echo '@state incomplete'
+        if [ -r "$gen/deletes" ]; then
+            while IFS= read -r rel; do
+                if [ -n "$rel" ]; then printf '@state delete %s\n' "$rel"; emit "$root$rel"; fi
+            done < "$gen/deletes"
+        fi
     fi
 else
     echo '@state last 0'
