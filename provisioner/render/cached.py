@@ -16,9 +16,10 @@ import json
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from provisioner.profile.nodes import ClusterNodes
 from provisioner.render.cachestore import (
@@ -36,6 +37,7 @@ from provisioner.render.resources import Rendered
 if TYPE_CHECKING:
     from provisioner.render.pipeline import Built
 
+T = TypeVar("T")
 # Read by a build through the environment, not a file (install/hf.py): part of the key.
 _ENVIRONMENT = ("HF_ENDPOINT", "HF_HUB_OFFLINE")
 
@@ -139,6 +141,22 @@ def cached_build(request: BuildRequest) -> CachedBuild:
         if isinstance(summary, Summary):
             return CachedBuild(request, summary)
     return CachedBuild(request, *_build_and_store(request))
+
+
+def cached_value(kind: str, key: str, make: Callable[[], T]) -> T:
+    """``make()``, kept under ``kind`` and ``key`` (which must name everything it depends on
+    but provision's own files, which the package fingerprint adds): e.g. an inventory
+    parsed from its bytes. A value with no cache form is simply made each time."""
+    folder = builds_dir()
+    digest = hashlib.sha256(json.dumps([package_fingerprint(), kind, key]).encode()).hexdigest()
+    path = folder / kind / f"{digest}.json" if folder is not None else None
+    found = _decoded(read_entry(path), "value") if path is not None else None
+    if found is not None:
+        return cast(T, found)
+    value = make()
+    if path is not None:
+        _store(path, {"value": value})
+    return value
 
 
 def _inputs_unchanged(inputs: Any) -> bool:

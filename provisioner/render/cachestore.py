@@ -72,9 +72,14 @@ def write_entry(path: Path, data: dict[str, Any]) -> None:
 
 
 def prune(folder: Path, keep: int = KEEP) -> None:
-    """Drop all but the ``keep`` newest entries of ``folder`` and of its ``renders/``. Run
-    after a build was stored (a miss), never on a hit: a hit only reads."""
-    for place in (folder, folder / "renders"):
+    """Drop all but the ``keep`` newest entries of ``folder`` and of each folder in it
+    (renders, inventories). Run after a build was stored (a miss), never on a hit: a hit
+    only reads."""
+    try:
+        places = [folder, *(Path(e.path) for e in os.scandir(folder) if e.is_dir())]
+    except OSError:
+        return
+    for place in places:
         try:
             entries = [(e.stat().st_mtime_ns, e.path) for e in os.scandir(place) if e.is_file()]
         except OSError:

@@ -15,6 +15,7 @@ import pytest
 from provisioner.render.cached import BuildRequest, CachedBuild, cached_build
 from provisioner.render.cachestore import builds_dir
 from tests.conftest import ROOT, make_profile
+from tests.support.imports import HEAVY, imported
 
 TEMPLATES = {"templates/motd.j2": "{% include 'templates/part.j2' %} {{ greeting }} on {{ cpus }}\n",
              "templates/part.j2": "part one\n",
@@ -137,32 +138,15 @@ def test_concurrent_runs_leave_one_whole_entry(tmp_path: Path, cache: Path) -> N
     assert not list((cache / "builds").glob(".*.tmp"))
 
 
-def _imported(args: list[str], cwd: Path, env: dict[str, str]) -> set[str]:
-    """The modules a `provision ARGS` run had imported when it exited."""
-    out = cwd / "modules.json"
-    code = ("import atexit, json, sys\n"
-            f"atexit.register(lambda: open({str(out)!r}, 'w').write(json.dumps(sorted(sys.modules))))\n"
-            "from provisioner.cli import main\n"
-            f"main({args!r}, prog_name='provision')\n")
-    result = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True,
-                            check=False)
-    assert result.returncode in (0, 2), result.stderr
-    return {name.split(".")[0] for name in json.loads(out.read_text())}
-
-
-HEAVY = {"pydantic", "jinja2", "paramiko", "fabric", "invoke", "cryptography", "rich", "huggingface_hub",
-         "gguf", "numpy", "yaml"}
-
-
 def test_validate_and_a_cached_plan_import_nothing_heavy(tmp_path: Path, cache: Path) -> None:
     env = {**os.environ, "PROVISION_CACHE": str(cache)}
     bundled = str(ROOT / "profiles" / "rtx-4090-qwen3-30b-a3b-llamacpp.yaml")
     root = tmp_path / "image"
     plan = ["plan", str(ROOT / "examples" / "quickstart.yaml"), "--root", str(root)]
-    assert "pydantic" in _imported(["validate", bundled], tmp_path, env)  # the miss builds
-    assert "jinja2" in _imported(plan, tmp_path, env)  # renders with this machine's facts
-    assert not _imported(["validate", bundled], tmp_path, env) & HEAVY
-    assert not _imported(plan, tmp_path, env) & HEAVY
+    assert "pydantic" in imported(["validate", bundled], tmp_path, env)  # the miss builds
+    assert "jinja2" in imported(plan, tmp_path, env)  # renders with this machine's facts
+    assert not imported(["validate", bundled], tmp_path, env) & HEAVY
+    assert not imported(plan, tmp_path, env) & HEAVY
 
 
 def test_no_home_means_no_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -190,7 +174,7 @@ def test_the_package_fingerprint_follows_the_catalog_and_the_version(tmp_path: P
     for name in ("provisioner", "templates", "profiles"):
         shutil.copytree(ROOT / name, copy / name, ignore=shutil.ignore_patterns("__pycache__"))
     code = ("import provisioner.render.inputs as i; "
-            "assert i.__file__.startswith(%r); print(i.package_fingerprint())" % str(copy))
+            f"assert i.__file__.startswith({str(copy)!r}); print(i.package_fingerprint())")
 
     def fingerprint() -> str:
         env = {**os.environ, "PYTHONPATH": str(copy)}
