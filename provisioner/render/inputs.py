@@ -15,12 +15,13 @@ change without any file changing, so it is not cached (``Recording.pure``).
 
 The inputs of every build of the process are kept together: a template that
 Jinja already holds in memory is not opened again by a second profile's build,
-so each build's key lists the files of the builds before it as well (more
-checks, never a stale hit).
+so each build's key lists the files every build so far has read (more checks,
+never a stale hit).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import stat
@@ -64,6 +65,7 @@ _hook_lock = threading.Lock()
 _hooked = False
 
 
+@functools.cache
 def _own_files() -> tuple[str, ...]:
     """Folders whose files the package fingerprint covers (not recorded one by one)."""
     return tuple(str(p) + os.sep for p in {_PACKAGE, data_dir("templates"), data_dir("profiles")})
@@ -84,6 +86,7 @@ def _note_open(args: tuple[Any, ...], recording: Recording) -> None:
     if text.endswith(_CODE_SUFFIXES) or text.startswith(_SYSTEM) or text.startswith(_own_files()):
         return
     recording.files[text] = None
+    _every_build[text] = None  # at once: a build in another thread may find it in Jinja's memory
 
 
 def _hook(event: str, args: tuple[Any, ...]) -> None:
@@ -100,7 +103,7 @@ def _install_hook() -> None:
     global _hooked  # noqa: PLW0603 - an audit hook cannot be removed: it is added once per process
     with _hook_lock:
         if not _hooked:
-            _own_files()  # resolve the data folders before any recording (they are cached)
+            _own_files()  # resolved before any recording: the hook itself must open nothing
             sys.addaudithook(_hook)
             _hooked = True
 
@@ -116,7 +119,6 @@ def recording() -> Iterator[Recording]:
         yield record
     finally:
         _local.recording = outer
-        _every_build.update(record.files)
         record.files = {**_every_build, **record.files}
         if outer is not None:
             outer.files.update(record.files)
@@ -127,7 +129,9 @@ def consulted(path: str | os.PathLike[str]) -> None:
     """A path the build looked at without opening it (``is_file``): its state joins the key."""
     record: Recording | None = getattr(_local, "recording", None)
     if record is not None:
-        record.files[os.path.abspath(os.fspath(path))] = None
+        text = os.path.abspath(os.fspath(path))
+        record.files[text] = None
+        _every_build[text] = None
 
 
 def file_state(path: str) -> str:
