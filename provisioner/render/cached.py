@@ -60,6 +60,13 @@ class BuildRequest:
                   "env": {name: os.environ.get(name) for name in _ENVIRONMENT}}
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
+    def entry_name(self) -> str:
+        """The request's key and the state of its profile file: a user going back to an
+        earlier version of the profile (or a fleet with two of them) finds each one's build."""
+        path = Path(self.profile)
+        profile = file_state(os.path.abspath(path)) if path.exists() else "library"
+        return f"{self.lookup_key()}-{hashlib.sha256(profile.encode()).hexdigest()[:16]}"
+
     def build(self) -> Built:
         from provisioner.render.pipeline import build  # noqa: PLC0415 - pydantic and Jinja2, only on a miss
 
@@ -135,7 +142,7 @@ def cached_build(request: BuildRequest) -> CachedBuild:
     """The request's build from the cache when every input is as it was, else built now
     (and stored, unless the build asked the network or ran a program)."""
     folder = builds_dir()
-    entry = read_entry(folder / f"{request.lookup_key()}.json") if folder is not None else None
+    entry = read_entry(folder / f"{request.entry_name()}.json") if folder is not None else None
     if entry is not None and _inputs_unchanged(entry.get("inputs")):
         summary = _decoded(entry, "summary")
         if isinstance(summary, Summary):
@@ -189,7 +196,7 @@ def _build_and_store(request: BuildRequest) -> tuple[Summary, Built, bool]:
     folder = builds_dir()
     storable = record.pure and settled(list(record.files), started)
     if folder is not None and storable:
-        _store(folder / f"{lookup}.json", {"inputs": inputs, "summary": summary})
+        _store(folder / f"{request.entry_name()}.json", {"inputs": inputs, "summary": summary})
         prune(folder)
     return summary, built, storable
 

@@ -71,6 +71,18 @@ def test_an_edit_to_any_input_misses(tmp_path: Path, changed: str, old: str, new
     assert cached_build(request).hit and _motd(cached_build(request)) == motd
 
 
+def test_going_back_to_an_earlier_profile_finds_its_build(tmp_path: Path) -> None:
+    profile = _profile(tmp_path)
+    request = BuildRequest(str(profile))
+    first = cached_build(request)
+    text = profile.read_text()
+    profile.write_text(text.replace("name: quickstart", "name: quickstart-2"))
+    assert not cached_build(request).hit
+    profile.write_text(text)
+    back = cached_build(request)
+    assert back.hit and back.summary == first.summary
+
+
 def test_the_same_bytes_written_again_still_hit(tmp_path: Path) -> None:
     """Inputs are known by content: a tool that writes the profile before each run loses nothing."""
     profile = _profile(tmp_path)
@@ -105,7 +117,7 @@ def test_a_damaged_or_foreign_entry_is_rebuilt(tmp_path: Path) -> None:
     cached_build(request)
     folder = builds_dir()
     assert folder is not None
-    entry = folder / f"{request.lookup_key()}.json"
+    entry = folder / f"{request.entry_name()}.json"
     entry.write_bytes(entry.read_bytes()[:100])  # torn
     assert not cached_build(request).hit
     assert cached_build(request).hit
