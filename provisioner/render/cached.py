@@ -31,7 +31,7 @@ from provisioner.render.cachestore import (
     read_entry,
     write_entry,
 )
-from provisioner.render.inputs import file_state, package_fingerprint, recording, settled
+from provisioner.render.inputs import file_state, package_fingerprint, recording, settled, with_siblings
 from provisioner.render.resources import Rendered
 
 if TYPE_CHECKING:
@@ -190,7 +190,7 @@ def _build_and_store(request: BuildRequest) -> tuple[Summary, Built, bool]:
     started = time.time_ns()
     with recording() as record:
         built = request.build()
-    inputs = [[path, file_state(path)] for path in record.files]
+    inputs = [[path, file_state(path)] for path in with_siblings(list(record.files))]
     build_id = hashlib.sha256(json.dumps([lookup, inputs]).encode()).hexdigest()
     summary = Summary.of(built, build_id)
     folder = builds_dir()

@@ -134,8 +134,29 @@ def consulted(path: str | os.PathLike[str]) -> None:
         _every_build[text] = None
 
 
+def with_siblings(files: list[str]) -> list[str]:
+    """The files and, for each, ``FOLDER/STEM.*``: the names beside it that start as it
+    does. A file that appears next to a profile (``p.lock`` beside ``p.yaml``, which the
+    loader would read) changes that set, though nothing opened it when the entry was made."""
+    patterns = dict.fromkeys(os.path.join(os.path.dirname(path), os.path.basename(path).split(".")[0] + ".*")
+                             for path in files)
+    return [*files, *patterns]
+
+
+def _siblings_state(pattern: str) -> str:
+    folder, start = os.path.dirname(pattern), os.path.basename(pattern)[:-1]  # "STEM." of "STEM.*"
+    try:
+        names = "\n".join(sorted(n for n in os.listdir(folder) if n.startswith(start)))
+    except OSError:
+        return "missing"
+    return "names " + hashlib.sha256(names.encode()).hexdigest()
+
+
 def file_state(path: str) -> str:
-    """What the key holds for one file: its sha256, size+mtime+inode when large, or missing."""
+    """What the key holds for one file: its sha256, size+mtime+inode when large, or missing;
+    for ``FOLDER/STEM.*`` (``with_siblings``), the sha256 of those names."""
+    if path.endswith(".*"):
+        return _siblings_state(path)
     try:
         info = os.stat(path)
     except OSError:

@@ -83,6 +83,18 @@ def test_going_back_to_an_earlier_profile_finds_its_build(tmp_path: Path) -> Non
     assert back.hit and back.summary == first.summary
 
 
+def test_a_file_that_appears_beside_the_profile_misses(tmp_path: Path) -> None:
+    """A file the loader would read if it were there (a lock file) did not exist when the
+    entry was made: its appearing changes the folder, and the build runs again."""
+    profile = _profile(tmp_path)
+    request = BuildRequest(str(profile))
+    cached_build(request)
+    assert cached_build(request).hit
+    (tmp_path / "p.lock").write_text("{}\n")
+    assert not cached_build(request).hit
+    assert cached_build(request).hit
+
+
 def test_the_same_bytes_written_again_still_hit(tmp_path: Path) -> None:
     """Inputs are known by content: a tool that writes the profile before each run loses nothing."""
     profile = _profile(tmp_path)
