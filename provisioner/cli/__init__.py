@@ -10,6 +10,7 @@ Exit codes (the same for every command): 0 ok / nothing to do; 2 a finding
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from typing import Any
@@ -17,7 +18,6 @@ from typing import Any
 import click
 
 from provisioner import __version__
-from provisioner.cli import converge, export, facts, fit, init, monitor, profiles, render, schema, validate, verify
 from provisioner.cli._common import EXIT_ERROR, EXIT_OK
 from provisioner.cli._output import report_error
 from provisioner.errors import Problem
@@ -31,6 +31,18 @@ def _wants_json(argv: list[str]) -> bool:
     """--json for an error click raised before it parsed the options: the raw words say."""
     words = argv[:argv.index("--")] if "--" in argv else argv
     return "--json" in words
+
+
+# command -> (module under provisioner.cli, function): a command's module is imported
+# only when that command runs (or --help lists them all), so `provision validate`
+# does not pay for the other thirteen.
+COMMANDS = {
+    "validate": ("validate", "validate"), "render": ("render", "render"), "plan": ("converge", "plan"),
+    "apply": ("converge", "apply"), "generations": ("converge", "generations"),
+    "rollback": ("converge", "rollback"), "fit": ("fit", "fit"), "facts": ("facts", "facts"),
+    "verify": ("verify", "verify"), "profiles": ("profiles", "profiles"), "init": ("init", "init"),
+    "monitor": ("monitor", "monitor"), "export": ("export", "export"), "schema": ("schema", "schema"),
+}
 
 
 class _Provision(click.Group):
@@ -56,6 +68,15 @@ class _Provision(click.Group):
                          _wants_json(argv))
             sys.exit(EXIT_ERROR)
 
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            module, name = COMMANDS[cmd_name]
+            self.add_command(getattr(importlib.import_module(f"provisioner.cli.{module}"), name))
+        return self.commands.get(cmd_name)
+
 
 @click.group(cls=_Provision, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="provision")
@@ -67,9 +88,3 @@ def main() -> None:
       provision validate examples/quickstart.yaml
       provision render examples/quickstart.yaml --out ./rendered
     """
-
-
-for _command in (validate.validate, render.render, converge.plan, converge.apply, converge.generations,
-                 converge.rollback, fit.fit, facts.facts, verify.verify, profiles.profiles, init.init,
-                 monitor.monitor, export.export, schema.schema):
-    main.add_command(_command)

@@ -152,7 +152,6 @@ def ssh_target(host: Host, profile: Path, ssh: SshOptions) -> Target:
 def targets(profile: Path | None, opts: dict[str, Any]) -> list[Target]:
     """The targets the options name: an inventory's hosts, one --host, or this machine (--root)."""
     from provisioner.converge.fleet import Target
-    from provisioner.converge.inventory import host_from_arg, load_inventory, select
 
     password = os.environ.get("PROVISION_BECOME_PASSWORD")
     if opts["ask_become_pass"]:
@@ -162,6 +161,8 @@ def targets(profile: Path | None, opts: dict[str, Any]) -> list[Target]:
                      connect_timeout=opts["connect_timeout"],
                      root=str(opts["root"]) if opts["root"] is not None else None, transport=opts.get("transport"))
     if opts["inventory"] is not None:
+        from provisioner.converge.inventory import load_inventory, select  # YAML: only to read one
+
         found = []
         for host in select(load_inventory(opts["inventory"]), opts["limit"]):
             chosen = profile or (Path(host.profile) if host.profile else None)
@@ -174,6 +175,8 @@ def targets(profile: Path | None, opts: dict[str, Any]) -> list[Target]:
         raise UsageError("PROFILE is missing", hint="give a profile file or a library profile name")
     node = opts.get("node")
     if opts["host"] is not None:
+        from provisioner.converge.inventory import host_from_arg
+
         return [dataclasses.replace(ssh_target(host_from_arg(opts["host"]), profile, ssh), node=node)]
     root = opts["root"]
     name = "local" if root is None else f"local:{root}"

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import re
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -122,7 +124,34 @@ def report_error(command: str, problems: list[Problem], as_json: bool) -> None:
         say(f"error: {problem.one_line()}")
 
 
+_EMOJI_CODE = re.compile(r":[^\s:]*[A-Za-z][^\s:]*:")  # rich knows emoji by name, never digits alone
+
+
+def plain_table(title: str, columns: list[str], rows: list[list[str]]) -> str | None:
+    """The table as rich draws it without a terminal (no box, two blanks between columns,
+    every line as wide as the table), for the tables that need none of rich's layout: plain
+    ASCII cells without markup brackets, a title no wider than the table. None otherwise."""
+    cells = [title, *columns, *(cell for row in rows for cell in row)]
+    # rich reads "[...]" as markup and ":name:" as an emoji code: those stay rich's to draw
+    if not all(cell.isascii() and cell.isprintable() and "[" not in cell and not _EMOJI_CODE.search(cell)
+               for cell in cells):
+        return None
+    widths = [max([len(column)] + [len(row[i]) for row in rows]) for i, column in enumerate(columns)]
+    total = sum(widths) + 2 * (len(columns) - 1)
+    if len(title) > total or total > 200:
+        return None
+    lines = [title.ljust(total)] if title else []
+    lines += ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+              for row in [columns, *rows]]
+    return "\n".join(lines)
+
+
 def print_table(title: str, columns: list[str], rows: list[list[str]]) -> None:
+    if not sys.stderr.isatty() and not os.environ.get("FORCE_COLOR"):  # rich (~60 ms to import) only if needed
+        text = plain_table(title, columns, rows)
+        if text is not None:
+            say(text)
+            return
     from rich.console import Console  # rich only when a table is drawn (start-up time)
     from rich.table import Table as RichTable
 

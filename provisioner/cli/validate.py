@@ -24,24 +24,25 @@ def validate(profiles: tuple[Path, ...], as_json: bool) -> Result:
     Example:
       provision validate examples/quickstart.yaml profiles/*.yaml
     """
-    from provisioner.render.pipeline import build  # pydantic and Jinja2 only once a command runs
+    from provisioner.render.cached import BuildRequest, cached_build  # pydantic and Jinja2 only on a miss
 
     results: list[dict[str, Any]] = []
     problems: list[Problem] = []
     said: list[str] = []
     for path in profiles:
         try:
-            built = build(path, model_root="", network=False)  # validate never asks a hub for a file list
+            # validate never asks a hub for a file list (network=False)
+            built = cached_build(BuildRequest(str(path), model_root="", network=False)).summary
         except ProvisionError as exc:
             problems += exc.problems
             results.append({"profile": str(path), "ok": False, "errors": [problem_json(p) for p in exc.problems]})
             continue
-        results.append({"profile": str(path), "ok": True, "errors": [], "files": len(built.rendered.files),
-                        "warnings": list(built.rendered.warnings)})
-        spec = built.spec
-        said.append(f"ok: {path}: {spec.model.name} {spec.profile.model.quant} on {spec.engine.name} "
-                    f"{spec.profile.runtime.version}, {len(built.rendered.files)} files")
-        said += [f"warning: {path}: {warning}" for warning in built.rendered.warnings]
+        rendered = built.rendered
+        results.append({"profile": str(path), "ok": True, "errors": [], "files": len(rendered.files),
+                        "warnings": list(rendered.warnings)})
+        said.append(f"ok: {path}: {built.model} {built.quant} on {built.engine} "
+                    f"{built.runtime_version}, {len(rendered.files)} files")
+        said += [f"warning: {path}: {warning}" for warning in rendered.warnings]
     said += [f"error: {problem.one_line()}" for problem in problems]
     return Result(EXIT_ERROR if problems else EXIT_OK, {"profiles": results}, (lines(*said),),
                   ok=not problems, error=problems[0] if problems else None)

@@ -72,7 +72,7 @@ def run_verify(profile: Path | None, opts: dict[str, Any], options: VerifyOption
 
     def work(target: Target, transport: Transport) -> tuple[str, list[Check] | Problem]:
         built = builds[target.key]
-        return target.name, failures_first(verify_target(built, transport, options, target.node_of(built)))
+        return target.name, failures_first(verify_target(built, transport, options, target.node_of(built.nodes)))
 
     def on_error(target: Target, exc: ProvisionError) -> tuple[str, list[Check] | Problem]:
         return target.name, exc.first

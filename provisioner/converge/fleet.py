@@ -6,18 +6,21 @@ import contextlib
 import json
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from provisioner.converge.run import HostResult, apply_plan, plan_host
 from provisioner.errors import Problem, ProvisionError, UsageError
-from provisioner.profile.cluster import chosen_node, node_for_host
-from provisioner.render.files import template_facts
-from provisioner.render.pipeline import Built, build
+from provisioner.facts.gather import template_facts
+from provisioner.profile.nodes import ClusterNodes
+from provisioner.render.cached import BuildRequest, CachedBuild, cached_build
 from provisioner.render.resources import Rendered
 from provisioner.transport import Transport
+
+if TYPE_CHECKING:
+    from provisioner.render.pipeline import Built
 
 
 @dataclass(frozen=True)
@@ -33,19 +36,18 @@ class Target:
     per_host_node: bool = False
     node: str | None = None  # --node: the cluster node this target is, said outright
 
-    def node_of(self, built: Built) -> str | None:
+    def node_of(self, nodes: ClusterNodes) -> str | None:
         """The cluster node this target converges as (None: not a cluster profile). A
         target that is no inventory host must say which (a worker given the head's files
         would become a second head)."""
-        cluster = built.spec.profile.cluster
-        if cluster is None:
+        if not nodes.nodes:
             return None
         if self.node is not None:
-            return chosen_node(built.spec, self.node)
+            return nodes.chosen(self.node)
         if self.per_host_node:
-            return cluster_node(built, self.name)
-        raise UsageError(f"{built.spec.profile.metadata.name} is a cluster: which node is {self.name}?",
-                         hint=f"pass --node NAME (one of {', '.join(n.name for n in cluster.nodes)}), "
+            return nodes.for_host(self.name)
+        raise UsageError(f"{nodes.profile_name} is a cluster: which node is {self.name}?",
+                         hint=f"pass --node NAME (one of {', '.join(nodes.names)}), "
                          "or converge with -i INVENTORY")
 
     @property
@@ -61,10 +63,15 @@ class Target:
         finally:
             transport.close()
 
+    def request(self, ignore_fit: bool) -> BuildRequest:
+        return BuildRequest(str(self.profile), self.overrides, self.model_root, ignore_fit)
+
     def build(self, ignore_fit: bool) -> Built:
-        return build(self.profile, ignore_fit=ignore_fit,
-                     overrides=json.loads(self.overrides) if self.overrides else None,
-                     model_root=self.model_root)
+        """The full build (verify and monitor read the Spec); plan and apply use ``cached``."""
+        return self.request(ignore_fit).build()
+
+    def cached(self, ignore_fit: bool) -> CachedBuild:
+        return cached_build(self.request(ignore_fit))
 
 
 @dataclass(frozen=True)
@@ -93,30 +100,36 @@ class RunOptions:
 
 def run(targets: list[Target], options: RunOptions,
         on_done: Callable[[Outcome], None] | None = None) -> list[Outcome]:
-    """Plan (and apply) every target; results in the targets' order."""
+    """Plan (and apply) every target; results in the targets' order.
+
+    Each host's connection is opened (key exchange, authentication) in its worker
+    thread while this thread builds the profiles, so the network wait and the build
+    overlap; each profile is built once, before any host is read."""
     cache = RenderCache()
-    builds: dict[tuple[Path, str], Built | list[Problem]] = {}
-    for target in targets:  # each profile is built once, up front, before any host is touched
-        if target.key not in builds:
-            try:
-                builds[target.key] = target.build(options.ignore_fit)
-            except ProvisionError as exc:
-                builds[target.key] = exc.problems
+    builds: dict[tuple[Path, str], Future[CachedBuild | list[Problem]]] = {t.key: Future() for t in targets}
 
     def one(target: Target) -> Outcome:
-        built = builds[target.key]
-        if isinstance(built, list):
-            outcome = Outcome(target.name, None, built)
-        else:
-            outcome = _converge(target, built, options, cache)
+        outcome = _connect_and_converge(target, builds[target.key], options, cache)
         if on_done is not None:
             on_done(outcome)
         return outcome
 
-    if len(targets) == 1:
-        return [one(targets[0])]
-    with ThreadPoolExecutor(max_workers=max(1, options.forks)) as pool:
-        return list(pool.map(one, targets))
+    with ThreadPoolExecutor(max_workers=max(1, min(options.forks, len(targets)))) as pool:
+        running = [pool.submit(one, target) for target in targets]
+        try:
+            for target in targets:
+                pending = builds[target.key]
+                if not pending.done():
+                    try:
+                        pending.set_result(target.cached(options.ignore_fit))
+                    except ProvisionError as exc:
+                        pending.set_result(exc.problems)
+        except BaseException as exc:  # an interrupt: the workers wait on the builds, they must hear of it
+            for pending in builds.values():
+                if not pending.done():
+                    pending.set_exception(exc)
+            raise
+        return [job.result() for job in running]
 
 
 class RenderCache:
@@ -127,7 +140,7 @@ class RenderCache:
         self._rendered: dict[tuple[tuple[Path, str], str, str], Rendered] = {}
         self._lock = threading.Lock()
 
-    def rendered(self, target: Target, built: Built, facts: dict[str, str], node: str | None) -> Rendered:
+    def rendered(self, target: Target, built: CachedBuild, facts: dict[str, str], node: str | None) -> Rendered:
         facts = template_facts(facts)
         key = (target.key, json.dumps(facts, sort_keys=True), node or "")
         with self._lock:
@@ -136,26 +149,44 @@ class RenderCache:
             return self._rendered[key]
 
 
-def cluster_node(built: Built, host: str) -> str | None:
-    """The cluster node an inventory host is (None: not a cluster profile)."""
-    if built.spec.profile.cluster is None:
-        return None
-    return node_for_host(built.spec, host).name
-
-
-def _converge(target: Target, built: Built, options: RunOptions, cache: RenderCache) -> Outcome:
+def _connect_and_converge(target: Target, pending: Future[CachedBuild | list[Problem]], options: RunOptions,
+                          cache: RenderCache) -> Outcome:
+    """Connect first (the build runs meanwhile), then wait for the build and converge. A
+    profile that does not build is the error reported, whether or not the host answered."""
+    transport: Transport | None = None
+    failed: Outcome | None = None
     try:
-        node = target.node_of(built)
-        first = built.rendered if node is None else built.rendered_for(node=node)
-        with target.opened() as transport:
-            plan, gathered = plan_host(first, transport, service=built.spec.profile.service.name,
-                                       restart=options.restart,
-                                       rerender=lambda facts: cache.rendered(target, built, facts, node))
-            if not options.apply:
-                return Outcome(target.name, HostResult(target.name, plan, gathered), None)
-            result = apply_plan(plan, gathered, transport, profile_name=built.spec.profile.metadata.name,
-                                wait_lock=options.wait_lock)
-            return Outcome(target.name, result, None)
+        transport = target.transport_factory()
+    except ProvisionError as exc:
+        failed = Outcome(target.name, None, exc.problems)
+    except Exception as exc:
+        failed = Outcome(target.name, None, [Problem(f"{target.name}: {type(exc).__name__}: {exc}")])
+    try:
+        built = pending.result()
+        if isinstance(built, list):
+            return Outcome(target.name, None, built)
+        if failed is not None:
+            return failed
+        assert transport is not None
+        return _converge(target, built, transport, options, cache)
+    finally:
+        if transport is not None:
+            transport.close()
+
+
+def _converge(target: Target, built: CachedBuild, transport: Transport, options: RunOptions,
+              cache: RenderCache) -> Outcome:
+    summary = built.summary
+    try:
+        node = target.node_of(summary.nodes)
+        first = built.rendered_for(node=node)
+        plan, gathered = plan_host(first, transport, service=summary.service, restart=options.restart,
+                                   rerender=lambda facts: cache.rendered(target, built, facts, node))
+        if not options.apply:
+            return Outcome(target.name, HostResult(target.name, plan, gathered), None)
+        result = apply_plan(plan, gathered, transport, profile_name=summary.profile_name,
+                            wait_lock=options.wait_lock)
+        return Outcome(target.name, result, None)
     except ProvisionError as exc:
         return Outcome(target.name, None, exc.problems)
     except Exception as exc:

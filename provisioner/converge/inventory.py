@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import fnmatch
 import re
+import hashlib
+import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from provisioner.errors import ProfileError, UsageError
-from provisioner.profile.yamlread import load_yaml, read_text
+from provisioner.render.cached import cached_value
 
 _HOST_KEYS = {"address", "port", "user", "key", "profile", "root", "state_dir", "become", "jump", "overrides"}
 _ANSIBLE = {"ansible_host": "address", "ansible_port": "port", "ansible_user": "user",
@@ -50,6 +52,19 @@ class Host:
 
 
 def load_inventory(path: Path) -> list[Host]:
+    """The inventory's hosts; parsed once per content (a fleet's inventory rarely changes,
+    and parsing it is most of what a no-op run spends in PyYAML)."""
+    try:
+        raw = path.read_bytes()
+    except OSError:
+        return _parse(path)  # the parse names what is wrong with the path
+    key = json.dumps([hashlib.sha256(raw).hexdigest(), str(path.resolve().parent), str(path)])
+    return list(cached_value("inventory", key, lambda: tuple(_parse(path))))
+
+
+def _parse(path: Path) -> list[Host]:
+    from provisioner.profile.yamlread import load_yaml, read_text  # noqa: PLC0415 - PyYAML only when parsed
+
     label = str(path)
     data, _ = load_yaml(read_text(path, label), label)
     if not isinstance(data, dict):

@@ -72,6 +72,15 @@ class Gathered:
         return probe.read(self.output)
 
 
+# Gather bookkeeping, not facts about the machine: templates never see them.
+_NOT_FACTS = frozenset({"root", "server_active", "server_enabled"})
+
+
+def template_facts(facts: dict[str, str]) -> dict[str, str]:
+    """The gathered values a template sees as ``facts``."""
+    return {k: v for k, v in facts.items() if k not in _NOT_FACTS}
+
+
 def visible(host_path: str, root: str) -> str:
     """How a host path appears in gather output: without the root prefix, if it has one."""
     return host_path[len(root):] if root and host_path.startswith(root + "/") else host_path

@@ -41,7 +41,7 @@ def watch_for(target: Target) -> Watch:
     built = target.build(ignore_fit=True)
     spec, placement = built.spec, built.placement
     if spec.profile.cluster is not None:  # a cluster node watches its own GPUs
-        spec = node_spec(spec, target.node_of(built) or spec.profile.cluster.head.name)
+        spec = node_spec(spec, target.node_of(built.nodes) or spec.profile.cluster.head.name)
     command = engine_command(spec, placement, model_path(spec))
     locked = any("mlock" in word for arg in command.args for word in arg.words)
     ram = placement.devices[-1]  # "CPU RAM" is always last

@@ -11,8 +11,9 @@ import dataclasses
 from typing import Any
 
 from provisioner.catalog import catalog_table
-from provisioner.errors import ProfileError, RenderError, UsageError
+from provisioner.errors import RenderError
 from provisioner.profile.models import Cluster, ClusterNode
+from provisioner.profile.nodes import ClusterNodes, Node
 from provisioner.profile.resolve import Spec
 
 
@@ -30,27 +31,21 @@ def node_named(spec: Spec, name: str) -> ClusterNode:
     return next(n for n in cluster_of(spec).nodes if n.name == name)
 
 
+def nodes_of(spec: Spec) -> ClusterNodes:
+    """The cluster's nodes by name and host (none: not a cluster profile)."""
+    cluster = spec.profile.cluster
+    nodes = tuple(Node(n.name, n.host, n.address) for n in cluster.nodes) if cluster is not None else ()
+    return ClusterNodes(spec.profile.metadata.name, str(spec.loaded.path), nodes)
+
+
 def chosen_node(spec: Spec, name: str) -> str:
     """--node NAME, checked against the profile: a cluster node's name, or a usage error."""
-    cluster = spec.profile.cluster
-    names = [n.name for n in cluster.nodes] if cluster is not None else []
-    if name not in names:
-        raise UsageError(f"--node {name}: " + ("not a node of this cluster" if names else
-                                               "the profile describes no cluster"),
-                         hint=f"nodes: {', '.join(names)}" if names else "drop --node")
-    return name
+    return nodes_of(spec).chosen(name)
 
 
 def node_for_host(spec: Spec, host: str) -> ClusterNode:
     """The node an inventory host is; a host that is no node is an error (nothing to render)."""
-    cluster = cluster_of(spec)
-    node = cluster.node_for_host(host)
-    if node is None:
-        raise ProfileError(f"host {host} is not a node of the cluster in profile {spec.profile.metadata.name}",
-                           hint="cluster.nodes[].host names the inventory hosts: "
-                                + ", ".join(n.host for n in cluster.nodes),
-                           file=str(spec.loaded.path), field="cluster.nodes")
-    return node
+    return node_named(spec, nodes_of(spec).for_host(host))
 
 
 def node_spec(spec: Spec, node: str) -> Spec:

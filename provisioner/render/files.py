@@ -24,6 +24,7 @@ from provisioner.catalog import load_bundled_yaml
 from provisioner.datadir import data_dir
 from provisioner.errors import RenderError
 from provisioner.facts.gather import STATE_DIR
+from provisioner.facts.gather import template_facts
 from provisioner.fit.placement import Placement
 from provisioner.install import Install
 from provisioner.profile.cluster import cluster_of, node_named, node_spec
@@ -210,14 +211,6 @@ def profile_facts(spec: Spec) -> dict[str, str]:
     """The facts a host would report, taken from the profile (render without a host)."""
     hardware = spec.profile.hardware
     return {"mem_total_kb": str(hardware.ram // 1024), "cpus": str(hardware.cpu.cores)}
-
-
-# Gather bookkeeping, not facts about the machine: templates never see them.
-_NOT_FACTS = frozenset({"root", "server_active", "server_enabled"})
-
-
-def template_facts(facts: dict[str, str]) -> dict[str, str]:
-    return {k: v for k, v in facts.items() if k not in _NOT_FACTS}
 
 
 def render(spec: Spec, placement: Placement, facts: dict[str, str] | None = None,

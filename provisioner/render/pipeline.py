@@ -16,10 +16,12 @@ from provisioner.fit.placement import Placement
 from provisioner.fit.suggest import suggestions
 from provisioner.install import Install
 from provisioner.install.select import install_items
-from provisioner.profile.cluster import chosen_node
+from provisioner.profile.cluster import chosen_node, nodes_of
 from provisioner.profile.loader import load_profile
+from provisioner.profile.nodes import ClusterNodes
 from provisioner.profile.resolve import Spec, resolve
 from provisioner.render.files import render
+from provisioner.render.inputs import consulted
 from provisioner.render.resources import Rendered
 from provisioner.units import format_size
 
@@ -37,6 +39,10 @@ class Built:
     def rendered_for(self, facts: dict[str, str] | None = None, node: str | None = None) -> Rendered:
         return render(self.spec, self.placement, facts, node=node, installs=self.installs)
 
+    @property
+    def nodes(self) -> ClusterNodes:
+        return nodes_of(self.spec)
+
 
 def build(path: Path, *, ignore_fit: bool = False, overrides: dict[str, Any] | None = None,
           model_root: str | None = None, network: bool = True) -> Built:
@@ -48,6 +54,8 @@ def build(path: Path, *, ignore_fit: bool = False, overrides: dict[str, Any] | N
     loaded = load_profile(path, overrides)
     spec = resolve(loaded)
     if model_root is not None:
+        for item in spec.profile.model.source.files or []:
+            consulted(model_root + item.path)  # whether they are here decides the layout fit uses
         spec = dataclasses.replace(spec, layout=local_layout(spec, model_root)[0])
     placement = fit(spec)
     if not placement.fits and not ignore_fit:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from provisioner.install import Install
+if TYPE_CHECKING:  # types only: a cached build's files load without the install modules
+    from provisioner.install import Install
 
 # How a file is checked before it replaces the old one (see apply).
 Validator = Literal["none", "sh", "systemd-unit", "sysctl", "env", "tmpfiles", "modprobe",

@@ -78,6 +78,16 @@ def _connect_error(target: SshTarget, exc: BaseException) -> ProvisionError:
                           hint="is the host up, sshd running and the port right?")
 
 
+def _nodelay_socket(host: str, port: int, timeout: float) -> socket.socket:
+    """A TCP connection with Nagle's algorithm off. Paramiko leaves it on, and then each of
+    its small writes that follows another (key exchange, auth, exec + stdin + EOF) waits for
+    the peer's delayed ACK, up to 40 ms on Linux: about 45 ms of a connect and 80 ms of
+    every exec on loopback."""
+    sock = socket.create_connection((host, port), timeout=timeout)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
 class SshTransport:
     def __init__(self, target: SshTarget) -> None:
         self.target = target
@@ -117,6 +127,9 @@ class SshTransport:
                                         gateway=gateway, connect_timeout=target.connect_timeout,
                                         connect_kwargs=kwargs))
         try:
+            if connection.gateway is None:
+                connection.connect_kwargs["sock"] = _nodelay_socket(connection.host, connection.port,
+                                                                    target.connect_timeout)
             connection.open()
         except ProvisionError:
             raise

@@ -92,7 +92,9 @@ def _command_paths(group: click.Group, prefix: list[str]) -> list[list[str]]:
     """Every command and group under ``group``, walked from click's own tree (a new
     command cannot be forgotten here)."""
     paths = [prefix]
-    for name, command in sorted(group.commands.items()):
+    context = click.Context(group)
+    for name in group.list_commands(context):  # click's API: main loads each command's module on demand
+        command = group.get_command(context, name)
         if isinstance(command, click.Group):
             paths += _command_paths(command, [*prefix, name])
         else:

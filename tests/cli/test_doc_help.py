@@ -8,6 +8,7 @@ import re
 import shlex
 from pathlib import Path
 
+import click
 from click.testing import CliRunner
 
 from provisioner.cli import main
@@ -40,7 +41,9 @@ def test_help_blocks_in_the_docs_are_current() -> None:
 
 def test_the_docs_show_every_commands_help() -> None:
     shown = {m["args"] for page in (ROOT / "docs").glob("*.md") for m in BLOCK.finditer(page.read_text())}
-    for name, command in main.commands.items():
+    context = click.Context(main)
+    for name in main.list_commands(context):
+        command = main.get_command(context, name)
         subs = getattr(command, "commands", None)
         wanted = [f"{name} {sub} --help" for sub in subs] if subs else [f"{name} --help"]
         missing = [w for w in wanted if w not in shown]

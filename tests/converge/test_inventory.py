@@ -139,3 +139,19 @@ def test_every_inventory_field_is_kept_exactly_or_refused_in_one_line(
         assert kept[field] == wanted, f"{field}: {value!r} became {kept[field]!r}"
     if field == "become" and value is not None:
         assert host.become is (value in (True, "true", "True", "yes", "on"))
+
+
+def test_a_parsed_inventory_is_kept_until_its_bytes_change(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Parsed once per content: the same bytes give the same hosts from the cache, an
+    edit is read again, and a broken edit is still reported at its line."""
+    monkeypatch.setenv("PROVISION_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "inventory.yaml"
+    path.write_text("hosts:\n  a: {address: 10.0.0.1, overrides: {runtime: {port: 8081}}}\n")
+    first = load_inventory(path)
+    assert list((tmp_path / "cache" / "builds" / "inventory").glob("*.json"))
+    assert load_inventory(path) == first and first[0].overrides == {"runtime": {"port": 8081}}
+    path.write_text("hosts:\n  a: {address: 10.0.0.2}\n")
+    assert load_inventory(path)[0].address == "10.0.0.2"
+    path.write_text("hosts:\n  a: {adress: 10.0.0.2}\n")
+    with pytest.raises(ProvisionError, match="unknown setting 'adress'"):
+        load_inventory(path)

@@ -16,6 +16,7 @@ import pytest
 
 from tests.conftest import make_profile
 from tests.support import sshd
+from tests.support.imports import HEAVY, imported
 
 ROOT = Path(__file__).resolve().parents[2]
 HOSTS = 10
@@ -86,6 +87,21 @@ def test_cold_noop_change_over_ssh_count_round_trips(farm: sshd.SshFarm, tmp_pat
     assert applied.returncode == 0, applied.stderr
     text = (tmp_path / "root-2/etc/sysctl.d/90-provision-llm-server.conf").read_text()
     assert "vm.swappiness = 5" in text
+
+
+def test_a_cached_noop_over_ssh_loads_neither_the_schema_nor_the_templates(farm: sshd.SshFarm,
+                                                                            tmp_path: Path) -> None:
+    """The second no-op finds its build, its render with the host's facts and its inventory
+    in the cache: what is left heavy is the transport's own (Fabric's invoke reads YAML)."""
+    profile = make_profile(tmp_path)
+    inv = inventory(tmp_path, farm, profile, count=2)
+    env = {**os.environ, "PROVISION_CACHE": str(tmp_path / "cache")}
+    args = ["apply", "-i", str(inv), "--known-hosts", str(farm.known_hosts), "--yes"]
+    assert "jinja2" in imported(args, tmp_path, env)  # cold: builds and renders
+    before = execs(farm, 2)
+    heavy = imported(args, tmp_path, env) & HEAVY
+    assert "paramiko" in heavy and not heavy - {"paramiko", "cryptography", "fabric", "invoke", "yaml"}
+    assert [a - b for a, b in zip(execs(farm, 2), before, strict=True)] == [1, 1]  # still one exec a host
 
 
 def test_one_host_down_the_others_converge(farm: sshd.SshFarm, tmp_path: Path) -> None:

@@ -17,10 +17,24 @@ VENV=$BENCH_WORK/venv-provision
 RUN=/tmp/bench-provision-run
 [[ -d $RUN ]] || mkdir -m 0700 "$RUN"
 export XDG_RUNTIME_DIR=$RUN
+# the harness's sshds listen on 127.0.0.(10+i):2222 with targets /tmp/bench-root-<i>; a copy of
+# the harness run beside another one moves both (the same two values in its other adapters)
+PORT=${BENCH_SSH_PORT:-2222}
+TARGETS=${BENCH_TARGET_PREFIX:-/tmp/bench-root-}
 
 write_inputs() {  # write_inputs N VARS -> $W/profile.yaml and $W/inventory.yaml
-  local n=$1 vars=$2
+  # A user writes the profile once; the adapter writes it again only when the fixture
+  # (variables, manifest, templates) changed, as a user would edit it.
+  local n=$1 vars=$2 stamp
   mkdir -p "$W"
+  {
+    echo "hosts:"
+    for i in $(seq 1 "$n"); do
+      echo "  h$i: {address: 127.0.0.$((10 + i)), port: $PORT, user: root, key: ${BENCH_SSH_KEY:?}, root: $TARGETS$i, state_dir: ${TARGETS/root/state}$i, profile: $W/profile.yaml}"
+    done
+  } > "$W/inventory.yaml"
+  stamp=$(cat "$vars" "$BENCH_FIXTURES/manifest.yml" "$BENCH_FIXTURES"/templates/* | sha256sum | cut -c1-64)
+  [[ -f $W/profile.stamp && $(cat "$W/profile.stamp") == "$stamp" ]] && return 0
   rm -rf "$W/templates" && cp -r "${BENCH_FIXTURES:?}/templates" "$W/templates"
   "$VENV/bin/python" - "$vars" "$BENCH_FIXTURES/manifest.yml" "$W/profile.yaml" <<'PY'
 import sys, yaml
@@ -44,12 +58,7 @@ profile = {
 }
 yaml.safe_dump(profile, open(sys.argv[3], "w"), sort_keys=False)
 PY
-  {
-    echo "hosts:"
-    for i in $(seq 1 "$n"); do
-      echo "  h$i: {address: 127.0.0.$((10 + i)), port: 2222, user: root, key: ${BENCH_SSH_KEY:?}, root: /tmp/bench-root-$i, state_dir: /tmp/bench-state-$i, profile: $W/profile.yaml}"
-    done
-  } > "$W/inventory.yaml"
+  echo "$stamp" > "$W/profile.stamp"
 }
 
 case ${1:-} in
