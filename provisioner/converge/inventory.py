@@ -17,9 +17,9 @@ Ansible's (``all:`` with ``hosts``/``children``/``vars``; ``ansible_host``,
 from __future__ import annotations
 
 import fnmatch
-import re
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any

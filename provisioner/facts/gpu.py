@@ -25,8 +25,6 @@ from dataclasses import dataclass, fields, replace
 from importlib import resources
 from typing import Any
 
-from provisioner.catalog import load_bundled_yaml, load_catalog
-
 # nvmlClocksEventReasons bits (NVML API reference, see the module docstring)
 CLOCK_BITS: dict[int, str] = {
     0x1: "Idle", 0x2: "Applications Clocks Setting", 0x4: "SW Power Cap", 0x8: "HW Slowdown",
@@ -89,6 +87,9 @@ class Gpu:
 
 def catalog_gpu_id(device_id: str | None, name: str | None) -> str | None:
     """The catalog id of a GPU by PCI device id, else by its exact nvidia-smi name."""
+    # the catalog's pydantic models load when a GPU is matched, not on every gather
+    from provisioner.catalog import load_catalog  # noqa: PLC0415
+
     gpus = load_catalog().gpus
     if device_id:
         by_device = [key for key, spec in gpus.items() if device_id.lower() in (d.lower() for d in spec.pci_device_ids)]
@@ -210,5 +211,7 @@ def parse_query_row(names: Sequence[str], row: str) -> Gpu | None:
 def load_xid_table() -> dict[int, dict[str, str]]:
     """Xid code -> {meaning, severity} (xid.yaml beside this module, with its sources)."""
     raw = resources.files("provisioner.facts").joinpath("xid.yaml").read_text(encoding="utf-8")
+    from provisioner.catalog import load_bundled_yaml  # noqa: PLC0415 - yaml only when the table is read
+
     data = load_bundled_yaml(raw)
     return {int(k): {"meaning": str(v["meaning"]), "severity": str(v["severity"])} for k, v in data.items()}

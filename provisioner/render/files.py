@@ -23,8 +23,7 @@ from jinja2.sandbox import SandboxedEnvironment
 from provisioner.catalog import load_bundled_yaml
 from provisioner.datadir import data_dir
 from provisioner.errors import RenderError
-from provisioner.facts.gather import STATE_DIR
-from provisioner.facts.gather import template_facts
+from provisioner.facts.gather import STATE_DIR, template_facts
 from provisioner.fit.placement import Placement
 from provisioner.install import Install
 from provisioner.profile.cluster import cluster_of, node_named, node_spec

@@ -31,8 +31,10 @@ def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[sshd.SshFarm]:
 
 
 def provision(*args: str, home: str = "/nonexistent-home") -> subprocess.CompletedProcess[str]:
+    # HOME steers where Fabric looks for ~/.ssh/id_ed25519; the ssh client reads the passwd
+    # home instead, so these runs (about rollback, not key discovery) go through Fabric
     return subprocess.run([sys.executable, "-m", "provisioner", *args], capture_output=True, text=True,
-                          check=False, cwd=ROOT, env={**os.environ, "HOME": home})
+                          check=False, cwd=ROOT, env={**os.environ, "HOME": home, "PROVISION_TRANSPORT": "fabric"})
 
 
 def home_with_key(tmp_path: Path, farm: sshd.SshFarm) -> str:
