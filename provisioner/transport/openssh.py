@@ -106,7 +106,8 @@ _COMPLAINTS: tuple[tuple[str, str, str], ...] = (
     # e.g. a revoked key, or a known_hosts that accept-new cannot write to
     (r"Host key verification failed", "host key verification failed for {address}",
      "check the host's lines in known_hosts (and that the file is writable for --accept-new-host-key)"),
-    (r"^(\S+): Permission denied \(([^)]*)\)", "SSH login as {0} was refused: no key or agent offered was accepted (the server takes: {1})",
+    (r"^(\S+): Permission denied \(([^)]*)\)",
+     "SSH login as {0} was refused: no key or agent offered was accepted (the server takes: {1})",
      "check the user and key (or ssh-agent)"),
     (r"timed out during banner exchange", "connection to {peer} timed out during the SSH greeting",
      _UP_AND_PORT),
