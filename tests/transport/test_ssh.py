@@ -390,9 +390,11 @@ def test_verify_reaches_the_model_server_on_the_hosts_loopback_through_ssh(
     assert checks.get("endpoint.answers") == "pass", result.stdout
     assert checks["endpoint.model_id"] == "pass" and checks["endpoint.context"] == "pass"
     assert checks["endpoint.deterministic"] == "pass"
-    assert checks["endpoint.recorded"] == "pass"  # the measured speeds, kept for fit --calibrate
-    # the gather, and the one write of the speed record; the HTTP went through a forwarded channel
-    assert farm.hosts[0].execs() - before == 2
+    # the gather, plus the one write that appends measured speeds for fit --calibrate (a live host
+    # with no generation yet keeps none: a skip that says so); the HTTP went through a forwarded channel
+    recorded = next(c for c in report["checks"] if c["id"] == "endpoint.recorded")
+    wrote = recorded["hint"] != "no speed was measured"
+    assert farm.hosts[0].execs() - before == 1 + wrote, recorded
 
 
 def test_monitor_once_over_ssh_is_one_exec_per_sample(farm: sshd.SshFarm, tmp_path: Path) -> None:
