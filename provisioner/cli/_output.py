@@ -23,6 +23,8 @@ from provisioner.errors import Problem
 from provisioner.units import format_size
 
 if TYPE_CHECKING:  # types only: importing them at run time would load pydantic for --help
+    from rich.table import Table as RichTable
+
     from provisioner.converge.generations import Generation
     from provisioner.converge.plan import Change, Plan
     from provisioner.facts.check import Check
@@ -153,17 +155,23 @@ def print_table(title: str, columns: list[str], rows: list[list[str]]) -> None:
             say(text)
             return
     from rich.console import Console  # rich only when a table is drawn (start-up time)
-    from rich.table import Table as RichTable
 
-    table = RichTable(title=title, title_justify="left", box=None, pad_edge=False)
+    table, width = rich_table(title, columns, rows)
+    Console(stderr=True, highlight=False, soft_wrap=False, width=width).print(table)
+
+
+def rich_table(title: str, columns: list[str], rows: list[list[str]]) -> tuple[RichTable, int]:
+    """The table print_table draws through rich, and the console width it draws it at."""
+    from rich.table import Table  # rich only when a table is drawn (start-up time)
+
+    table = Table(title=title, title_justify="left", box=None, pad_edge=False)
     for index, column in enumerate(columns):
         # every column but the last keeps its cells on one line; the last wraps if it must
         table.add_column(column, no_wrap=index < len(columns) - 1, overflow="fold")
     for row in rows:
         table.add_row(*row)
     widths = [max([len(column)] + [len(row[i]) for row in rows]) for i, column in enumerate(columns)]
-    width = min(max(sum(widths) + 2 * len(columns), len(title) + 2, 60), 220)
-    Console(stderr=True, highlight=False, soft_wrap=False, width=width).print(table)
+    return table, min(max(sum(widths) + 2 * len(columns), len(title) + 2, 60), 220)
 
 
 def first_line(text: str | None) -> str:

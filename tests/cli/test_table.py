@@ -8,20 +8,13 @@ import string
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from rich.console import Console
-from rich.table import Table as RichTable
 
-from provisioner.cli._output import plain_table
+from provisioner.cli._output import plain_table, rich_table
 
 
 def rich_text(title: str, columns: list[str], rows: list[list[str]]) -> str:
     """What print_table draws through rich (the same table and console settings)."""
-    table = RichTable(title=title, title_justify="left", box=None, pad_edge=False)
-    for index, column in enumerate(columns):
-        table.add_column(column, no_wrap=index < len(columns) - 1, overflow="fold")
-    for row in rows:
-        table.add_row(*row)
-    widths = [max([len(column)] + [len(row[i]) for row in rows]) for i, column in enumerate(columns)]
-    width = min(max(sum(widths) + 2 * len(columns), len(title) + 2, 60), 220)
+    table, width = rich_table(title, columns, rows)
     out = io.StringIO()
     Console(file=out, highlight=False, soft_wrap=False, width=width).print(table)
     return out.getvalue().rstrip("\n")
