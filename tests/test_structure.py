@@ -17,7 +17,7 @@ LAYERS: dict[str, int] = {
     "errors": 0, "units": 0, "datadir": 0,
     "catalog": 1, "facts": 1,
     "profile": 2,
-    "install": 3, "transport": 3,
+    "install": 3, "transport": 3, "lock": 3,
     "fit": 4, "render": 4,
     "converge": 5,
     "verify": 6, "monitor": 6, "export": 6, "draft": 6,

@@ -42,6 +42,7 @@ COMMANDS = {
     "rollback": ("converge", "rollback"), "fit": ("fit", "fit"), "facts": ("facts", "facts"),
     "verify": ("verify", "verify"), "profiles": ("profiles", "profiles"), "init": ("init", "init"),
     "monitor": ("monitor", "monitor"), "export": ("export", "export"), "schema": ("schema", "schema"),
+    "lock": ("lock", "lock"),
 }
 
 

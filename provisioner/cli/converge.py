@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import shlex
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,17 +37,24 @@ def run_fleet(profile: Path | None, opts: dict[str, Any], *, apply: bool, show_d
     from provisioner.converge.fleet import RunOptions, run  # pydantic, Jinja2: only when run
 
     color = sys.stderr.isatty()
+    if opts.pop("update_lock", False) and profile is not None:
+        from provisioner.cli.lock import write_profile_lock
+
+        write_profile_lock(profile)
+    verify_command = _verify_command(profile, opts) if apply else ""
 
     def report(outcome: Outcome) -> None:
         if not as_json:
-            _output.show(_outcome_text(outcome, show_diff=show_diff, color=color))
+            _output.show(_outcome_text(outcome, show_diff=show_diff, color=color, verify=verify_command))
 
     options = RunOptions(apply=apply, restart=opts.get("restart", False), wait_lock=opts.get("wait_lock", 0.0),
                          ignore_fit=opts["ignore_fit"], forks=opts["forks"])
     outcomes = run(targets(profile, opts), options, report)
     errored = [o for o in outcomes if not o.ok]
     changed = any(o.changed for o in outcomes)
-    hosts = [host_json(o.name, o.result.plan, generation=o.result.generation) if o.result is not None
+    hosts = [{**host_json(o.name, o.result.plan, generation=o.result.generation),
+              **({"next_steps": [*o.next_steps, verify_command]} if apply else {})}
+             if o.result is not None
              else host_json(o.name, None, ok=False, error=o.error[0] if o.error else None) for o in outcomes]
     human: tuple[_output.Block, ...] = ()
     if len(outcomes) > 1:
@@ -57,7 +65,20 @@ def run_fleet(profile: Path | None, opts: dict[str, Any], *, apply: bool, show_d
     return Result(code, {"changed": changed, "hosts": hosts}, human, ok=not errored, error=first)
 
 
-def _outcome_text(outcome: Outcome, *, show_diff: bool, color: bool) -> tuple[_output.Block, ...]:
+def _verify_command(profile: Path | None, opts: dict[str, Any]) -> str:
+    """The `provision verify` that checks what this run applied, with the same target."""
+    words = ["provision", "verify"]
+    if profile is not None:
+        words.append(str(profile))
+    for option in ("root", "host", "inventory", "limit"):
+        if opts.get(option):
+            words += [f"--{option}", str(opts[option])]
+    if opts.get("become"):
+        words.append("--become")
+    return "check it: " + " ".join(shlex.quote(w) for w in words)
+
+
+def _outcome_text(outcome: Outcome, *, show_diff: bool, color: bool, verify: str) -> tuple[_output.Block, ...]:
     if outcome.error or outcome.result is None:
         return (lines(*(f"error: {problem.one_line()}" for problem in outcome.error or [])),)
     result = outcome.result
@@ -66,12 +87,20 @@ def _outcome_text(outcome: Outcome, *, show_diff: bool, color: bool) -> tuple[_o
     if result.applied:
         out.append(f"{outcome.name}: applied" + (f", generation {result.generation}" if result.generation else "")
                    + (f", handlers run: {', '.join(result.handlers_run)}" if result.handlers_run else ""))
+    if verify:  # an apply, even one with nothing to do: what is left is still left
+        out.append("next steps:")
+        out += [f"  {number}. {step}" for number, step in enumerate([*outcome.next_steps, verify], 1)]
     return (lines(*out),)
+
+
+_update_lock = click.option("--update-lock", is_flag=True,
+                            help="Pin the model source anew into PROFILE.lock first (see `provision lock`).")
 
 
 @command("plan")
 @click.argument("profile", type=click.Path(path_type=Path), required=False)
 @target_options
+@_update_lock
 @ignore_fit_option
 def plan(profile: Path | None, as_json: bool, **opts: Any) -> Result:
     """Show what `apply` would change, with diffs. Touches nothing.
@@ -91,6 +120,7 @@ def plan(profile: Path | None, as_json: bool, **opts: Any) -> Result:
 @command("apply")
 @click.argument("profile", type=click.Path(path_type=Path), required=False)
 @target_options
+@_update_lock
 @click.option("--dry-run", is_flag=True, help="Only show the plan (same as `provision plan`).")
 @click.option("--diff", "show_diff", is_flag=True, help="Show unified diffs of the changes.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask; needed without a terminal.")
@@ -99,9 +129,11 @@ def plan(profile: Path | None, as_json: bool, **opts: Any) -> Result:
               help="Wait this long for another apply's lock instead of failing at once.")
 @click.option("--verify", "then_verify", is_flag=True,
               help="Run `provision verify` after a successful apply (exit 2 if a check fails).")
+@click.option("--endpoint", "verify_endpoint", default=None, metavar="URL",
+              help="With --verify: check the server at this URL (needed for a --root tree).")
 @ignore_fit_option
 def apply(profile: Path | None, dry_run: bool, show_diff: bool, yes: bool, then_verify: bool, as_json: bool,
-          **opts: Any) -> Result:
+          verify_endpoint: str | None, **opts: Any) -> Result:
     """Converge this machine, a --root tree, a --host or an inventory to PROFILE.
 
     Every file is written to a temp file, validated, then renamed over the old
@@ -132,7 +164,7 @@ def apply(profile: Path | None, dry_run: bool, show_diff: bool, yes: bool, then_
     from provisioner.cli.verify import run_verify
     from provisioner.verify.run import VerifyOptions
 
-    checked = run_verify(profile, opts, VerifyOptions())
+    checked = run_verify(profile, opts, VerifyOptions(endpoint=verify_endpoint))
     verified = _output.envelope("verify", checked.ok, checked.error, **checked.fields)
     return Result(checked.code, {**applied.fields, "verify": verified}, applied.human + checked.human,
                   ok=applied.ok, error=applied.error)

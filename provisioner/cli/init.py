@@ -17,7 +17,15 @@ if TYPE_CHECKING:
 @target_options
 @click.option("--model", default=None, metavar="ID",
               help="Only library profiles serving this catalog model id (e.g. qwen3-235b-a22b).")
-def init(model: str | None, as_json: bool, **opts: Any) -> Result:
+@click.option("--gpu", default=None, metavar="ID",
+              help="Draft for this hardware instead of reading a host: the catalog GPU (with --ram, --cores).")
+@click.option("--gpu-count", type=click.IntRange(1, 16), default=1, show_default=True, help="With --gpu.")
+@click.option("--ram", default=None, metavar="SIZE", help="With --gpu: the RAM, e.g. 192GiB.")
+@click.option("--cores", type=click.IntRange(1, 1024), default=None, help="With --gpu: physical CPU cores.")
+@click.option("--context", type=click.IntRange(256, 10_000_000), default=None, help="With --gpu: the context.")
+@click.option("--mode", type=click.Choice(["thinking", "non-thinking"]), default=None, help="With --gpu.")
+def init(model: str | None, as_json: bool, gpu: str | None, gpu_count: int, ram: str | None, cores: int | None,
+         context: int | None, mode: str | None, **opts: Any) -> Result:
     """Read a host's facts (GPUs by PCI device id, RAM, cores, NUMA, memory type where
     readable) and print a commented profile extending the best-fitting library profile.
 
@@ -28,13 +36,47 @@ def init(model: str | None, as_json: bool, **opts: Any) -> Result:
     Exit 0 a profile was printed; 1 no library profile fits, or the host could not be read.
 
     \b
+    With --gpu, --ram, --cores and --model no host is read: the best quant that fits
+    that hardware is chosen (the top three shown with their predicted speed) and the
+    profile asks apply to generate the API key; `provision lock` then pins its files.
+
+    \b
     Example:
+      provision init --gpu rtx-pro-6000-blackwell --ram 192GiB --cores 24 --model qwen3-235b-a22b > box.yaml
       provision init > my-box.yaml
       provision init --host admin@gpu-box --become --model gpt-oss-120b > gpu-box.yaml
       provision validate my-box.yaml && provision plan my-box.yaml
     """
+    if gpu is not None:
+        return _offline(gpu, gpu_count, ram, cores, model, context, mode)
     with one_target(NO_PROFILE, opts, "init reads one host").opened() as transport:
         return init_result(transport, model)
+
+
+def _offline(gpu: str, count: int, ram: str | None, cores: int | None, model: str | None, context: int | None,
+             mode: str | None) -> Result:
+    from provisioner.draft.offline import draft_offline
+    from provisioner.errors import UsageError
+    from provisioner.units import parse_size
+
+    if ram is None or cores is None or model is None:
+        raise UsageError("init --gpu drafts without a host: it needs --ram, --cores and --model too",
+                         hint="e.g. provision init --gpu rtx-pro-6000-blackwell --ram 192GiB --cores 24 "
+                         "--model qwen3-235b-a22b")
+    try:
+        ram_bytes = parse_size(ram)
+    except ValueError as exc:
+        raise UsageError(f"--ram {ram!r}: {exc}", hint="a size such as 192GiB") from None
+    draft = draft_offline(gpu, count, ram_bytes, cores, model, context=context, mode=mode)
+    best = draft.choices[0]
+    fields = {"base": draft.base, "quant": best.quant, "profile": draft.text,
+              "choices": [{"quant": c.quant, "bits_per_weight": c.bits_per_weight,
+                           "decode_tokens_per_s": round(c.decode_tokens_per_s, 1),
+                           "decode_tokens_per_s_at_context": round(c.decode_tokens_per_s_at_context, 1)}
+                          for c in draft.choices[:3]]}
+    said = lines(*(f"init: {c.quant}: {c.decode_tokens_per_s:.1f} tok/s decode predicted"
+                   + ("  <- chosen (most bits per weight that fits)" if c is best else "") for c in draft.choices[:3]))
+    return Result(EXIT_OK, fields, (Stdout(draft.text), said))
 
 
 def init_result(transport: Transport, model: str | None) -> Result:

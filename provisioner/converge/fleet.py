@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
+from provisioner.converge.next_steps import next_steps
 from provisioner.converge.run import HostResult, apply_plan, plan_host
 from provisioner.errors import Problem, ProvisionError, UsageError
 from provisioner.facts.gather import template_facts
@@ -64,7 +65,8 @@ class Target:
             transport.close()
 
     def request(self, ignore_fit: bool) -> BuildRequest:
-        return BuildRequest(str(self.profile), self.overrides, self.model_root, ignore_fit)
+        # a target's model comes as its lock pins it: a branch or tag is never resolved here
+        return BuildRequest(str(self.profile), self.overrides, self.model_root, ignore_fit, require_lock=True)
 
     def build(self, ignore_fit: bool) -> Built:
         """The full build (verify and monitor read the Spec); plan and apply use ``cached``."""
@@ -79,6 +81,7 @@ class Outcome:
     name: str
     result: HostResult | None
     error: list[Problem] | None
+    next_steps: tuple[str, ...] = ()  # after an apply: what is left for a person
 
     @property
     def ok(self) -> bool:
@@ -186,7 +189,9 @@ def _converge(target: Target, built: CachedBuild, transport: Transport, options:
             return Outcome(target.name, HostResult(target.name, plan, gathered), None)
         result = apply_plan(plan, gathered, transport, profile_name=summary.profile_name,
                             wait_lock=options.wait_lock)
-        return Outcome(target.name, result, None)
+        # what is left for a person reads the profile (secrets): built only after a change
+        steps = next_steps(built.full().spec, plan, transport.root) if result.applied else ()
+        return Outcome(target.name, result, None, steps)
     except ProvisionError as exc:
         return Outcome(target.name, None, exc.problems)
     except Exception as exc:

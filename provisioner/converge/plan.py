@@ -19,7 +19,7 @@ from provisioner.render.resources import File, Rendered
 Action = Literal["create", "update", "delete"]
 REDACTED = "<redacted>"
 # Built-in handlers run in this order, then the profile's own in profile order.
-HANDLER_ORDER = ("daemon-reload", "sysctl", "tmpfiles", "tuned", "initramfs", "gpu-settings",
+HANDLER_ORDER = ("sysusers", "daemon-reload", "sysctl", "tmpfiles", "tuned", "initramfs", "gpu-settings",
                  "enable-server", "enable-metrics", "restart-server")
 # Changing these needs the initramfs rebuilt and a reboot to take effect.
 REBOOT_PREFIXES = ("/etc/modprobe.d/",)

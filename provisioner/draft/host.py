@@ -105,7 +105,7 @@ def _evaluate(e: Entry, facts: HostFacts, folder: Path) -> Candidate:
     path = folder / f"{e.name}.yaml"
     path.write_text(text, encoding="utf-8")
     try:
-        built = build(path)
+        built = build(path, network=False)  # a draft is checked and fitted; it asks no hub
     except ProvisionError as exc:
         return Candidate(e, text, False, exc.first.message, 0.0, 0.0, "", exact, distance)
     speed = predict(built.spec, built.placement)
@@ -149,7 +149,7 @@ def choose_profile(facts: HostFacts, model: str | None = None) -> Choice:
     with tempfile.TemporaryDirectory(prefix="provision-init-") as tmp:
         path = Path(tmp) / "init.yaml"
         path.write_text(final, encoding="utf-8")
-        build(path)  # what is printed validates; a failure here is a bug, raised as an error
+        build(path, network=False)  # what is printed validates; a failure here is a bug, raised as an error
     if facts.unknown_gpus:  # printed with their inline specs, which wait for the user's numbers
         final = _profile_text(chosen.base, facts, exact=chosen.exact, note=note, inline=True)
     return Choice(facts, _replace_text(chosen, final), model, others)

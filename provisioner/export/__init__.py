@@ -49,7 +49,8 @@ def refuse_unexported(built: Built, engine: str) -> None:
     """What an export does not carry yet must stop it, not vanish from it: the items of
     `install:` (packages, engine, model download) and a cluster's per-node files."""
     profile = built.spec.profile
-    items = [item.name for item in built.rendered.installs]
+    # the service user travels as its sysusers.d file and the sysusers handler
+    items = [item.name for item in built.rendered.installs if item.kind != "user"]
     if items:
         raise RenderError(f"{profile.metadata.name} installs {', '.join(items)} (install:), which the {engine} "
                           "export does not carry: the exported host would lack them",

@@ -32,7 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-InstallKind = Literal["package", "venv", "build", "download", "archive"]
+InstallKind = Literal["package", "venv", "build", "download", "archive", "user", "secret"]
 # the apply script's exit code when an install snippet failed (no file was replaced)
 EXIT_INSTALL = 8
 InstallAction = Literal["install", "upgrade", "downgrade", "hold", "unhold", "build", "download", "remove",

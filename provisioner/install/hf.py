@@ -144,11 +144,28 @@ def resolve_hf(repo: str, revision: str, include: list[str], dest: str, *, endpo
     if not listing["files"]:
         raise ProvisionError(f"no file of {repo}@{revision} matches include {include}",
                              hint="patterns are fnmatch globs over the repo's paths, e.g. 'Q4_K_M/*'")
+    return remote_files(repo, listing["commit"], listing["files"], dest, endpoint=endpoint)
+
+
+def remote_files(repo: str, commit: str, files: list[dict[str, Any]], dest: str, *,
+                 endpoint: str | None) -> tuple[RemoteFile, ...]:
+    """Listed files ({path, size, sha256, git_blob}) of repo@commit as RemoteFiles under dest."""
+    base = hub_endpoint(endpoint)
     out = []
-    for f in listing["files"]:
+    for f in files:
         _check_repo_path(repo, f["path"])
         # as huggingface_hub's hf_hub_url builds it (file_download.py), without its import-time ENDPOINT
-        url = f"{base}/{repo}/resolve/{quote(listing['commit'], safe='')}/{quote(f['path'])}"
+        url = f"{base}/{repo}/resolve/{quote(commit, safe='')}/{quote(f['path'])}"
         out.append(RemoteFile(url=url, dest=f"{dest.rstrip('/')}/{f['path']}", size=int(f["size"]),
                               sha256=f["sha256"], git_blob=f["git_blob"]))
     return tuple(out)
+
+
+def list_files(repo: str, revision: str, include: list[str], *, endpoint: str | None,
+               token: str | None) -> dict[str, Any]:
+    """What repo@revision (a branch, tag or commit) is now: {"commit", "files"}; never cached
+    (a branch moves): `provision lock` records the answer."""
+    if hub_offline():
+        raise ProvisionError(f"HF_HUB_OFFLINE is set: cannot ask the hub what {repo}@{revision} is",
+                             hint="unset HF_HUB_OFFLINE to make or renew a lock")
+    return _query_hub(repo, revision, include, hub_endpoint(endpoint), token)

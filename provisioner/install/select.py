@@ -11,8 +11,10 @@ and sha256) by ``hf.resolve_hf`` (cached per pinned revision); ``network=False``
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,9 +25,12 @@ from provisioner.install import Install
 from provisioner.install.build import Build, cuda_options
 from provisioner.install.kernel import KernelModules
 from provisioner.install.packages import Package, needs_reboot
+from provisioner.install.secret import GeneratedKey, generated_key_path
 from provisioner.install.token import WithToken, header_path, token_from_file, token_from_secrets_env
+from provisioner.install.user import GPU_GROUPS, ServiceUser
 from provisioner.install.venv import Venv
 from provisioner.profile.models import ArchiveEngine, ContainerEngine, Profile, SourceEngine, VenvEngine
+from provisioner.profile.quant_paths import hf_include
 from provisioner.profile.resolve import Spec
 
 VENV_ROOT = "/opt/provision/venvs"
@@ -35,6 +40,7 @@ METHOD_ENGINES = {"venv": ("vllm",), "source": ("llama.cpp",), "archive": ("olla
                   "container": ("llama.cpp", "vllm", "ollama")}
 
 ResolveHf = Callable[..., Any]
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
 # The engine binary inside a container image, where checked: llama.cpp's server images end in
 # ENTRYPOINT [ "/app/llama-server" ] (.devops/cuda.Dockerfile, .devops/cpu.Dockerfile in
 # https://github.com/ggml-org/llama.cpp). Other engines' images: give install.engine.binary.
@@ -62,6 +68,24 @@ def installed_binary(profile: Profile, binary: str) -> str:
     return f"{base}/bin/{binary}" if base else binary
 
 
+def service_user(spec: Spec) -> ServiceUser | None:
+    """The user the unit runs as (None: a container, whose unit has no User=, or no unit at all)."""
+    p = spec.profile
+    if not p.builtin_files or isinstance(p.install.engine, ContainerEngine):
+        return None
+    service = p.service
+    return ServiceUser(service.user, service.group or service.user, f"/var/lib/{service.name}",
+                       GPU_GROUPS if spec.gpu_count else (), f"LLM server {service.name}")
+
+
+def api_key_file(profile: Profile) -> str | None:
+    """The file the unit loads the API key from (a systemd credential), if it comes from one."""
+    ref = profile.secrets.api_key
+    if ref is None:
+        return None
+    return generated_key_path(profile.service.name) if ref.generate else ref.from_file
+
+
 def check(spec: Spec) -> None:
     """The install section's cross-field rules, each at its line."""
     p = spec.profile
@@ -78,9 +102,10 @@ def check(spec: Spec) -> None:
             problems.append(spec.loaded.problem(
                 ("install", "engine"), f"where is {p.runtime.engine}'s binary inside {engine.image}?",
                 "set install.engine.binary to its absolute path in the image (the run script execs it)"))
-        if p.secrets.api_key is not None and p.secrets.api_key.from_file:
+        if api_key_file(p) is not None:
             problems.append(spec.loaded.problem(
-                ("secrets", "api_key"), "a container cannot read secrets.api_key.from_file (a systemd credential)",
+                ("secrets", "api_key"),
+                "a container cannot read secrets.api_key.from_file or .generate (a systemd credential)",
                 "use secrets.api_key.from_env: the key goes into the container through its environment file"))
     if engine is not None and p.cluster is not None:
         # Ray and rpc-server are run from PATH by the node scripts, and an RPC build needs
@@ -112,14 +137,19 @@ def check(spec: Spec) -> None:
 
 def install_items(spec: Spec, *, resolve_hf: ResolveHf | None = None,
                   hf_cache: Any = None, hf_endpoint: str | None = None,
-                  hf_token: str | None = None, network: bool = True) -> tuple[Install, ...]:
+                  hf_token: str | None = None, network: bool = True, lock: Any = None) -> tuple[Install, ...]:
     """Every install item of the profile, in the order apply runs them:
-    packages (a driver before what uses it), the engine, the model."""
+    packages (a driver before what uses it), the service user, the engine, the model."""
     check(spec)
     p = spec.profile
     items: list[Install] = [Package(pin.name, pin.version, pin.hold) for pin in p.install.packages]
     if any(needs_reboot(pin.name) for pin in p.install.packages):
         items.append(KernelModules())  # DKMS and Secure Boot notes for a driver change
+    user = service_user(spec)
+    if user is not None:
+        items.append(user)
+    if p.secrets.api_key is not None and p.secrets.api_key.generate:
+        items.append(GeneratedKey(generated_key_path(p.service.name)))
     engine = p.install.engine
     label = p.runtime.engine
     if isinstance(engine, VenvEngine):
@@ -139,7 +169,16 @@ def install_items(spec: Spec, *, resolve_hf: ResolveHf | None = None,
         items.append(download.Archive(name=f"archive:{label}", url=engine.url, sha256=engine.sha256,
                                       size=engine.size, dest=engine.dest,
                                       strip_components=engine.strip_components))
-    if p.install.model and (network or p.model.source.hf is None):
+    hf = p.model.source.hf
+    if hf is not None and lock is not None and lock.for_source(hf, hf_include(p)):
+        # the lock pins the files (lock/__init__.py): plan and apply need no hub listing
+        hf_module = importlib.import_module("provisioner.install.hf")
+        listed = [dataclasses.asdict(f) for f in lock.files]
+        pinned = hf_module.remote_files(hf.repo, lock.commit, listed, hf.dest, endpoint=hf_endpoint)
+        resolve_hf = (lambda *_args, **_kwargs: pinned)  # noqa: E731 - the lock answers for the hub
+    elif hf is not None and not _COMMIT.match(hf.revision):
+        network = False  # a branch without its lock: plan refused it already (lock.apply_lock); render skips it
+    if p.install.model and (network or hf is None or resolve_hf is not None):
         items.extend(_model_download(spec, resolve_hf, hf_cache, hf_endpoint, hf_token))
     return tuple(items)
 
@@ -164,7 +203,7 @@ def _model_download(spec: Spec, resolve_hf: ResolveHf | None, hf_cache: Any, end
         assert source.hf is not None
         if resolve_hf is None:
             resolve_hf = importlib.import_module("provisioner.install.hf").resolve_hf
-        files = tuple(resolve_hf(source.hf.repo, source.hf.revision, list(source.hf.include), source.hf.dest,
+        files = tuple(resolve_hf(source.hf.repo, source.hf.revision, hf_include(spec.profile), source.hf.dest,
                                  endpoint=endpoint, token=token, cache_dir=hf_cache or hf_cache_dir()))
     if ref is None:
         return [download.Download(name="download:model", files=files)]

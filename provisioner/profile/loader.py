@@ -2,7 +2,9 @@
 
 ``extends:`` names a library profile (``profiles/<name>.yaml``) or a path
 relative to the extending file; mappings merge deeply, lists and scalars of
-the extending file replace the base's.
+the extending file replace the base's. A mapping that is one of several kinds
+(a secret from_env / from_file / generate, a model source, an engine method)
+is replaced whole when the extending file picks another kind.
 """
 
 from __future__ import annotations
@@ -117,11 +119,31 @@ def _resolve_base(name: str, path: Path, label: str, line: int | None,
     return candidate
 
 
-def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+# mapping path -> the keys that say which kind it is
+_ONE_OF: dict[tuple[str, ...], tuple[str, ...]] = {
+    ("secrets", "api_key"): ("from_env", "from_file", "generate"),
+    ("secrets", "hf_token"): ("from_env", "from_file"),
+    ("model", "source"): ("files", "hf", "directory", "ollama"),
+    ("install", "engine"): ("method",),
+}
+
+
+def _other_kind(path: tuple[str, ...], base: dict[str, Any], override: dict[str, Any]) -> bool:
+    keys = _ONE_OF.get(path)
+    if keys is None:
+        return False
+    if keys == ("method",):
+        return "method" in override and override["method"] != base.get("method")
+    return any(k in override for k in keys) and not any(k in override and k in base for k in keys)
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any], path: tuple[str, ...] = ()) -> dict[str, Any]:
     merged = dict(base)
     for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
+        here = (*path, str(key))
+        if (isinstance(value, dict) and isinstance(merged.get(key), dict)
+                and not _other_kind(here, merged[key], value)):
+            merged[key] = deep_merge(merged[key], value, here)
         else:
             merged[key] = value
     return merged

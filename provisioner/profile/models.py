@@ -339,8 +339,8 @@ class ModelFile(_Model):
 class HfSource(_Model):
     repo: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")]
     """The Hugging Face repository, owner/name."""
-    revision: Annotated[str, Field(pattern=r"^[0-9a-f]{40}$")]
-    """The commit to use, 40 hex digits (a branch or tag can move)."""
+    revision: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")]
+    """A 40-hex commit, or a branch or tag that `provision lock` pins to a commit in PROFILE.lock."""
     include: list[Text] = []
     """Glob patterns of the repository's files to use (Hugging Face allow-pattern semantics); empty: all."""
     dest: AbsPath
@@ -525,6 +525,9 @@ class SecretRef(_Model):
     """An environment variable, set in /etc/provision/SERVICE/secrets.env (0600, yours to write)."""
     from_file: Annotated[str, AfterValidator(_secret_file)] | None = None
     """A file on the host (an absolute path), passed to the server as a systemd credential."""
+    generate: bool = False
+    """api_key only: the first apply writes a random key to /etc/provision/SERVICE/api-key (0600),
+    never overwrites it and never prints it."""
 
     @model_validator(mode="before")
     @classmethod
@@ -537,8 +540,8 @@ class SecretRef(_Model):
 
     @model_validator(mode="after")
     def _one(self) -> SecretRef:
-        if (self.from_env is None) == (self.from_file is None):
-            raise ValueError("give exactly one of from_env or from_file (never the secret itself)")
+        if [self.from_env is not None, self.from_file is not None, self.generate].count(True) != 1:
+            raise ValueError("give exactly one of from_env, from_file or generate: true (never the secret itself)")
         return self
 
 
@@ -547,6 +550,14 @@ class Secrets(_Model):
     """The server's API key: where it comes from at run time."""
     hf_token: SecretRef | None = None
     """A Hugging Face token for gated downloads: where it comes from on the host."""
+
+    @field_validator("hf_token")
+    @classmethod
+    def _not_generated(cls, ref: SecretRef | None) -> SecretRef | None:
+        if ref is not None and ref.generate:
+            raise ValueError("a Hugging Face token is issued by the hub, it cannot be generated: "
+                             "use from_env or from_file")
+        return ref
 
 
 class Service(_Model):
@@ -865,7 +876,7 @@ class Profile(_Model):
 
 
 BUILTIN_HANDLERS = frozenset(
-    {"daemon-reload", "sysctl", "tmpfiles", "tuned", "initramfs", "gpu-settings", "enable-server",
+    {"sysusers", "daemon-reload", "sysctl", "tmpfiles", "tuned", "initramfs", "gpu-settings", "enable-server",
      "enable-metrics", "enable-cluster", "restart-cluster", "restart-server"}
 )
 

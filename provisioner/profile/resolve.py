@@ -27,6 +27,7 @@ from provisioner.profile.inline_gpu import gpu_spec, inline_id
 from provisioner.profile.loader import LoadedProfile
 from provisioner.profile.model_source import lookup_model
 from provisioner.profile.models import BUILTIN_HANDLERS, GpuEntry, Profile
+from provisioner.profile.quant_paths import quant_path_rules
 
 # Sources each engine can serve from (docs/profile.md, model.source).
 _SOURCES_FOR_ENGINE = {
@@ -212,7 +213,7 @@ def _model_rules(loaded: LoadedProfile, model: ModelSpec) -> list[Problem]:
         out.append(loaded.problem(("model", "mode"),
                                   f"{model.name} has no {p.model.mode} mode",
                                   f"use {' or '.join(model.modes)}"))
-    return out
+    return out + quant_path_rules(loaded, model)
 
 
 def _os_rules(loaded: LoadedProfile) -> list[Problem]:
@@ -298,10 +299,13 @@ def _engine_rules(loaded: LoadedProfile, engine: EngineSpec, version: EngineVers
             ("secrets", "api_key"), "Ollama has no API key: the key would be silently ignored",
             "keep runtime.bind on loopback and put an authenticating proxy in front"))
     hf = p.model.source.hf
-    if p.runtime.engine == "llama.cpp" and hf is not None and hf.file is None:
+    # a branch or tag: `provision lock` records the files and the first shard becomes hf.file
+    pinned = hf is not None and len(hf.revision) == 40 and all(c in "0123456789abcdef" for c in hf.revision)
+    if p.runtime.engine == "llama.cpp" and hf is not None and hf.file is None and pinned:
         out.append(loaded.problem(
             ("model", "source", "hf"), "llama.cpp loads one GGUF file: name it in hf.file",
-            "e.g. file: Q8_0/Qwen3-235B-A22B-Q8_0-00001-of-00006.gguf (the first shard; the rest are found)"))
+            "e.g. file: Q8_0/Qwen3-235B-A22B-Q8_0-00001-of-00006.gguf (the first shard; the rest are found), "
+            "or run `provision lock`, which records it"))
     if quant is not None and quant.format != engine.weights_format:
         out.append(loaded.problem(
             ("model", "quant"),

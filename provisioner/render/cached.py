@@ -51,12 +51,14 @@ class BuildRequest:
     model_root: str | None = None
     ignore_fit: bool = False
     network: bool = True
+    require_lock: bool = False  # plan/apply/verify on a target: a branch or tag needs PROFILE.lock
 
     def lookup_key(self) -> str:
         path = Path(self.profile)
         named = os.path.abspath(path) if path.exists() else self.profile  # a library name stays a name
         fields = {"package": package_fingerprint(), "profile": named, "overrides": self.overrides,
                   "model_root": self.model_root, "ignore_fit": self.ignore_fit, "network": self.network,
+                  "require_lock": self.require_lock,
                   "env": {name: os.environ.get(name) for name in _ENVIRONMENT}}
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
@@ -72,7 +74,7 @@ class BuildRequest:
 
         return build(Path(self.profile), ignore_fit=self.ignore_fit,
                      overrides=json.loads(self.overrides) if self.overrides else None,
-                     model_root=self.model_root, network=self.network)
+                     model_root=self.model_root, network=self.network, require_lock=self.require_lock)
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,13 @@ class CachedBuild:
         self._built = built
         self._storable = storable  # False: the build asked the network, so its renders are not kept either
         self._lock = threading.Lock()
+
+    def full(self) -> Built:
+        """The whole build (its Spec too): from this run when one ran, else made now."""
+        with self._lock:
+            if self._built is None:
+                self.summary, self._built, self._storable = _build_and_store(self.request)
+            return self._built
 
     @property
     def hit(self) -> bool:

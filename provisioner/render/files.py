@@ -26,6 +26,7 @@ from provisioner.errors import RenderError
 from provisioner.facts.gather import STATE_DIR, template_facts
 from provisioner.fit.placement import Placement
 from provisioner.install import Install
+from provisioner.install.select import api_key_file, service_user
 from provisioner.profile.cluster import cluster_of, node_named, node_spec
 from provisioner.profile.models import ContainerEngine
 from provisioner.profile.resolve import Spec
@@ -175,8 +176,15 @@ def context(spec: Spec, placement: Placement) -> dict[str, Any]:
         "hugepages_kb": spec.profile.os.hugepages.size_bytes // 1024,
         "container": p.install.engine if isinstance(p.install.engine, ContainerEngine) else None,
         "model_dir": _model_dir(spec),
+        "sysusers": _sysusers_lines(spec),
+        "api_key_file": api_key_file(p),
         **_cluster_context(spec),
     }
+
+
+def _sysusers_lines(spec: Spec) -> list[str]:
+    user = service_user(spec)
+    return user.sysusers_lines() if user is not None else []
 
 
 def _cluster_context(spec: Spec) -> dict[str, Any]:
@@ -341,6 +349,8 @@ def _handlers(spec: Spec) -> dict[str, str]:
     """Handler name -> command, in the order they run."""
     name = spec.profile.service.name
     builtin = {
+        # apply's install item user:NAME made the user already; an export has only this file
+        "sysusers": f"systemd-sysusers /etc/sysusers.d/provision-{name}.conf",
         "daemon-reload": "systemctl daemon-reload",
         "sysctl": "sysctl --system",
         "tmpfiles": "systemd-tmpfiles --create",

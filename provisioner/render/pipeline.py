@@ -16,6 +16,7 @@ from provisioner.fit.placement import Placement
 from provisioner.fit.suggest import suggestions
 from provisioner.install import Install
 from provisioner.install.select import install_items
+from provisioner.lock import apply_lock, lock_path, read_lock
 from provisioner.profile.cluster import chosen_node, nodes_of
 from provisioner.profile.loader import load_profile
 from provisioner.profile.nodes import ClusterNodes
@@ -45,13 +46,17 @@ class Built:
 
 
 def build(path: Path, *, ignore_fit: bool = False, overrides: dict[str, Any] | None = None,
-          model_root: str | None = None, network: bool = True) -> Built:
+          model_root: str | None = None, network: bool = True, require_lock: bool = False) -> Built:
     """``model_root``: where the model files are readable ("" this machine, a --root DIR);
     None (a remote host) plans with the catalog's sizes. With the files, placement uses
     the real per-layer sizes of their GGUF header, exactly as `provision fit` does.
     ``network`` False: a Hugging Face model download is checked but not resolved
-    (validate, render)."""
+    (validate, render). ``require_lock``: a model source named by branch or tag must have a
+    fresh PROFILE.lock (plan, apply, verify on a target); without it such a source is left out
+    of the installs, never asked of the hub."""
     loaded = load_profile(path, overrides)
+    lock = read_lock(lock_path(loaded.path))
+    loaded = apply_lock(loaded, lock, required=require_lock)
     spec = resolve(loaded)
     if model_root is not None:
         for item in spec.profile.model.source.files or []:
@@ -66,7 +71,7 @@ def build(path: Path, *, ignore_fit: bool = False, overrides: dict[str, Any] | N
             f"{spec.model.name} {spec.profile.model.quant} at {placement.context} tokens does "
             f"not fit this machine: {format_size(placement.missing_bytes)} missing",
             f"{cheapest}`provision fit` shows the placement and every option, or pass --ignore-fit"))
-    installs = install_items(spec, network=network)
+    installs = install_items(spec, network=network, lock=lock)
     return Built(spec, placement, render(spec, placement, installs=installs), installs)
 
 

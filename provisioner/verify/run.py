@@ -4,6 +4,7 @@ probe), then pure checks; the endpoint, if asked, over HTTP from here."""
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -25,6 +26,7 @@ from provisioner.facts.model_files import (
 from provisioner.facts.probe import Probe
 from provisioner.facts.speed_record import SpeedRecord, write_script
 from provisioner.fit.predict import predict
+from provisioner.install.secret import generated_key_path
 from provisioner.profile.cluster import head_address, node_spec
 from provisioner.render.files import render, sysctl_settings
 from provisioner.render.pipeline import Built
@@ -199,12 +201,12 @@ def _endpoint(built: Built, transport: Transport, options: VerifyOptions) -> lis
         forward = getattr(transport, "forward", None)
         if forward is not None:  # a remote host: through the SSH connection, to its own loopback
             with forward(host, runtime.port) as local_port:
-                checks = _endpoint_at(built, f"http://127.0.0.1:{local_port}", options)
+                checks = _endpoint_at(built, f"http://127.0.0.1:{local_port}", options, transport)
         else:
-            checks = _endpoint_at(built, f"http://{host}:{runtime.port}", options)
+            checks = _endpoint_at(built, f"http://{host}:{runtime.port}", options, transport)
         # the profile's own server on this host: keep what it measured for fit --calibrate
         return [*checks, _record_speed(built, transport, checks)]
-    return _endpoint_at(built, url, options)
+    return _endpoint_at(built, url, options, transport)
 
 
 def _record_speed(built: Built, transport: Transport, checks: list[Check]) -> Check:
@@ -234,17 +236,17 @@ def _record_speed(built: Built, transport: Transport, checks: list[Check]) -> Ch
     return Check("endpoint.recorded", "skip", hint=f"speeds not recorded: {why}")
 
 
-def _endpoint_at(built: Built, url: str, options: VerifyOptions) -> list[Check]:
+def _endpoint_at(built: Built, url: str, options: VerifyOptions, transport: Transport) -> list[Check]:
     spec = built.spec
     speed = predict(spec, built.placement).decode_tokens_per_s
-    checks: list[Check] = endpoint.endpoint_checks(spec, built.placement, speed, url, _api_key(built),
+    checks: list[Check] = endpoint.endpoint_checks(spec, built.placement, speed, url, _api_key(built, transport),
                                                    needle=options.needle)
     return checks
 
 
 def _quality(built: Built, transport: Transport, options: VerifyOptions, gathered: Gathered,
              earlier: list[Check]) -> list[Check]:
-    quality = QualityOptions(needle=options.needle, rebaseline=options.rebaseline, api_key=_api_key(built))
+    quality = QualityOptions(needle=options.needle, rebaseline=options.rebaseline, api_key=_api_key(built, transport))
     url = options.endpoint
     if url is None:
         if transport.root:
@@ -258,10 +260,15 @@ def _quality(built: Built, transport: Transport, options: VerifyOptions, gathere
     return verify_quality(built, transport, url, gathered, earlier, quality)
 
 
-def _api_key(built: Built) -> str | None:
+def _api_key(built: Built, transport: Transport) -> str | None:
     ref = built.spec.profile.secrets.api_key
     if ref is None:
         return None
+    if ref.generate:
+        # read on the target (root's file: the transport's become), kept in memory only
+        path = transport.root + generated_key_path(built.spec.profile.service.name)
+        done = transport.run(f"cat {shlex.quote(path)} 2>/dev/null || true")
+        return done.stdout.strip() or None
     if ref.from_env:
         return os.environ.get(ref.from_env)
     if ref.from_file and Path(ref.from_file).is_file():

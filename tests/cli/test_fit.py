@@ -13,6 +13,10 @@ from provisioner.errors import UsageError
 from provisioner.fit.whatif import combinations, overrides_of
 from tests.conftest import good_profiles, make_profile
 
+# the quant's own file (validate refuses a quant whose files name another); fit never reads it
+Q4_K_M_FILES = {"model.source": {"files": [
+    {"path": "/srv/models/qwen3-235b-a22b/Q4_K_M/Qwen3-235B-A22B-Q4_K_M-00001-of-00003.gguf",
+     "bytes": 1, "sha256": "0" * 64}]}}
 
 def test_quickstart_fits_and_reports_speed(capsys: pytest.CaptureFixture[str]) -> None:
     root = Path(__file__).resolve().parents[2]
@@ -29,7 +33,7 @@ def test_quickstart_fits_and_reports_speed(capsys: pytest.CaptureFixture[str]) -
 
 
 def test_too_small_machine_exits_2_with_suggestions(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    path = make_profile(tmp_path, {"hardware.ram": "32GiB", "model.quant": "Q4_K_M"})
+    path = make_profile(tmp_path, {"hardware.ram": "32GiB", "model.quant": "Q4_K_M", **Q4_K_M_FILES})
     assert fit_command(path, None, True) == 2
     data = json.loads(capsys.readouterr().out)
     assert data["fits"] is False
@@ -40,7 +44,7 @@ def test_too_small_machine_exits_2_with_suggestions(tmp_path: Path, capsys: pyte
 
 
 def test_human_output_says_what_is_missing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    path = make_profile(tmp_path, {"hardware.ram": "32GiB", "model.quant": "Q4_K_M"})
+    path = make_profile(tmp_path, {"hardware.ram": "32GiB", "model.quant": "Q4_K_M", **Q4_K_M_FILES})
     assert fit_command(path, None, False) == 2
     err = capsys.readouterr().err
     assert "does NOT fit" in err and "would fit" in err

@@ -32,12 +32,17 @@ def converge(profile: Path, root: Path, **kwargs: object) -> HostResult:
     return apply_plan(plan, gathered, transport, profile_name="t", **kwargs)  # type: ignore[arg-type]
 
 
+# The account database the service user is created in: an install (kept by a rollback, as a
+# build is), not one of the files a generation replaces.
+ACCOUNTS = ("/etc/passwd", "/etc/group", "/etc/shadow", "/etc/gshadow", "/etc/.pwd.lock")
+
+
 def tree(root: Path) -> dict[str, tuple[bytes, int]]:
-    """Every file outside provision's state dir: content and mode."""
+    """Every file outside provision's state dir and the account database: content and mode."""
     out: dict[str, tuple[bytes, int]] = {}
     for path in sorted(root.rglob("*")):
         rel = "/" + str(path.relative_to(root))
-        if path.is_file() and not rel.startswith("/var/lib/provision"):
+        if path.is_file() and not rel.startswith(("/var/lib/provision", *ACCOUNTS)):
             out[rel] = (path.read_bytes(), path.stat().st_mode & 0o7777)
     return out
 

@@ -46,6 +46,11 @@ def tree(folder: Path) -> dict[str, tuple[bytes, int]]:
 
 @pytest.mark.parametrize("profile", PROFILES)
 def test_user_data_is_schema_valid_and_round_trips_to_the_rendered_tree(profile: str, tmp_path: Path) -> None:
+    # cloud-init carries files and handlers, not builds or downloads: the library profile
+    # without its install section (an export refuses one, test_export.py)
+    bare = tmp_path / "bare.yaml"
+    bare.write_text(f"extends: {profile}\nmetadata: {{name: bare}}\ninstall: {{engine: null, model: false}}\n")
+    profile = str(bare)
     out = tmp_path / "user-data.yaml"
     result = provision("export", "cloud-init", profile, "--out", str(out), "--json")
     assert result.returncode == 0, result.stderr
@@ -91,8 +96,8 @@ def test_runcmd_runs_what_provisions_first_apply_runs_in_order() -> None:
     fresh = Gathered(Facts({}), {}, 0, None, ())
     plan = make_plan(built.rendered, fresh, root_mode=False, server_enabled=False)
     assert first_boot_handlers(built.rendered, "llm-server") == list(plan.handlers)
-    assert list(plan.handlers) == ["daemon-reload", "sysctl", "tmpfiles", "initramfs", "gpu-settings",
-                                   "enable-server"]
+    assert list(plan.handlers) == ["sysusers", "daemon-reload", "sysctl", "tmpfiles", "initramfs",
+                                   "gpu-settings", "enable-server"]
     data = yaml.safe_load(user_data(built.rendered, profile_name="quickstart", service="llm-server"))
     commands = [cmd[2] for cmd in data["runcmd"] if cmd[:2] == ["sh", "-c"]]
     assert commands == [plan.handler_commands[name] for name in plan.handlers]

@@ -59,7 +59,7 @@ def test_export_is_the_rendered_files_byte_for_byte_and_deterministic(tmp_path: 
     data = json.loads(first.stdout)
     assert data["command"] == "export" and data["ok"] and data["error"] is None
     assert data["roles"] == [{"role": "provision_quickstart", "profile": "quickstart", "hosts": ["all"],
-                              "files": 10}]
+                              "files": 12}]
     second = provision("export", "ansible", str(QUICKSTART), "--out", str(tmp_path / "b"))
     assert second.returncode == 0, second.stderr
     assert tree(tmp_path / "a") == tree(tmp_path / "b")  # same input, same bytes
@@ -98,7 +98,7 @@ def test_handlers_are_defined_in_provisions_order(tmp_path: Path) -> None:
     builtin = [h for h in HANDLER_ORDER if h in topics]
     # Ansible runs notified handlers in definition order: provision's, then the profile's in its order
     assert topics == [*builtin, "zz-last", "aa-first"]
-    assert builtin == ["daemon-reload", "sysctl", "tmpfiles", "initramfs", "gpu-settings", "enable-server",
+    assert builtin == ["sysusers", "daemon-reload", "sysctl", "tmpfiles", "initramfs", "gpu-settings", "enable-server",
                        "enable-metrics", "restart-server"]
 
 

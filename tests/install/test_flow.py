@@ -53,7 +53,7 @@ def test_quickstart_with_engine_and_model_plans_json_applies_into_root_then_noop
     assert planned.returncode == 2, planned.stderr
     [host] = json.loads(planned.stdout)["hosts"]
     by_name = {i["name"]: i for i in host["installs"]}
-    assert set(by_name) == {"package:nvidia-driver-580-open", "build:llama.cpp", "download:model"}
+    assert set(by_name) == {"package:nvidia-driver-580-open", "user:llm", "build:llama.cpp", "download:model"}
     driver = by_name["package:nvidia-driver-580-open"]
     assert driver["pending"] and driver["reboot"] and "-> 580.95.05-0ubuntu1, held" in driver["summary"]
     engine = by_name["build:llama.cpp"]
@@ -67,7 +67,7 @@ def test_quickstart_with_engine_and_model_plans_json_applies_into_root_then_noop
     assert hashlib.sha256(placed.read_bytes()).hexdigest() == model["sha256"]
     assert (root / "opt/provision/builds/llama.cpp/bin/greet").is_file()
     manifest = json.loads((root / "var/lib/provision/generations/1/manifest.json").read_text())
-    assert set(manifest["installs"]) == {"build:llama.cpp", "download:model"}  # the pending package is not
+    assert set(manifest["installs"]) == {"user:llm", "build:llama.cpp", "download:model"}  # the pending package is not
 
     again = cli("plan", str(profile), "--root", str(root), "--json")
     assert again.returncode == 0, again.stderr  # only the pending package is left, and it is not a change
@@ -94,7 +94,7 @@ def test_ollama_from_a_release_archive_into_root(tmp_path: Path) -> None:
     root = tmp_path / "image"
     applied = cli("apply", str(profile), "--root", str(root), "--yes", "--json")
     assert applied.returncode == 0, applied.stderr
-    [install] = json.loads(applied.stdout)["hosts"][0]["installs"]
+    [install] = [i for i in json.loads(applied.stdout)["hosts"][0]["installs"] if i["kind"] != "user"]
     assert install["kind"] == "archive" and install["bytes"] == archive.stat().st_size
     binary = root / "opt/provision/ollama/bin/ollama"
     assert subprocess.run([str(binary)], capture_output=True, text=True, check=True).stdout.startswith("ollama")
@@ -160,7 +160,7 @@ def test_rollback_leaves_installs_and_keeps_their_records(tmp_path: Path) -> Non
     rolled = cli("rollback", "--root", str(root), "--yes", "--json")
     assert rolled.returncode == 0, rolled.stderr
     manifest = json.loads((root / "var/lib/provision/generations/3/manifest.json").read_text())
-    assert list(manifest["installs"]) == ["build:llama.cpp"] and manifest["install_changes"] == []
+    assert list(manifest["installs"]) == ["build:llama.cpp", "user:llm"] and manifest["install_changes"] == []
     assert (root / "opt/provision/builds/llama.cpp/bin/greet").is_file()
     assert cli("plan", str(first), "--root", str(root)).returncode == 0  # back where the first apply left it
 
@@ -237,7 +237,8 @@ def test_killed_right_after_the_install_step_the_next_apply_finishes_without_red
     built = build(profile)
     transport = LocalTransport(root)
     plan, gathered = plan_host(built.rendered, transport, service="llm-server")
-    after_install = 1 + len([c for c in plan.changes if c.new is not None]) + 1  # fp 1, one per temp, install
+    # fp 1, one per temp, one per install (the service user, the build)
+    after_install = 1 + len([c for c in plan.changes if c.new is not None]) + 2
     with pytest.raises(ProvisionError):
         apply_plan(plan, gathered, transport, profile_name="t", failpoint=after_install)
     assert (root / "opt/provision/builds/llama.cpp/bin/greet").is_file()

@@ -408,15 +408,16 @@ def test_verify_on_a_cluster_node_keeps_the_profiles_installs(tmp_path: Path) ->
         "model.source.files": [{**model, "url": "https://example.invalid/m.gguf"}],
         "install": {"model": True}})
     built = build(profile, network=False)
-    assert [i.name for i in built.rendered_for(node="head").installs] == ["download:model"]
-    assert built.rendered_for(node="w1").installs == ()
+    assert [i.name for i in built.rendered_for(node="head").installs] == ["user:llm", "download:model"]
+    assert [i.name for i in built.rendered_for(node="w1").installs] == ["user:llm"]
     result = subprocess.run([sys.executable, "-m", "provisioner", "verify", str(profile), "--root",
                              str(tmp_path / "head"), "--node", "head", "--only", "install", "--json"],
                             capture_output=True, text=True, check=False)
     report = json.loads(result.stdout)
     assert result.returncode == 2, result.stdout + result.stderr
     failed = [c["id"] for c in report["hosts"][0]["checks"] if c["status"] == "fail"]
-    assert failed and all(name.startswith("install.download:model") for name in failed), failed
+    # an empty tree: neither the model nor the service user is there
+    assert sorted(failed) == ["install.download:model", "install.user:llm"], failed
 
 
 @pytest.mark.parametrize("source", [RPC_EXAMPLE, ROOT / "profiles" / "rtx-pro-6000-llama-3.3-70b-q8-llamacpp.yaml"])

@@ -64,14 +64,17 @@ def api_path(repo: str, revision: str) -> str:
     return f"/api/models/{repo}/revision/{revision}"
 
 
-def serve_repo(standin: HttpStandin, hub: HubRepo, cdn: HttpStandin | None = None) -> None:
+def serve_repo(standin: HttpStandin, hub: HubRepo, cdn: HttpStandin | None = None, branch: str | None = None) -> None:
     """Put the repo's metadata and files on the stand-in (at the commit). With a cdn, LFS
-    files answer 302 to it, as the hub sends them to its CDN with a signed URL (no token needed there)."""
+    files answer 302 to it, as the hub sends them to its CDN with a signed URL (no token needed there).
+    With a branch, the metadata answers at the branch name too, naming the commit in ``sha``
+    (as the hub resolves a revision)."""
     require = ("Authorization", f"Bearer {hub.token}") if hub.token else None
     info = {"_id": "0" * 24, "id": hub.repo, "modelId": hub.repo, "sha": hub.commit, "private": hub.token is not None,
             "siblings": hub.siblings()}
-    standin.serve(api_path(hub.repo, hub.commit),
-                  Served(json.dumps(info).encode(), require=require, content_type="application/json"))
+    for revision in (hub.commit, *([branch] if branch else [])):
+        standin.serve(api_path(hub.repo, revision),
+                      Served(json.dumps(info).encode(), require=require, content_type="application/json"))
     # what the hub says for a private repo without a token / an unknown revision: the codes
     # huggingface_hub's hf_raise_for_status maps to RepositoryNotFoundError / RevisionNotFoundError
     standin.error_headers[f"/api/models/{hub.repo}/revision/{hub.commit}"] = {"X-Error-Code": "RepoNotFound"}

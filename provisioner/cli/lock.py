@@ -1,0 +1,52 @@
+"""`provision lock`: pin what a profile names loosely into PROFILE.lock."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from provisioner.cli._common import EXIT_OK, command
+from provisioner.cli._output import Result, lines
+
+
+def write_profile_lock(profile: Path) -> tuple[Path, dict[str, object]]:
+    """Resolve the profile's model source on the hub and write its lock; what it pinned."""
+    from provisioner.lock import lock_path, resolve_lock, write_lock  # the hub client: only when run
+    from provisioner.profile.loader import load_profile
+    from provisioner.units import format_size
+
+    loaded = load_profile(profile)
+    ref = loaded.profile.secrets.hf_token
+    token = os.environ.get(ref.from_env) or None if ref is not None and ref.from_env else None
+    lock = resolve_lock(loaded, endpoint=None, token=token)
+    path = lock_path(loaded.path)
+    write_lock(path, lock, loaded.profile.metadata.name)
+    total = sum(f.size for f in lock.files)
+    return path, {"lock": str(path), "repo": lock.repo, "revision": lock.revision, "commit": lock.commit,
+                  "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in lock.files],
+                  "total": format_size(total)}
+
+
+@command("lock")
+@click.argument("profile", type=click.Path(path_type=Path))
+def lock(profile: Path, as_json: bool) -> Result:
+    """Pin the profile's model source: the commit its branch is at, and every file the quant
+    selects with its size and sha256, into PROFILE.lock (commit it beside the profile).
+
+    plan and apply install exactly what the lock says; a changed quant or source needs a
+    new lock. The hub is HF_ENDPOINT (default https://huggingface.co).
+
+    \b
+    Example:
+      provision lock examples/quickstart.yaml
+      provision plan examples/quickstart.yaml --update-lock
+    """
+    path, fields = write_profile_lock(profile)
+    files = fields["files"]
+    assert isinstance(files, list)
+    said = [f"wrote {path}: {fields['repo']}@{fields['revision']} is commit {fields['commit']}, "
+            f"{len(files)} file(s), {fields['total']}"]
+    said += [f"  {f['path']}  {f['size']} bytes  sha256 {f['sha256'] or '(git blob)'}" for f in files]
+    return Result(EXIT_OK, fields, (lines(*said),))

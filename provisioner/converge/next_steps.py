@@ -1,0 +1,46 @@
+"""What is left for a person after an apply: a reboot the driver needs, the secrets the
+profile reads and provision does not write, where a generated API key is, and the
+restart a running server still owes. The command line adds `provision verify`."""
+
+from __future__ import annotations
+
+from provisioner.converge.plan import Plan
+from provisioner.install.secret import generated_key_path, read_hint
+from provisioner.profile.models import SecretRef
+from provisioner.profile.resolve import Spec
+
+
+def _secret_step(name: str, ref: SecretRef, env_file: str) -> str | None:
+    if ref.from_env:
+        return (f"write {ref.from_env}=... ({name}) into {env_file} (mode 0600, root): "
+                "the server reads it from there at start")
+    if ref.from_file:
+        return f"write the {name} into {ref.from_file} (mode 0600, root)"
+    return None
+
+
+def next_steps(spec: Spec, plan: Plan, root: str) -> tuple[str, ...]:
+    """The steps in the order to take them; ``root`` non-empty: an image tree."""
+    profile = spec.profile
+    service = profile.service.name
+    env_file = f"/etc/provision/{service}/secrets.env"
+    steps: list[str] = []
+    for name, ref in (("API key", profile.secrets.api_key), ("Hugging Face token", profile.secrets.hf_token)):
+        if ref is not None:
+            step = _secret_step(name, ref, env_file)
+            if step is not None:
+                steps.append(step)
+    ref = profile.secrets.api_key
+    if ref is not None and ref.generate:
+        path = generated_key_path(service)
+        steps.append(f"the API key is in {path} (0600, never printed): read it with `{read_hint(path)}`"
+                     + (" on the booted image" if root else ""))
+    if plan.reboot_required:
+        steps.append("reboot: a driver or kernel module change takes effect only after one")
+    if plan.restart_pending:
+        steps.append(f"restart the server to load the changes: systemctl restart {service} "
+                     "(or apply again with --restart)")
+    if root:
+        steps.append(f"boot the image: its system handlers ({', '.join(plan.pending_builtin) or 'none'}) "
+                     "and the first start of the server happen there")
+    return tuple(steps)

@@ -1,0 +1,156 @@
+"""PROFILE.lock: what a profile names loosely, resolved once and reviewed.
+
+A profile names a Hugging Face repo at a branch or tag and the quant it wants;
+``provision lock`` asks the hub (``install.hf.list_files``: the LFS metadata)
+which commit that is and which files the quant's include globs select, with
+each file's size and sha256, and writes them to ``NAME.lock`` beside the
+profile (YAML, to be committed). ``plan`` and ``apply`` download exactly those
+files from that commit and check those checksums: no placeholder, and no file
+the reviewer did not see, reaches a host.
+
+A lock belongs to the source it was made for: when the profile's repo,
+revision or include (the quant, when include is left out) differ from the
+lock's, plan refuses with the command that makes a new one. A profile pinned
+to a 40-hex commit needs no lock (the hub lists that commit's files, cached).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import yaml
+
+from provisioner.errors import Problem, ProfileError
+from provisioner.install.hf import list_files
+from provisioner.profile.loader import LoadedProfile
+from provisioner.profile.models import HfSource
+from provisioner.profile.quant_paths import hf_include
+
+VERSION = 1
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class LockedFile:
+    path: str  # inside the repo
+    size: int
+    sha256: str  # "" for a small non-LFS file: then git_blob is its check
+    git_blob: str = ""
+
+
+@dataclass(frozen=True)
+class ModelLock:
+    repo: str
+    revision: str  # as the profile names it
+    include: tuple[str, ...]
+    commit: str  # what the revision was when locked
+    files: tuple[LockedFile, ...]
+
+    def for_source(self, hf: HfSource, include: list[str]) -> bool:
+        return (self.repo, self.revision, self.include) == (hf.repo, hf.revision, tuple(include))
+
+    def first_gguf(self) -> str | None:
+        """The file llama.cpp is given: the first shard (llama.cpp finds the others beside it)."""
+        ggufs = sorted(f.path for f in self.files if f.path.endswith(".gguf"))
+        return ggufs[0] if ggufs else None
+
+
+def lock_path(profile_path: Path) -> Path:
+    return profile_path.with_name(f"{profile_path.stem}.lock")
+
+
+def needs_lock(loaded: LoadedProfile) -> bool:
+    """A model download from a branch or tag: the files must be pinned by a lock."""
+    hf = loaded.profile.model.source.hf
+    return loaded.profile.install.model and hf is not None and not _COMMIT.match(hf.revision)
+
+
+def _bad(path: Path, why: str) -> ProfileError:
+    return ProfileError(Problem(f"{path}: {why}", file=str(path),
+                                hint=f"make it again: provision lock {path.with_suffix('.yaml')}"))
+
+
+def read_lock(path: Path) -> ModelLock | None:
+    """The lock at ``path``, or None when there is none."""
+    if not path.is_file():
+        return None
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        model = data["model"]["hf"]
+        files = tuple(LockedFile(str(f["path"]), int(f["size"]), str(f.get("sha256", "")),
+                                 str(f.get("git_blob", ""))) for f in model["files"])
+        lock = ModelLock(str(model["repo"]), str(model["revision"]), tuple(str(i) for i in model["include"]),
+                         str(model["commit"]), files)
+    except (yaml.YAMLError, KeyError, TypeError, ValueError) as exc:
+        raise _bad(path, f"not a lock file provision can read ({type(exc).__name__}: {exc})") from None
+    if data.get("version") != VERSION:
+        raise _bad(path, f"lock format {data.get('version')!r}, this provision reads {VERSION}")
+    if not _COMMIT.match(lock.commit):
+        raise _bad(path, f"commit {lock.commit!r} is not a 40-hex commit")
+    for f in files:
+        parts = PurePosixPath(f.path).parts
+        if f.path.startswith("/") or ".." in parts or not (_HEX64.match(f.sha256) or f.git_blob):
+            raise _bad(path, f"file {f.path!r} has an unsafe path or no checksum")
+    return lock
+
+
+def write_lock(path: Path, lock: ModelLock, profile_name: str) -> None:
+    data: dict[str, Any] = {
+        "version": VERSION,
+        "model": {"hf": {
+            "repo": lock.repo, "revision": lock.revision, "include": list(lock.include), "commit": lock.commit,
+            "files": [{"path": f.path, "size": f.size, **({"sha256": f.sha256} if f.sha256 else {}),
+                       **({"git_blob": f.git_blob} if f.git_blob else {})} for f in lock.files]}}}
+    header = (f"# Written by `provision lock` for {profile_name}: the exact files plan and apply install.\n"
+              "# Commit it next to the profile; `provision lock` (or plan/apply --update-lock) renews it.\n")
+    temp = path.with_name(f".{path.name}.provision-tmp")
+    temp.write_text(header + yaml.safe_dump(data, sort_keys=False, width=200), encoding="utf-8")
+    temp.replace(path)
+
+
+def resolve_lock(loaded: LoadedProfile, *, endpoint: str | None, token: str | None) -> ModelLock:
+    """Ask the hub what the profile's hf source is now (one request)."""
+    hf = loaded.profile.model.source.hf
+    if hf is None:
+        raise ProfileError(loaded.problem(("model", "source"), "only an hf model source is locked so far",
+                                          "files carry their own sha256; an Ollama tag is pinned by ollama_digest"))
+    include = hf_include(loaded.profile)
+    listing = list_files(hf.repo, hf.revision, include, endpoint=endpoint, token=token)
+    if not listing["files"]:
+        raise ProfileError(loaded.problem(("model", "source", "hf"),
+                                          f"no file of {hf.repo}@{hf.revision} matches {include}",
+                                          "check model.quant, or give hf.include globs"))
+    files = tuple(LockedFile(f["path"], int(f["size"]), f["sha256"], f["git_blob"]) for f in listing["files"])
+    return ModelLock(hf.repo, hf.revision, tuple(include), listing["commit"], files)
+
+
+def apply_lock(loaded: LoadedProfile, lock: ModelLock | None, *, required: bool) -> LoadedProfile:
+    """The profile as the lock pins it (hf.file from the lock when the profile names none);
+    ``required``: refuse a missing or stale lock (plan, apply), else ignore it (validate, render)."""
+    hf = loaded.profile.model.source.hf
+    if hf is None:
+        return loaded
+    where = lock_path(loaded.path)
+    fresh = lock is not None and lock.for_source(hf, hf_include(loaded.profile))
+    if not fresh:
+        if required and needs_lock(loaded):
+            said = ("has no lock" if lock is None else
+                    f"changed since {where.name} was made (it locks {lock.repo}@{lock.revision} {list(lock.include)})")
+            raise ProfileError(loaded.problem(
+                ("model", "source", "hf"), f"the model source {said}",
+                f"run `provision lock {loaded.path}` (or pass --update-lock) and review the files it pins"))
+        return loaded
+    assert lock is not None
+    if hf.file is not None:
+        return loaded
+    first = lock.first_gguf()
+    if first is None:
+        return loaded
+    source = loaded.profile.model.source.model_copy(update={"hf": hf.model_copy(update={"file": first})})
+    model = loaded.profile.model.model_copy(update={"source": source})
+    return dataclasses.replace(loaded, profile=loaded.profile.model_copy(update={"model": model}))
