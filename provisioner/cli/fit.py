@@ -64,6 +64,7 @@ def fit_result(profile: Path, context: int | None, ignore_fit: bool = False,
     from provisioner.fit.host import hardware_overrides
     from provisioner.fit.predict import predict
     from provisioner.fit.suggest import suggestions
+    from provisioner.fit.whatif import sets_quant
     from provisioner.render.engine_command import chosen_flags
     from provisioner.render.files import model_path
 
@@ -72,7 +73,9 @@ def fit_result(profile: Path, context: int | None, ignore_fit: bool = False,
     load: HostLoad | None = None
     if host_facts is not None and host_output is not None:
         load = host_load(FIT_PROBE.read(host_output), host_facts.gpu_order)
-    layout, layout_note = local_layout(spec, root) if read_model_files else (None, None)
+    # a what-if quant is priced by the catalog: the files on disk are the profile's own quant
+    layout, layout_note = (local_layout(spec, root) if read_model_files and not sets_quant(settings)
+                           else (None, None))
     spec = dataclasses.replace(spec, host=load, layout=layout or spec.layout)
     if context is not None and context > spec.model.max_context:
         raise UsageError(f"--context {context} exceeds {spec.model.name}'s maximum of "
@@ -103,6 +106,7 @@ def fit_result(profile: Path, context: int | None, ignore_fit: bool = False,
 
 def _resolved(profile: Path, settings: dict[str, Any] | None, overrides: dict[str, Any] | None) -> Spec:
     """The profile with --set values and a host's hardware, resolved against the catalog."""
+    from provisioner.fit.whatif import sets_quant
     from provisioner.install.model_fetch import fetch_model_shape
     from provisioner.profile.loader import deep_merge, load_profile
     from provisioner.profile.resolve import resolve
@@ -113,7 +117,7 @@ def _resolved(profile: Path, settings: dict[str, Any] | None, overrides: dict[st
         raise UsageError(f"fit reads one host's hardware; {profile} describes a cluster of "
                          f"{len(loaded.profile.cluster.nodes)} nodes",
                          hint="run `provision fit` without --host/--here: each node's GPUs are in cluster.nodes")
-    return resolve(loaded)
+    return resolve(loaded, what_if_quant=sets_quant(settings))
 
 
 def _hardware_from(host: str | None, overrides: dict[str, Any] | None) -> tuple[Block, ...]:
@@ -225,14 +229,16 @@ def compare_command(profile: Path, settings: dict[str, Any], compares: list[str]
     """One row per combination of the --compare values: fits, margin, speeds, quality."""
     from provisioner.facts.gguf_layout import local_layout
     from provisioner.fit import fit
-    from provisioner.fit.whatif import combinations, ordered, row_of, with_settings
+    from provisioner.fit.whatif import combinations, ordered, row_of, sets_quant, with_settings
     from provisioner.profile.loader import load_profile
     from provisioner.profile.resolve import resolve
 
     rows = []
     for combo in combinations(compares):
-        spec = resolve(load_profile(profile, with_settings(settings, combo) or None))
-        spec = dataclasses.replace(spec, layout=local_layout(spec, root)[0])
+        combined = with_settings(settings, combo)
+        spec = resolve(load_profile(profile, combined or None), what_if_quant=sets_quant(combined))
+        if not sets_quant(combined):  # the files on disk are the profile's quant, not this one
+            spec = dataclasses.replace(spec, layout=local_layout(spec, root)[0])
         rows.append(row_of(spec, fit(spec), combo))
     rows = ordered(rows)
     many = any(r.streams > 1 for r in rows)

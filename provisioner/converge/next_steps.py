@@ -4,10 +4,14 @@ restart a running server still owes. The command line adds `provision verify`.""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from provisioner.converge.plan import Plan
 from provisioner.install.secret import generated_key_path, read_hint
-from provisioner.profile.models import SecretRef
-from provisioner.profile.resolve import Spec
+
+if TYPE_CHECKING:  # a cached no-op loads neither the schema nor the catalog (tests/render/test_cached.py)
+    from provisioner.profile.models import SecretRef
+    from provisioner.profile.resolve import Spec
 
 
 def _secret_step(name: str, ref: SecretRef, env_file: str) -> str | None:

@@ -100,7 +100,7 @@ def local_layout(spec: Any, root: str = "") -> tuple[TensorLayout | None, str | 
         return None, None
     for item, path in zip(files, paths, strict=True):
         size = path.stat().st_size
-        if size != item.bytes:
+        if item.bytes is not None and size != item.bytes:
             return None, (f"{path} is {size} bytes, the profile names {item.bytes}: placed with the "
                           "catalog's sizes (`provision verify` checks the file)")
     try:

@@ -57,6 +57,11 @@ def overrides_of(assignments: list[str], option: str = "--set") -> dict[str, Any
     return merged
 
 
+def sets_quant(overrides: dict[str, Any] | None) -> bool:
+    """Whether a what-if changes the quant: the profile's model files are then another quant's."""
+    return "quant" in ((overrides or {}).get("model") or {})
+
+
 def combinations(compares: list[str]) -> list[tuple[tuple[str, Any], ...]]:
     """Every combination of the --compare options' values, in the order given."""
     axes: list[list[tuple[str, Any]]] = []

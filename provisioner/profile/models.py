@@ -328,12 +328,21 @@ class Os(_Model):
 class ModelFile(_Model):
     path: AbsPath
     """Where the file is (or will be) on the host: an absolute path."""
-    bytes: int = Field(gt=0)
-    """The file's exact size in bytes (fit, verify and the download check it)."""
-    sha256: Sha256
-    """The file's sha256 (64 hex digits): verify and the download check it."""
+    bytes: int | None = Field(default=None, gt=0)
+    """The file's exact size in bytes (fit, verify and the download check it); leave it
+    out, with sha256, for a file you place yourself and have no checksum for."""
+    sha256: Sha256 | None = None
+    """The file's sha256 (64 hex digits): verify and the download check it. Never write a
+    made-up one: leave it out (verify then says the file is unchecked), or use an hf source
+    and `provision lock`, which records the hub's own checksums."""
     url: Annotated[str, Field(pattern=r"^(https?|file)://[A-Za-z0-9_./@+:,=%~?&-]+$")] | None = None
     """Where install.model downloads it from (https, or file:// for a local mirror)."""
+
+    @model_validator(mode="after")
+    def _checked_download(self) -> ModelFile:
+        if self.url is not None and (self.sha256 is None or self.bytes is None):
+            raise ValueError("a file with a url needs its bytes and sha256: a download is checked against both")
+        return self
 
 
 class HfSource(_Model):

@@ -89,8 +89,12 @@ def _suggest(name: str, known: list[str]) -> str:
     return f"known: {', '.join(sorted(known))}"
 
 
-def resolve(loaded: LoadedProfile, catalog: Catalog | None = None) -> Spec:
-    """Look up the catalog entries and check the cross-field rules."""
+def resolve(loaded: LoadedProfile, catalog: Catalog | None = None, *, what_if_quant: bool = False) -> Spec:
+    """Look up the catalog entries and check the cross-field rules.
+
+    ``what_if_quant``: the quant was set for a what-if (``fit --set/--compare``), which
+    prices the quant by its catalog sizes; the profile's files still name the quant it
+    was written for, so the rule that files match the quant does not apply."""
     catalog = catalog or load_catalog()
     p = loaded.profile
     problems: list[Problem] = []
@@ -107,6 +111,8 @@ def resolve(loaded: LoadedProfile, catalog: Catalog | None = None) -> Spec:
     problems += found
     if model is not None:
         problems += _model_rules(loaded, model)
+        if not what_if_quant:
+            problems += quant_path_rules(loaded, model)
 
     engine = catalog.engines.get(p.runtime.engine)
     version: EngineVersion | None = None
@@ -213,7 +219,7 @@ def _model_rules(loaded: LoadedProfile, model: ModelSpec) -> list[Problem]:
         out.append(loaded.problem(("model", "mode"),
                                   f"{model.name} has no {p.model.mode} mode",
                                   f"use {' or '.join(model.modes)}"))
-    return out + quant_path_rules(loaded, model)
+    return out
 
 
 def _os_rules(loaded: LoadedProfile) -> list[Problem]:

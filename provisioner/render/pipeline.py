@@ -55,7 +55,8 @@ def build(path: Path, *, ignore_fit: bool = False, overrides: dict[str, Any] | N
     fresh PROFILE.lock (plan, apply, verify on a target); without it such a source is left out
     of the installs, never asked of the hub."""
     loaded = load_profile(path, overrides)
-    lock = read_lock(lock_path(loaded.path))
+    # only an hf source is locked: a stray NAME.lock beside a files/directory/ollama profile is not read
+    lock = read_lock(lock_path(loaded.path)) if loaded.profile.model.source.hf is not None else None
     loaded = apply_lock(loaded, lock, required=require_lock)
     spec = resolve(loaded)
     if model_root is not None:

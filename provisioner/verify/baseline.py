@@ -173,7 +173,8 @@ def _model_identity(spec: Spec, gathered: Gathered | None) -> str:
     output = gathered.output if gathered is not None else ""
     if source.files:
         seen = MODEL_FILES_PROBE.read(output)
-        return ",".join(seen[f.path].sha256 or f.sha256 if f.path in seen else f.sha256 for f in source.files)
+        return ",".join((seen[f.path].sha256 if f.path in seen else None) or f.sha256 or f.path
+                        for f in source.files)
     if source.hf is not None:
         return f"{source.hf.repo}@{source.hf.revision}" + (f"/{source.hf.file}" if source.hf.file else "")
     if source.ollama is not None:

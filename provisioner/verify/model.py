@@ -25,8 +25,14 @@ def file_checks(spec: Spec, on_disk: dict[str, OnDisk]) -> list[Check]:
         seen = on_disk.get(item.path, OnDisk(None, None))
         name = Path(item.path).name
         if seen.size is None:
-            out.append(Check(f"model.file:{name}", "fail", "missing", f"{item.bytes} bytes",
+            out.append(Check(f"model.file:{name}", "fail", "missing",
+                             f"{item.bytes} bytes" if item.bytes is not None else "a file",
                              f"download it to {item.path}"))
+            continue
+        if item.bytes is None or item.sha256 is None:
+            out.append(Check(f"model.file:{name}", "warn", f"{seen.size} bytes, sha256 {seen.sha256}",
+                             "a checksum to compare", "the profile names no bytes/sha256 for it: add the "
+                             "published ones, or use an hf source and `provision lock`"))
             continue
         if seen.size != item.bytes:
             hint = "truncated: the download stopped early" if seen.size < item.bytes else "not the file named"

@@ -17,6 +17,9 @@ from provisioner.transport.local import LocalTransport
 from tests.conftest import make_profile
 
 CUSTOM = "/etc/custom/a.conf"
+# The service user's install step writes the tree's account database (systemd-sysusers
+# --root, or useradd --root): files the user's creation owns, not rendered files.
+ACCOUNT_FILES = {"/etc/passwd", "/etc/group", "/etc/shadow", "/etc/gshadow", "/etc/.pwd.lock"}
 
 
 def converge(profile: Path, root: Path, failpoint: int | None = None) -> HostResult:
@@ -86,7 +89,9 @@ def test_kill_at_every_failpoint_then_converge(profiles: dict[str, Path], tmp_pa
         converge(profiles[goal], root)
         assert converge(profiles[goal], root).plan.nothing_to_do, f"step {step}"
         assert not temps(root), f"step {step}: a temp file is left"
-        assert set(files(root)) == {f.path for f in wanted}, f"step {step}: an unmanaged file remains"
+        assert set(files(root)) - ACCOUNT_FILES == {f.path for f in wanted}, f"step {step}: an unmanaged file remains"
+        assert (root / "etc/passwd").read_text().count("\nllm:") + (root / "etc/passwd").read_text().startswith(
+            "llm:") == 1, f"step {step}: the service user is not created exactly once"
 
 
 def test_kill_at_every_failpoint_of_a_rollback(profiles: dict[str, Path], tmp_path: Path) -> None:

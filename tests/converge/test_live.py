@@ -76,7 +76,7 @@ def test_live_apply_runs_system_handlers_in_order_and_touches_nothing_outside(tm
     data = json.loads(result.stdout)
     host = data["hosts"][0]
     assert host["generation"] == 1 and host["pending_handlers"] == []
-    assert host["handlers"] == ["daemon-reload", "sysctl", "tmpfiles", "initramfs", "gpu-settings",
+    assert host["handlers"] == ["sysusers", "daemon-reload", "sysctl", "tmpfiles", "initramfs", "gpu-settings",
                                 "restart-server"]
     ran = (tmp_path / "handlers.log").read_text().splitlines()
     assert [line for line in ran if not line.startswith("systemctl --version")] == [

@@ -18,9 +18,15 @@ from tests.conftest import ROOT, make_profile
 SPARK = load_catalog().gpus["dgx-spark-gb10"]
 
 
+def own_files(quant: str) -> dict[str, object]:
+    """The quickstart's model source pointed at ``quant``'s own file (files must be the quant)."""
+    return {"model.quant": quant, "model.source": {
+        "files": [{"path": f"/srv/models/qwen3-235b-a22b/{quant}/Qwen3-235B-A22B-{quant}-00001-of-00003.gguf"}]}}
+
+
 def _spark(tmp_path: Path, quant: str, engine: dict[str, object] | None = None) -> Path:
     patch: dict[str, object] = {"hardware.gpus": [{"model": "dgx-spark-gb10", "count": 1}],
-                                "hardware.ram": "128GiB", "model.quant": quant}
+                                "hardware.ram": "128GiB", **own_files(quant)}
     if engine:
         patch.update(engine)
     return make_profile(tmp_path, patch, name=f"{quant}.yaml")
@@ -48,7 +54,7 @@ def test_a_model_larger_than_the_pool_is_not_offloaded_to_the_same_pool(tmp_path
     assert placed.ram.weights_bytes == 0 and placed.ram.capacity_bytes == 0
     assert all("cpu_moe" not in str(h.get("change", "")) for h in suggestions(spec, placed))
     # the same profile on a 96 GiB discrete GPU with 192 GiB RAM fits by moving experts
-    discrete = fit(resolve(load_profile(make_profile(tmp_path, {"model.quant": "Q4_K_M"}))))
+    discrete = fit(resolve(load_profile(make_profile(tmp_path, own_files("Q4_K_M")))))
     assert discrete.fits and discrete.cpu_moe_layers > 0
 
 

@@ -139,7 +139,8 @@ def test_live_apply_builds_the_engine_in_the_one_batched_script(tmp_path: Path) 
     assert result.returncode == 0, result.stderr
     [host] = json.loads(result.stdout)["hosts"]
     assert host["generation"] == 1
-    assert [(i["name"], i["action"], i["pending"]) for i in host["installs"]] == [("build:llama.cpp", "build", False)]
+    assert [(i["name"], i["action"], i["pending"]) for i in host["installs"]] == [
+        ("user:llm", "install", False), ("build:llama.cpp", "build", False)]
     assert host["handlers"][-1] == "restart-server"  # the new engine is picked up by the restart
     log = (tmp_path / "handlers.log").read_text()
     assert "systemctl daemon-reload" in log

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from provisioner.render.files import model_path
 from provisioner.render.pipeline import build, write_tree
 from tests.conftest import good_profiles
 
@@ -126,6 +127,7 @@ def test_vllm_takes_the_model_as_serves_positional_argument(tmp_path: Path) -> N
     write_tree(built.rendered, tmp_path, overwrite=False)
     script = (tmp_path / "opt/provision/bin/llm-server-run.sh").read_text()
     sets = [line for line in script.splitlines() if line.startswith('set -- "$@" ')]
-    model_dir = built.spec.profile.model.source.directory
+    model_dir = model_path(built.spec)
+    assert model_dir.startswith("/srv/models/")
     assert sets[0].startswith(f'set -- "$@" {model_dir}  # the model directory')
     assert "--model" not in script and script.rstrip().endswith('serve "$@"')
