@@ -13,7 +13,8 @@ from provisioner.cli._output import Result, lines
 
 def write_profile_lock(profile: Path) -> tuple[Path, dict[str, object]]:
     """Resolve the profile's model source on the hub and write its lock; what it pinned."""
-    from provisioner.lock import lock_path, resolve_lock, write_lock  # the hub client: only when run
+    from provisioner.install.model_fetch import fetch_model_shape
+    from provisioner.lock import apply_lock, lock_path, resolve_lock, write_lock  # the hub client: only when run
     from provisioner.profile.loader import load_profile
     from provisioner.units import format_size
 
@@ -21,6 +22,9 @@ def write_profile_lock(profile: Path) -> tuple[Path, dict[str, object]]:
     ref = loaded.profile.secrets.hf_token
     token = os.environ.get(ref.from_env) or None if ref is not None and ref.from_env else None
     lock = resolve_lock(loaded, endpoint=None, token=token)
+    # a model the catalog lacks: its shape is read now, from the file the lock pins (as plan
+    # will read it), and cached, so plan and apply need no hub
+    fetch_model_shape(apply_lock(loaded, lock, required=False).profile, token=token)
     path = lock_path(loaded.path)
     write_lock(path, lock, loaded.profile.metadata.name)
     total = sum(f.size for f in lock.files)
@@ -40,8 +44,8 @@ def lock(profile: Path, as_json: bool) -> Result:
 
     \b
     Example:
-      provision lock examples/quickstart.yaml
-      provision plan examples/quickstart.yaml --update-lock
+      provision lock box.yaml
+      provision plan box.yaml --root ./image --update-lock
     """
     path, fields = write_profile_lock(profile)
     files = fields["files"]

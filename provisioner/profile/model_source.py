@@ -41,7 +41,7 @@ from provisioner.facts.weights_header import (
 from provisioner.profile.loader import LoadedProfile
 from provisioner.profile.models import Profile
 
-RECORD_VERSION = 1
+RECORD_VERSION = 2  # 2: bits per weight from the tensors, not the file size
 _FIRST_READ = 4 * 2**20
 
 
@@ -105,8 +105,11 @@ def gguf_record(headers: Sequence[GgufHeader], sizes: Sequence[int], *, name: st
     model = from_gguf(merged, name, source)
     layout = layout_of(((t.name, t.nbytes) for t in tensors), files)
     total = sum(sizes)
+    # per weight: the tensors' own bytes; the file also holds the vocabulary and metadata, which
+    # for a small model are a large share (a 151936-token vocabulary is ~6 MB)
+    bits = (sum(t.nbytes for t in tensors) or total) * 8 / model["params_total"]
     return {"model": {**model, "hf_repo": repo, "sources": sources},
-            "quant": {"format": "gguf", "bytes": total, "bits_per_weight": round(total * 8 / model["params_total"], 3),
+            "quant": {"format": "gguf", "bytes": total, "bits_per_weight": round(bits, 3),
                       "repo": repo or None, "sources": sources},
             "layout": {"dense": list(layout.dense), "experts": list(layout.experts), "outside": layout.outside,
                        "files": files},

@@ -1,0 +1,288 @@
+"""The last mile, end to end: from an empty --root, one `provision apply --yes` on a CPU
+profile ends in a server that `provision verify` passes.
+
+Everything is real except the hub, a loopback stand-in (tests/support/hub_standin.py):
+- `provision lock` pins the stand-in repo's commit and the quant's file with its sha256;
+- apply creates the service user in the tree's passwd (systemd-sysusers --root), builds
+  llama-server through the build resource from the pinned llama-cpp-python sdist (the
+  same inputs as scripts/build-llama-server, in a fresh tree: a full build), downloads
+  the tiny model from the stand-in and checks it against the lock, generates the API key
+  and writes the unit;
+- the test then starts the server as the unit would (its User=, EnvironmentFile=,
+  Environment=, LoadCredential=, WorkingDirectory= and ExecStart=) in a mount namespace
+  of its own, where the tree's /opt/provision, /srv, /var/lib and /var/cache are mounted
+  at their places, and `provision verify --endpoint` must exit 0;
+- a second apply is a no-op; a changed quant is refused until `provision lock`, then
+  plan shows the new download and --model path, and apply and verify pass again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+from tests.support.http_standin import HttpStandin
+from tests.support.hub_standin import HubRepo, serve_repo
+from tests.verify.test_endpoint import free_port
+
+REPO = "provision-tests/tiny-qwen2-GGUF"
+COMMIT = "5eed20240611000000000000000000000000c0de"  # the stand-in's own commit id
+DEST = "/srv/models/tiny-qwen2"
+SERVICE = "llm-server"
+# scripts/build-llama-server's pins: https://pypi.org/project/llama-cpp-python/0.3.36/#files
+SDIST_SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None or shutil.which("setpriv") is None,
+                       reason="needs root, unshare(1) and setpriv(1): the server runs as the unit's user "
+                              "in a mount namespace of the test's own"),
+]
+
+
+@pytest.fixture(scope="module")
+def quants(llama_server_binary: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    """Two real quants of the tiny model: repeating layers in F32, and in Q8_0."""
+    from gguf import GGMLQuantizationType
+
+    from tests.support.tinymodel import DEFAULT, write_tiny_model
+
+    vocab = llama_server_binary.parents[6] / "models" / "ggml-vocab-qwen2.gguf"
+    out = tmp_path_factory.mktemp("quants")
+    f32 = write_tiny_model(vocab, out / "f32.gguf")
+    q8 = write_tiny_model(vocab, out / "q8.gguf", shape=type(DEFAULT)(layer_type=GGMLQuantizationType.Q8_0))
+    return {"tiny-qwen2-F32.gguf": f32.read_bytes(), "tiny-qwen2-Q8_0.gguf": q8.read_bytes()}
+
+
+@pytest.fixture(scope="module")
+def hub(quants: dict[str, bytes]) -> Iterator[HttpStandin]:
+    files = {**quants, "README.md": b"# tiny-qwen2: random weights, for tests\n"}
+    with HttpStandin() as standin:
+        serve_repo(standin, HubRepo(REPO, COMMIT, files, lfs=frozenset(quants)), branch="main")
+        yield standin
+
+
+def write_profile(directory: Path, sdist: Path, port: int, quant: str) -> Path:
+    data = yaml.safe_load((ROOT / "tests/cases/endpoint/tiny-cpu.yaml").read_text())
+    data["metadata"]["name"] = "bare-box"
+    data["model"] = {**data["model"], "id": REPO, "quant": quant,
+                     "source": {"hf": {"repo": REPO, "revision": "main", "dest": DEST}}}
+    data["runtime"]["port"] = port
+    data["secrets"] = {"api_key": {"generate": True}}
+    data["install"] = {"model": True, "engine": {
+        "method": "source", "url": f"file://{sdist}", "sha256": SDIST_SHA256, "subdir": "vendor/llama.cpp",
+        "cmake_options": ["-DBUILD_SHARED_LIBS=OFF", "-DGGML_NATIVE=OFF", "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF",
+                          "-DLLAMA_BUILD_UI=OFF", "-DLLAMA_USE_PREBUILT_UI=OFF", "-DLLAMA_BUILD_TESTS=OFF",
+                          "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_TOOLS=ON", "-DLLAMA_BUILD_SERVER=ON",
+                          "-DLLAMA_BUILD_NUMBER=11312"],
+        "targets": ["llama-server"], "jobs": 2}}
+    path = directory / "box.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+class Box:
+    def __init__(self, directory: Path, hub: HttpStandin) -> None:
+        self.directory = directory
+        self.root = directory / "root"
+        self.env = {**os.environ, "HF_ENDPOINT": hub.url(), "PROVISION_CACHE": str(directory / "cache")}
+
+    def provision(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "provisioner", *args], capture_output=True, text=True,
+                              env=self.env, cwd=self.directory, check=False)
+
+    def unit(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        text = (self.root / f"etc/systemd/system/{SERVICE}.service").read_text()
+        for line in text.splitlines():
+            if "=" in line and not line.startswith(("#", "[")):
+                key, value = line.split("=", 1)
+                out.setdefault(key, []).append(value)
+        return out
+
+
+def environment_of(unit: dict[str, list[str]], root: Path, credentials: str) -> dict[str, str]:
+    """What systemd gives ExecStart: EnvironmentFile= (a leading "-": optional), Environment=,
+    and CREDENTIALS_DIRECTORY for LoadCredential= (systemd.exec(5))."""
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "CREDENTIALS_DIRECTORY": credentials}
+    for name in unit.get("EnvironmentFile", []):
+        path = root / name.lstrip("-").lstrip("/")
+        if not path.exists() and name.startswith("-"):
+            continue
+        for line in path.read_text().splitlines():
+            if line and not line.startswith("#"):
+                key, value = line.split("=", 1)
+                env[key] = shlex.split(value)[0] if value else ""
+    for assignment in unit.get("Environment", []):
+        key, value = assignment.split("=", 1)
+        env[key] = value
+    return env
+
+
+SANDBOX = r"""set -eu
+root=$1; uid=$2; gid=$3; credential=$4; shift 4
+mount --make-rprivate /
+for dir in /opt /srv /var/lib /var/cache /run; do
+    mount -t tmpfs tmpfs "$dir"
+done
+mkdir -p /opt/provision /srv "/var/lib/$SERVICE" "/var/cache/$SERVICE" "$CREDENTIALS_DIRECTORY"
+mount --bind "$root/opt/provision" /opt/provision
+mount --bind "$root/srv" /srv
+chown "$uid:$gid" "/var/lib/$SERVICE" "/var/cache/$SERVICE"  # StateDirectory=, CacheDirectory=
+# LoadCredential=: systemd copies the file into the unit's credentials directory, readable by its user
+cp "$credential" "$CREDENTIALS_DIRECTORY/api-key"
+chown "$uid" "$CREDENTIALS_DIRECTORY/api-key"
+chmod 0400 "$CREDENTIALS_DIRECTORY/api-key"
+cd "/var/lib/$SERVICE"  # WorkingDirectory=
+exec setpriv --reuid "$uid" --regid "$gid" --clear-groups --no-new-privs env -i "$@"
+"""
+
+
+def start_as_the_unit(box: Box, port: int) -> tuple[subprocess.Popen[bytes], Path]:
+    unit = box.unit()
+    [user], [group] = unit["User"], unit["Group"]
+    passwd = {f.split(":")[0]: f.split(":") for f in (box.root / "etc/passwd").read_text().splitlines()}
+    groups = {f.split(":")[0]: f.split(":") for f in (box.root / "etc/group").read_text().splitlines()}
+    uid, gid = passwd[user][2], groups[group][2]
+    [credential] = unit["LoadCredential"]
+    name, source = credential.split(":", 1)
+    assert name == "api-key"
+    credentials = f"/run/credentials/{SERVICE}.service"  # where systemd puts them (systemd.exec(5))
+    env = environment_of(unit, box.root, credentials)
+    [exec_start] = unit["ExecStart"]
+    assert unit["WorkingDirectory"] == [f"/var/lib/{SERVICE}"]
+    sandbox = box.directory / "sandbox.sh"
+    sandbox.write_text(SANDBOX)
+    log = box.directory / "server.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            ["unshare", "-m", "sh", str(sandbox), str(box.root), uid, gid, str(box.root / source.lstrip("/")),
+             *[f"{k}={v}" for k, v in env.items()], *shlex.split(exec_start)],
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, "SERVICE": SERVICE, "CREDENTIALS_DIRECTORY": credentials})
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"the server exited {process.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as resp:
+                if resp.status == 200:
+                    return process, log
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.3)
+    stop(process)
+    raise AssertionError(f"not healthy after 120 s:\n{log.read_text()[-3000:]}")
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=5)
+
+
+def verify(box: Box, profile: Path, port: int) -> subprocess.CompletedProcess[str]:
+    # The tree is an image, not the machine the server runs on: the GPU group belongs to the
+    # booted image. --no-needle: the tiny model's weights are random, so it cannot recall a
+    # fact (tests/verify/test_endpoint.py shows the needle failing on it for that reason).
+    return box.provision("verify", str(profile), "--root", str(box.root), "--endpoint",
+                         f"http://127.0.0.1:{port}", "--only", "drift,model,install,endpoint", "--no-needle",
+                         "--json")
+
+
+def not_passed(verified: subprocess.CompletedProcess[str]) -> list[object]:
+    try:
+        hosts = json.loads(verified.stdout)["hosts"]
+    except (ValueError, KeyError):
+        return [verified.stdout[-3000:]]
+    return [c for h in hosts for c in h.get("checks") or [h] if c.get("status", "fail") != "pass"]
+
+
+def test_one_apply_on_a_bare_tree_ends_in_a_verified_server(tmp_path: Path, hub: HttpStandin,
+                                                              quants: dict[str, bytes],
+                                                              llama_server_binary: Path) -> None:
+    sdist = llama_server_binary.parents[6] / "sdist" / "llama_cpp_python-0.3.36.tar.gz"
+    assert hashlib.sha256(sdist.read_bytes()).hexdigest() == SDIST_SHA256
+    port = free_port()
+    box = Box(tmp_path, hub)
+    profile = write_profile(tmp_path, sdist, port, "F32")
+
+    refused = box.provision("plan", str(profile), "--root", str(box.root))
+    assert refused.returncode == 1 and "has no lock" in refused.stderr, refused.stderr
+    locked = box.provision("lock", str(profile))
+    assert locked.returncode == 0, locked.stderr
+    assert f"is commit {COMMIT}" in locked.stdout + locked.stderr
+
+    applied = box.provision("apply", str(profile), "--root", str(box.root), "--yes", "--json")
+    assert applied.returncode == 0, applied.stdout[-3000:] + applied.stderr[-3000:]
+    [host] = json.loads(applied.stdout)["hosts"]
+    assert {i["name"] for i in host["installs"]} >= {"user:llm", "secret:api-key", "build:llama.cpp",
+                                                     "download:model"}
+    # the service user, in the tree's own account database
+    assert re.search(r"^llm:x:\d+:\d+:", (box.root / "etc/passwd").read_text(), re.MULTILINE)
+    # the engine, built by the build resource
+    server = box.root / "opt/provision/builds/llama.cpp/bin/llama-server"
+    version = subprocess.run([str(server), "--version"], capture_output=True, text=True, check=False)
+    assert version.returncode == 0 and "11312" in version.stdout + version.stderr
+    # the model, from the stand-in, as the lock pinned it
+    model = box.root / DEST.lstrip("/") / "tiny-qwen2-F32.gguf"
+    assert model.read_bytes() == quants["tiny-qwen2-F32.gguf"]
+    # the generated key: 0600, never printed
+    key_file = box.root / f"etc/provision/{SERVICE}/api-key"
+    key = key_file.read_text().strip()
+    assert re.fullmatch(r"[0-9a-f]{64}", key) and key_file.stat().st_mode & 0o777 == 0o600
+    assert key not in applied.stdout + applied.stderr
+    assert f"--model {DEST}/tiny-qwen2-F32.gguf" in (box.root / "opt/provision/bin/llm-server-run.sh").read_text()
+
+    process, log = start_as_the_unit(box, port)
+    try:
+        checked = verify(box, profile, port)
+        assert checked.returncode == 0, f"{not_passed(checked)}\n{checked.stderr[-2000:]}\n{log.read_text()[-2000:]}"
+    finally:
+        stop(process)
+
+    again = box.provision("apply", str(profile), "--root", str(box.root), "--yes")
+    assert again.returncode == 0 and "nothing to do" in again.stderr, again.stderr
+
+    # another quant: refused until it is locked, then a new download and a new --model path
+    profile.write_text(profile.read_text().replace("quant: F32", "quant: Q8_0"))
+    stale = box.provision("plan", str(profile), "--root", str(box.root))
+    assert stale.returncode == 1 and "changed since box.lock was made" in stale.stderr, stale.stderr
+    assert "provision lock" in stale.stderr
+    assert box.provision("lock", str(profile)).returncode == 0
+    planned = box.provision("plan", str(profile), "--root", str(box.root))
+    assert planned.returncode == 2, planned.stderr
+    assert "download:model" in planned.stderr and f"--model {DEST}/tiny-qwen2-Q8_0.gguf" in planned.stderr
+    assert "build:llama.cpp" not in planned.stderr  # the engine is built already
+    reapplied = box.provision("apply", str(profile), "--root", str(box.root), "--yes")
+    assert reapplied.returncode == 0, reapplied.stdout[-3000:] + applied.stderr[-3000:]
+    assert (box.root / DEST.lstrip("/") / "tiny-qwen2-Q8_0.gguf").read_bytes() == quants["tiny-qwen2-Q8_0.gguf"]
+    assert key_file.read_text().strip() == key, "the generated key is never overwritten"
+
+    process, log = start_as_the_unit(box, port)
+    try:
+        checked = verify(box, profile, port)
+        assert checked.returncode == 0, f"{not_passed(checked)}\n{checked.stderr[-2000:]}\n{log.read_text()[-2000:]}"
+        assert "tiny-qwen2-Q8_0" in log.read_text() or "Q8_0" in log.read_text()
+    finally:
+        stop(process)
