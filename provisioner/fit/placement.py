@@ -355,6 +355,10 @@ def placement_of(spec: Spec, ctx: int, devices: tuple[Device, ...], *, gpu_layer
     if spec.gpus and not tensor_parallel and spec.gpu_count > 1 and p.cluster is None:
         warnings.append("llama.cpp splits layers over the GPUs: they take turns on each token, "
                         "so decode runs at one GPU's bandwidth")
+    if p.runtime.engine == "ollama" and p.model.mode == "non-thinking" and "thinking" in spec.model.modes:
+        # engines.yaml ollama `think`: no env var or Modelfile parameter turns it off
+        warnings.append("Ollama thinks unless each request says not to: clients send \"think\": false "
+                        "(/api/chat) or \"reasoning_effort\": \"none\" (/v1/chat/completions)")
     if spec.layout is not None and spec.layout.layers != spec.model.layers:
         warnings.append(f"the GGUF file has {spec.layout.layers} layers, the catalog's "
                         f"{spec.model.name} {spec.model.layers}: placed with the catalog's sizes")

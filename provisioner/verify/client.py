@@ -109,6 +109,9 @@ class ChatRun:
         if self.engine in ("llama.cpp", "vllm"):
             # short answers: no reasoning phase on hybrid models (ignored by other templates)
             body["chat_template_kwargs"] = {"enable_thinking": False}
+        if self.engine == "ollama":
+            # no server-wide switch (engines.yaml ollama `think`): ask per request
+            body["reasoning_effort"] = "none"
         if self.engine == "llama.cpp":
             body["cache_prompt"] = False  # same work every time: determinism and honest timings
             body["top_k"] = 1
