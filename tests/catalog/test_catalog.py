@@ -288,7 +288,7 @@ def test_the_model_catalog_covers_the_open_model_families(catalog: Catalog) -> N
     assert len(catalog.models) >= 30
     wanted = {"glm-4.5", "glm-4.5-air", "glm-4.6", "kimi-k2-instruct", "deepseek-v3.1", "llama-4-scout",
               "llama-4-maverick", "gemma-3-27b", "mistral-small-3.2-24b", "devstral-small-2507",
-              "magistral-small-2506", "qwen3-8b", "qwen3-30b-a3b-instruct-2507"}
+              "magistral-small-2506", "qwen3-8b", "qwen3-30b-a3b-instruct-2507", "minimax-m2"}
     assert wanted <= set(catalog.models)
     # the KV layouts fit models, each present: GQA, MLA, sliding window (Gemma 3, Llama 4 chunks)
     assert {m.attention for m in catalog.models.values()} == {"gqa", "mla", "gqa-sliding"}
