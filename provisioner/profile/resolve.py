@@ -345,8 +345,17 @@ def _engine_rules(loaded: LoadedProfile, engine: EngineSpec, version: EngineVers
             out.append(loaded.problem(
                 ("runtime", "version"),
                 f"{engine.name} {p.runtime.version} does not support {group.spec.name} "
-                f"({group.spec.architecture})", "use a newer engine version"))
+                f"({group.spec.architecture})", _architecture_hint(engine, group.spec.architecture)))
     return out
+
+
+def _architecture_hint(engine: EngineSpec, architecture: str) -> str:
+    """Where the refusal comes from, and the versions of this engine that do run the board."""
+    runs = [v for v, spec in engine.versions.items() if architecture in spec.architectures]
+    where = "catalog/engines.yaml cites the source of each version's architectures"
+    if runs:
+        return f"{engine.name} {', '.join(runs)} runs {architecture} boards ({where})"
+    return f"no {engine.name} version in the catalog runs {architecture} boards: use another engine ({where})"
 
 
 def _older(version: str, minimum: str) -> bool:

@@ -25,10 +25,23 @@ def _ver(text: str) -> Version | None:
         return None
 
 
+def _same_name(gpu: Gpu, spec: GpuSpec) -> bool:
+    return (gpu.name or "").strip().lower() == spec.name.lower()
+
+
 def _match(gpu: Gpu, spec: GpuSpec) -> bool:
     if gpu.device_id is not None:
-        return gpu.device_id in {d.lower() for d in spec.pci_device_ids}
-    return (gpu.name or "").strip().lower() == spec.name.lower()
+        if gpu.device_id not in {d.lower() for d in spec.pci_device_ids}:
+            return False
+        # boards that share a device id (the catalog lists their subsystem ids) are told apart by name
+        return not spec.pci_subsystem_ids or gpu.name is None or _same_name(gpu, spec)
+    return _same_name(gpu, spec)
+
+
+def _shares_id(gpu: Gpu, spec: GpuSpec) -> bool:
+    """A different board with the device id of ``spec`` (Quadro RTX 6000/8000, A2/A16, ...)."""
+    return (gpu.device_id is not None and gpu.device_id in {d.lower() for d in spec.pci_device_ids}
+            and not _match(gpu, spec))
 
 
 def _per_gpu(gpus: Iterable[Gpu], check_id: str, test: Any, expected: str, hint: str,
@@ -107,8 +120,11 @@ def _present(gpus: tuple[Gpu, ...], expected: list[tuple[GpuSpec, int]], want: s
     by_name = any(g.device_id is None for g in gpus)
     observed = f"{len(gpus)} GPU(s): " + ", ".join(found) + (" (matched by name: no PCI device id)" if by_name else "")
     if missing:
-        return Check("gpu.present", "fail", observed, want,
-                     f"missing {', '.join(missing)}: check `nvidia-smi -L`, seating, power cables and the profile")
+        shared = sorted({f"{g.name} [{g.device_id}] shares its PCI device id with {spec.name} but is another board"
+                         for spec, _ in expected for g in gpus if _shares_id(g, spec)})
+        hint = (f"{'; '.join(shared)}: name the board that is installed in the profile" if shared else
+                "check `nvidia-smi -L`, seating, power cables and the profile")
+        return Check("gpu.present", "fail", observed, want, f"missing {', '.join(missing)}: {hint}")
     return Check("gpu.present", "pass", observed, want)
 
 

@@ -121,12 +121,12 @@ def test_gpu_catalog_covers_every_family(catalog: Catalog) -> None:
                    "a10g", "a16", "a30", "a40", "a100-40gb", "a100-80gb", "a100-pcie-40gb", "a100-pcie-80gb",
                    "jetson-agx-orin-32gb", "jetson-agx-orin-64gb"},
         "ada": {"rtx-4060", "rtx-4070", "rtx-4080", "rtx-4090", "rtx-2000-ada", "rtx-4000-ada", "rtx-4500-ada",
-                "rtx-5000-ada", "rtx-6000-ada", "l4", "l40", "l40s"},
-        "hopper": {"h100-pcie", "h100-sxm", "h200"},
+                "rtx-5000-ada", "rtx-6000-ada", "l4", "l20", "l40", "l40s"},
+        "hopper": {"h100-pcie", "h100-sxm", "h100-nvl", "h20", "h200", "h200-nvl", "gh200", "gh200-144gb"},
         "blackwell": {"rtx-5050", "rtx-5060", "rtx-5070", "rtx-5080", "rtx-5090", "rtx-pro-4000-blackwell",
                       "rtx-pro-4500-blackwell", "rtx-pro-5000-blackwell", "rtx-pro-6000-blackwell",
                       "rtx-pro-6000-blackwell-max-q", "rtx-pro-6000-blackwell-server", "b200", "b300", "gb200",
-                      "dgx-spark-gb10"},
+                      "dgx-spark-gb10", "jetson-agx-thor"},
     }
     for architecture, ids in expected.items():
         missing = ids - set(catalog.gpus)
@@ -289,7 +289,7 @@ def test_the_model_catalog_covers_the_open_model_families(catalog: Catalog) -> N
     assert len(catalog.models) >= 30
     wanted = {"glm-4.5", "glm-4.5-air", "glm-4.6", "kimi-k2-instruct", "deepseek-v3.1", "llama-4-scout",
               "llama-4-maverick", "gemma-3-27b", "mistral-small-3.2-24b", "devstral-small-2507",
-              "magistral-small-2506", "qwen3-8b", "qwen3-30b-a3b-instruct-2507"}
+              "magistral-small-2506", "qwen3-8b", "qwen3-30b-a3b-instruct-2507", "minimax-m2"}
     assert wanted <= set(catalog.models)
     # the KV layouts fit models, each present: GQA, MLA, sliding window (Gemma 3, Llama 4 chunks)
     assert {m.attention for m in catalog.models.values()} == {"gqa", "mla", "gqa-sliding"}

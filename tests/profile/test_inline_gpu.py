@@ -67,9 +67,14 @@ def test_turing_runs_where_the_engine_version_says_so(tmp_path: Path) -> None:
             "model.context": 8192}
     # llama.cpp b11312 builds sm_75 by default (engines.yaml cites its CMakeLists.txt)
     assert build(make_profile(tmp_path, base, name="llama.yaml")).spec.gpus[0].spec.architecture == "turing"
-    # Ollama 0.34.4 has no source for Turing in the catalog yet: refused with the reason
-    ollama = {**base, "runtime.engine": "ollama", "runtime.version": "0.34.4", "model.quant": "qwen3:30b",
-              "model.source": {"ollama": "qwen3:30b"}}
+    # so does Ollama 0.34.4 (docs/gpu.mdx: compute capability 5.0+)
+    ollama = {**base, "runtime.engine": "ollama", "runtime.version": "0.34.4", "model.quant": "qwen3:30b-a3b",
+              "model.source": {"ollama": "qwen3:30b-a3b"}, "secrets.api_key": None}
+    assert build(make_profile(tmp_path, ollama, name="ollama.yaml")).spec.gpus[0].spec.architecture == "turing"
+    # vLLM 0.33.0 has no source for Turing: refused, naming the version that has one
+    vllm = {**base, "runtime.engine": "vllm", "runtime.version": "0.33.0", "model.quant": "BF16",
+            "model.kv_cache": "auto"}
     with pytest.raises(ProvisionError) as info:
-        build(make_profile(tmp_path, ollama, name="ollama.yaml"))
-    assert "does not support NVIDIA GeForce RTX 2080 Ti (turing)" in str(info.value)
+        build(make_profile(tmp_path, vllm, name="vllm.yaml"))
+    assert "0.33.0 does not support NVIDIA GeForce RTX 2080 Ti (turing)" in str(info.value)
+    assert "0.11.0 runs turing boards" in str(info.value)

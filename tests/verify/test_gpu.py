@@ -50,6 +50,8 @@ def test_recorded_case(case: dict[str, Any], scenario: dict[str, Any]) -> None:
     assert got == scenario["expect"], "\n".join(f"{c.id}: {c.status} {c.observed} | {c.hint}" for c in checks)
     for cid, needle in scenario.get("observed_contains", {}).items():
         assert needle in (by_id[cid].observed or ""), by_id[cid]
+    for cid, needle in scenario.get("hint_contains", {}).items():
+        assert needle in (by_id[cid].hint or ""), by_id[cid]
     for check in checks:
         if check.status == "skip":
             assert check.hint, f"{check.id} skipped without a reason"
