@@ -147,3 +147,19 @@ def test_a_converged_tree_is_read_with_few_programs(tmp_path: Path) -> None:
     started = log.read_text().split() if log.exists() else []
     assert sorted(started) == sorted(["uname", "stat", "sha256sum"] + (["systemctl"] if shutil.which("systemctl")
                                                                          else []))
+
+
+def test_a_file_the_last_generation_also_lists_is_read_once(tmp_path: Path) -> None:
+    root, files = _converged(tmp_path)
+    generation = root / "var/lib/provision/generations/1"
+    generation.mkdir(parents=True)
+    (generation / "paths").write_text("".join(f"{path}\n" for path in files))
+    (generation / "manifest.json").write_text('{"files": {}, "changes": []}')
+    (generation / "complete").write_text("")
+    (root / "var/lib/provision/last").write_text("1\n")
+    transport = Recording(root)
+    gathered = run_gather(transport, paths=list(files), known=files)
+    stats = [line.split()[-1] for line in transport.outputs[0].splitlines() if line.startswith("@stat ")]
+    assert sorted(stats) == sorted([f"{root}{path}" for path in files] + [f"{generation}/manifest.json"])
+    assert gathered.manifest == {"files": {}, "changes": []} and gathered.last_generation == 1
+    assert "/var/lib/provision/generations/1/manifest.json" not in gathered.paths

@@ -94,10 +94,14 @@ for f in "$state" "$state/generations" "$state/last" "$state/lock" "$state/lock.
     guard "$f" state
 done
 files=""
+emitted=" "
 emit() {
     # Classify one path. Regular files are only collected here and read below in
     # one stat, one sha256sum and one cat for all of them: forks are the cost.
     p=$1
+    # a managed file is also named by the last generation's list: read it once
+    case $emitted in *" $p "*) return 0 ;; esac
+    emitted="$emitted$p "
     guard "$p"
     for t in "${p%/*}"/.*.provision-new-*; do
         if [ -e "$t" ] || [ -L "$t" ]; then printf '@temp %s\n' "$t"; fi
