@@ -147,29 +147,12 @@ def parse_gather(output: str) -> Gathered:
     """Pure parser of the gather script's output."""
     facts: dict[str, str] = {}
     paths: dict[str, PathState] = {}
-    stats: list[tuple[str, int, str, str, int]] = []  # path, mode, owner, group, size: in cat order
-    sums: dict[str, str] = {}
-    sent: set[str] = set()  # the files whose bytes are in the blob (the others had the expected digest)
-    blob: list[str] = []
+    files = _FileLines()
     state = _StateLines()
     done = False
-    in_blob = in_sums = False
     for line in output.splitlines():
-        if in_blob:
-            if line == "@blob-end":
-                in_blob = False
-            else:
-                blob.append(line)
-        elif in_sums:
-            if line == "@sums-end":
-                in_sums = False
-            else:  # sha256sum's "DIGEST  PATH" (" *PATH" in binary mode)
-                digest, _, path = line.partition(" ")
-                sums[path.lstrip(" *")] = digest
-        elif line == "@sums":
-            in_sums = True
-        elif line.startswith("@send "):
-            sent.add(line.removeprefix("@send "))
+        if files.take(line):
+            pass
         elif line.startswith("@fact "):
             _, name, *rest = line.split(" ", 2)
             facts[name] = rest[0] if rest else ""
@@ -181,11 +164,6 @@ def parse_gather(output: str) -> Gathered:
                 paths[path] = PathState(kind)  # type: ignore[arg-type]
             else:
                 raise ProvisionError(f"gather output has an unknown path kind {kind!r}")
-        elif line.startswith("@stat "):
-            _, mode_text, user, group_name, size_text, file_path = line.split(" ", 5)
-            stats.append((file_path, int(mode_text, 8), user, group_name, int(size_text)))
-        elif line == "@blob":
-            in_blob = True
         elif state.take(line):
             pass
         elif line == "@done":
@@ -193,14 +171,7 @@ def parse_gather(output: str) -> Gathered:
     if not done:
         raise ProvisionError("gathering stopped before the end",
                              hint="the target's shell failed; run with a POSIX sh, stat, sha256sum, base64")
-    data = base64.b64decode("".join(blob)) if blob else b""
-    offset = 0
-    for path, mode, owner, group, size in stats:
-        content = None
-        if path in sent:
-            content = data[offset:offset + size] if len(data) >= offset + size else None
-            offset += size
-        paths[path] = PathState("file", mode, owner, group, sums.get(path), size, content)
+    paths.update(files.states())
     manifest = state.manifest_of(paths.pop(state.manifest_file, None) if state.manifest_file else None)
     root = _b64(facts.get("root", "")) if facts.get("root") else ""
     if state.linked:
@@ -212,6 +183,51 @@ def parse_gather(output: str) -> Gathered:
     paths = {visible(path, root): kind for path, kind in paths.items()}
     return Gathered(Facts(facts), paths, state.last, manifest, state.pending, output,
                     tuple(state.deletes) if state.incomplete else (), tuple(sorted(state.temps)))
+
+
+class _FileLines:
+    """The regular files of a gather output: @stat lines, the @sums block (sha256sum's
+    lines), @send lines and the @blob of the sent files' bytes, in stat order."""
+
+    def __init__(self) -> None:
+        self.stats: list[tuple[str, int, str, str, int]] = []  # path, mode, owner, group, size
+        self.sums: dict[str, str] = {}
+        self.sent: set[str] = set()  # the files in the blob (the others had the expected digest)
+        self.blob: list[str] = []
+        self.block = ""  # "@sums" or "@blob" while inside one
+
+    def take(self, line: str) -> bool:
+        """Read ``line`` if it is one of these; False leaves it to the caller."""
+        if self.block:
+            if line == self.block + "-end":
+                self.block = ""
+            elif self.block == "@blob":
+                self.blob.append(line)
+            else:  # sha256sum's "DIGEST  PATH" (" *PATH" in binary mode)
+                digest, _, path = line.partition(" ")
+                self.sums[path.lstrip(" *")] = digest
+        elif line in ("@sums", "@blob"):
+            self.block = line
+        elif line.startswith("@send "):
+            self.sent.add(line.removeprefix("@send "))
+        elif line.startswith("@stat "):
+            _, mode_text, user, group_name, size_text, file_path = line.split(" ", 5)
+            self.stats.append((file_path, int(mode_text, 8), user, group_name, int(size_text)))
+        else:
+            return False
+        return True
+
+    def states(self) -> dict[str, PathState]:
+        data = base64.b64decode("".join(self.blob)) if self.blob else b""
+        offset = 0
+        found: dict[str, PathState] = {}
+        for path, mode, owner, group, size in self.stats:
+            content = None
+            if path in self.sent:
+                content = data[offset:offset + size] if len(data) >= offset + size else None
+                offset += size
+            found[path] = PathState("file", mode, owner, group, self.sums.get(path), size, content)
+        return found
 
 
 class _StateLines:
