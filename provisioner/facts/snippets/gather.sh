@@ -59,7 +59,7 @@ if [ -r /etc/os-release ]; then
     fact distro "${gather_id:-unknown} $gather_version"
 fi
 if command -v systemctl >/dev/null 2>&1; then
-    # the first line of systemctl --version is "systemd 252 (252.39-1~deb12u1)"
+    # the first line of systemctl --version, e.g. "systemd 252 (252.38-1~deb12u1)" (Debian 12)
     gather_systemd=$(systemctl --version 2>/dev/null)
     gather_systemd=${gather_systemd%%"$gather_newline"*}
     gather_systemd=${gather_systemd#systemd }
@@ -68,7 +68,8 @@ fi
 if [ -d /run/systemd/system ]; then fact init systemd; else fact init other; fi
 if command -v getenforce >/dev/null 2>&1; then fact selinux "$(getenforce 2>/dev/null)"; else fact selinux absent; fi
 if [ -r /proc/driver/nvidia/version ]; then
-    # its first line: "NVRM version: NVIDIA UNIX [Open ]Kernel Module for x86_64  570.86.15  Release Build ..."
+    # e.g. "NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  565.57.01  Release Build ..."
+    # (tests/cases/gpu has recorded ones of both module flavours)
     gather_driver=
     gather_module=proprietary
     while IFS= read -r gather_line; do
