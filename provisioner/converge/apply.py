@@ -22,7 +22,6 @@ step N (tests use it to prove step 5's promise for every N).
 
 from __future__ import annotations
 
-import base64
 import json
 import shlex
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from typing import Any
 
 from provisioner.converge.guard import guards, install_paths
 from provisioner.converge.plan import Change, Plan, sha256
+from provisioner.converge.shwrite import lines_to, write_bytes
 from provisioner.facts.gather import PathState
 from provisioner.install import EXIT_INSTALL, InstallChange
 from provisioner.install.packages import merged
@@ -231,9 +231,7 @@ def _temp_path(target: str, index: int) -> str:
 
 def _write(change: Change, temp: str) -> str:
     assert change.new is not None
-    data = base64.encodebytes(change.new.content).decode("ascii")
-    return "\n".join([f'temps="$temps {q(temp)}"', f"base64 -d > {q(temp)} <<'PROVISION_EOF'",
-                      data.rstrip("\n"), "PROVISION_EOF"])
+    return f'temps="$temps {q(temp)}"\n' + write_bytes(change.new.content, q(temp))
 
 
 def _modes_owners_sync(temps: list[tuple[Change, str]], root: str) -> str:
@@ -308,23 +306,20 @@ def _validate_units(plan: Plan, temps: list[tuple[Change, str]], root: str) -> s
 
 def _record_generation(inputs: ApplyInputs) -> str:
     plan, root = inputs.plan, inputs.root
-    data = base64.encodebytes(json.dumps(manifest(inputs), indent=1, sort_keys=True)
-                              .encode()).decode("ascii").rstrip("\n")
-    owed = "\n".join(plan.handlers)  # --root's system handlers are reported, never owed
+    data = json.dumps(manifest(inputs), indent=1, sort_keys=True).encode()  # ASCII: ensure_ascii
     lines = [f'gen="$state/generations/{inputs.generation}"', 'rm -rf "$gen"',
              'mkdir -p "$gen/backup"']
     for change in plan.changes:
         if change.old.kind == "file":
             backup = f'"$gen/backup"{q(change.path)}'
             lines.append(f'mkdir -p "$(dirname {backup})" && cp -p {q(root + change.path)} {backup}')
-    paths = "\n".join(sorted(p for p, f in plan.files.items() if f.managed))
+    paths = sorted(p for p, f in plan.files.items() if f.managed)
     # the deletions this generation owes: a kill before they are done must not lose them
-    deletes = "\n".join(c.path for c in plan.changes if c.action == "delete")
-    lines += ["base64 -d > \"$gen/manifest.json\" <<'PROVISION_EOF'", data, "PROVISION_EOF",
-              f"printf '%s\\n' {q(paths)} | grep . > \"$gen/paths\" || true",
-              f"printf '%s\\n' {q(deletes)} | grep . > \"$gen/deletes\" || true",
-              f"printf '%s\\n' {q(owed)} | grep . > \"$state/pending-handlers\" || "
-              f"rm -f \"$state/pending-handlers\"",
+    deletes = [c.path for c in plan.changes if c.action == "delete"]
+    owed = list(plan.handlers)  # --root's system handlers are reported, never owed
+    lines += [write_bytes(data, '"$gen/manifest.json"'),
+              lines_to(paths, '"$gen/paths"'), lines_to(deletes, '"$gen/deletes"'),
+              lines_to(owed, '"$state/pending-handlers"') if owed else 'rm -f "$state/pending-handlers"',
               'sync "$gen/manifest.json" 2>/dev/null || true',
               f'echo {inputs.generation} > "$state/last.new" && mv -f "$state/last.new" "$state/last"']
     return "\n".join(lines)

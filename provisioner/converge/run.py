@@ -51,9 +51,9 @@ class HostResult:
 
 
 def gather(transport: Transport, paths: list[str], service: str = "",
-           host_paths: list[str] | None = None, extra: str = "") -> Gathered:
+           host_paths: list[str] | None = None, extra: str = "", known: dict[str, bytes] | None = None) -> Gathered:
     """Round trip 1: facts, every managed path, provision's state."""
-    return run_gather(transport, paths=paths, service=service, host_paths=host_paths, extra=extra)
+    return run_gather(transport, paths=paths, service=service, host_paths=host_paths, extra=extra, known=known)
 
 
 def plan_host(rendered: Rendered, transport: Transport, *, service: str, restart: bool = False,
@@ -62,7 +62,10 @@ def plan_host(rendered: Rendered, transport: Transport, *, service: str, restart
     destinations never depend on facts, so the first render names the paths)."""
     probes = "\n".join([item.probe(transport.root) for item in rendered.installs]
                        + [install_guards(transport.root, rendered.installs)])
-    gathered = gather(transport, [f.path for f in rendered.files], service, extra=probes)
+    # a converged host sends back no file: each has the bytes of this render (one whose
+    # template reads facts may differ after rerender; its diff then uses the bytes sent or known)
+    gathered = gather(transport, [f.path for f in rendered.files], service, extra=probes,
+                      known={f.path: f.content for f in rendered.files})
     if rerender is not None:
         rendered = rerender(gathered.facts.values)
     plan = make_plan(rendered, gathered, root_mode=bool(transport.root), restart=restart,

@@ -4,7 +4,9 @@ understand the output is pure."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+import hashlib
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from provisioner.errors import ProvisionError
@@ -20,18 +22,29 @@ if TYPE_CHECKING:  # the protocol only: facts sits below transport/, which impor
 
 
 def run_gather(transport: Transport, probes: Sequence[Probe[object]] = (), *, paths: Sequence[str] = (),
-               service: str = "", host_paths: list[str] | None = None, extra: str = "") -> Gathered:
+               service: str = "", host_paths: list[str] | None = None, extra: str = "",
+               known: Mapping[str, bytes] | None = None) -> Gathered:
     """Facts, every managed path, provision's state and what ``probes`` print, in one exec on
     the host. ``extra``: more sh whose lines other code parses (install items, verify's live
-    values), after the probes."""
+    values), after the probes. ``known``: managed path -> bytes provision has (what it will
+    write); a file on the host with the same sha256 is not sent back, and its content here
+    is these bytes, as if it had been."""
+    digests = {path: hashlib.sha256(data).hexdigest() for path, data in (known or {}).items()}
     script = gather_script(list(paths), transport.root, service, transport.state_dir, host_paths,
-                           snippets(probes) + extra)
+                           snippets(probes) + extra, expect=digests)
     result = transport.run(script)
     if result.returncode != 0 and "@done" not in result.stdout:
         raise ProvisionError(f"gathering facts on {transport.name} failed: "
                              f"{(result.stderr or result.stdout).strip()[:300]}",
                              hint="the target needs a POSIX sh with stat, sha256sum and base64")
-    return parse_gather(result.stdout)
+    gathered = parse_gather(result.stdout)
+    if not digests:
+        return gathered
+    paths_read = {path: dataclasses.replace(state, content=(known or {})[path])
+                  if state.kind == "file" and state.content is None and path in digests
+                  and state.sha256 == digests[path] else state
+                  for path, state in gathered.paths.items()}
+    return dataclasses.replace(gathered, paths=paths_read)
 
 
 def gather_host(transport: Transport) -> HostFacts:

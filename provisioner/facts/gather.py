@@ -10,7 +10,9 @@ parser. Output lines:
     @path B64PATH missing | file MODE OWNER GROUP SHA256 SIZE | dir MODE OWNER GROUP
           | symlink B64TARGET | other
     (file content follows a `file` line as base64 lines, closed by @end)
-    @state last N | manifest B64JSON | pending NAME... | incomplete | delete PATH
+    @state last N | manifest-file PATH | pending NAME... | incomplete | delete PATH
+    @stat MODE OWNER GROUP SIZE PATH, then @sums, sha256sum's lines, @sums-end, then @blob,
+          the files' bytes in stat order as base64, @blob-end (the manifest-file among them)
     @linked B64TARGET PATH   (a symlinked folder or state file under a root: refused)
     @temp PATH               (a temp file a killed apply or rollback left)
 """
@@ -30,6 +32,7 @@ from provisioner.facts.probe import Probe, load_snippet, shell_inputs
 STATE_DIR = "/var/lib/provision"
 # Paths written into the gather script unquoted-safe: they never hold blanks or quotes.
 _SAFE_PATH = re.compile(r"^/[A-Za-z0-9_./@+:,=-]*$")
+_DIGEST = re.compile(r"[0-9a-f]{64}")
 
 Kind = Literal["missing", "file", "dir", "symlink", "other"]
 Result = TypeVar("Result")
@@ -87,21 +90,28 @@ def visible(host_path: str, root: str) -> str:
 
 
 def gather_script(paths: list[str], root: str = "", service: str = "", state_dir: str | None = None,
-                  host_paths: list[str] | None = None, extra: str = "") -> str:
+                  host_paths: list[str] | None = None, extra: str = "", expect: dict[str, str] | None = None) -> str:
     """The one script that reads everything plan needs from a host.
 
     ``paths`` are managed paths (under ``root``); ``host_paths`` are read as they
     are (generation backups, wherever the state dir lives); ``extra`` is more sh
-    (verify's live values, GPU and model probes) printing lines of its own marks."""
+    (verify's live values, GPU and model probes) printing lines of its own marks.
+    ``expect``: managed path -> the sha256 provision is about to write there; a file
+    that already has it is stat'ed and summed but its bytes are not sent."""
     if service and not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", service):
         raise ProvisionError(f"bad service name {service!r}")
     every = [root + p for p in sorted(set(paths))] + sorted(set(host_paths or []))
-    unsafe = [p for p in every if not _SAFE_PATH.match(p)]
+    state_dir = state_dir or root + STATE_DIR
+    unsafe = [p for p in [*every, state_dir] if not _SAFE_PATH.match(p)]
     if unsafe:
         raise ProvisionError(f"path {unsafe[0]!r} has characters provision does not manage",
                              hint="managed paths, roots and state dirs use letters, digits and _./@+:,=- only")
-    inputs = shell_inputs(GATHER_ROOT=root, GATHER_STATE=state_dir or root + STATE_DIR, GATHER_SERVICE=service,
-                          GATHER_PATHS=" ".join(every))
+    inputs = shell_inputs(GATHER_ROOT=root, GATHER_ROOT_B64=base64.b64encode(root.encode()).decode(),
+                          GATHER_STATE=state_dir, GATHER_SERVICE=service,
+                          GATHER_PATHS=" ".join(every),
+                          GATHER_EXPECT=" ".join(f"{digest}:{root}{path}"
+                                                 for path, digest in sorted((expect or {}).items())
+                                                 if _DIGEST.fullmatch(digest) and root + path in every))
     guard = GUARD_FUNCTION.replace("@ON_LINK@", _REPORT_LINK) + "\n"
     return inputs + guard + load_snippet("gather") + (extra.rstrip("\n") + "\n" if extra else "") + "echo '@done'\n"
 
@@ -137,18 +147,12 @@ def parse_gather(output: str) -> Gathered:
     """Pure parser of the gather script's output."""
     facts: dict[str, str] = {}
     paths: dict[str, PathState] = {}
-    stats: list[tuple[str, int, str, str, int]] = []  # path, mode, owner, group, size: in cat order
-    sums: dict[str, str] = {}
-    blob: list[str] = []
+    files = _FileLines()
     state = _StateLines()
     done = False
-    in_blob = False
     for line in output.splitlines():
-        if in_blob:
-            if line == "@blob-end":
-                in_blob = False
-            else:
-                blob.append(line)
+        if files.take(line):
+            pass
         elif line.startswith("@fact "):
             _, name, *rest = line.split(" ", 2)
             facts[name] = rest[0] if rest else ""
@@ -160,14 +164,6 @@ def parse_gather(output: str) -> Gathered:
                 paths[path] = PathState(kind)  # type: ignore[arg-type]
             else:
                 raise ProvisionError(f"gather output has an unknown path kind {kind!r}")
-        elif line.startswith("@stat "):
-            _, mode_text, user, group_name, size_text, file_path = line.split(" ", 5)
-            stats.append((file_path, int(mode_text, 8), user, group_name, int(size_text)))
-        elif line.startswith("@sum "):
-            _, digest, path = line.split(" ", 2)
-            sums[path.lstrip(" *")] = digest
-        elif line == "@blob":
-            in_blob = True
         elif state.take(line):
             pass
         elif line == "@done":
@@ -175,12 +171,8 @@ def parse_gather(output: str) -> Gathered:
     if not done:
         raise ProvisionError("gathering stopped before the end",
                              hint="the target's shell failed; run with a POSIX sh, stat, sha256sum, base64")
-    data = base64.b64decode("".join(blob)) if blob else b""
-    offset = 0
-    for path, mode, owner, group, size in stats:
-        content = data[offset:offset + size] if len(data) >= offset + size else None
-        offset += size
-        paths[path] = PathState("file", mode, owner, group, sums.get(path), size, content)
+    paths.update(files.states())
+    manifest = state.manifest_of(paths.pop(state.manifest_file, None) if state.manifest_file else None)
     root = _b64(facts.get("root", "")) if facts.get("root") else ""
     if state.linked:
         path, target = sorted(state.linked.items())[0]
@@ -189,8 +181,53 @@ def parse_gather(output: str) -> Gathered:
                              hint="an absolute link in an image tree points at this machine's own /; "
                              "replace the link with a real folder, or give --root the tree it points to")
     paths = {visible(path, root): kind for path, kind in paths.items()}
-    return Gathered(Facts(facts), paths, state.last, state.manifest, state.pending, output,
+    return Gathered(Facts(facts), paths, state.last, manifest, state.pending, output,
                     tuple(state.deletes) if state.incomplete else (), tuple(sorted(state.temps)))
+
+
+class _FileLines:
+    """The regular files of a gather output: @stat lines, the @sums block (sha256sum's
+    lines), @send lines and the @blob of the sent files' bytes, in stat order."""
+
+    def __init__(self) -> None:
+        self.stats: list[tuple[str, int, str, str, int]] = []  # path, mode, owner, group, size
+        self.sums: dict[str, str] = {}
+        self.sent: set[str] = set()  # the files in the blob (the others had the expected digest)
+        self.blob: list[str] = []
+        self.block = ""  # "@sums" or "@blob" while inside one
+
+    def take(self, line: str) -> bool:
+        """Read ``line`` if it is one of these; False leaves it to the caller."""
+        if self.block:
+            if line == self.block + "-end":
+                self.block = ""
+            elif self.block == "@blob":
+                self.blob.append(line)
+            else:  # sha256sum's "DIGEST  PATH" (" *PATH" in binary mode)
+                digest, _, path = line.partition(" ")
+                self.sums[path.lstrip(" *")] = digest
+        elif line in ("@sums", "@blob"):
+            self.block = line
+        elif line.startswith("@send "):
+            self.sent.add(line.removeprefix("@send "))
+        elif line.startswith("@stat "):
+            _, mode_text, user, group_name, size_text, file_path = line.split(" ", 5)
+            self.stats.append((file_path, int(mode_text, 8), user, group_name, int(size_text)))
+        else:
+            return False
+        return True
+
+    def states(self) -> dict[str, PathState]:
+        data = base64.b64decode("".join(self.blob)) if self.blob else b""
+        offset = 0
+        found: dict[str, PathState] = {}
+        for path, mode, owner, group, size in self.stats:
+            content = None
+            if path in self.sent:
+                content = data[offset:offset + size] if len(data) >= offset + size else None
+                offset += size
+            found[path] = PathState("file", mode, owner, group, self.sums.get(path), size, content)
+        return found
 
 
 class _StateLines:
@@ -198,7 +235,7 @@ class _StateLines:
 
     def __init__(self) -> None:
         self.last = 0
-        self.manifest: dict[str, Any] | None = None
+        self.manifest_file = ""  # the last generation's manifest.json: read among the files
         self.pending: tuple[str, ...] = ()
         self.linked: dict[str, str] = {}
         self.temps: set[str] = set()
@@ -209,8 +246,8 @@ class _StateLines:
         """Read ``line`` if it is one of these; False leaves it to the caller."""
         if line.startswith("@state last "):
             self.last = last_number(line.removeprefix("@state last "))
-        elif line.startswith("@state manifest "):
-            self.manifest = checked_manifest(line.removeprefix("@state manifest "), self.last)
+        elif line.startswith("@state manifest-file "):
+            self.manifest_file = line.removeprefix("@state manifest-file ")
         elif line.startswith("@state pending"):
             self.pending = tuple(line.split()[2:])
         elif line == "@state incomplete":
@@ -226,6 +263,12 @@ class _StateLines:
             return False
         return True
 
+    def manifest_of(self, read: PathState | None) -> dict[str, Any] | None:
+        """The last generation's manifest from its file as the gather read it (None: none)."""
+        if not self.manifest_file:
+            return None
+        return manifest_content(read.content if read is not None else None, self.last)
+
 
 def last_number(text: str) -> int:
     """The state's ``last`` file: a generation number, or a clear error naming the file."""
@@ -238,10 +281,19 @@ def last_number(text: str) -> int:
 
 
 def checked_manifest(data: str, last: int) -> dict[str, Any]:
-    """Generation ``last``'s manifest.json, or a clear error naming it."""
+    """Generation ``last``'s manifest.json given in base64, or a clear error naming it."""
     try:
-        manifest = json.loads(_b64(data))
-    except (ValueError, ProvisionError):
+        content: bytes | None = base64.b64decode(data, validate=True)
+    except binascii.Error:
+        content = None
+    return manifest_content(content, last)
+
+
+def manifest_content(data: bytes | None, last: int) -> dict[str, Any]:
+    """Generation ``last``'s manifest.json (None: unreadable), or a clear error naming it."""
+    try:
+        manifest = json.loads(data) if data is not None else None
+    except ValueError:
         manifest = None
     changes = manifest.get("changes", []) if isinstance(manifest, dict) else None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("files", {}), dict) \
