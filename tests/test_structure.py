@@ -32,9 +32,7 @@ LONG_FUNCTIONS = {
     "monitor/checks.py:_gpu_checks": "one table of per-GPU checks, each a few lines",
 }
 # Over the line budget today, with the change that brings each under it.
-LONG_MODULES = {
-    "profile/models.py": "the schema; its install and cluster sections move to modules of their own",
-}
+LONG_MODULES: dict[str, str] = {}
 
 
 def _module_name(path: Path) -> str:

@@ -29,7 +29,7 @@ from provisioner.facts.gpu import Gpu
 from provisioner.facts.host import GIB, HostFacts
 from provisioner.fit.library import Entry, entries
 from provisioner.fit.predict import predict
-from provisioner.profile.models import PLACEHOLDER
+from provisioner.profile.hardware_section import PLACEHOLDER
 from provisioner.render.pipeline import build
 from provisioner.units import format_size
 

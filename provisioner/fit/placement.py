@@ -16,8 +16,8 @@ from provisioner.facts.host_load import P2P_LEGEND
 from provisioner.fit.kv import UNQUANTISED_KV, kv_bytes_per_token, kv_cache_bytes
 from provisioner.fit.rope import yarn_warnings
 from provisioner.fit.unified import memory_of, pool_bandwidth_gb_s, pool_left, unified
-from provisioner.profile.models import Offload
 from provisioner.profile.resolve import GpuGroup, Spec
+from provisioner.profile.runtime_section import Offload
 
 GIB = 2**30
 MIB = 2**20

@@ -29,7 +29,8 @@ from provisioner.install.secret import GeneratedKey, generated_key_path
 from provisioner.install.token import WithToken, header_path, token_from_file, token_from_secrets_env
 from provisioner.install.user import GPU_GROUPS, ServiceUser
 from provisioner.install.venv import Venv
-from provisioner.profile.models import ArchiveEngine, ContainerEngine, Profile, SourceEngine, VenvEngine
+from provisioner.profile.install_section import ArchiveEngine, ContainerEngine, SourceEngine, VenvEngine
+from provisioner.profile.models import Profile
 from provisioner.profile.quant_paths import hf_include
 from provisioner.profile.resolve import Spec
 

@@ -27,7 +27,7 @@ import yaml
 from provisioner.errors import Problem, ProfileError
 from provisioner.install.hf import list_files
 from provisioner.profile.loader import LoadedProfile
-from provisioner.profile.models import HfSource
+from provisioner.profile.model_section import HfSource
 from provisioner.profile.quant_paths import hf_include
 
 VERSION = 1

@@ -12,7 +12,7 @@ from typing import Any
 
 from provisioner.catalog import catalog_table
 from provisioner.errors import RenderError
-from provisioner.profile.models import Cluster, ClusterNode
+from provisioner.profile.cluster_section import Cluster, ClusterNode
 from provisioner.profile.nodes import ClusterNodes, Node
 from provisioner.profile.resolve import Spec
 

@@ -15,7 +15,7 @@ import re
 from pydantic import ValidationError
 
 from provisioner.catalog import GpuSpec, catalog_table
-from provisioner.profile.models import InlineGpu
+from provisioner.profile.hardware_section import InlineGpu
 
 # the catalog's field names in GpuSpec's messages, as a profile spells them
 _SPELLED = (("pcie_gen and pcie_lanes", "pcie: {gen, lanes}"), ("pci_device_ids", "pci_device_id"))

@@ -18,7 +18,8 @@ from pydantic import ValidationError
 
 from provisioner.datadir import library_profiles
 from provisioner.errors import Problem, ProfileError
-from provisioner.profile.models import CONTROL_CHARS, HINT_MARK, Profile, model_for_path
+from provisioner.profile.field_types import CONTROL_CHARS, HINT_MARK
+from provisioner.profile.models import Profile, model_for_path
 from provisioner.profile.yamlread import Path_, Positions, dotted, load_yaml, read_text
 
 MAX_EXTENDS_DEPTH = 8

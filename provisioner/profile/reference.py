@@ -1,7 +1,7 @@
 """The profile's JSON Schema and docs/profile.md, both generated from the pydantic models.
 
 The Markdown is made from the JSON Schema, so the page and what an editor checks
-against cannot disagree; a field's description is its docstring in models.py.
+against cannot disagree; a field's description is its docstring in models.py or a *_section.py.
 ``scripts/gen-profile-doc`` writes the page and a test fails when it is stale.
 """
 
@@ -11,7 +11,8 @@ import json
 import re
 from typing import Any
 
-from provisioner.profile.models import SIZE_JSON, Profile
+from provisioner.profile.field_types import SIZE_JSON
+from provisioner.profile.models import Profile
 
 # Draft 7: yaml-language-server (VS Code's YAML extension) "supports JSON Schema 7 and
 # below" (its README). Nothing pydantic emits here needs a later draft; its "#/$defs/..."

@@ -23,10 +23,11 @@ from provisioner.catalog import (
 from provisioner.errors import Problem, ProfileError
 from provisioner.facts.gguf_layout import TensorLayout
 from provisioner.facts.host_load import HostLoad
+from provisioner.profile.hardware_section import GpuEntry
 from provisioner.profile.inline_gpu import gpu_spec, inline_id
 from provisioner.profile.loader import LoadedProfile
 from provisioner.profile.model_source import lookup_model
-from provisioner.profile.models import BUILTIN_HANDLERS, GpuEntry, Profile
+from provisioner.profile.models import BUILTIN_HANDLERS, Profile
 from provisioner.profile.quant_paths import quant_path_rules
 
 # Sources each engine can serve from (docs/profile.md, model.source).

@@ -9,7 +9,7 @@ import dataclasses
 from typing import Any
 
 from provisioner.profile.cluster import catalog, head_address, port, rpc_version
-from provisioner.profile.models import ClusterNode
+from provisioner.profile.cluster_section import ClusterNode
 from provisioner.profile.resolve import Spec
 from provisioner.render.engine_command import Arg
 

@@ -28,7 +28,7 @@ from provisioner.fit.placement import Placement
 from provisioner.install import Install
 from provisioner.install.select import api_key_file, service_user
 from provisioner.profile.cluster import cluster_of, node_named, node_spec
-from provisioner.profile.models import ContainerEngine
+from provisioner.profile.install_section import ContainerEngine
 from provisioner.profile.resolve import Spec
 from provisioner.render.cluster import ray_command, rpc_server_command
 from provisioner.render.engine_command import engine_command

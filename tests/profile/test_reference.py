@@ -51,7 +51,7 @@ def test_every_field_has_a_description() -> None:
     fields = _properties(profile_json_schema(), "Profile")
     assert len(fields) > 100
     undescribed = [name for name, prop in fields if not prop.get("description")]
-    assert not undescribed, f"give these fields a docstring in provisioner/profile/models.py: {undescribed}"
+    assert not undescribed, f"give these fields a docstring in their model (provisioner/profile/): {undescribed}"
 
 
 def test_the_page_has_a_section_for_every_nested_mapping() -> None:

@@ -1,0 +1,143 @@
+"""The profile's ``install:`` section: what apply installs besides files, the distribution
+packages at exact versions, the engine (a venv, a source build, a release archive or a
+container image, each pinned) and the model's download.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BeforeValidator, Field, field_validator, model_validator
+
+from provisioner.profile.field_types import AbsPath, Bytes, ProfileModel, RelPath, Sha256, not_a_float
+
+# Debian and RPM package names and versions: no blanks, quotes or shell characters.
+PackageName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9+.-]{0,99}$")]
+PackageVersion = Annotated[str, BeforeValidator(not_a_float), Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9.+~:_-]{0,99}$")]
+# An exact pin only: "name==1.2.3" (optionally with extras, "vllm[audio]==0.11.0").
+Requirement = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9_,.-]+\])?==[A-Za-z0-9.+!_-]+$")]
+Url = Annotated[str, Field(pattern=r"^(https?|file)://[A-Za-z0-9_./@+:,=%~?&-]+$")]
+# A CMake cache entry: -DNAME=VALUE (no blanks; the value is shell-quoted anyway)
+CmakeOption = Annotated[str, Field(pattern=r"^-D[A-Za-z_][A-Za-z0-9_]*(:[A-Z]+)?=[A-Za-z0-9_.,;/+=-]*$")]
+BuildTarget = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+
+
+class PackagePin(ProfileModel):
+    """A distribution package at an exact version (apt; dnf hosts are refused for now)."""
+
+    name: PackageName
+    """The package's name."""
+    version: PackageVersion
+    """The exact version, quoted ("2.10-3")."""
+    hold: bool = True
+    """Hold it at this version (apt-mark hold) so unattended upgrades cannot move it."""
+
+
+class VenvEngine(ProfileModel):
+    """The engine (vLLM) in a Python venv with exact pins; rebuilt only when they change."""
+
+    method: Literal["venv"]
+    """venv: a Python venv."""
+    path: AbsPath | None = None
+    """The stable symlink to the venv; default /opt/provision/venvs/ENGINE."""
+    requirements: list[Requirement] = Field(min_length=1)
+    """Exact pins only, name==version (e.g. vllm==0.11.0)."""
+    index_url: Url | None = None
+    """pip's index URL, e.g. the PyTorch index of the GPU's CUDA (cu128)."""
+    extra_index_urls: list[Url] = []
+    """More pip index URLs."""
+    python: AbsPath = "/usr/bin/python3"
+    """The Python interpreter that creates the venv."""
+
+
+class SourceEngine(ProfileModel):
+    """llama.cpp / ik_llama.cpp built from a pinned tarball (sha256) or git commit."""
+
+    method: Literal["source"]
+    """source: a CMake build."""
+    path: AbsPath | None = None
+    """The stable symlink to the build; default /opt/provision/builds/ENGINE."""
+    url: Url | None = None
+    """A source tarball (.tar.gz/.tgz/.tar.xz/.tar.bz2), with sha256."""
+    sha256: Sha256 | None = None
+    """The tarball's sha256."""
+    git: Url | None = None
+    """A git repository, with commit."""
+    commit: Annotated[str, Field(pattern=r"^[0-9a-f]{40}$")] | None = None
+    """The git commit, 40 hex digits (a tag can move)."""
+    subdir: RelPath | None = None
+    """Where CMakeLists.txt is inside the sources."""
+    cmake_options: list[CmakeOption] = []
+    """Extra CMake cache entries, -DNAME=VALUE; CUDA options come from the GPUs."""
+    targets: list[BuildTarget] = ["llama-server"]
+    """CMake targets to build; their binaries go to the build's bin/."""
+    cuda_architectures: list[Annotated[str, Field(pattern=r"^[0-9]{2,3}[a-z]?$")]] | None = None
+    """CUDA architectures to build for; default: the profile's GPUs (catalog compute capability)."""
+    jobs: int = Field(default=2, ge=1, le=256)
+    """Parallel build jobs (cmake --build -j)."""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SourceEngine:
+        if (self.url is None) == (self.git is None):
+            raise ValueError("give exactly one of url (+ sha256) or git (+ commit)")
+        if self.url is not None and self.sha256 is None:
+            raise ValueError("a source tarball needs its sha256")
+        if self.git is not None and self.commit is None:
+            raise ValueError("a git source needs commit: the 40-hex commit (a tag can move)")
+        return self
+
+
+class ArchiveEngine(ProfileModel):
+    """A release archive (Ollama) with sha256, unpacked into a versioned dir."""
+
+    method: Literal["archive"]
+    """archive: a release archive."""
+    url: Url
+    """The release archive's URL."""
+    sha256: Sha256
+    """The archive's sha256."""
+    size: Bytes = Field(gt=0)
+    """The archive's exact size (a size with unit, or bytes)."""
+    dest: AbsPath = "/opt/provision/ollama"
+    """The stable symlink to the unpacked archive."""
+    strip_components: int = Field(default=0, ge=0, le=8)
+    """Leading path components to strip when unpacking (tar --strip-components)."""
+
+
+class ContainerEngine(ProfileModel):
+    """The server as a Podman Quadlet container instead of a bare process."""
+
+    method: Literal["container"]
+    """container: a Podman Quadlet container."""
+    image: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._/:-]*@sha256:[0-9a-f]{64}$")]
+    """The image, pinned by digest: NAME@sha256:DIGEST (a tag can move)."""
+    gpus: Literal["all", "none"] = "all"
+    """all passes every NVIDIA GPU (CDI device nvidia.com/gpu=all); none passes none."""
+    volumes: list[Annotated[str, Field(pattern=r"^/[A-Za-z0-9_./@+-]*:/[A-Za-z0-9_./@+-]*(:(ro|rw|z|Z))?$")]] = []
+    """More bind mounts, HOST:CONTAINER[:ro|rw|z|Z]."""
+    binary: AbsPath | None = None
+    """The engine binary inside the image (the run script execs it); default known for llama.cpp only."""
+
+
+EngineInstall = Annotated[VenvEngine | SourceEngine | ArchiveEngine | ContainerEngine,
+                          Field(discriminator="method")]
+
+
+class InstallSection(ProfileModel):
+    """What apply installs besides files. Absent: nothing is installed."""
+
+    packages: list[PackagePin] = []
+    """Distribution packages at exact versions (apt), held by default."""
+    engine: EngineInstall | None = None
+    """How the engine gets onto the host; method must suit runtime.engine."""
+    model: bool = False
+    """Download model.source (hf, or files with url) to its destination."""
+
+    @field_validator("packages")
+    @classmethod
+    def _unique(cls, packages: list[PackagePin]) -> list[PackagePin]:
+        names = [p.name for p in packages]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"package {twice[0]!r} is listed twice")
+        return packages
