@@ -4,6 +4,7 @@ to two loopback sshd hosts, each getting its own node's files."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -405,7 +406,9 @@ def test_verify_on_a_cluster_node_keeps_the_profiles_installs(tmp_path: Path) ->
     data = yaml.safe_load(RPC_EXAMPLE.read_text())
     model = data["model"]["source"]["files"][0]
     profile = _profile(tmp_path, RPC_EXAMPLE, {
-        "model.source.files": [{**model, "url": "https://example.invalid/m.gguf"}],
+        # a download is checked against its size and sha256: those of the bytes b"model"
+        "model.source.files": [{**model, "url": "https://example.invalid/m.gguf", "bytes": 5,
+                                "sha256": hashlib.sha256(b"model").hexdigest()}],
         "install": {"model": True}})
     built = build(profile, network=False)
     assert [i.name for i in built.rendered_for(node="head").installs] == ["user:llm", "download:model"]
