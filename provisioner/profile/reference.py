@@ -38,7 +38,7 @@ def profile_json_schema() -> dict[str, Any]:
 _INTRO = """\
 # Profile reference
 
-<!-- Generated from provisioner/profile/models.py and its *_section.py modules by scripts/gen-profile-doc: edit the models, not this page. -->
+<!-- Generated from provisioner/profile/ (models.py, *_section.py) by scripts/gen-profile-doc: edit those. -->
 
 A profile is one YAML document describing a machine and the model it serves (see
 [examples/quickstart.yaml](../examples/quickstart.yaml) and the library in
