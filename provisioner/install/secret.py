@@ -32,6 +32,11 @@ def read_hint(path: str) -> str:
     return f"sudo cat {path}"
 
 
+# shorter than this a file is not taken as a key (an empty one would disable auth); an
+# admin's own key of this length or more is kept
+MIN_KEY_CHARS = 16
+
+
 @dataclass(frozen=True)
 class GeneratedKey:
     path: str
@@ -45,8 +50,13 @@ class GeneratedKey:
         return "secret"
 
     def probe(self, root: str) -> str:
+        # a key is there only when it is the full key, 0600 and root's: an empty file would
+        # give the engine an empty key, which vLLM and llama.cpp take as "no auth"
         target = q(root + self.path)
-        return (f"if [ -s {target} ]; then printf '@install %s exists yes\\n' {q(self.name)}; "
+        # stat, not a read: a plan without root still sees it
+        return (f"if [ -s {target} ] && [ \"$(stat -c %s {target})\" -ge {MIN_KEY_CHARS} ] && "
+                f"[ \"$(stat -c %a:%u {target})\" = 600:0 ]; then "
+                f"printf '@install %s exists yes\\n' {q(self.name)}; "
                 f"else printf '@install %s exists no\\n' {q(self.name)}; fi")
 
     def record(self) -> dict[str, object]:
@@ -65,6 +75,11 @@ class GeneratedKey:
                 f"( umask 077; od -An -tx1 -N{KEY_BYTES} /dev/urandom | tr -d ' \\n' > \"$temp\" )\n"
                 f"[ \"$(wc -c < \"$temp\")\" -eq {2 * KEY_BYTES} ] || "
                 f"{{ rm -f \"$temp\"; echo '@error {self.name}: could not read /dev/urandom'; exit 1; }}\n"
-                # ln never replaces: a key already there (another apply won the race, or the admin's) stays
-                f"ln \"$temp\" {target} 2>/dev/null || true\n"
-                f"rm -f \"$temp\"")
+                # ln never replaces: a full key already there (another apply won the race, or the
+                # admin's) stays, made 0600 root; an empty or short file is no key and is replaced
+                f"if [ -s {target} ] && [ \"$(stat -c %s {target})\" -ge {MIN_KEY_CHARS} ]; then\n"
+                f"    rm -f \"$temp\"; chown 0:0 {target}; chmod 0600 {target}\n"
+                f"else\n"
+                f"    ln \"$temp\" {target} 2>/dev/null || mv -f \"$temp\" {target}\n"
+                f"    rm -f \"$temp\"\n"
+                f"fi")

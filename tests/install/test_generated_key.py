@@ -55,7 +55,20 @@ def test_a_key_already_there_is_kept(tmp_path: Path) -> None:
     applied = cli("apply", str(_generating(tmp_path)), "--root", str(root), "--yes", "--json")
     assert applied.returncode == 0, applied.stderr
     assert (root / KEY).read_text() == "the-admins-own-key"
-    assert "secret:api-key" not in [i["name"] for i in json.loads(applied.stdout)["hosts"][0]["installs"]]
+    assert (root / KEY).stat().st_mode & 0o777 == 0o600, "the key the admin left readable is made 0600"
+    again = cli("apply", str(_generating(tmp_path)), "--root", str(root), "--yes", "--json")
+    assert "secret:api-key" not in [i["name"] for i in json.loads(again.stdout)["hosts"][0]["installs"]]
+
+
+def test_an_empty_key_file_is_replaced_by_a_key(tmp_path: Path) -> None:
+    """An empty key would reach the engine as an empty API key: vLLM and llama-server then
+    serve without auth. It is no key, so apply generates one in its place."""
+    root = tmp_path / "image"
+    (root / KEY).parent.mkdir(parents=True)
+    (root / KEY).write_text("")
+    applied = cli("apply", str(_generating(tmp_path)), "--root", str(root), "--yes")
+    assert applied.returncode == 0, applied.stderr
+    assert len((root / KEY).read_text()) == 64 and (root / KEY).stat().st_mode & 0o777 == 0o600
 
 
 def test_from_env_still_works_and_the_next_steps_say_where_to_write_it(tmp_path: Path) -> None:

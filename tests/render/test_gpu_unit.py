@@ -1,5 +1,6 @@
 """The hardened unit still lets CUDA start: nvidia-uvm is loaded before the service (a
-modules-load.d file and a privileged ExecStartPre), check-gpu refuses a host without
+modules-load.d file and nvidia-modprobe in nvidia-gpu-settings.service, ordered before it:
+the unit's device allow list is built when its cgroup is set up), check-gpu refuses a host without
 /dev/nvidia-uvm (run for real, with and without the node), and every engine's caches and
 home point into the unit's own writable directories."""
 
@@ -28,8 +29,11 @@ def _files(profile: Path) -> dict[str, str]:
 def test_uvm_is_loaded_before_the_sandboxed_start_and_each_hardening_line_says_why() -> None:
     files = _files(ROOT / "examples" / "quickstart.yaml")
     unit = files["/etc/systemd/system/llm-server.service"].splitlines()
-    modprobe = unit.index("ExecStartPre=-+/usr/bin/nvidia-modprobe -u -c0")
-    assert modprobe < unit.index("ExecStartPre=/opt/provision/bin/llm-server-check-gpu.sh")
+    assert not [line for line in unit if "nvidia-modprobe" in line and not line.startswith("#")]
+    settings = files["/etc/systemd/system/nvidia-gpu-settings.service"].splitlines()
+    assert "ExecStart=-/usr/bin/nvidia-modprobe -u -c0" in settings
+    assert "Before=llm-server.service" in settings
+    assert any(line.startswith("After=") and "nvidia-gpu-settings.service" in line for line in unit)
     for directive in HARDENING:
         [line] = [i for i, text in enumerate(unit) if text.startswith(f"{directive}=")]
         assert unit[line - 1].startswith("#"), f"{directive} has no comment saying why it keeps the GPU usable"
