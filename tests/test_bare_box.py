@@ -1,7 +1,10 @@
 """The last mile, end to end: from an empty --root, one `provision apply --yes` on a CPU
 profile ends in a server that `provision verify` passes.
 
-Everything is real except the hub, a loopback stand-in (tests/support/hub_standin.py):
+Real: provision, the build, llama-server, the tree's accounts. Stood in: the hub (a loopback
+stand-in, tests/support/hub_standin.py) and systemd, whose part the test plays from the unit
+file's lines (no sandboxing, DeviceAllow or supplementary groups, which a CPU server does not
+need):
 - `provision lock` pins the stand-in repo's commit and the quant's file with its sha256;
 - apply creates the service user in the tree's passwd (systemd-sysusers --root), builds
   llama-server through the build resource from the pinned llama-cpp-python sdist (the

@@ -65,8 +65,14 @@ def _body(host_text: str) -> str:
             continue
         if line.startswith("verify:"):
             break
-        given = line.startswith(("    - {model:", "  ram:", "  cpu:"))
-        out.append(line.split("  # ", 1)[0] + "  # given on the command line" if given else line)
+        bare = line.split("  # ", 1)[0]
+        if line.startswith(("    - {model:", "  ram:", "  cpu:")):
+            out.append(bare + "  # given on the command line")
+        elif line.startswith("  memory:"):  # not described: the quant ranking above rests on it
+            out.append(bare + "  # the library's, not described: put this box's type and channels here "
+                       "(fit's speed depends on them)")
+        else:
+            out.append(line)
     return "\n".join(out) + "\n"
 
 
@@ -104,7 +110,11 @@ def draft_offline(gpu: str, count: int, ram: int, cores: int, model: str, *,
     base = choice.chosen.base
     body = _body(choice.chosen.text)
     own = base.spec.quant
-    quants = {q: s for q, s in base.spec.model.quants.items() if s.format == own.format}
+    # only quants the library profile's source publishes: the draft changes the quant, not the
+    # repo (another repo's quant, e.g. ik_llama.cpp's IQ3_K, is not there to download)
+    hf = base.spec.profile.model.source.hf
+    quants = {q: s for q, s in base.spec.model.quants.items()
+              if s.format == own.format and (hf is None or s.repo in (None, hf.repo))}
     with tempfile.TemporaryDirectory(prefix="provision-init-") as tmp:
         tried = [_try(_with_model(body, q, context, mode, 0.1), Path(tmp), q) for q in quants]
     # usable first (init's bar for a chat server), then the most bits per weight: the best quality that fits

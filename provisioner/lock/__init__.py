@@ -33,6 +33,8 @@ from provisioner.profile.quant_paths import hf_include
 VERSION = 1
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+# what a repo path in a lock may hold: it ends up in a run script and a download
+_SAFE_PATH = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+@=,-]*(/[A-Za-z0-9_][A-Za-z0-9_.+@=,-]*)*$")
 
 
 @dataclass(frozen=True)
@@ -94,7 +96,8 @@ def read_lock(path: Path) -> ModelLock | None:
         raise _bad(path, f"commit {lock.commit!r} is not a 40-hex commit")
     for f in files:
         parts = PurePosixPath(f.path).parts
-        if f.path.startswith("/") or ".." in parts or not (_HEX64.match(f.sha256) or f.git_blob):
+        if (f.path.startswith("/") or ".." in parts or not _SAFE_PATH.match(f.path)
+                or not (_HEX64.match(f.sha256) or f.git_blob)):
             raise _bad(path, f"file {f.path!r} has an unsafe path or no checksum")
     return lock
 
@@ -137,13 +140,17 @@ def apply_lock(loaded: LoadedProfile, lock: ModelLock | None, *, required: bool)
         return loaded
     where = lock_path(loaded.path)
     fresh = lock is not None and lock.for_source(hf, hf_include(loaded.profile))
-    if not fresh:
+    # a named file the lock does not pin would be loaded but never downloaded
+    unpinned = fresh and lock is not None and hf.file is not None and hf.file not in {f.path for f in lock.files}
+    if not fresh or unpinned:
         if required and needs_lock(loaded):
             said = ("has no lock" if lock is None else
+                    f"names hf.file {hf.file}, which {where.name} does not pin" if unpinned else
                     f"changed since {where.name} was made (it locks {lock.repo}@{lock.revision} {list(lock.include)})")
-            raise ProfileError(loaded.problem(
-                ("model", "source", "hf"), f"the model source {said}",
-                f"run `provision lock {loaded.path}` (or pass --update-lock) and review the files it pins"))
+            hint = (f"point hf.file at a file the quant's include selects, or leave it out, then run "
+                    f"`provision lock {loaded.path}`" if unpinned else
+                    f"run `provision lock {loaded.path}` (or pass --update-lock) and review the files it pins")
+            raise ProfileError(loaded.problem(("model", "source", "hf"), f"the model source {said}", hint))
         return loaded
     assert lock is not None
     if hf.file is not None:

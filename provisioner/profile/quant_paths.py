@@ -54,13 +54,19 @@ def quant_path_rules(loaded: LoadedProfile, model: ModelSpec) -> list[Problem]:
     return out
 
 
+_SHARD = "-[0-9][0-9][0-9][0-9][0-9]-of-[0-9][0-9][0-9][0-9][0-9].gguf"
+
+
 def hf_include(loaded_profile: Profile) -> list[str]:
-    """The globs an hf source downloads: its own include, else the quant's GGUF files
-    (``*QUANT*.gguf``: fnmatch's ``*`` crosses ``/``, so shards in a QUANT/ folder match)."""
+    """The globs an hf source downloads: its own include, else the quant's GGUF files, the
+    quant as a whole word before ``.gguf`` or a shard suffix (``Q2_K`` must not take
+    ``Q2_K_L`` or ``UD-Q2_K_XL``), in the case given and in lower case (repos use both).
+    fnmatch's ``*`` crosses ``/``, so shards in a QUANT/ folder match."""
     model = loaded_profile.model
     assert model.source.hf is not None
     if model.source.hf.include:
         return list(model.source.hf.include)
     if loaded_profile.runtime.engine in ("llama.cpp", "ollama"):
-        return [f"*{model.quant}*.gguf"]
+        names = dict.fromkeys((model.quant, model.quant.lower()))
+        return [f"*[-_./]{name}{end}" for name in names for end in (".gguf", _SHARD)]
     return []  # a safetensors repo is one quant: every file
