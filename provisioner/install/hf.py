@@ -93,7 +93,8 @@ def _query_hub(repo: str, revision: str, include: list[str], endpoint: str, toke
         raise ProvisionError(f"{where}: the hub answered HTTP {status}: {str(exc).splitlines()[0]}") from None
     except Exception as exc:  # the HTTP client's own errors (connection refused, TLS, timeout)
         raise ProvisionError(f"cannot reach {endpoint} for {repo}@{revision}: {exc}",
-                             hint="check the network or HF_ENDPOINT; HF_HUB_OFFLINE=1 uses the cache") from None
+                             hint="check the network or HF_ENDPOINT (a lock or a model's files are read "
+                                  "from the hub once; after that plan and apply need no network)") from None
     files = []
     for sibling in filter_repo_objects(info.siblings or [], allow_patterns=include or None,
                                        key=lambda s: s.rfilename):
@@ -105,7 +106,12 @@ def _query_hub(repo: str, revision: str, include: list[str], endpoint: str, toke
         files.append({"path": sibling.rfilename, "size": size,
                       "sha256": lfs.sha256 if lfs is not None else "",
                       "git_blob": (sibling.blob_id or "") if lfs is None else ""})
-    return {"commit": info.sha or revision, "files": files}
+    commit = info.sha or (revision if re.fullmatch(r"[0-9a-f]{40}", revision) else "")
+    if not commit:
+        raise ProvisionError(f"{where}: the hub did not say which commit {revision} is",
+                             hint="a mirror must answer /api/models/REPO/revision/REV with its sha; "
+                                  "or pin model.source.hf.revision to a 40-hex commit")
+    return {"commit": commit, "files": files}
 
 
 def list_repo(repo: str, revision: str, endpoint: str, token: str | None) -> dict[str, Any]:
