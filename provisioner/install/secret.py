@@ -37,6 +37,12 @@ def read_hint(path: str) -> str:
 MIN_KEY_CHARS = 16
 
 
+def _holds_a_key(target: str) -> str:
+    """sh test: ``target`` (quoted) is a file of at least MIN_KEY_CHARS bytes; stat, not a
+    read, so a plan without root still sees it."""
+    return f"[ -s {target} ] && [ \"$(stat -c %s {target})\" -ge {MIN_KEY_CHARS} ]"
+
+
 @dataclass(frozen=True)
 class GeneratedKey:
     path: str
@@ -53,9 +59,7 @@ class GeneratedKey:
         # a key is there only when it is the full key, 0600 and root's: an empty file would
         # give the engine an empty key, which vLLM and llama.cpp take as "no auth"
         target = q(root + self.path)
-        # stat, not a read: a plan without root still sees it
-        return (f"if [ -s {target} ] && [ \"$(stat -c %s {target})\" -ge {MIN_KEY_CHARS} ] && "
-                f"[ \"$(stat -c %a:%u {target})\" = 600:0 ]; then "
+        return (f"if {_holds_a_key(target)} && [ \"$(stat -c %a:%u {target})\" = 600:0 ]; then "
                 f"printf '@install %s exists yes\\n' {q(self.name)}; "
                 f"else printf '@install %s exists no\\n' {q(self.name)}; fi")
 
@@ -77,7 +81,7 @@ class GeneratedKey:
                 f"{{ rm -f \"$temp\"; echo '@error {self.name}: could not read /dev/urandom'; exit 1; }}\n"
                 # ln never replaces: a full key already there (another apply won the race, or the
                 # admin's) stays, made 0600 root; an empty or short file is no key and is replaced
-                f"if [ -s {target} ] && [ \"$(stat -c %s {target})\" -ge {MIN_KEY_CHARS} ]; then\n"
+                f"if {_holds_a_key(target)}; then\n"
                 f"    rm -f \"$temp\"; chown 0:0 {target}; chmod 0600 {target}\n"
                 f"else\n"
                 f"    ln \"$temp\" {target} 2>/dev/null || mv -f \"$temp\" {target}\n"
