@@ -30,9 +30,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,7 +39,7 @@ import yaml
 from tests.conftest import ROOT
 from tests.support.http_standin import HttpStandin
 from tests.support.hub_standin import HubRepo, serve_repo
-from tests.verify.test_endpoint import free_port
+from tests.verify.test_endpoint import free_port, wait_until_healthy
 
 REPO = "provision-tests/tiny-qwen2-GGUF"
 COMMIT = "5eed20240611000000000000000000000000c0de"  # the stand-in's own commit id
@@ -179,19 +176,12 @@ def start_as_the_unit(box: Box, port: int) -> tuple[subprocess.Popen[bytes], Pat
              *[f"{k}={v}" for k, v in env.items()], *shlex.split(exec_start)],
             stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             env={**os.environ, "SERVICE": SERVICE, "CREDENTIALS_DIRECTORY": credentials})
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"the server exited {process.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as resp:
-                if resp.status == 200:
-                    return process, log
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.3)
-    stop(process)
-    raise AssertionError(f"not healthy after 120 s:\n{log.read_text()[-3000:]}")
+    try:
+        wait_until_healthy(process, f"http://127.0.0.1:{port}", log, timeout_s=120)
+    except BaseException:
+        stop(process)
+        raise
+    return process, log
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:

@@ -235,19 +235,25 @@ def tiny_profile(directory: Path, model: Path, port: int, **patch: object) -> Pa
     return path
 
 
-def wait_healthy(served: Served, timeout_s: float = 90.0) -> None:
+def wait_until_healthy(process: subprocess.Popen[bytes], base_url: str, log: Path, timeout_s: float = 90.0) -> None:
+    """Until the server at ``base_url`` answers /health with 200; fails with its log's tail
+    when ``process`` exits first or the time runs out."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if served.process.poll() is not None:
-            raise AssertionError(f"llama-server exited {served.process.returncode}:\n{served.log.read_text()[-4000:]}")
+        if process.poll() is not None:
+            raise AssertionError(f"llama-server exited {process.returncode}:\n{log.read_text()[-4000:]}")
         try:
-            with urllib.request.urlopen(served.base_url + "/health", timeout=2) as resp:  # noqa: S310 - loopback
+            with urllib.request.urlopen(base_url + "/health", timeout=2) as resp:  # noqa: S310 - loopback
                 if resp.status == 200:
                     return
         except (urllib.error.URLError, OSError):
             pass
         time.sleep(0.3)
-    raise AssertionError(f"llama-server not healthy after {timeout_s}s:\n{served.log.read_text()[-4000:]}")
+    raise AssertionError(f"llama-server not healthy after {timeout_s}s:\n{log.read_text()[-4000:]}")
+
+
+def wait_healthy(served: Served, timeout_s: float = 90.0) -> None:
+    wait_until_healthy(served.process, served.base_url, served.log, timeout_s)
 
 
 def stop(served: Served) -> None:
