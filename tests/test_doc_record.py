@@ -1,0 +1,74 @@
+"""scripts/record-doc-output on small pages: what it replaces, what it leaves, and that a
+page's hidden set-up runs before its blocks (a tree applied; loopback sshds with the
+inventory the page cats) and is gone after them."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.support import sshd
+
+ROOT = Path(__file__).resolve().parent.parent
+RECORDER = ROOT / "scripts" / "record-doc-output"
+FLEET_TREES = Path("/tmp/fleet")  # noqa: S108 - the fleet set-up's fixed path, shown in docs/fleet.md
+
+
+def record(page: Path, *flags: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(RECORDER), str(page), *flags], capture_output=True, text=True, check=False,
+                          timeout=300)
+
+
+def test_a_transcript_gets_what_its_commands_print_now_and_kept_blocks_stay(tmp_path: Path) -> None:
+    page = tmp_path / "page.md"
+    page.write_text("# A page\n\n```\n$ echo now; exit 3\nbefore\nexit 0\n```\n\n"
+                    "<!-- doc-record: keep: shown as it was -->\n```\n$ echo now\nbefore\n```\n\n"
+                    "```\n$ provision --help\nthe help block test_doc_help owns\n```\n")
+    check = record(page, "--check")
+    assert check.returncode == 1 and "stale: " in check.stdout
+    assert record(page).returncode == 0
+    assert page.read_text() == ("# A page\n\n```\n$ echo now; exit 3\nnow\nexit 3\n```\n\n"
+                                "<!-- doc-record: keep: shown as it was -->\n```\n$ echo now\nbefore\n```\n\n"
+                                "```\n$ provision --help\nthe help block test_doc_help owns\n```\n")
+    assert record(page, "--check").returncode == 0
+
+
+def test_a_page_set_up_runs_in_the_scratch_folder_before_the_blocks(tmp_path: Path) -> None:
+    page = tmp_path / "page.md"
+    page.write_text("<!-- doc-setup: quickstart-in-demo -->\n```\n$ ls demo/etc/sysctl.d\n```\n")
+    assert record(page).returncode == 0
+    assert page.read_text().endswith("```\n$ ls demo/etc/sysctl.d\n90-provision-llm-server.conf\n```\n")
+
+
+def test_an_unknown_set_up_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    page = tmp_path / "page.md"
+    page.write_text("<!-- doc-setup: no-such-thing -->\n```\n$ true\n```\n")
+    result = record(page)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"{page}: unknown doc-setup ['no-such-thing'] (known: fleet-demo, ansible-fleet, cluster-loopback, "
+        "quickstart-in-demo, changed-profile-in-demo-json, fit-root, container-profile)"]
+
+
+@pytest.mark.skipif(sshd.available() is not None, reason=str(sshd.available()))
+def test_the_fleet_set_up_serves_the_inventory_it_writes_and_stops_after(tmp_path: Path) -> None:
+    if FLEET_TREES.exists():
+        pytest.skip(f"{FLEET_TREES} exists: another recording is running")
+    page = tmp_path / "page.md"
+    page.write_text("<!-- doc-setup: fleet-demo -->\n```\n$ pwd\n"
+                    "$ provision facts -i fleet-demo.yaml --known-hosts ssh/known_hosts --json"
+                    " | jq -c '[.hosts[].host]'\n"
+                    "$ provision facts -i fleet-demo.yaml --limit gpu1 --json | jq -r .error.message\n```\n")
+    assert record(page).returncode == 0
+    lines = page.read_text().splitlines()
+    scratch = lines[3]
+    assert lines[5] == '["gpu1","gpu2","gpu3"]', lines
+    # HOME is an empty folder: its known_hosts knows no test host
+    assert lines[7].startswith("gpu1: unknown host key ssh-ed25519 SHA256:"), lines
+    assert lines[7].endswith(" for [127.0.0.41]:2297"), lines
+    assert not FLEET_TREES.exists()
+    assert not Path(scratch).exists()
+    left = subprocess.run(["pgrep", "-f", f"sshd -D -f {scratch}/"], capture_output=True, check=False)
+    assert left.returncode == 1, left.stdout
