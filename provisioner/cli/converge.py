@@ -70,9 +70,10 @@ def _verify_command(profile: Path | None, opts: dict[str, Any]) -> str:
     words = ["provision", "verify"]
     if profile is not None:
         words.append(str(profile))
-    for option in ("root", "host", "inventory", "limit"):
+    # every target option verify shares, so the command runs as shown (a fleet's known_hosts too)
+    for option in ("root", "host", "inventory", "limit", "known_hosts", "jump", "transport", "node"):
         if opts.get(option):
-            words += [f"--{option}", str(opts[option])]
+            words += [f"--{option.replace('_', '-')}", str(opts[option])]
     if opts.get("become"):
         words.append("--become")
     return "check it: " + " ".join(shlex.quote(w) for w in words)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -333,8 +334,12 @@ def test_verify_over_ssh_finds_drift(farm: sshd.SshFarm, tmp_path: Path) -> None
     profile = make_profile(tmp_path)
     inv = inventory(tmp_path, farm, profile, count=1)
     known = str(farm.known_hosts)
-    assert provision("apply", "-i", str(inv), "--known-hosts", known, "--yes").returncode == 0
-    clean = provision("verify", "-i", str(inv), "--known-hosts", known, "--only", "drift", "--json")
+    applied = provision("apply", "-i", str(inv), "--known-hosts", known, "--yes", "--json")
+    assert applied.returncode == 0, applied.stderr
+    # the verify apply suggests runs as printed: same hosts, same known_hosts
+    suggested = shlex.split(json.loads(applied.stdout)["hosts"][0]["next_steps"][-1].removeprefix("check it: "))
+    assert suggested[:2] == ["provision", "verify"]
+    clean = provision(*suggested[1:], "--only", "drift", "--json")
     assert clean.returncode == 0, clean.stdout + clean.stderr
     checks = {c["id"]: c for c in json.loads(clean.stdout)["hosts"][0]["checks"]}
     assert checks["drift.files"]["status"] == "pass"
