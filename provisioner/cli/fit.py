@@ -180,10 +180,12 @@ def _human(spec: Spec, placement: Placement, speed: Prediction, chosen: dict[str
         f"{speed.decode_tokens_per_s_at_context:.1f} tok/s with {placement.context} tokens cached, "
         f"{speed.prefill_tokens_per_s:.0f} tok/s prefill; bottleneck: {speed.bottleneck}")
     if placement.ubatch_options:
-        said.append(f"ubatch {placement.ubatch} (fit's choice: the fastest prefill that keeps decode within a few "
-                    "percent): " + "; ".join(
-                        f"{o.ubatch}: {o.prefill_tokens_per_s:.0f} prefill, {o.decode_tokens_per_s:.1f} decode"
-                        if o.fits else f"{o.ubatch}: does not fit" for o in placement.ubatch_options))
+        weighed = "; ".join(f"{o.ubatch}: {o.prefill_tokens_per_s:.0f} prefill, {o.decode_tokens_per_s:.1f} decode"
+                            if o.fits else f"{o.ubatch}: does not fit" for o in placement.ubatch_options)
+        # a choice among sizes none of which fits is no choice: say the size the flags carry and why
+        chosen_how = ("fit's choice: the fastest prefill that keeps decode within a few percent"
+                      if any(o.fits for o in placement.ubatch_options) else "no size fits; the flag keeps it")
+        said.append(f"ubatch {placement.ubatch} ({chosen_how}): {weighed}")
     if speed.streams > 1:
         said.append(f"with {speed.streams} streams decoding at once: {speed.decode_aggregate_tokens_per_s:.1f} "
                     f"tok/s in all, {speed.decode_per_stream_tokens_per_s:.1f} tok/s each (short prompts)")

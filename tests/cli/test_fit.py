@@ -48,6 +48,9 @@ def test_human_output_says_what_is_missing(tmp_path: Path, capsys: pytest.Captur
     assert fit_command(path, None, False) == 2
     err = capsys.readouterr().err
     assert "does NOT fit" in err and "would fit" in err
+    # no ubatch size fits here: the line must not call the flag's size a choice
+    ubatch = next(line for line in err.splitlines() if line.startswith("ubatch "))
+    assert "fit's choice" not in ubatch and "no size fits" in ubatch, ubatch
 
 
 @pytest.mark.parametrize("profile", good_profiles(), ids=lambda p: p.name)
