@@ -248,3 +248,27 @@ def test_an_image_of_nvlink_gpus_on_auto_is_told_to_choose(tmp_path: Path) -> No
                for w in plan.warnings)
     single = make_profile(tmp_path, {"builtin_files": False}, name="single.yaml")
     assert not [w for w in plan_of(single, LocalTransport(root)).warnings if "fabricmanager" in w]
+
+
+def test_a_profile_that_drops_it_unholds_it_and_leaves_it_installed(tmp_path: Path) -> None:
+    """The last generation recorded a held fabric manager; the profile now says false."""
+    import json
+
+    root = tmp_path / "image"
+    dpkg_tree(root, [("nvidia-fabricmanager-570", "570.172.08-0ubuntu1", "hold ok installed")])
+    generation = root / "var" / "lib" / "provision" / "generations" / "1"
+    generation.mkdir(parents=True)
+    (generation / "manifest.json").write_text(json.dumps(
+        {"generation": 1, "files": {}, "changes": [], "installs": {NAME: {"kind": "fabricmanager", "hold": True}}}))
+    (generation / "complete").write_text("")
+    (root / "var" / "lib" / "provision" / "last").write_text("1\n")
+    off = make_profile(tmp_path, {"builtin_files": False, "install.fabricmanager": False})
+    [change] = fabric_changes(plan_of(off, LocalTransport(root)))
+    assert change.action == "unhold" and change.pending
+    assert change.summary == "nvidia-fabricmanager: unhold (left installed) (pending: not run under --root)"
+    # the snippet, run against that database: apt-mark is asked to unhold the held package
+    env, log = _shims(tmp_path, root / "var" / "lib" / "dpkg", {})
+    run = subprocess.run(["sh", "-c", f"set -eu\n{change.script}"], capture_output=True, text=True, env=env,
+                         check=False)
+    assert run.returncode == 0, run.stderr
+    assert log.read_text().splitlines() == ["apt-mark unhold nvidia-fabricmanager-570"]
