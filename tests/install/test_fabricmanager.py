@@ -20,6 +20,7 @@ import pytest
 
 from provisioner.converge.plan import Plan
 from provisioner.converge.run import plan_host
+from provisioner.errors import ProvisionError
 from provisioner.install import InstallChange
 from provisioner.install.fabricmanager import NAME, upstream, wanted
 from provisioner.render.pipeline import build
@@ -272,3 +273,20 @@ def test_a_profile_that_drops_it_unholds_it_and_leaves_it_installed(tmp_path: Pa
                          check=False)
     assert run.returncode == 0, run.stderr
     assert log.read_text().splitlines() == ["apt-mark unhold nvidia-fabricmanager-570"]
+
+
+def test_two_driver_versions_are_refused_before_and_at_plan(tmp_path: Path) -> None:
+    pinned = make_profile(tmp_path, {"install.packages": [
+        {"name": "nvidia-driver-580-server", "version": "580.65.06-0ubuntu1"},
+        {"name": "libnvidia-compute-580-server", "version": "580.95.05-0ubuntu1"}]})
+    run = subprocess.run([sys.executable, "-m", "provisioner", "validate", str(pinned)],
+                         capture_output=True, text=True, check=False)
+    assert run.returncode == 1
+    assert ("install.packages pins driver packages of 2 versions (580.65.06, 580.95.05): the fabric manager "
+            "must match one exactly") in run.stdout + run.stderr
+    root = tmp_path / "image"
+    dpkg_tree(root, [("libnvidia-compute-570", "570.172.08-0ubuntu1", "install ok installed"),
+                     ("libnvidia-compute-580", "580.65.06-1", "install ok installed")])
+    forced = make_profile(tmp_path, {"builtin_files": False, "install.fabricmanager": True}, name="forced.yaml")
+    with pytest.raises(ProvisionError, match=r"several NVIDIA driver versions are installed \(570.172.08, 580.65.06\)"):
+        plan_of(forced, LocalTransport(root))
