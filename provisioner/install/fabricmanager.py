@@ -30,7 +30,8 @@ depend on it (control.in above).
 The driver version, in this order: a driver package pinned in ``install.packages`` (what
 apply installs first); the installed driver package (``libnvidia-compute*``, the CUDA driver
 library every apt driver flavour ships: Ubuntu's ``libnvidia-compute-BRANCH[-server]``,
-NVIDIA's ``libnvidia-compute`` from 590); the loaded module (fact ``nvidia_driver``). With
+``libnvidia-compute`` from 590 on, NVIDIA Driver Installation Guide, "Recent Updates", table
+"Ubuntu 590 package renames"); the loaded module (fact ``nvidia_driver``). With
 none of them plan says the fabric manager waits for the driver, and apply reads it from the
 installed driver package (or ``/sys/module/nvidia/version``) when it runs; never a guess.
 """
