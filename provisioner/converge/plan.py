@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from provisioner.errors import ProvisionError
 from provisioner.facts.gather import Gathered, PathState, visible
-from provisioner.install import InstallChange, parse_install_lines
+from provisioner.install import InstallChange, fabricmanager, for_host, parse_install_lines
 from provisioner.install.packages import unhold_change
 from provisioner.render.resources import File, Rendered
 
@@ -127,7 +127,8 @@ def install_plan(rendered: Rendered, gathered: Gathered, root: str
     states = parse_install_lines(gathered.output)
     changes: list[InstallChange] = []
     records: dict[str, Any] = {}
-    for item in rendered.installs:
+    installs = [for_host(item, gathered.facts.values) for item in rendered.installs]
+    for item in installs:
         change = item.change(states.of(item.name), root)
         if change is None:
             if not getattr(item, "probe_only", False):  # the DKMS/Secure Boot probe installs nothing
@@ -141,18 +142,18 @@ def install_plan(rendered: Rendered, gathered: Gathered, root: str
             records[item.name] = change.record
         elif item.name in previous:
             records[item.name] = previous[item.name]
-    wanted = {item.name for item in rendered.installs}
+    wanted = {item.name for item in installs if not getattr(item, "probe_only", False)}
     for name in sorted(set(previous) - wanted):
         record = previous[name]
-        if record.get("kind") == "package":
-            undo = unhold_change(record)
+        if record.get("kind") in ("package", "fabricmanager"):
+            undo = unhold_change(record) if record["kind"] == "package" else fabricmanager.unhold_change(record)
             if undo is not None:
                 changes.append(undo if not root else InstallChange(
                     undo.name, undo.kind, undo.action, undo.summary + " (pending: not run under --root)",
                     undo.script, undo.record, pending=True))
         # a venv, build or download the profile dropped stays on disk (no longer managed)
     driver = any(c.reboot for c in changes)
-    notes = [note for item in rendered.installs if hasattr(item, "notes")
+    notes = [note for item in installs if hasattr(item, "notes")
              for note in item.notes(states.of(item.name), driver)]
     return tuple(changes), records, tuple(notes)
 

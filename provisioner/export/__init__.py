@@ -49,8 +49,10 @@ def refuse_unexported(built: Built, engine: str) -> None:
     """What an export does not carry yet must stop it, not vanish from it: the items of
     `install:` (packages, engine, model download) and a cluster's per-node files."""
     profile = built.spec.profile
-    # the service user travels as its sysusers.d file and the sysusers handler
-    items = [item.name for item in built.rendered.installs if item.kind != "user"]
+    # the service user travels as its sysusers.d file and the sysusers handler; a probe-only item
+    # (the fabric manager on auto: the export cannot see the host's NVSwitches) installs nothing
+    items = [item.name for item in built.rendered.installs
+             if item.kind != "user" and not getattr(item, "probe_only", False)]
     if items:
         raise RenderError(f"{profile.metadata.name} installs {', '.join(items)} (install:), which the {engine} "
                           "export does not carry: the exported host would lack them",

@@ -32,11 +32,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-InstallKind = Literal["package", "venv", "build", "download", "archive", "user", "secret"]
+InstallKind = Literal["package", "venv", "build", "download", "archive", "user", "secret", "fabricmanager"]
 # the apply script's exit code when an install snippet failed (no file was replaced)
 EXIT_INSTALL = 8
 InstallAction = Literal["install", "upgrade", "downgrade", "hold", "unhold", "build", "download", "remove",
-                        "switch"]  # switch: a link back to an already built versioned dir
+                        "switch", "enable"]  # switch: a link back to an already built versioned dir
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,12 @@ class Install(Protocol):
 
     def change(self, found: dict[str, str], root: str) -> InstallChange | None:
         """What apply must do given what the probe found (KEY -> VALUE), or None."""
+
+
+def for_host(item: Any, facts: dict[str, str]) -> Any:
+    """``item`` completed with the host's gathered facts, if its change depends on them
+    (``with_facts``: the fabric manager, wanted where the host has NVSwitches)."""
+    return item.with_facts(facts) if hasattr(item, "with_facts") else item
 
 
 @dataclass(frozen=True)

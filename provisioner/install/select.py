@@ -23,6 +23,7 @@ from provisioner.datadir import cache_dir
 from provisioner.errors import ProfileError
 from provisioner.install import Install
 from provisioner.install.build import Build, cuda_options
+from provisioner.install.fabricmanager import FabricManager, pinned_driver
 from provisioner.install.kernel import KernelModules
 from provisioner.install.packages import Package, needs_reboot
 from provisioner.install.secret import GeneratedKey, generated_key_path
@@ -132,8 +133,25 @@ def check(spec: Spec) -> None:
                 f"install.model downloads hf or files sources; this model's source is {source.kind}",
                 "Ollama pulls its own tags; a vLLM directory is copied by other means: "
                 "set install.model: false"))
+    problems += _fabricmanager_problems(spec)
     if problems:
         raise ProfileError(problems)
+
+
+def _fabricmanager_problems(spec: Spec) -> list[Any]:
+    p = spec.profile
+    problems = []
+    if p.install.fabricmanager is True and not spec.gpus:
+        problems.append(spec.loaded.problem(
+            ("install", "fabricmanager"), "install.fabricmanager: true on a profile without GPUs",
+            "the fabric manager sets up the NVSwitches between GPUs: drop it, or add hardware.gpus"))
+    drivers = pinned_driver([(pin.name, pin.version) for pin in p.install.packages])
+    if len(drivers) > 1 and p.install.fabricmanager is not False:
+        problems.append(spec.loaded.problem(
+            ("install", "packages"), f"install.packages pins driver packages of {len(drivers)} versions "
+            f"({', '.join(drivers)}): the fabric manager must match one exactly",
+            "pin every driver package at the same version"))
+    return problems
 
 
 def install_items(spec: Spec, *, resolve_hf: ResolveHf | None = None,
@@ -146,6 +164,12 @@ def install_items(spec: Spec, *, resolve_hf: ResolveHf | None = None,
     items: list[Install] = [Package(pin.name, pin.version, pin.hold) for pin in p.install.packages]
     if any(needs_reboot(pin.name) for pin in p.install.packages):
         items.append(KernelModules())  # DKMS and Secure Boot notes for a driver change
+    if spec.gpus and p.install.fabricmanager is not False:
+        # after the packages (apply merges them into one apt-get that runs first): a driver they
+        # install is the one the fabric manager must match; plan decides auto with the host's facts
+        drivers = pinned_driver([(pin.name, pin.version) for pin in p.install.packages])
+        nvlink = spec.gpu_count > 1 and any(g.spec.nvlink for g in spec.gpus)
+        items.append(FabricManager(p.install.fabricmanager, drivers[0] if drivers else "", nvlink=nvlink))
     user = service_user(spec)
     if user is not None:
         items.append(user)

@@ -25,7 +25,7 @@ from provisioner.datadir import data_dir
 from provisioner.errors import RenderError
 from provisioner.facts.gather import STATE_DIR, template_facts
 from provisioner.fit.placement import Placement
-from provisioner.install import Install
+from provisioner.install import Install, fabricmanager
 from provisioner.install.select import api_key_file, service_user
 from provisioner.profile.cluster import cluster_of, node_named, node_spec
 from provisioner.profile.install_section import ContainerEngine
@@ -235,6 +235,9 @@ def render(spec: Spec, placement: Placement, facts: dict[str, str] | None = None
         spec = node_spec(spec, node)
     ctx = context(spec, placement)
     ctx["facts"] = {**profile_facts(spec), **template_facts(facts or {})}
+    # the same decision as the fabric manager install item's (install/fabricmanager.py): the
+    # server waits for it only where it is installed
+    ctx["fabricmanager"] = bool(spec.gpus) and fabricmanager.wanted(spec.profile.install.fabricmanager, facts or {})
     env = _environment(str(data_dir("templates")))
     files: list[File] = []
     for entry in manifest() if spec.profile.builtin_files else []:

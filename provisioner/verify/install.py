@@ -15,7 +15,7 @@ from typing import Any
 
 from provisioner.errors import ProvisionError
 from provisioner.facts.check import Check
-from provisioner.install import parse_install_lines
+from provisioner.install import for_host, parse_install_lines
 
 
 def probes(installs: tuple[Any, ...], root: str) -> list[str]:
@@ -24,10 +24,10 @@ def probes(installs: tuple[Any, ...], root: str) -> list[str]:
     return out
 
 
-def checks(installs: tuple[Any, ...], output: str, root: str) -> list[Check]:
+def checks(installs: tuple[Any, ...], output: str, root: str, facts: dict[str, str] | None = None) -> list[Check]:
     states = parse_install_lines(output)
     out: list[Check] = []
-    for item in installs:
+    for item in (for_host(i, facts or {}) for i in installs):
         if getattr(item, "probe_only", False):
             continue
         found = states.of(item.name)

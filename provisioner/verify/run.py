@@ -87,7 +87,8 @@ def verify_target(built: Built, transport: Transport, options: VerifyOptions,
     if "model" in options.only:
         checks += _model(built, transport, gathered)
     if "install" in options.only:
-        checks += install_checks.checks(built.rendered.installs, gathered.output, transport.root)
+        checks += install_checks.checks(built.rendered.installs, gathered.output, transport.root,
+                                        gathered.facts.values)
     if "gpu" in options.only:
         checks += [Check("gpu", "skip", hint="--root: a tree has no GPU to look at")] if root_mode \
             else _gpu(built, gathered)

@@ -84,6 +84,32 @@ def test_nvidia_driver_and_module_as_sed_and_grep_read_them(tmp_path: Path, text
     assert driver  # every recorded file names its version
 
 
+def _pci_function(devices: Path, address: str, vendor: str | None, pci_class: str | None) -> None:
+    """One function as sysfs shows it: a folder with a ``vendor`` and a ``class`` file
+    (Documentation/ABI/testing/sysfs-bus-pci), either missing when None."""
+    folder = devices / address
+    folder.mkdir(parents=True)
+    for name, value in (("vendor", vendor), ("class", pci_class)):
+        if value is not None:
+            (folder / name).write_text(value + "\n")
+
+
+def test_nvswitches_are_the_nvidia_bridges_of_class_0680_on_the_pci_bus(tmp_path: Path) -> None:
+    devices = tmp_path / "devices"
+    _pci_function(devices, "0000:05:00.0", "0x10de", "0x068000")  # NVSwitch
+    _pci_function(devices, "0000:06:00.0", "0x10de", "0x068000")  # NVSwitch
+    _pci_function(devices, "0000:18:00.0", "0x10de", "0x030200")  # an NVIDIA 3D controller (a GPU)
+    _pci_function(devices, "0000:00:1f.0", "0x8086", "0x068000")  # another vendor's bridge of that class
+    _pci_function(devices, "0000:07:00.0", "0x10de", "0x060400")  # an NVIDIA PCI-to-PCI bridge
+    _pci_function(devices, "0000:08:00.0", "0x10de", None)  # no class file: not counted, no error
+    assert facts_with({"/sys/bus/pci/devices": str(devices)})["nvswitches"] == "2"
+    assert facts_with({"/sys/bus/pci/devices": str(tmp_path / "none")})["nvswitches"] == "0"
+    expected = sum(1 for folder in Path("/sys/bus/pci/devices").glob("*")
+                   if (folder / "vendor").read_text().strip() == "0x10de"
+                   and (folder / "class").read_text().startswith("0x0680"))
+    assert run_gather(LocalTransport()).facts.values["nvswitches"] == str(expected)
+
+
 class Recording(LocalTransport):
     """This machine's sh, keeping what each script printed (how many bytes came back)."""
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from provisioner.converge.apply import ApplyInputs, apply_script, install_steps
 from provisioner.converge.plan import Plan
 from provisioner.facts.gather import gather_script
-from provisioner.install import InstallChange
+from provisioner.install import InstallChange, fabricmanager
 from provisioner.install.build import Build
 from provisioner.install.packages import Package, unhold_change
 from provisioner.install.venv import Venv
@@ -25,13 +25,15 @@ ITEMS = (Package("nvidia-driver-580-open", "580.95.05-0ubuntu1"), Package("hello
                subdir="vendor/llama.cpp", cmake_options=("-DGGML_CUDA=ON", "-DCMAKE_CUDA_ARCHITECTURES=120;89"),
                targets=("llama-server", "llama-bench"), label="llama.cpp"),
          Build("/opt/provision/builds/ik", git="https://example.invalid/ik_llama.cpp.git", commit="b" * 40,
-               label="ik"))
+               label="ik"),
+         fabricmanager.FabricManager(True, "580.65.06"), fabricmanager.FabricManager("auto"))
 
 
 def _changes(root: str) -> tuple[InstallChange, ...]:
     out = [item.change({"manager": "apt"}, root) for item in ITEMS]
     undo = unhold_change({"kind": "package", "package": "old-driver", "version": "1", "hold": True})
-    return tuple(c for c in [*out, undo] if c is not None)
+    fabric = fabricmanager.unhold_change({"kind": "fabricmanager", "hold": True})
+    return tuple(c for c in [*out, undo, fabric] if c is not None)
 
 
 def _check(path: Path) -> None:
@@ -53,14 +55,17 @@ def test_apply_script_with_every_install_passes_shellcheck(tmp_path: Path) -> No
     plan = Plan(changes=(), handlers=("restart-server",), handler_commands={"restart-server": "true"},
                 restart_pending=(), reboot_required=True, installs=_changes(""))
     assert [name for name, _ in install_steps(plan.installs)] == ["packages", "venv:vllm", "build:llama.cpp",
-                                                                  "build:ik"]
+                                                                  "build:ik", "fabricmanager:nvidia",
+                                                                  "fabricmanager:nvidia"]
     script = apply_script(ApplyInputs(plan=plan, root="", state_dir="/var/lib/provision", generation=1,
                                       expected_last=0, profile_name="t", time="t"))
     path = tmp_path / "apply.sh"
     path.write_text(script)
     _check(path)
-    # one apt-get for every package change, then the holds and unholds
-    assert script.count("apt-get install -y") == 1
+    # one apt-get for every package change, then the holds and unholds; the fabric manager's own
+    # apt-get runs after it (its version is the driver's, which that one may install)
+    assert script.count("apt-get install -y") == 2
+    assert script.index("nvidia-driver-580-open=580.95.05-0ubuntu1") < script.index('"$fm_pick"')
     assert "--force-confold nvidia-driver-580-open=580.95.05-0ubuntu1 hello=2.10-3 " in script
     assert "apt-mark hold nvidia-driver-580-open" in script
     assert "apt-mark unhold hello old-driver" in script

@@ -411,8 +411,10 @@ def test_verify_on_a_cluster_node_keeps_the_profiles_installs(tmp_path: Path) ->
                                 "sha256": hashlib.sha256(b"model").hexdigest()}],
         "install": {"model": True}})
     built = build(profile, network=False)
-    assert [i.name for i in built.rendered_for(node="head").installs] == ["user:llm", "download:model"]
-    assert [i.name for i in built.rendered_for(node="w1").installs] == ["user:llm"]
+    # the fabric manager rides along on auto: each node decides with its own NVSwitches
+    assert [i.name for i in built.rendered_for(node="head").installs] == ["fabricmanager:nvidia", "user:llm",
+                                                                        "download:model"]
+    assert [i.name for i in built.rendered_for(node="w1").installs] == ["fabricmanager:nvidia", "user:llm"]
     result = subprocess.run([sys.executable, "-m", "provisioner", "verify", str(profile), "--root",
                              str(tmp_path / "head"), "--node", "head", "--only", "install", "--json"],
                             capture_output=True, text=True, check=False)

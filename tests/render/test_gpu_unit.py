@@ -51,11 +51,25 @@ def test_ollama_gets_its_state_directory_as_a_writable_home() -> None:
     assert "Environment=HOME=/var/lib/ollama" in unit and "StateDirectory=ollama" in unit
 
 
-def test_multi_gpu_units_want_the_fabric_manager_and_single_gpu_ones_do_not() -> None:
-    multi = _files(ROOT / "profiles" / "4x-h100-qwen3-235b-fp8-vllm.yaml")["/etc/systemd/system/llm-server.service"]
-    single = _files(ROOT / "examples" / "quickstart.yaml")["/etc/systemd/system/llm-server.service"]
-    assert "Wants=network-online.target nvidia-gpu-settings.service nvidia-fabricmanager.service" in multi
-    assert "fabricmanager" not in single
+def _unit(profile: Path, facts: dict[str, str] | None = None) -> str:
+    rendered = build(profile).rendered_for(facts)
+    return next(f.content.decode() for f in rendered.files if f.path == "/etc/systemd/system/llm-server.service")
+
+
+def test_the_unit_waits_for_the_fabric_manager_only_where_it_is_installed(tmp_path: Path) -> None:
+    # the same decision as the install item's: auto follows the host's NVSwitches, never an image
+    # tree's build machine; a 4x PCIe box (no NVSwitch) gets no ordering on a unit it does not have
+    h100 = ROOT / "profiles" / "4x-h100-qwen3-235b-fp8-vllm.yaml"
+    wants = "Wants=network-online.target nvidia-gpu-settings.service nvidia-fabricmanager.service"
+    assert wants in _unit(h100, {"nvswitches": "4"})
+    assert any(line.startswith("After=") and "nvidia-fabricmanager.service" in line
+               for line in _unit(h100, {"nvswitches": "4"}).splitlines())
+    for facts in (None, {"nvswitches": "0"}, {"nvswitches": "4", "root": "L21udC9pbWFnZQ=="}):
+        assert "fabricmanager" not in _unit(h100, facts), facts
+    forced = make_profile(tmp_path, {"install.fabricmanager": True})
+    assert wants in _unit(forced, {"nvswitches": "0", "root": "L21udC9pbWFnZQ=="})
+    off = make_profile(tmp_path, {"install.fabricmanager": False}, name="off.yaml")
+    assert "fabricmanager" not in _unit(off, {"nvswitches": "4"})
 
 
 @pytest.fixture
@@ -90,3 +104,41 @@ def test_check_gpu_passes_once_the_uvm_device_exists(check_gpu: tuple[Path, dict
                          capture_output=True, text=True, env=env, check=False)
     assert run.returncode == 0, run.stderr
     assert run.stdout.startswith("check-gpu: ok: 1 GPU(s), driver 610.43.02, open kernel module")
+
+
+@pytest.mark.parametrize(("package", "installed", "status"), [
+    ("nvidia-fabricmanager", "580.65.06-1", 1),  # the driver before an upgrade to 610.43.02
+    ("nvidia-fabricmanager", "610.43.02-1", 0),  # NVIDIA's CUDA repository's revision
+    ("nvidia-fabricmanager-610", "1:610.43.02-0ubuntu1", 0),  # an epoch and Ubuntu's revision
+])
+def test_check_gpu_refuses_a_fabric_manager_of_another_version(tmp_path: Path, package: str, installed: str,
+                                                                status: int) -> None:
+    """install.fabricmanager: true; the real dpkg-query reads a database holding the fabric manager at
+    ``installed`` against the recorded driver 610.43.02 (NVIDIA: the versions must be the same)."""
+    from tests.install.test_fabricmanager import dpkg_tree
+
+    profile = make_profile(tmp_path, {"hardware.gpus": [{"model": "rtx-pro-6000-blackwell", "count": 1}],
+                                      "install.fabricmanager": True})
+    # the uvm node is check-gpu's business before this part (tested above): here one that exists
+    text = _files(profile)["/opt/provision/bin/llm-server-check-gpu.sh"].replace("[ -c /dev/nvidia-uvm ]",
+                                                                                 "[ -c /dev/null ]")
+    script = tmp_path / "check-gpu.sh"
+    script.write_text(text)
+    dpkg_tree(tmp_path / "host", [(package, installed, "hold ok installed")])
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    stand_ins = {"nvidia-smi": f"echo '{SMI_ROW}'",
+                 "systemctl": 'test "$*" = "is-active --quiet nvidia-fabricmanager.service"',
+                 "dpkg-query": f'exec {shutil.which("dpkg-query")} --admindir={tmp_path}/host/var/lib/dpkg "$@"'}
+    for name, body in stand_ins.items():
+        (tools / name).write_text(f"#!/bin/sh\n{body}\n")
+        (tools / name).chmod(0o755)
+    env = {**os.environ, "PATH": f"{tools}:{os.environ['PATH']}"}
+    run = subprocess.run(["sh", str(script)], capture_output=True, text=True, env=env, check=False)
+    assert run.returncode == status, run.stderr
+    if status:
+        assert run.stderr == (f"check-gpu: {package} {installed} does not match driver 610.43.02: "
+                              "the fabric manager must be the driver's exact version (apply with "
+                              "install.fabricmanager installs it)\n")
+    else:
+        assert run.stdout.endswith("open kernel module, fabric manager 610.43.02 running\n")

@@ -88,6 +88,18 @@ if [ -r /proc/driver/nvidia/version ]; then
 else
     fact nvidia_driver none
 fi
+# NVSwitches: NVIDIA PCI functions (vendor 0x10de) of class 0x0680xx, "other bridge device"
+# (PCI class 06, subclass 80); lspci shows them as "Bridge: NVIDIA Corporation ... NVSwitch".
+# A board with them needs nvidia-fabricmanager (install/fabricmanager.py). This is the host's
+# bus even under a root: provision decides what it means for an image tree.
+gather_nvswitches=0
+for gather_dev in /sys/bus/pci/devices/*; do
+    { IFS= read -r gather_vendor < "$gather_dev/vendor"; } 2>/dev/null || continue
+    [ "$gather_vendor" = 0x10de ] || continue
+    { IFS= read -r gather_class < "$gather_dev/class"; } 2>/dev/null || continue
+    case $gather_class in 0x0680*) gather_nvswitches=$((gather_nvswitches + 1)) ;; esac
+done
+fact nvswitches "$gather_nvswitches"
 fact root "$GATHER_ROOT_B64"
 # guard() (defined before this snippet): a symlinked folder or state file under the root is reported
 for f in "$state" "$state/generations" "$state/last" "$state/lock" "$state/lock.pid" "$state/last.new" \
