@@ -92,6 +92,10 @@ class SamplingSpec(_Entry):
 class QuantSpec(_Entry):
     format: QuantFormat
     bytes: Bytes  # total size of the weight files
+    # False: a figure recalled from the cited page and not re-read there. fit shows it as an
+    # estimate and uses a PROFILE.lock's (or the profile's files') real sizes when it has them
+    # (profile/weights_size.py); it never becomes an exact size in a rendered file or check.
+    bytes_verified: bool = True
     bits_per_weight: float = Field(gt=0, le=32)
     repo: str | None = None  # where this quantisation is published
     # safetensors: config.json's quantization_config.quant_method, or the dtype (bf16)
