@@ -101,7 +101,7 @@ class WeightSplit:
     dense: tuple[float, ...]  # per repeating layer: attention, norms, router, shared experts
     experts: tuple[float, ...]  # per repeating layer: routed-expert tensors
     outside: float  # embeddings/output/final norm: the "+1" layer of --n-gpu-layers
-    source: str  # "catalog" or the GGUF file(s) read
+    source: str  # "catalog", the lock or files the size came from, or the GGUF file(s) read
 
     @property
     def layers(self) -> int:
@@ -122,7 +122,8 @@ class WeightSplit:
         total = spec.quant.bytes
         experts = total * m.expert_params_fraction if m.is_moe else 0.0
         dense = (total - experts) / (m.layers + 1)
-        return cls(total, (dense,) * m.layers, (experts / m.layers,) * m.layers, dense, "catalog")
+        return cls(total, (dense,) * m.layers, (experts / m.layers,) * m.layers, dense,
+                   spec.weights_size_from or "catalog")
 
     def on_gpu(self, gpu_layers: int, cpu_moe: int) -> tuple[float, float]:
         """(dense, expert) bytes on the GPUs: llama.cpp offloads the LAST ``gpu_layers``
@@ -319,7 +320,8 @@ def fit_vllm(spec: Spec, ctx: int) -> Placement:
     concurrency = pool / kv_seq_gpu if kv_seq_gpu else None
     return placement_of(spec, ctx, tuple(devices), gpu_layers=m.layers + 1, cpu_moe=0,
                       offload=offload, missing=missing, kv_seq=kv_seq,
-                      concurrency=concurrency, tensor_parallel=True, weights_from="catalog")
+                      concurrency=concurrency, tensor_parallel=True,
+                      weights_from=spec.weights_size_from or "catalog")
 
 
 def _ceil_gib(num_bytes: float) -> int:

@@ -63,6 +63,8 @@ class Spec:
     node_gpus: tuple[tuple[str, tuple[GpuGroup, ...]], ...] = ()
     # set on the view of one node (cluster.node_spec): whose files are rendered
     node: str = ""
+    # where quant.bytes was read when not from the catalog (profile/weights_size.py)
+    weights_size_from: str = ""
 
     @property
     def profile(self) -> Profile:

@@ -1,0 +1,20 @@
+"""The quant's weights at the sizes a fresh PROFILE.lock pins (the hub's LFS sizes)."""
+
+from __future__ import annotations
+
+from provisioner.lock import ModelLock, lock_path
+from provisioner.profile.quant_paths import hf_include
+from provisioner.profile.resolve import Spec
+from provisioner.profile.weights_size import is_weights, sized_by_files, with_size
+
+
+def real_size(spec: Spec, lock: ModelLock | None) -> Spec:
+    """``spec`` with exact weight sizes: a lock made for the profile's source first (every
+    file it pins is what plan downloads), else the profile's own files' bytes, else as is."""
+    hf = spec.profile.model.source.hf
+    if hf is not None and lock is not None and lock.for_source(hf, hf_include(spec.profile)):
+        weights = [f.size for f in lock.files if is_weights(f.path)]
+        if weights:
+            where = f"{lock_path(spec.loaded.path).name} ({len(weights)} file(s) at {lock.commit[:12]})"
+            return with_size(spec, weights, where)
+    return sized_by_files(spec)
