@@ -10,6 +10,7 @@ says where they came from; without, an unverified catalog figure is shown as an 
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Iterable
 
 from provisioner.catalog.schema import QuantSpec
@@ -18,6 +19,7 @@ from provisioner.units import format_size
 
 # the files an engine loads as weights; configs, tokenizers and READMEs are left out
 WEIGHT_SUFFIXES = (".gguf", ".safetensors")
+_SHARD = re.compile(r"-(?P<k>[0-9]{5})-of-(?P<of>[0-9]{5})\.gguf$")
 
 
 def is_weights(path: str) -> bool:
@@ -33,10 +35,21 @@ def with_size(spec: Spec, sizes: Iterable[int], source: str) -> Spec:
     return dataclasses.replace(spec, quant=quant, weights_size_from=source)
 
 
+def _all_shards(paths: list[str]) -> bool:
+    """Whether every "-0000k-of-0000N.gguf" series among ``paths`` is whole: a profile may
+    name only the first shard (llama.cpp finds the rest), whose bytes are not the total."""
+    series: dict[tuple[str, int], set[int]] = {}
+    for path in paths:
+        if (m := _SHARD.search(path)) is not None:
+            series.setdefault((path[:m.start()], int(m["of"])), set()).add(int(m["k"]))
+    return all(found == set(range(1, of + 1)) for (_, of), found in series.items())
+
+
 def sized_by_files(spec: Spec) -> Spec:
-    """The profile's files, when every weight file among them names its bytes."""
+    """The profile's files, when every weight file among them names its bytes and no shard
+    of a series is missing."""
     files = [f for f in spec.profile.model.source.files or [] if is_weights(f.path)]
-    if not files or any(f.bytes is None for f in files):
+    if not files or any(f.bytes is None for f in files) or not _all_shards([f.path for f in files]):
         return spec
     return with_size(spec, (f.bytes or 0 for f in files), f"model.source.files ({len(files)} file(s))")
 

@@ -73,6 +73,15 @@ def test_the_profiles_own_file_bytes_are_exact_too(tmp_path: Path) -> None:
     assert result.fields["weights_size"] == {"bytes": sum(shards.values()), "exact": True, "note": None}
 
 
+def test_one_named_shard_of_three_is_not_taken_for_the_total(tmp_path: Path) -> None:
+    first = f"/srv/models/q/Qwen3-235B-A22B-{QUANT}-00001-of-00003.gguf"
+    profile = make_profile(tmp_path, {"model.quant": QUANT, "model.source": {
+        "files": [{"path": first, "bytes": 49_950_000_000}]}})
+    result = fit_result(profile, None, ignore_fit=True, read_model_files=False)
+    assert result.fields["weights_from"] == "catalog"
+    assert result.fields["weights_size"]["exact"] is False
+
+
 def test_a_what_if_quant_is_priced_by_the_catalog_not_the_lock(tmp_path: Path, hub: HttpStandin) -> None:
     profile = _profile(tmp_path)
     assert provision(hub, "lock", str(profile)).returncode == 0
