@@ -16,7 +16,7 @@ from provisioner.facts.host_load import P2P_LEGEND
 from provisioner.fit.kv import UNQUANTISED_KV, kv_bytes_per_token, kv_cache_bytes
 from provisioner.fit.rope import yarn_warnings
 from provisioner.fit.unified import memory_of, pool_bandwidth_gb_s, pool_left, unified
-from provisioner.profile.resolve import GpuGroup, Spec
+from provisioner.profile.resolve import GpuGroup, Spec, driver_floor_warnings
 from provisioner.profile.runtime_section import Offload
 
 GIB = 2**30
@@ -334,7 +334,8 @@ def placement_of(spec: Spec, ctx: int, devices: tuple[Device, ...], *, gpu_layer
                weights_from: str = "catalog", tensor_split: tuple[float, ...] = (),
                stages: int = 1) -> Placement:
     p = spec.profile
-    warnings: list[str] = _host_warnings(spec, tensor_parallel) + yarn_warnings(spec, ctx)
+    warnings: list[str] = (_host_warnings(spec, tensor_parallel) + yarn_warnings(spec, ctx)
+                           + driver_floor_warnings(spec))
     kv_k, kv_v = p.model.kv_cache_k, p.model.kv_cache_value
     if kv_v in {"q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1"} or kv_k in {"q4_0", "q4_1", "iq4_nl"}:
         warnings.append("a 4-bit KV cache degrades long reasoning and long-context recall; "
