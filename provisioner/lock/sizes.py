@@ -5,7 +5,7 @@ from __future__ import annotations
 from provisioner.lock import ModelLock, lock_path
 from provisioner.profile.quant_paths import hf_include
 from provisioner.profile.resolve import Spec
-from provisioner.profile.weights_size import is_weights, sized_by_files, with_size
+from provisioner.profile.weights_size import sized_by_files, with_size
 
 
 def real_size(spec: Spec, lock: ModelLock | None) -> Spec:
@@ -13,8 +13,15 @@ def real_size(spec: Spec, lock: ModelLock | None) -> Spec:
     file it pins is what plan downloads), else the profile's own files' bytes, else as is."""
     hf = spec.profile.model.source.hf
     if hf is not None and lock is not None and lock.for_source(hf, hf_include(spec.profile)):
-        weights = [f.size for f in lock.files if is_weights(f.path)]
+        weights = [f.size for f in lock.files if _loaded(f.path)]
         if weights:
             where = f"{lock_path(spec.loaded.path).name} ({len(weights)} file(s) at {lock.commit[:12]})"
             return with_size(spec, weights, where)
     return sized_by_files(spec)
+
+
+def _loaded(path: str) -> bool:
+    """A weight file the engine loads: any pinned GGUF (quants sit in QUANT/ folders), but only
+    top-level safetensors: vLLM reads the model folder's own, and repos keep other formats of
+    the same weights in subfolders (gpt-oss's original/)."""
+    return path.endswith(".gguf") or (path.endswith(".safetensors") and "/" not in path)

@@ -97,3 +97,23 @@ def test_an_estimated_size_is_written_into_no_rendered_file(tmp_path: Path) -> N
     estimate = str(built.spec.quant.bytes)
     assert built.spec.quant.bytes_verified is False
     assert not [f.path for f in built.rendered.files if estimate.encode() in f.content]
+
+
+def test_safetensors_in_subfolders_are_not_counted(tmp_path: Path) -> None:
+    """gpt-oss keeps its original checkpoint in original/: vLLM loads the top-level files only."""
+    from provisioner.lock import LockedFile, ModelLock, lock_path
+    from provisioner.lock.sizes import real_size
+    from provisioner.profile.loader import load_profile
+    from provisioner.profile.resolve import resolve
+
+    repo = "openai/gpt-oss-120b"
+    profile = make_profile(tmp_path, {
+        "runtime.engine": "vllm", "runtime.version": "0.33.0", "model.id": "gpt-oss-120b", "model.quant": "MXFP4",
+        "model.kv_cache": "auto", "model.mode": "thinking", "model.context": 8192, "install.model": False,
+        "model.source": {"hf": {"repo": repo, "revision": "main", "include": ["*.safetensors"], "dest": "/srv/m"}}})
+    top = (LockedFile("model-00000-of-00001.safetensors", 4_000, "a" * 64),)
+    lock = ModelLock(repo, "main", ("*.safetensors",), COMMIT,
+                     (*top, LockedFile("original/model--00001-of-00001.safetensors", 9_000, "b" * 64)))
+    spec = real_size(resolve(load_profile(profile)), lock)
+    assert spec.quant.bytes == 4_000
+    assert spec.weights_size_from == f"{lock_path(profile).name} (1 file(s) at {COMMIT[:12]})"
