@@ -46,11 +46,14 @@ def test_the_flag_and_the_unverified_comments_agree() -> None:
             f"{'say' if commented else 'do not say'} unverified")
 
 
-def test_the_sizes_read_in_the_deepseek_listings() -> None:
+def test_the_sizes_read_in_the_hub_listings() -> None:
     """Sums of the per-shard sizes the Hub's folder listings show (models.yaml comments)."""
     models = load_catalog().models
     read = {("deepseek-r1", "UD-IQ1_S"): 140_200_000_000, ("deepseek-r1", "UD-Q2_K_XL"): 226_600_000_000,
-            ("deepseek-r1", "Q4_K_M"): 404_300_000_000, ("deepseek-v3", "Q4_K_M"): 404_400_000_000}
+            ("deepseek-r1", "Q4_K_M"): 404_300_000_000, ("deepseek-v3", "Q4_K_M"): 404_400_000_000,
+            ("llama-3.1-8b", "Q4_K_M"): 4_920_000_000, ("llama-3.1-8b", "Q8_0"): 8_540_000_000,
+            ("llama-3.3-70b", "Q4_K_M"): 42_500_000_000, ("llama-3.3-70b", "Q8_0"): 74_900_000_000,
+            ("gpt-oss-20b", "MXFP4"): 13_760_000_000}
     for (model, quant), size in read.items():
         spec = models[model].quants[quant]
         assert spec.bytes_verified and spec.bytes == size, (model, quant)
