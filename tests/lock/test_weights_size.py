@@ -21,6 +21,7 @@ from tests.support.hub_standin import HubRepo, serve_repo
 
 # the quickstart's quant: its catalog size was recalled, not re-read (models.yaml)
 QUANT = "UD-Q3_K_XL"
+FIRST = f"{QUANT}/Qwen3-235B-A22B-{QUANT}-00001-of-00003.gguf"
 
 
 @pytest.fixture
@@ -117,3 +118,18 @@ def test_safetensors_in_subfolders_are_not_counted(tmp_path: Path) -> None:
     spec = real_size(resolve(load_profile(profile)), lock)
     assert spec.quant.bytes == 4_000
     assert spec.weights_size_from == f"{lock_path(profile).name} (1 file(s) at {COMMIT[:12]})"
+
+
+def test_a_commit_pinned_source_is_sized_by_the_listing_plan_cached(tmp_path: Path, hub: HttpStandin) -> None:
+    """No lock for a 40-hex revision: once plan has listed it, fit reads the cached listing offline."""
+    profile = make_profile(tmp_path, {"model.quant": QUANT, "install": {"model": True},
+                                      "model.source": {"hf": {"repo": REPO, "revision": COMMIT, "dest": DEST,
+                                                              "file": FIRST}}})
+    before = json.loads(provision(hub, "fit", "--ignore-fit", "--json", str(profile)).stdout)
+    assert before["weights_from"] == "catalog" and before["weights_size"]["exact"] is False
+    planned = provision(hub, "plan", "--root", str(tmp_path / "image"), "--ignore-fit", str(profile))
+    assert planned.returncode in (0, 2), planned.stderr
+    after = json.loads(provision(hub, "fit", "--ignore-fit", "--json", str(profile)).stdout)
+    shards = sum(len(c) for c in _shards(QUANT, 3).values())
+    assert after["weights_from"] == f"the cached Hub listing of {REPO}@{COMMIT[:12]} (3 file(s))"
+    assert after["weights_size"] == {"bytes": shards, "exact": True, "note": None}
