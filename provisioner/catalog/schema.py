@@ -47,6 +47,10 @@ class GpuSpec(_Entry):
     pci_subsystem_ids: list[str] = Field(default_factory=list)
     # None: the board's driver comes with its Jetson Linux (JetPack) release
     min_driver: str | None = Field(default=None, pattern=r"^[0-9]+(\.[0-9]+){0,2}$")
+    # True: min_driver is not the board's first driver (not recorded) but a floor known to
+    # support it (515.48.07, the first README with a Compatible GPUs list): an older driver
+    # may well run the board, so validate, verify and check-gpu warn instead of refusing
+    min_driver_floor: bool = False
     kernel_modules: list[KernelModule] = Field(default_factory=list)
     power_default_w: int | None = Field(default=None, gt=0)  # None: not known per GPU
     power_min_w: int | None = Field(default=None, gt=0)  # None: the range is not known
@@ -72,6 +76,8 @@ class GpuSpec(_Entry):
             raise ValueError("a discrete board needs pci_device_ids")
         if not self.unified_memory and ((self.min_driver is None and not self.inline) or not self.kernel_modules):
             raise ValueError("a discrete board needs min_driver and kernel_modules")
+        if self.min_driver_floor and self.min_driver is None:
+            raise ValueError("min_driver_floor needs the min_driver it qualifies")
         if self.nvlink_gb_s is not None and self.nvlink is not True:
             raise ValueError("nvlink_gb_s needs nvlink: true")
         return self
@@ -92,6 +98,10 @@ class SamplingSpec(_Entry):
 class QuantSpec(_Entry):
     format: QuantFormat
     bytes: Bytes  # total size of the weight files
+    # False: a figure recalled from the cited page and not re-read there. fit shows it as an
+    # estimate and uses a PROFILE.lock's (or the profile's files') real sizes when it has them
+    # (profile/weights_size.py); it never becomes an exact size in a rendered file or check.
+    bytes_verified: bool = True
     bits_per_weight: float = Field(gt=0, le=32)
     repo: str | None = None  # where this quantisation is published
     # safetensors: config.json's quantization_config.quant_method, or the dtype (bf16)

@@ -97,6 +97,7 @@ def fit_result(profile: Path, context: int | None, ignore_fit: bool = False,
                              if placement.max_concurrency is not None else None),
             flags=chosen, **prediction_json(speed), decode_ms=speed.decode_ms,
             warnings=list(placement.warnings), suggestions=hints, weights_from=placement.weights_from,
+            weights_size=_weights_size(spec, placement),
             host_load=_load_json(load), cluster=_cluster_json(spec, placement),
             ubatch_options=[dataclasses.asdict(o) for o in placement.ubatch_options],
             calibration=dataclasses.asdict(cal) if cal is not None else None,
@@ -108,6 +109,8 @@ def _resolved(profile: Path, settings: dict[str, Any] | None, overrides: dict[st
     """The profile with --set values and a host's hardware, resolved against the catalog."""
     from provisioner.fit.whatif import sets_quant
     from provisioner.install.model_fetch import fetch_model_shape
+    from provisioner.lock import lock_path, read_lock
+    from provisioner.lock.sizes import real_size
     from provisioner.profile.loader import deep_merge, load_profile
     from provisioner.profile.resolve import resolve
 
@@ -117,7 +120,11 @@ def _resolved(profile: Path, settings: dict[str, Any] | None, overrides: dict[st
         raise UsageError(f"fit reads one host's hardware; {profile} describes a cluster of "
                          f"{len(loaded.profile.cluster.nodes)} nodes",
                          hint="run `provision fit` without --host/--here: each node's GPUs are in cluster.nodes")
-    return resolve(loaded, what_if_quant=sets_quant(settings))
+    spec = resolve(loaded, what_if_quant=sets_quant(settings))
+    if sets_quant(settings):
+        return spec  # a what-if quant is priced by the catalog: the lock and files are the profile's quant
+    lock = read_lock(lock_path(loaded.path)) if loaded.profile.model.source.hf is not None else None
+    return real_size(spec, lock)
 
 
 def _hardware_from(host: str | None, overrides: dict[str, Any] | None) -> tuple[Block, ...]:
@@ -159,15 +166,29 @@ def _gib(num: int) -> str:
     return format_size(num)
 
 
+def _weights_size(spec: Spec, placement: Placement) -> dict[str, Any]:
+    """The size fit placed: exact (a GGUF header, a lock, the files' bytes, a listed catalog
+    figure) or a catalog estimate nobody re-read (catalog bytes_verified: false)."""
+    from provisioner.profile.weights_size import estimate_note
+
+    read = placement.weights_from != "catalog"
+    return {"bytes": int(spec.layout.total) if spec.layout else spec.quant.bytes,
+            "exact": read or spec.quant.bytes_verified,
+            "note": None if read else estimate_note(spec)}
+
+
 def _human(spec: Spec, placement: Placement, speed: Prediction, chosen: dict[str, Any],
            hints: list[dict[str, Any]]) -> tuple[Block, ...]:
+    from provisioner.profile.weights_size import estimate_note
+
     p = spec.profile
     table = Table(f"{p.metadata.name}: {spec.model.name} {p.model.quant}, {p.runtime.engine} "
                 f"{p.runtime.version}, {placement.context} tokens x {placement.parallel}",
                 ["device", "capacity", "weights", "KV cache", "buffers", "free"],
                 [[d.name, _gib(d.capacity_bytes), _gib(d.weights_bytes), _gib(d.kv_cache_bytes),
                   _gib(d.buffers_bytes), _gib(d.free_bytes)] for d in placement.devices])
-    said = [f"weights: {placement.weights_from}"]
+    note = estimate_note(spec) if placement.weights_from == "catalog" else None
+    said = [f"weights: {placement.weights_from}" + (f" ({note})" if note else "")]
     said.append(f"KV cache: {placement.kv_bytes_per_token} bytes per token, "
         f"{_gib(placement.kv_bytes_per_sequence)} per sequence at {placement.context} tokens")
     if p.cluster is not None:

@@ -296,7 +296,10 @@ def _driver_notes(facts: HostFacts, e: Entry) -> list[str]:
             old = Version(facts.nvidia_driver) < Version(group.spec.min_driver)
         except InvalidVersion:
             continue
-        if old:
+        if old and group.spec.min_driver_floor:
+            notes.append(f"#   {facts.nvidia_driver} is older than {group.spec.min_driver}, the oldest driver known "
+                         f"to list {group.spec.name} (its first is not recorded): it may run; upgrading is safer.")
+        elif old:
             notes.append(f"#   {facts.nvidia_driver} is older than {group.spec.min_driver}, the first driver for "
                          f"{group.spec.name}: upgrade it before apply.")
     return notes

@@ -16,7 +16,7 @@ from provisioner.facts.host_load import P2P_LEGEND
 from provisioner.fit.kv import UNQUANTISED_KV, kv_bytes_per_token, kv_cache_bytes
 from provisioner.fit.rope import yarn_warnings
 from provisioner.fit.unified import memory_of, pool_bandwidth_gb_s, pool_left, unified
-from provisioner.profile.resolve import GpuGroup, Spec
+from provisioner.profile.resolve import GpuGroup, Spec, driver_floor_warnings
 from provisioner.profile.runtime_section import Offload
 
 GIB = 2**30
@@ -101,7 +101,7 @@ class WeightSplit:
     dense: tuple[float, ...]  # per repeating layer: attention, norms, router, shared experts
     experts: tuple[float, ...]  # per repeating layer: routed-expert tensors
     outside: float  # embeddings/output/final norm: the "+1" layer of --n-gpu-layers
-    source: str  # "catalog" or the GGUF file(s) read
+    source: str  # "catalog", the lock or files the size came from, or the GGUF file(s) read
 
     @property
     def layers(self) -> int:
@@ -122,7 +122,8 @@ class WeightSplit:
         total = spec.quant.bytes
         experts = total * m.expert_params_fraction if m.is_moe else 0.0
         dense = (total - experts) / (m.layers + 1)
-        return cls(total, (dense,) * m.layers, (experts / m.layers,) * m.layers, dense, "catalog")
+        return cls(total, (dense,) * m.layers, (experts / m.layers,) * m.layers, dense,
+                   spec.weights_size_from or "catalog")
 
     def on_gpu(self, gpu_layers: int, cpu_moe: int) -> tuple[float, float]:
         """(dense, expert) bytes on the GPUs: llama.cpp offloads the LAST ``gpu_layers``
@@ -319,7 +320,8 @@ def fit_vllm(spec: Spec, ctx: int) -> Placement:
     concurrency = pool / kv_seq_gpu if kv_seq_gpu else None
     return placement_of(spec, ctx, tuple(devices), gpu_layers=m.layers + 1, cpu_moe=0,
                       offload=offload, missing=missing, kv_seq=kv_seq,
-                      concurrency=concurrency, tensor_parallel=True, weights_from="catalog")
+                      concurrency=concurrency, tensor_parallel=True,
+                      weights_from=spec.weights_size_from or "catalog")
 
 
 def _ceil_gib(num_bytes: float) -> int:
@@ -332,7 +334,8 @@ def placement_of(spec: Spec, ctx: int, devices: tuple[Device, ...], *, gpu_layer
                weights_from: str = "catalog", tensor_split: tuple[float, ...] = (),
                stages: int = 1) -> Placement:
     p = spec.profile
-    warnings: list[str] = _host_warnings(spec, tensor_parallel) + yarn_warnings(spec, ctx)
+    warnings: list[str] = (_host_warnings(spec, tensor_parallel) + yarn_warnings(spec, ctx)
+                           + driver_floor_warnings(spec))
     kv_k, kv_v = p.model.kv_cache_k, p.model.kv_cache_value
     if kv_v in {"q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1"} or kv_k in {"q4_0", "q4_1", "iq4_nl"}:
         warnings.append("a 4-bit KV cache degrades long reasoning and long-context recall; "

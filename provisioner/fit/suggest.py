@@ -16,7 +16,7 @@ from provisioner.fit.placement import Placement
 from provisioner.fit.predict import predict
 from provisioner.profile.models import Profile
 from provisioner.profile.resolve import Spec
-from provisioner.units import format_size
+from provisioner.profile.weights_size import size_label
 
 _CONTEXTS = (262144, 131072, 65536, 32768, 16384, 8192, 4096)
 
@@ -34,6 +34,7 @@ def _with(spec: Spec, *, model: dict[str, Any] | None = None, runtime: dict[str,
     loaded = dataclasses.replace(spec.loaded, profile=profile)
     if "quant" in fields:
         fields.setdefault("layout", None)  # the file read is the old quant's: estimate the new one
+        fields.setdefault("weights_size_from", "")  # so is the size a lock or the files gave
     return dataclasses.replace(spec, loaded=loaded, **fields)
 
 
@@ -61,8 +62,8 @@ def suggestions(spec: Spec, placement: Placement) -> list[dict[str, Any]]:
         candidate = _with(spec, model={"quant": name}, quant=quant)
         fitted = fit(candidate, ctx)
         if fitted.fits:
-            out.append(_entry(f"model.quant: {name} ({format_size(quant.bytes)} instead of "
-                              f"{format_size(spec.quant.bytes)})", candidate, fitted,
+            out.append(_entry(f"model.quant: {name} ({size_label(quant)} instead of "
+                              f"{size_label(spec.quant)})", candidate, fitted,
                               "fewer bits per weight: some quality loss"))
             break
     # 2. the longest shorter context that fits

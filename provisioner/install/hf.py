@@ -126,6 +126,20 @@ def _check_repo_path(repo: str, path: str) -> None:
                              hint="provision only writes files inside the model's dest")
 
 
+def cached_listing(repo: str, revision: str, include: list[str], *, endpoint: str | None,
+                   cache_dir: Path) -> dict[str, Any] | None:
+    """The listing an earlier plan cached for repo@revision, read without the network; only for
+    a 40-hex revision, whose files never change (a branch's cache may be stale)."""
+    cache = _cache_file(cache_dir, hub_endpoint(endpoint), repo, revision, include)
+    if not _COMMIT.match(revision) or not cache.is_file():
+        return None
+    try:
+        listing: dict[str, Any] = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        return None
+    return listing
+
+
 def resolve_hf(repo: str, revision: str, include: list[str], dest: str, *, endpoint: str | None,
                token: str | None, cache_dir: Path) -> tuple[RemoteFile, ...]:
     """The files of repo@revision matching include, as RemoteFiles under dest."""

@@ -7,6 +7,7 @@ catalog entries looked up, so nobody downstream looks anything up by name.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from packaging.version import InvalidVersion, Version
@@ -63,6 +64,8 @@ class Spec:
     node_gpus: tuple[tuple[str, tuple[GpuGroup, ...]], ...] = ()
     # set on the view of one node (cluster.node_spec): whose files are rendered
     node: str = ""
+    # where quant.bytes was read when not from the catalog (profile/weights_size.py)
+    weights_size_from: str = ""
 
     @property
     def profile(self) -> Profile:
@@ -74,9 +77,15 @@ class Spec:
 
     @property
     def min_driver(self) -> str:
-        """The newest of the GPUs' minimum drivers ("" without a GPU)."""
-        return max((g.spec.min_driver for g in self.gpus if g.spec.min_driver is not None),
-                   key=lambda v: tuple(int(x) for x in v.split(".")), default="")
+        """The newest of the GPUs' known minimum drivers ("" without one): older is refused."""
+        return _newest(g.spec.min_driver for g in self.gpus if not g.spec.min_driver_floor)
+
+    @property
+    def driver_floor(self) -> str:
+        """The newest driver floor (catalog min_driver_floor) above ``min_driver``, else "":
+        a driver older than it may run the GPUs; it is warned about, not refused."""
+        floor = _newest(g.spec.min_driver for g in self.gpus if g.spec.min_driver_floor)
+        return floor if floor and (not self.min_driver or _older(self.min_driver, floor)) else ""
 
     @property
     def vram_bytes(self) -> int:
@@ -274,7 +283,8 @@ def _gpu_rules(loaded: LoadedProfile, gpus: list[GpuGroup]) -> list[Problem]:
                 ("driver", "kernel_module"),
                 f"{gpu.name} cannot run the {p.driver.kernel_module} kernel module",
                 f"use kernel_module: {' or '.join(gpu.kernel_modules)}"))
-        if p.driver.version is not None and gpu.min_driver is not None and _older(p.driver.version, gpu.min_driver):
+        if (p.driver.version is not None and gpu.min_driver is not None and not gpu.min_driver_floor
+                and _older(p.driver.version, gpu.min_driver)):
             out.append(loaded.problem(
                 ("driver", "version"),
                 f"driver {p.driver.version} is older than {gpu.min_driver}, "
@@ -364,3 +374,23 @@ def _older(version: str, minimum: str) -> bool:
         return Version(version) < Version(minimum)
     except InvalidVersion:  # pragma: no cover - both are pattern-checked
         return False
+
+
+def _newest(versions: Iterable[str | None]) -> str:
+    return max((v for v in versions if v is not None), key=Version, default="")
+
+
+def driver_floor_note(driver: str, floor: str, names: str) -> str:
+    """What is said of a driver older than a floor (catalog min_driver_floor): a warning."""
+    return (f"driver {driver} is older than {floor}, the oldest driver known to list {names}; their "
+            f"first driver is not recorded, so it may run them: {floor} or newer is the safe choice")
+
+
+def driver_floor_warnings(spec: Spec) -> list[str]:
+    """The profile's driver.version against the GPUs' floors (refused minimums are rules)."""
+    version, floor = spec.profile.driver.version, spec.driver_floor
+    if version is None or not floor or not _older(version, floor):
+        return []
+    names = ", ".join(g.spec.name for g in spec.gpus if g.spec.min_driver_floor and g.spec.min_driver
+                      and _older(version, g.spec.min_driver))
+    return [driver_floor_note(version, floor, names)]

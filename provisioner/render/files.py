@@ -172,6 +172,7 @@ def context(spec: Spec, placement: Placement) -> dict[str, Any]:
         "env_file": f"/etc/default/{service.name}",
         "secrets_env_file": f"/etc/provision/{service.name}/secrets.env",
         "min_driver": spec.min_driver,
+        "driver_floor": spec.driver_floor,
         "sampling": spec.model.sampling.get(p.model.mode),
         "hugepages_kb": spec.profile.os.hugepages.size_bytes // 1024,
         "container": p.install.engine if isinstance(p.install.engine, ContainerEngine) else None,

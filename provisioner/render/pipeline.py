@@ -17,6 +17,7 @@ from provisioner.fit.suggest import suggestions
 from provisioner.install import Install
 from provisioner.install.select import install_items
 from provisioner.lock import apply_lock, lock_path, read_lock
+from provisioner.lock.sizes import real_size
 from provisioner.profile.cluster import chosen_node, nodes_of
 from provisioner.profile.loader import load_profile
 from provisioner.profile.nodes import ClusterNodes
@@ -58,7 +59,7 @@ def build(path: Path, *, ignore_fit: bool = False, overrides: dict[str, Any] | N
     # only an hf source is locked: a stray NAME.lock beside a files/directory/ollama profile is not read
     lock = read_lock(lock_path(loaded.path)) if loaded.profile.model.source.hf is not None else None
     loaded = apply_lock(loaded, lock, required=require_lock)
-    spec = resolve(loaded)
+    spec = real_size(resolve(loaded), lock)
     if model_root is not None:
         for item in spec.profile.model.source.files or []:
             consulted(model_root + item.path)  # whether they are here decides the layout fit uses

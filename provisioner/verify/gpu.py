@@ -12,6 +12,7 @@ from provisioner.catalog import GpuSpec
 from provisioner.facts.check import Check, Status
 from provisioner.facts.gpu import BAD_CLOCK_REASONS, XID_LINE, Gpu, load_xid_table
 from provisioner.facts.gpu_probe import GpuReport, proc_driver_version
+from provisioner.profile.resolve import driver_floor_note
 
 
 def _skip(check_id: str, reason: str, expected: str | None = None) -> Check:
@@ -129,18 +130,26 @@ def _present(gpus: tuple[Gpu, ...], expected: list[tuple[GpuSpec, int]], want: s
 
 
 def _driver(report: GpuReport, expected: list[tuple[GpuSpec, int]], min_driver: str) -> Check:
-    floors = ([v for v in (_ver(s.min_driver) for s, _ in expected if s.min_driver is not None) if v]
-              + [v for v in [_ver(min_driver)] if v])
-    floor = max(floors) if floors else None
+    """Below a GPU's known minimum: fail. Below a floor (catalog min_driver_floor: the oldest
+    driver known to list the board, its first not recorded): warn, the driver may run it."""
+    hard = [min_driver, *(s.min_driver for s, _ in expected if s.min_driver is not None and not s.min_driver_floor)]
+    soft = {s.name: s.min_driver for s, _ in expected if s.min_driver_floor and s.min_driver and _ver(s.min_driver)}
+    floor = max((v for v in hard if _ver(v)), key=Version, default=None)
+    known = max(soft.values(), key=Version, default=None)
+    if known is not None and floor is not None and Version(known) <= Version(floor):
+        known = None
     have = report.driver_version or proc_driver_version(report.proc_version)
-    want = f">= {floor}" if floor else None
+    want = "; ".join(([f">= {floor}"] if floor else []) + ([f"{known} or newer known to work"] if known else []))
     if have is None:
-        return _skip("gpu.driver", "driver version not reported", want)
+        return _skip("gpu.driver", "driver version not reported", want or None)
     got = _ver(have)
-    if floor is None or got is None:
-        return Check("gpu.driver", "warn", have, want, "could not compare the driver version")
-    if got < floor:
+    if (floor is None and known is None) or got is None:
+        return Check("gpu.driver", "warn", have, want or None, "could not compare the driver version")
+    if floor is not None and got < Version(floor):
         return Check("gpu.driver", "fail", have, want, f"install driver {floor} or newer (then reboot)")
+    if known is not None and got < Version(known):
+        names = ", ".join(name for name, v in soft.items() if got < Version(v))
+        return Check("gpu.driver", "warn", have, want, driver_floor_note(have, known, names))
     return Check("gpu.driver", "pass", have, want)
 
 

@@ -92,8 +92,8 @@ def test_fit_command_reads_the_file_under_root(tmp_path: Path, capsys: pytest.Ca
     assert fit_command(PROFILE, None, True, root=str(root)) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["weights_from"] == "GGUF header of Qwen3-30B-A3B-BF16attn-Q4_K-experts.gguf"
-    assert fit_command(PROFILE, None, True) == 0  # no file here: the catalog's estimate
-    assert json.loads(capsys.readouterr().out)["weights_from"] == "catalog"
+    assert fit_command(PROFILE, None, True) == 0  # no file here: the size the profile names, spread evenly
+    assert json.loads(capsys.readouterr().out)["weights_from"] == "model.source.files (1 file(s))"
 
 
 def test_a_file_with_other_layers_falls_back_with_a_warning(tmp_path: Path) -> None:
@@ -121,7 +121,7 @@ def test_a_file_of_another_size_is_not_read(tmp_path: Path, capsys: pytest.Captu
     assert layout is None and note is not None and "the profile names 19415225869" in note
     fit_command(PROFILE, None, True, root=str(root))
     data = json.loads(capsys.readouterr().out)
-    assert data["weights_from"] == "catalog" and "the profile names" in data["warnings"][0]
+    assert data["weights_from"] == "model.source.files (1 file(s))" and "the profile names" in data["warnings"][0]
 
 
 def test_what_fit_places_is_what_the_run_script_states(tmp_path: Path) -> None:
@@ -167,6 +167,6 @@ def test_a_damaged_file_of_the_right_size_does_not_stop_planning(tmp_path: Path,
     spec = resolve(load_profile(PROFILE))
     layout, note = local_layout(spec, str(root))
     assert layout is None and note is not None and "cannot read the GGUF header" in note
-    assert build(PROFILE, model_root=str(root)).placement.weights_from == "catalog"
+    assert build(PROFILE, model_root=str(root)).placement.weights_from == "model.source.files (1 file(s))"
     fit_command(PROFILE, None, True, root=str(root))
     assert "cannot read the GGUF header" in json.loads(capsys.readouterr().out)["warnings"][0]

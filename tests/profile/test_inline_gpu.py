@@ -9,6 +9,8 @@ import pytest
 
 from provisioner.catalog import load_catalog
 from provisioner.errors import ProvisionError
+from provisioner.profile.loader import load_profile
+from provisioner.profile.resolve import resolve
 from provisioner.render.pipeline import build
 from tests.conftest import make_profile
 
@@ -71,10 +73,19 @@ def test_turing_runs_where_the_engine_version_says_so(tmp_path: Path) -> None:
     ollama = {**base, "runtime.engine": "ollama", "runtime.version": "0.34.4", "model.quant": "qwen3:30b-a3b",
               "model.source": {"ollama": "qwen3:30b-a3b"}, "secrets.api_key": None}
     assert build(make_profile(tmp_path, ollama, name="ollama.yaml")).spec.gpus[0].spec.architecture == "turing"
-    # vLLM 0.33.0 has no source for Turing: refused, naming the version that has one
+    # and vLLM 0.33.0 (its wheel's kernels include sm_75 cubins: engines.yaml)
     vllm = {**base, "runtime.engine": "vllm", "runtime.version": "0.33.0", "model.quant": "BF16",
-            "model.kv_cache": "auto"}
+            "model.kv_cache": "auto", "install.model": False,
+            "model.source": {"hf": {"repo": "Qwen/Qwen3-30B-A3B", "revision": "main", "dest": "/srv/models/q"}}}
+    loaded = load_profile(make_profile(tmp_path, vllm, name="vllm.yaml"))
+    assert resolve(loaded).gpus[0].spec.architecture == "turing"
+    # a version whose architectures leave a board's out is refused, naming the versions that run it
+    catalog = load_catalog()
+    engine = catalog.engines["vllm"]
+    without = engine.versions["0.33.0"].model_copy(update={"architectures": ["ampere", "ada", "hopper", "blackwell"]})
+    versions = {**engine.versions, "0.33.0": without}
+    engines = {**catalog.engines, "vllm": engine.model_copy(update={"versions": versions})}
     with pytest.raises(ProvisionError) as info:
-        build(make_profile(tmp_path, vllm, name="vllm.yaml"))
+        resolve(loaded, catalog.model_copy(update={"engines": engines}))
     assert "0.33.0 does not support NVIDIA GeForce RTX 2080 Ti (turing)" in str(info.value)
     assert "0.11.0 runs turing boards" in str(info.value)
