@@ -232,3 +232,26 @@ def test_apply_over_ssh_installs_the_tag(tmp_path: Path, registry: HttpStandin, 
         assert not json.loads(noop.stdout)["changed"]
     finally:
         farm.stop()
+
+
+def test_the_lock_is_the_id_verify_expects(tmp_path: Path, registry: HttpStandin, tag: OllamaTag,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """plan/apply/verify build with require_lock: ollama_digest is the lock's digest, and the
+    model.ollama check passes for a listing with that ID (Manifest.Digest()[:12]) only."""
+    from provisioner.facts.model_files import ModelDir
+    from provisioner.render.pipeline import build
+    from provisioner.verify.model import ollama_checks
+    from tests.verify.test_model_dirs import OLLAMA_LIST
+
+    monkeypatch.setenv("PROVISION_CACHE", str(tmp_path / "cache"))
+    profile = _profile(tmp_path)
+    assert provision(registry, "lock", str(profile), cache=tmp_path / "cache").returncode == 0
+    source = build(profile, ignore_fit=True, network=False, require_lock=True).spec.profile.model.source
+    digest = hashlib.sha256(tag.manifest).hexdigest()
+    assert source.ollama_digest == f"sha256:{digest}"
+    header, *_ = OLLAMA_LIST.splitlines()
+    listed = ModelDir(ollama="0", ollama_lines=[header, f"tiny-qwen2:f32    {digest[:12]}    5.1 MB  now"])
+    assert ollama_checks("tiny-qwen2:f32", listed, source.ollama_digest)[0].status == "pass"
+    other = ModelDir(ollama="0", ollama_lines=[header, "tiny-qwen2:f32    a6990ed6be41    5.1 MB  now"])
+    [check] = ollama_checks("tiny-qwen2:f32", other, source.ollama_digest)
+    assert check.status == "fail" and "provision lock" in (check.hint or "")
