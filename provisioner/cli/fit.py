@@ -123,7 +123,8 @@ def _resolved(profile: Path, settings: dict[str, Any] | None, overrides: dict[st
     spec = resolve(loaded, what_if_quant=sets_quant(settings))
     if sets_quant(settings):
         return spec  # a what-if quant is priced by the catalog: the lock and files are the profile's quant
-    lock = read_lock(lock_path(loaded.path)) if loaded.profile.model.source.hf is not None else None
+    source = loaded.profile.model.source
+    lock = read_lock(lock_path(loaded.path)) if source.hf is not None or source.ollama is not None else None
     return real_size(spec, lock)
 
 

@@ -14,6 +14,7 @@ from provisioner.cli._output import Result, lines
 def write_profile_lock(profile: Path) -> tuple[Path, dict[str, object]]:
     """Resolve the profile's model source on the hub and write its lock; what it pinned."""
     from provisioner.install.model_fetch import fetch_model_shape
+    from provisioner.install.ollama_registry import PinnedOllama
     from provisioner.lock import apply_lock, lock_path, resolve_lock, write_lock  # the hub client: only when run
     from provisioner.profile.loader import load_profile
     from provisioner.units import format_size
@@ -22,10 +23,16 @@ def write_profile_lock(profile: Path) -> tuple[Path, dict[str, object]]:
     ref = loaded.profile.secrets.hf_token
     token = os.environ.get(ref.from_env) or None if ref is not None and ref.from_env else None
     lock = resolve_lock(loaded, endpoint=None, token=token)
+    path = lock_path(loaded.path)
+    if isinstance(lock, PinnedOllama):
+        write_lock(path, lock, loaded.profile.metadata.name)
+        return path, {"lock": str(path), "ollama": lock.name.display, "registry": lock.name.host,
+                      "digest": f"sha256:{lock.digest}",
+                      "blobs": [{"mediaType": b.media_type, "digest": b.digest, "size": b.size} for b in lock.blobs],
+                      "total": format_size(sum(b.size for b in lock.blobs))}
     # a model the catalog lacks: its shape is read now, from the file the lock pins (as plan
     # will read it), and cached, so plan and apply need no hub
     fetch_model_shape(apply_lock(loaded, lock, required=False).profile, token=token)
-    path = lock_path(loaded.path)
     write_lock(path, lock, loaded.profile.metadata.name)
     total = sum(f.size for f in lock.files)
     return path, {"lock": str(path), "repo": lock.repo, "revision": lock.revision, "commit": lock.commit,
@@ -37,10 +44,12 @@ def write_profile_lock(profile: Path) -> tuple[Path, dict[str, object]]:
 @click.argument("profile", type=click.Path(path_type=Path))
 def lock(profile: Path, as_json: bool) -> Result:
     """Pin the profile's model source: the commit its branch is at, and every file the quant
-    selects with its size and sha256, into PROFILE.lock (commit it beside the profile).
+    selects with its size and sha256, into PROFILE.lock (commit it beside the profile). An
+    Ollama tag is pinned to its manifest's digest (the ID `ollama list` shows) and blobs.
 
     plan and apply install exactly what the lock says; a changed quant or source needs a
-    new lock. The hub is HF_ENDPOINT (default https://huggingface.co).
+    new lock. The hub is HF_ENDPOINT (default https://huggingface.co); an Ollama registry is
+    PROVISION_OLLAMA_REGISTRY when set (a mirror), else the tag's host.
 
     \b
     Example:
@@ -48,6 +57,13 @@ def lock(profile: Path, as_json: bool) -> Result:
       provision plan box.yaml --root ./image --update-lock
     """
     path, fields = write_profile_lock(profile)
+    if "ollama" in fields:
+        blobs = fields["blobs"]
+        assert isinstance(blobs, list)
+        said = [f"wrote {path}: {fields['ollama']} on {fields['registry']} is {fields['digest']}, "
+                f"{len(blobs)} blob(s), {fields['total']}"]
+        said += [f"  {b['mediaType']}  {b['digest']}  {b['size']} bytes" for b in blobs]
+        return Result(EXIT_OK, fields, (lines(*said),))
     files = fields["files"]
     assert isinstance(files, list)
     said = [f"wrote {path}: {fields['repo']}@{fields['revision']} is commit {fields['commit']}, "

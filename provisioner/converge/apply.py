@@ -190,10 +190,12 @@ def _install(name: str, snippet: str) -> str:
     """One install snippet in a subshell: its failure stops the apply before any file is replaced.
 
     The subshell runs as a plain command, not as an ``if`` condition: sh ignores
-    ``set -e`` inside a condition (POSIX, "set -e"), and a snippet relies on it."""
+    ``set -e`` inside a condition (POSIX, "set -e"), and a snippet relies on it. It runs
+    without the lock's fd 9: a process it leaves behind for a moment (a download's progress
+    ticker is in a ``sleep``) would otherwise hold the lock after the apply ended."""
     return (f"echo {q('@install-start ' + name)}\n"
             f"set +e\n"
-            f"( set -eu\n{snippet}\n)\n"
+            f"( set -eu\n{snippet}\n) 9>&-\n"
             f"rc=$?\n"
             f"set -e\n"
             f"if [ \"$rc\" = 0 ]; then\n"

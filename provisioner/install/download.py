@@ -271,8 +271,9 @@ class Download:
         return {"files": [{"dest": f.dest, "url": f.url, "size": f.size, "sha256": f.sha256,
                            "git_blob": f.git_blob} for f in self.files]}
 
-    def script(self, root: str) -> str:
-        """The apply snippet (it re-decides from the host itself: the plan may be old)."""
+    def script(self, root: str, finish: str = "") -> str:
+        """The apply snippet (it re-decides from the host itself: the plan may be old);
+        ``finish``: sh run once every file is in place (an Ollama manifest, written last)."""
         total = sum(f.size for f in self.files)
         out = [f"# download {self.name}: {len(self.files)} files, {format_size(total)}",
                _prelude(self.name, total, self.header_file, [f.url for f in self.files]),
@@ -305,6 +306,8 @@ class Download:
             dest = _q(root + f.dest)
             out.append(f"case \" $todo \" in *\" {i} \"*) must mv -f {dest}.provision-part {dest}; "
                        f"stamp {dest} {_stamp_path(f.stamp_key)} ;; esac")
+        if finish:
+            out.append(finish)
         out.append('echo "@install-ok $name"')
         return "\n".join(out) + "\n"
 

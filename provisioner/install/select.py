@@ -25,6 +25,8 @@ from provisioner.install import Install
 from provisioner.install.build import Build, cuda_options
 from provisioner.install.fabricmanager import FabricManager, pinned_driver
 from provisioner.install.kernel import KernelModules
+from provisioner.install.ollama_model import OllamaModel, models_dir
+from provisioner.install.ollama_registry import PinnedOllama, registry_base
 from provisioner.install.packages import Package, needs_reboot
 from provisioner.install.secret import GeneratedKey, generated_key_path
 from provisioner.install.token import WithToken, header_path, token_from_file, token_from_secrets_env
@@ -127,12 +129,11 @@ def check(spec: Spec) -> None:
                         ("model", "source", "files", index),
                         f"install.model downloads model.source.files, but {item.path} has no url",
                         "add url: (https or a local mirror) beside its sha256, or set install.model: false"))
-        elif source.hf is None:
+        elif source.hf is None and source.ollama is None:
             problems.append(spec.loaded.problem(
                 ("install", "model"),
-                f"install.model downloads hf or files sources; this model's source is {source.kind}",
-                "Ollama pulls its own tags; a vLLM directory is copied by other means: "
-                "set install.model: false"))
+                f"install.model downloads hf, files or ollama sources; this model's source is {source.kind}",
+                "a vLLM directory is copied by other means: set install.model: false"))
     problems += _fabricmanager_problems(spec)
     if problems:
         raise ProfileError(problems)
@@ -194,7 +195,14 @@ def install_items(spec: Spec, *, resolve_hf: ResolveHf | None = None,
         items.append(download.Archive(name=f"archive:{label}", url=engine.url, sha256=engine.sha256,
                                       size=engine.size, dest=engine.dest,
                                       strip_components=engine.strip_components))
+    if p.model.source.ollama is not None:
+        # only from a fresh lock (lock/ollama.py): plan refused a missing one, render leaves it out
+        if p.install.model and isinstance(lock, PinnedOllama) and lock.for_tag(p.model.source.ollama):
+            items.append(_ollama_model(spec, lock))
+        return tuple(items)
     hf = p.model.source.hf
+    if isinstance(lock, PinnedOllama):
+        lock = None  # made for an Ollama tag: says nothing about this repo
     if hf is not None and lock is not None and lock.for_source(hf, hf_include(p)):
         # the lock pins the files (lock/__init__.py): plan and apply need no hub listing
         hf_module = importlib.import_module("provisioner.install.hf")
@@ -206,6 +214,12 @@ def install_items(spec: Spec, *, resolve_hf: ResolveHf | None = None,
     if p.install.model and (network or hf is None or resolve_hf is not None):
         items.extend(_model_download(spec, resolve_hf, hf_cache, hf_endpoint, hf_token))
     return tuple(items)
+
+
+def _ollama_model(spec: Spec, pinned: PinnedOllama) -> OllamaModel:
+    user = service_user(spec)
+    return OllamaModel(pinned, models_dir(spec), registry_base(pinned.name),
+                       (user.user, user.group) if user is not None else None)
 
 
 def hf_cache_dir() -> Path:

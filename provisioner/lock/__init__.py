@@ -12,6 +12,12 @@ A lock belongs to the source it was made for: when the profile's repo,
 revision or include (the quant, when include is left out) differ from the
 lock's, plan refuses with the command that makes a new one. A profile pinned
 to a 40-hex commit needs no lock (the hub lists that commit's files, cached).
+
+An Ollama tag is locked to its manifest's digest and blobs (lock/ollama.py); with
+install.model, apply puts exactly that manifest and those blobs on the host.
+
+Format 2 adds ``model.ollama``; a format 1 lock (``model.hf`` only, the same fields)
+is still read.
 """
 
 from __future__ import annotations
@@ -26,11 +32,14 @@ import yaml
 
 from provisioner.errors import Problem, ProfileError
 from provisioner.install.hf import list_files
+from provisioner.install.ollama_registry import PinnedOllama
+from provisioner.lock import ollama
 from provisioner.profile.loader import LoadedProfile
 from provisioner.profile.model_section import HfSource
 from provisioner.profile.quant_paths import hf_include
 
-VERSION = 1
+VERSION = 2
+_READS = (1, 2)  # format 1 had only model.hf, as format 2 writes it
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 # what a repo path in a lock may hold: it ends up in a run script and a download
@@ -67,9 +76,12 @@ def lock_path(profile_path: Path) -> Path:
 
 
 def needs_lock(loaded: LoadedProfile) -> bool:
-    """A model download from a branch or tag: the files must be pinned by a lock."""
-    hf = loaded.profile.model.source.hf
-    return loaded.profile.install.model and hf is not None and not _COMMIT.match(hf.revision)
+    """A model download from a branch or tag (an Ollama tag is always one): the files must be
+    pinned by a lock."""
+    source = loaded.profile.model.source
+    hf = source.hf
+    return loaded.profile.install.model and (source.ollama is not None or
+                                             (hf is not None and not _COMMIT.match(hf.revision)))
 
 
 def _bad(path: Path, why: str) -> ProfileError:
@@ -77,12 +89,20 @@ def _bad(path: Path, why: str) -> ProfileError:
                                 hint=f"make it again: provision lock {path.with_suffix('.yaml')}"))
 
 
-def read_lock(path: Path) -> ModelLock | None:
+Lock = ModelLock | PinnedOllama
+
+
+def read_lock(path: Path) -> Lock | None:
     """The lock at ``path``, or None when there is none."""
     if not path.is_file():
         return None
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if isinstance(data, dict) and data.get("version") not in _READS:
+            raise _bad(path, f"lock format {data.get('version')!r}, this provision reads "
+                             f"{' and '.join(map(str, _READS))}")
+        if "ollama" in data["model"]:
+            return ollama.from_data(data["model"]["ollama"])
         model = data["model"]["hf"]
         files = tuple(LockedFile(str(f["path"]), int(f["size"]), str(f.get("sha256", "")),
                                  str(f.get("git_blob", ""))) for f in model["files"])
@@ -90,8 +110,6 @@ def read_lock(path: Path) -> ModelLock | None:
                          str(model["commit"]), files)
     except (yaml.YAMLError, KeyError, TypeError, ValueError) as exc:
         raise _bad(path, f"not a lock file provision can read ({type(exc).__name__}: {exc})") from None
-    if data.get("version") != VERSION:
-        raise _bad(path, f"lock format {data.get('version')!r}, this provision reads {VERSION}")
     if not _COMMIT.match(lock.commit):
         raise _bad(path, f"commit {lock.commit!r} is not a 40-hex commit")
     for f in files:
@@ -102,13 +120,12 @@ def read_lock(path: Path) -> ModelLock | None:
     return lock
 
 
-def write_lock(path: Path, lock: ModelLock, profile_name: str) -> None:
-    data: dict[str, Any] = {
-        "version": VERSION,
-        "model": {"hf": {
+def write_lock(path: Path, lock: Lock, profile_name: str) -> None:
+    data: dict[str, Any] = {"version": VERSION, "model": (
+        {"ollama": ollama.to_data(lock)} if isinstance(lock, PinnedOllama) else {"hf": {
             "repo": lock.repo, "revision": lock.revision, "include": list(lock.include), "commit": lock.commit,
             "files": [{"path": f.path, "size": f.size, **({"sha256": f.sha256} if f.sha256 else {}),
-                       **({"git_blob": f.git_blob} if f.git_blob else {})} for f in lock.files]}}}
+                       **({"git_blob": f.git_blob} if f.git_blob else {})} for f in lock.files]}})}
     header = (f"# Written by `provision lock` for {profile_name}: the exact files plan and apply install.\n"
               "# Commit it next to the profile; `provision lock` (or plan/apply --update-lock) renews it.\n")
     temp = path.with_name(f".{path.name}.provision-tmp")
@@ -116,12 +133,14 @@ def write_lock(path: Path, lock: ModelLock, profile_name: str) -> None:
     temp.replace(path)
 
 
-def resolve_lock(loaded: LoadedProfile, *, endpoint: str | None, token: str | None) -> ModelLock:
-    """Ask the hub what the profile's hf source is now (one request)."""
+def resolve_lock(loaded: LoadedProfile, *, endpoint: str | None, token: str | None) -> Lock:
+    """Ask the hub (or the Ollama registry) what the profile's source is now (one request)."""
+    if loaded.profile.model.source.ollama is not None:
+        return ollama.resolve(loaded)
     hf = loaded.profile.model.source.hf
     if hf is None:
-        raise ProfileError(loaded.problem(("model", "source"), "only an hf model source is locked so far",
-                                          "files carry their own sha256; an Ollama tag is pinned by ollama_digest"))
+        raise ProfileError(loaded.problem(("model", "source"), "only hf and ollama model sources are locked",
+                                          "files carry their own sha256; a model directory is placed by other means"))
     include = hf_include(loaded.profile)
     listing = list_files(hf.repo, hf.revision, include, endpoint=endpoint, token=token)
     if not listing["files"]:
@@ -132,12 +151,18 @@ def resolve_lock(loaded: LoadedProfile, *, endpoint: str | None, token: str | No
     return ModelLock(hf.repo, hf.revision, tuple(include), listing["commit"], files)
 
 
-def apply_lock(loaded: LoadedProfile, lock: ModelLock | None, *, required: bool) -> LoadedProfile:
-    """The profile as the lock pins it (hf.file from the lock when the profile names none);
-    ``required``: refuse a missing or stale lock (plan, apply), else ignore it (validate, render)."""
+def apply_lock(loaded: LoadedProfile, lock: Lock | None, *, required: bool) -> LoadedProfile:
+    """The profile as the lock pins it (hf.file from the lock when the profile names none; an
+    Ollama tag's digest); ``required``: refuse a missing or stale lock (plan, apply), else ignore
+    it (validate, render)."""
+    if loaded.profile.model.source.ollama is not None:
+        return ollama.apply(loaded, lock if isinstance(lock, PinnedOllama) else None,
+                            lock_name=lock_path(loaded.path).name, required=required, needed=needs_lock(loaded))
     hf = loaded.profile.model.source.hf
     if hf is None:
         return loaded
+    if isinstance(lock, PinnedOllama):
+        lock = None  # a lock made for an Ollama tag says nothing about this repo
     where = lock_path(loaded.path)
     fresh = lock is not None and lock.for_source(hf, hf_include(loaded.profile))
     # a named file the lock does not pin would be loaded but never downloaded

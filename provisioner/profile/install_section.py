@@ -131,7 +131,7 @@ class InstallSection(ProfileModel):
     engine: EngineInstall | None = None
     """How the engine gets onto the host; method must suit runtime.engine."""
     model: bool = False
-    """Download model.source (hf, or files with url) to its destination."""
+    """Download model.source (hf, files with url, or an Ollama tag as PROFILE.lock pins it) to its destination."""
     fabricmanager: bool | Literal["auto"] = "auto"
     """NVIDIA Fabric Manager for NVSwitch boards, at the driver's exact version, held, enabled;
     auto: where the host has NVSwitches (never under --root: say true for an NVSwitch image)."""

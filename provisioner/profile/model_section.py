@@ -58,7 +58,8 @@ class ModelSource(ProfileModel):
     ollama: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._/-]*(:[A-Za-z0-9._-]+)?$")] | None = None
     """An Ollama model tag, e.g. qwen3:30b-a3b."""
     ollama_digest: Annotated[str, Field(pattern=r"^(sha256:)?[0-9a-f]{12,64}$")] | None = None
-    """The build an Ollama tag must point at: the ID `ollama list` shows, or the full sha256 digest."""
+    """The build an Ollama tag must point at: the ID `ollama list` shows, or the full sha256 digest;
+    `provision lock` pins it in PROFILE.lock, and a digest given here must agree with the lock."""
 
     @model_validator(mode="after")
     def _exactly_one(self) -> ModelSource:

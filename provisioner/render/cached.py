@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 # Read by a build through the environment, not a file (install/hf.py): part of the key.
-_ENVIRONMENT = ("HF_ENDPOINT", "HF_HUB_OFFLINE")
+_ENVIRONMENT = ("HF_ENDPOINT", "HF_HUB_OFFLINE", "PROVISION_OLLAMA_REGISTRY")
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from typing import Any
 from provisioner.errors import RenderError
 from provisioner.fit.placement import VLLM_DEFAULT_UTILIZATION, Placement, llama_ubatch, params
 from provisioner.fit.rope import yarn_factor
+from provisioner.install.ollama_model import models_dir
 from provisioner.install.select import installed_binary
 from provisioner.profile.cluster import address_env, gpus_per_node, head_address, rpc_servers
 from provisioner.profile.resolve import Spec
@@ -304,6 +305,6 @@ def _ollama(spec: Spec) -> EngineCommand:
     if b.has("keep_alive"):
         b.setenv("keep_alive", "-1")
     if b.has("models"):
-        b.setenv("models", f"/var/lib/{p.service.name}/models")
+        b.setenv("models", models_dir(spec))  # where install.model puts the locked tag
     return EngineCommand(_binary(spec), (Arg(("serve",), "the Ollama server"),),
                          b.env, None)

@@ -56,8 +56,9 @@ def build(path: Path, *, ignore_fit: bool = False, overrides: dict[str, Any] | N
     fresh PROFILE.lock (plan, apply, verify on a target); without it such a source is left out
     of the installs, never asked of the hub."""
     loaded = load_profile(path, overrides)
-    # only an hf source is locked: a stray NAME.lock beside a files/directory/ollama profile is not read
-    lock = read_lock(lock_path(loaded.path)) if loaded.profile.model.source.hf is not None else None
+    # only hf and ollama sources are locked: a stray NAME.lock beside a files/directory profile is not read
+    source = loaded.profile.model.source
+    lock = read_lock(lock_path(loaded.path)) if source.hf is not None or source.ollama is not None else None
     loaded = apply_lock(loaded, lock, required=require_lock)
     spec = real_size(resolve(loaded), lock)
     if model_root is not None:

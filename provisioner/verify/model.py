@@ -220,11 +220,14 @@ def ollama_checks(tag: str, seen: ModelDir, digest: str | None = None) -> list[C
             ident = cols[1] if len(cols) > 1 else "?"
             if pinned and not (pinned.startswith(ident) or ident.startswith(pinned)):
                 return [Check("model.ollama", "fail", f"{cols[0]} id {ident}", want,
-                              "the tag points at another build than the profile pins: re-pull the pinned "
-                              "build or update model.source.ollama_digest")]
+                              "the tag points at another build than the profile or its lock pins: "
+                              "`provision apply` with install.model writes the locked build; a new "
+                              "build needs `provision lock`")]
             return [Check("model.ollama", "pass", f"{cols[0]} id {ident}", want)]
     listed = ", ".join(ln.split()[0] for ln in lines[1:] if ln.split()) or "none"
-    return [Check("model.ollama", "fail", f"not listed (have: {listed})", want, f"run `ollama pull {tag}`")]
+    return [Check("model.ollama", "fail", f"not listed (have: {listed})", want,
+                  "set install.model and run `provision lock` and `provision apply` (it puts the locked "
+                  f"build where Ollama reads it), or run `ollama pull {tag}`")]
 
 
 def prehash(paths: list[str], root: str, state_dir: str, *, show_progress: bool) -> int:

@@ -141,7 +141,8 @@ def _model(built: Built, transport: Transport, gathered: Gathered) -> list[Check
     source = spec.profile.model.source
     if source.ollama is not None:
         if transport.root:
-            return [Check("model.ollama", "skip", hint="--root: a tree runs no Ollama to list the tag")]
+            return [Check("model.ollama", "skip", hint="--root: a tree runs no Ollama to list the tag (with "
+                          "install.model, install.download:model compares its manifest with the lock)")]
         return model_checks.ollama_checks(source.ollama, gathered.read(MODEL_DIR_PROBE), source.ollama_digest)
     if source.directory is not None or source.hf is not None:
         return _model_dir(built, transport, gathered.read(MODEL_DIR_PROBE))

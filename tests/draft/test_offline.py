@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from provisioner.lock import read_lock
+from provisioner.lock import ModelLock, read_lock
 from provisioner.profile.loader import load_profile
 from tests.conftest import ROOT
 from tests.support.http_standin import HttpStandin
@@ -54,7 +54,7 @@ def test_the_draft_is_the_best_usable_quant_and_a_complete_profile_lock_resolves
         locked = provision("lock", str(profile), env={"HF_ENDPOINT": hub.url()})
     assert locked.returncode == 0, locked.stderr
     lock = read_lock(tmp_path / "box.lock")
-    assert lock is not None and sorted(f.path for f in lock.files) == sorted(shards)
+    assert isinstance(lock, ModelLock) and sorted(f.path for f in lock.files) == sorted(shards)
 
 
 def test_the_text_says_the_top_three_and_the_next_step() -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from provisioner.lock import read_lock
+from provisioner.lock import ModelLock, read_lock
 from tests.conftest import ROOT, make_profile
 from tests.support.http_standin import HttpStandin
 from tests.support.hub_standin import HubRepo, serve_repo
@@ -65,7 +65,7 @@ def test_lock_pins_every_shard_and_plan_apply_follow_it_until_the_quant_changes(
     locked = provision(hub, "lock", str(profile))
     assert locked.returncode == 0, locked.stderr
     lock = read_lock(tmp_path / "p.lock")
-    assert lock is not None and lock.commit == COMMIT and lock.revision == "main"
+    assert isinstance(lock, ModelLock) and lock.commit == COMMIT and lock.revision == "main"
     wanted = _shards("UD-Q3_K_XL", 3)
     assert {f.path: f.sha256 for f in lock.files} == {p: hashlib.sha256(c).hexdigest() for p, c in wanted.items()}
 
@@ -94,7 +94,7 @@ def test_lock_pins_every_shard_and_plan_apply_follow_it_until_the_quant_changes(
     assert "download:model" in renewed.stderr
     assert f"--model {DEST}/Q4_K_M/Qwen3-235B-A22B-Q4_K_M-00001-of-00003.gguf" in renewed.stderr
     relocked = read_lock(tmp_path / "p.lock")
-    assert relocked is not None and sorted(f.path for f in relocked.files) == sorted(_shards("Q4_K_M", 4))
+    assert isinstance(relocked, ModelLock) and sorted(f.path for f in relocked.files) == sorted(_shards("Q4_K_M", 4))
 
 
 def test_a_hand_edited_lock_with_a_bad_checksum_is_refused(tmp_path: Path, hub: HttpStandin) -> None:
