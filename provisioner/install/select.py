@@ -24,7 +24,7 @@ from provisioner.install import Install
 from provisioner.install.build import Build, cuda_options
 from provisioner.install.kernel import KernelModules
 from provisioner.install.packages import Package, needs_reboot
-from provisioner.install.secret import GeneratedKey, generated_key_path
+from provisioner.install.secret import GeneratedKey, generated_key_path, key_unit
 from provisioner.install.token import (
     WithToken,
     controller_token,
@@ -155,7 +155,7 @@ def install_items(spec: Spec, *, resolve_hf: ResolveHf | None = None,
     if user is not None:
         items.append(user)
     if p.secrets.api_key is not None and p.secrets.api_key.generate:
-        items.append(GeneratedKey(generated_key_path(p.service.name)))
+        items.append(GeneratedKey(generated_key_path(p.service.name), key_unit(p.service.name)))
     engine = p.install.engine
     label = p.runtime.engine
     if isinstance(engine, VenvEngine):

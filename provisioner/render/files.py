@@ -26,6 +26,7 @@ from provisioner.errors import RenderError
 from provisioner.facts.gather import STATE_DIR, template_facts
 from provisioner.fit.placement import Placement
 from provisioner.install import Install
+from provisioner.install.secret import key_script, key_unit
 from provisioner.install.select import api_key_file, service_user
 from provisioner.profile.cluster import cluster_of, node_named, node_spec
 from provisioner.profile.install_section import ContainerEngine
@@ -178,8 +179,19 @@ def context(spec: Spec, placement: Placement) -> dict[str, Any]:
         "model_dir": _model_dir(spec),
         "sysusers": _sysusers_lines(spec),
         "api_key_file": api_key_file(p),
+        **_key_unit_context(spec),
         **_cluster_context(spec),
     }
+
+
+def _key_unit_context(spec: Spec) -> dict[str, Any]:
+    """secrets.api_key.generate: the first-boot oneshot that makes the key (install/secret.py)."""
+    p = spec.profile
+    if p.secrets.api_key is None or not p.secrets.api_key.generate:
+        return {"api_key_unit": None}
+    return {"api_key_unit": key_unit(p.service.name),
+            "api_key_script": f"{BIN_DIR}/{p.service.name}-api-key.sh",
+            "api_key_lines": key_script('"$key"', 'echo "could not read /dev/urandom" >&2; exit 1').splitlines()}
 
 
 def _sysusers_lines(spec: Spec) -> list[str]:
