@@ -134,6 +134,18 @@ def model_path(spec: Spec) -> str:
     return source.ollama or ""
 
 
+def model_path_notes(spec: Spec) -> tuple[str, ...]:
+    """A preview (validate, render, fit) of a branch not locked yet: llama.cpp's --model is
+    the folder until the lock names the first shard. Every other way to a folder is refused
+    (profile/resolve.py), and plan and apply require the lock."""
+    p = spec.profile
+    hf = p.model.source.hf
+    if p.runtime.engine != "llama.cpp" or hf is None or hf.file is not None or not p.builtin_files:
+        return ()
+    return (f"llama.cpp's --model is the folder {hf.dest} until `provision lock` pins the files and "
+            "names the first shard; plan and apply require that lock",)
+
+
 def sysctl_settings(spec: Spec) -> dict[str, str]:
     """The sysctl values the profile asks for, with the swap policy folded in."""
     os_ = spec.profile.os
@@ -266,7 +278,8 @@ def render(spec: Spec, placement: Placement, facts: dict[str, str] | None = None
     if cluster is not None and ctx["role"] == "worker":
         readiness = None  # a worker serves no HTTP: Ray and rpc-server have no health endpoint
     return Rendered(files=tuple(sorted(files, key=lambda f: f.path)), directories=directories,
-                    handlers=handlers, warnings=placement.warnings, readiness=readiness, installs=installs)
+                    handlers=handlers, warnings=placement.warnings + model_path_notes(spec), readiness=readiness,
+                    installs=installs)
 
 
 def _owned_once(paths: list[str], directories: list[str]) -> None:
