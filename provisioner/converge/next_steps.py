@@ -31,8 +31,9 @@ def _generated_key_step(service: str, root: str, host: str | None) -> str:
         return (f"the image holds no API key: each machine booted from it makes its own into {path} "
                 f"(0600, never printed) at first boot ({key_unit(service)}); read it there with "
                 f"`{read_hint(path)}`")
-    where = f" on {host}" if host else ""
-    return f"the API key is in {path}{where} (0600, never printed): read it there with `{read_hint(path)}`"
+    if host:
+        return f"the API key is in {path} on {host} (0600, never printed): read it there with `{read_hint(path)}`"
+    return f"the API key is in {path} (0600, never printed): read it with `{read_hint(path)}`"
 
 
 def next_steps(spec: Spec, plan: Plan, root: str, host: str | None = None) -> tuple[str, ...]:
