@@ -11,7 +11,7 @@ it, like every install.
 Two places make it, from the same sh (``key_script``):
 - a live or SSH apply, so that apply can say where the key is;
 - ``SERVICE-api-key.service``, a oneshot the server unit requires, at the first
-  start on a machine without a key (``ConditionPathExists=!PATH``). An apply
+  start on a machine without a key (``ConditionFileNotEmpty=!PATH``). An apply
   into an image tree (``--root``) makes no key: a key in the image would be
   shared by every machine made from it, so each one makes its own at first boot.
   Where apply made the key already, the unit's condition skips it.

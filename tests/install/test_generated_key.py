@@ -47,12 +47,12 @@ def _unit_lines(path: Path) -> dict[str, list[str]]:
 
 def first_boot(tree: Path) -> subprocess.CompletedProcess[str]:
     """What systemd does at a machine's first start, from the oneshot's own lines: skip it when
-    ConditionPathExists=! finds the key, else run its ExecStart under its UMask=, the paths
-    taken inside ``tree``."""
+    ConditionFileNotEmpty=! finds a non-empty key file, else run its ExecStart under its UMask=,
+    the paths taken inside ``tree``."""
     unit = _unit_lines(tree / UNIT.lstrip("/"))
-    [condition] = unit["ConditionPathExists"]
+    [condition] = unit["ConditionFileNotEmpty"]
     assert condition == "!/" + KEY and unit["Type"] == ["oneshot"] and unit["UMask"] == ["0077"]
-    if (tree / KEY).exists():
+    if (tree / KEY).is_file() and (tree / KEY).stat().st_size > 0:
         return subprocess.CompletedProcess([], 0, "", "skipped: the key is there")
     [exec_start] = unit["ExecStart"]
     script, path = shlex.split(exec_start)
@@ -125,14 +125,15 @@ def test_a_key_already_there_is_kept_by_the_first_boot_script(tmp_path: Path) ->
 
 def test_an_empty_key_file_is_replaced_by_a_key(tmp_path: Path) -> None:
     """An empty key would reach the engine as an empty API key: vLLM and llama-server then
-    serve without auth. It is no key, so the first boot makes one in its place."""
-    key = tmp_path / "etc/api-key"
-    key.parent.mkdir(parents=True)
-    key.write_text("")
-    done = subprocess.run(["sh", "-c", 'umask 0077; exec "$@"', "sh", str(_boot_script(tmp_path)), str(key)],
-                          capture_output=True, text=True, check=False)
-    assert done.returncode == 0, done.stderr
-    assert len(key.read_text()) == 64 and key.stat().st_mode & 0o777 == 0o600
+    serve without auth. It is no key: the first boot runs (its condition wants a non-empty
+    file) and makes one in its place."""
+    image = tmp_path / "image"
+    assert cli("apply", str(_generating(tmp_path)), "--root", str(image), "--yes").returncode == 0
+    (image / KEY).parent.mkdir(parents=True, exist_ok=True)
+    (image / KEY).write_text("")
+    booted = first_boot(image)
+    assert booted.returncode == 0 and "skipped" not in booted.stderr, booted.stderr
+    assert len((image / KEY).read_text()) == 64 and (image / KEY).stat().st_mode & 0o777 == 0o600
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
