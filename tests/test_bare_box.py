@@ -9,8 +9,8 @@ need):
 - apply creates the service user in the tree's passwd (systemd-sysusers --root), builds
   llama-server through the build resource from the pinned llama-cpp-python sdist (the
   same inputs as scripts/build-llama-server, in a fresh tree: a full build), downloads
-  the tiny model from the stand-in and checks it against the lock, generates the API key
-  and writes the unit;
+  the tiny model from the stand-in and checks it against the lock, and writes the units;
+  the image holds no API key: the test plays the first boot's oneshot that makes it;
 - the test then starts the server as the unit would (its User=, EnvironmentFile=,
   Environment=, LoadCredential=, WorkingDirectory= and ExecStart=) in a mount namespace
   of its own, where the tree's /opt/provision, /srv, /var/lib and /var/cache are mounted
@@ -37,6 +37,7 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT
+from tests.install.test_generated_key import first_boot
 from tests.support.http_standin import HttpStandin
 from tests.support.hub_standin import HubRepo, serve_repo
 from tests.verify.test_endpoint import free_port, wait_until_healthy
@@ -240,11 +241,15 @@ def test_one_apply_on_a_bare_tree_ends_in_a_verified_server(tmp_path: Path, hub:
     # the model, from the stand-in, as the lock pinned it
     model = box.root / DEST.lstrip("/") / "tiny-qwen2-F32.gguf"
     assert model.read_bytes() == quants["tiny-qwen2-F32.gguf"]
-    # the generated key: 0600, never printed
+    # no key in the image (each machine makes its own): the test plays the first boot, which
+    # runs the oneshot the server unit requires; the key is then 0600 and was never printed
     key_file = box.root / f"etc/provision/{SERVICE}/api-key"
+    assert not key_file.exists() and "makes its own into" in applied.stdout
+    booted = first_boot(box.root)
+    assert booted.returncode == 0, booted.stderr
     key = key_file.read_text().strip()
     assert re.fullmatch(r"[0-9a-f]{64}", key) and key_file.stat().st_mode & 0o777 == 0o600
-    assert key not in applied.stdout + applied.stderr
+    assert key not in applied.stdout + applied.stderr + booted.stdout + booted.stderr
     assert f"--model {DEST}/tiny-qwen2-F32.gguf" in (box.root / "opt/provision/bin/llm-server-run.sh").read_text()
 
     process, log = start_as_the_unit(box, port)

@@ -24,7 +24,7 @@ def export_ansible_result(profile: Path | None, inventory: Path | None, limit: s
             raise UsageError("PROFILE is missing", hint="give a profile (file or library name), or -i INVENTORY")
         if limit:
             raise UsageError("--limit needs -i INVENTORY")
-        units, hosts = [unit_of(build(profile, network=False))], None
+        units, hosts = [unit_of(build(profile, network=False, require_lock=True))], None
     else:
         units, hosts = inventory_units(profile, inventory, limit)
     tree = export_tree(units, hosts)
@@ -45,7 +45,7 @@ def export_cloudinit_result(profile: Path, out: Path, overwrite: bool) -> Result
     from provisioner.export.cloudinit import first_boot_handlers, user_data
     from provisioner.render.pipeline import build
 
-    built = build(profile, network=False)
+    built = build(profile, network=False, require_lock=True)
     refuse_unexported(built, "cloud-init")
     refuse_host_facts(built)
     spec = built.spec

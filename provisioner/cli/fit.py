@@ -66,7 +66,7 @@ def fit_result(profile: Path, context: int | None, ignore_fit: bool = False,
     from provisioner.fit.suggest import suggestions
     from provisioner.fit.whatif import sets_quant
     from provisioner.render.engine_command import chosen_flags
-    from provisioner.render.files import model_path
+    from provisioner.render.files import model_path, model_path_notes
 
     overrides = hardware_overrides(host_facts) if host_facts is not None else None
     spec = _resolved(profile, settings, overrides)
@@ -83,6 +83,7 @@ def fit_result(profile: Path, context: int | None, ignore_fit: bool = False,
     placement = fit(spec, context)
     if layout_note:
         placement = dataclasses.replace(placement, warnings=(layout_note, *placement.warnings))
+    placement = dataclasses.replace(placement, warnings=(*placement.warnings, *model_path_notes(spec)))
     speed = predict(spec, placement)
     placement, speed, cal = _calibrate(spec, placement, speed, host_output) if calibrate else (placement, speed, None)
     chosen = chosen_flags(spec, placement, model_path(spec))
@@ -109,12 +110,13 @@ def _resolved(profile: Path, settings: dict[str, Any] | None, overrides: dict[st
     """The profile with --set values and a host's hardware, resolved against the catalog."""
     from provisioner.fit.whatif import sets_quant
     from provisioner.install.model_fetch import fetch_model_shape
-    from provisioner.lock import lock_path, read_lock
+    from provisioner.lock import lock_path, locked, read_lock
     from provisioner.lock.sizes import real_size
     from provisioner.profile.loader import deep_merge, load_profile
     from provisioner.profile.resolve import resolve
 
-    loaded = load_profile(profile, deep_merge(settings or {}, overrides or {}) or None)
+    # the file a fresh PROFILE.lock pins is the one llama.cpp loads (the --model fit shows)
+    loaded = locked(load_profile(profile, deep_merge(settings or {}, overrides or {}) or None))
     fetch_model_shape(loaded.profile)  # a model the catalog lacks: read once from the Hub, then cached
     if overrides is not None and loaded.profile.cluster is not None:
         raise UsageError(f"fit reads one host's hardware; {profile} describes a cluster of "
@@ -254,13 +256,14 @@ def compare_command(profile: Path, settings: dict[str, Any], compares: list[str]
     from provisioner.facts.gguf_layout import local_layout
     from provisioner.fit import fit
     from provisioner.fit.whatif import combinations, ordered, row_of, sets_quant, with_settings
+    from provisioner.lock import locked
     from provisioner.profile.loader import load_profile
     from provisioner.profile.resolve import resolve
 
     rows = []
     for combo in combinations(compares):
         combined = with_settings(settings, combo)
-        spec = resolve(load_profile(profile, combined or None), what_if_quant=sets_quant(combined))
+        spec = resolve(locked(load_profile(profile, combined or None)), what_if_quant=sets_quant(combined))
         if not sets_quant(combined):  # the files on disk are the profile's quant, not this one
             spec = dataclasses.replace(spec, layout=local_layout(spec, root)[0])
         rows.append(row_of(spec, fit(spec), combo))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import dataclasses
 from pathlib import Path
 
 import click
@@ -13,16 +13,30 @@ from provisioner.cli._output import Result, lines
 
 def write_profile_lock(profile: Path) -> tuple[Path, dict[str, object]]:
     """Resolve the profile's model source on the hub and write its lock; what it pinned."""
+    from provisioner.errors import ProvisionError
     from provisioner.install.model_fetch import fetch_model_shape
     from provisioner.install.ollama_registry import PinnedOllama
+    from provisioner.install.token import controller_token, controller_token_place
     from provisioner.lock import apply_lock, lock_path, resolve_lock, write_lock  # the hub client: only when run
     from provisioner.profile.loader import load_profile
     from provisioner.units import format_size
 
     loaded = load_profile(profile)
     ref = loaded.profile.secrets.hf_token
-    token = os.environ.get(ref.from_env) or None if ref is not None and ref.from_env else None
-    lock = resolve_lock(loaded, endpoint=None, token=token)
+    # the token as install reads it (from_env, from_file); in memory only, never printed
+    token = controller_token(ref)
+    try:
+        lock = resolve_lock(loaded, endpoint=None, token=token)
+        if not isinstance(lock, PinnedOllama):
+            # a model the catalog lacks: its shape is read now, from the file the lock pins (as plan
+            # will read it), and cached, so plan and apply need no hub
+            fetch_model_shape(apply_lock(loaded, lock, required=False).profile, token=token)
+    except ProvisionError as exc:
+        if ref is None or token is not None:
+            raise
+        first, *rest = exc.problems
+        hint = f"no token in {controller_token_place(ref)} (secrets.hf_token); {first.hint or 'a gated repo needs it'}"
+        raise ProvisionError([dataclasses.replace(first, hint=hint), *rest]) from None
     path = lock_path(loaded.path)
     if isinstance(lock, PinnedOllama):
         write_lock(path, lock, loaded.profile.metadata.name)
@@ -30,9 +44,6 @@ def write_profile_lock(profile: Path) -> tuple[Path, dict[str, object]]:
                       "digest": f"sha256:{lock.digest}",
                       "blobs": [{"mediaType": b.media_type, "digest": b.digest, "size": b.size} for b in lock.blobs],
                       "total": format_size(sum(b.size for b in lock.blobs))}
-    # a model the catalog lacks: its shape is read now, from the file the lock pins (as plan
-    # will read it), and cached, so plan and apply need no hub
-    fetch_model_shape(apply_lock(loaded, lock, required=False).profile, token=token)
     write_lock(path, lock, loaded.profile.metadata.name)
     total = sum(f.size for f in lock.files)
     return path, {"lock": str(path), "repo": lock.repo, "revision": lock.revision, "commit": lock.commit,

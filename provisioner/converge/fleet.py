@@ -19,6 +19,7 @@ from provisioner.profile.nodes import ClusterNodes
 from provisioner.render.cached import BuildRequest, CachedBuild, cached_build
 from provisioner.render.resources import Rendered
 from provisioner.transport import Transport
+from provisioner.transport.local import LocalTransport
 
 if TYPE_CHECKING:
     from provisioner.render.pipeline import Built
@@ -190,7 +191,8 @@ def _converge(target: Target, built: CachedBuild, transport: Transport, options:
         result = apply_plan(plan, gathered, transport, profile_name=summary.profile_name,
                             wait_lock=options.wait_lock)
         # what is left for a person reads the profile (secrets): built only after a change
-        steps = next_steps(built.full().spec, plan, transport.root) if result.applied else ()
+        remote = None if isinstance(transport, LocalTransport) else transport.name
+        steps = next_steps(built.full().spec, plan, transport.root, remote) if result.applied else ()
         return Outcome(target.name, result, None, steps)
     except ProvisionError as exc:
         return Outcome(target.name, None, exc.problems)

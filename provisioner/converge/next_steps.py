@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from provisioner.converge.plan import Plan
-from provisioner.install.secret import generated_key_path, read_hint
+from provisioner.install.secret import generated_key_path, key_unit, read_hint
 
 if TYPE_CHECKING:  # a cached no-op loads neither the schema nor the catalog (tests/render/test_cached.py)
     from provisioner.profile.models import SecretRef
@@ -23,8 +23,22 @@ def _secret_step(name: str, ref: SecretRef, env_file: str) -> str | None:
     return None
 
 
-def next_steps(spec: Spec, plan: Plan, root: str) -> tuple[str, ...]:
-    """The steps in the order to take them; ``root`` non-empty: an image tree."""
+def _generated_key_step(service: str, root: str, host: str | None) -> str:
+    """Where the generated key is: made by this apply on a live host; in an image, made by
+    each machine at its first boot (install/secret.py), so the image holds none."""
+    path = generated_key_path(service)
+    if root:
+        return (f"the image holds no API key: each machine booted from it makes its own into {path} "
+                f"(0600, never printed) at first boot ({key_unit(service)}); read it there with "
+                f"`{read_hint(path)}`")
+    if host:
+        return f"the API key is in {path} on {host} (0600, never printed): read it there with `{read_hint(path)}`"
+    return f"the API key is in {path} (0600, never printed): read it with `{read_hint(path)}`"
+
+
+def next_steps(spec: Spec, plan: Plan, root: str, host: str | None = None) -> tuple[str, ...]:
+    """The steps in the order to take them; ``root`` non-empty: an image tree; ``host``: the
+    name of a host reached over SSH (None: this machine)."""
     profile = spec.profile
     service = profile.service.name
     env_file = f"/etc/provision/{service}/secrets.env"
@@ -36,9 +50,7 @@ def next_steps(spec: Spec, plan: Plan, root: str) -> tuple[str, ...]:
                 steps.append(step)
     ref = profile.secrets.api_key
     if ref is not None and ref.generate:
-        path = generated_key_path(service)
-        steps.append(f"the API key is in {path} (0600, never printed): read it with `{read_hint(path)}`"
-                     + (" on the booted image" if root else ""))
+        steps.append(_generated_key_step(service, root, host))
     if plan.reboot_required:
         steps.append("reboot: a driver or kernel module change takes effect only after one")
     if plan.restart_pending:

@@ -33,7 +33,8 @@ def inventory_units(profile: Path | None, inventory: Path, limit: str | None) ->
                              hint="give PROFILE on the command line or `profile:` for the host")
         key = (str(chosen), json.dumps(host.overrides, sort_keys=True) if host.overrides else "")
         if key not in built:
-            built[key] = build(chosen, overrides=host.overrides or None, network=False)
+            # an export reaches hosts like apply: a branch needs its lock (what llama.cpp loads)
+            built[key] = build(chosen, overrides=host.overrides or None, network=False, require_lock=True)
         result = built[key]
         by_digest.setdefault(digest(result.rendered), (result, []))[1].append(host.name)
     return [unit_of(b, tuple(names)) for b, names in by_digest.values()], hosts

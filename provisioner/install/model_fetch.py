@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import fnmatch
 import json
-import os
 import re
 import urllib.error
 import urllib.request
@@ -26,6 +25,7 @@ from provisioner.catalog import load_catalog
 from provisioner.errors import ProvisionError
 from provisioner.facts.weights_header import BadHeader, Truncated, parse_gguf, parse_safetensors
 from provisioner.install.hf import hub_endpoint, hub_offline, list_repo
+from provisioner.install.token import controller_token
 from provisioner.profile.model_source import (
     gguf_record,
     hub_key,
@@ -58,9 +58,8 @@ def fetch_model_shape(profile: Profile, *, endpoint: str | None = None, token: s
     """Read the shape from the Hub when needed; True when it did."""
     if not needs_fetch(profile):
         return False
-    ref = profile.secrets.hf_token
-    if token is None and ref is not None and ref.from_env:
-        token = os.environ.get(ref.from_env) or None  # a gated repo's listing; never written anywhere
+    if token is None:
+        token = controller_token(profile.secrets.hf_token)  # a gated repo's listing; never written anywhere
     target = hub_target(profile)
     assert target is not None
     repo, revision, file = target

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -28,8 +27,14 @@ from provisioner.install.kernel import KernelModules
 from provisioner.install.ollama_model import OllamaModel, models_dir
 from provisioner.install.ollama_registry import PinnedOllama, registry_base
 from provisioner.install.packages import Package, needs_reboot
-from provisioner.install.secret import GeneratedKey, generated_key_path
-from provisioner.install.token import WithToken, header_path, token_from_file, token_from_secrets_env
+from provisioner.install.secret import GeneratedKey, generated_key_path, key_unit
+from provisioner.install.token import (
+    WithToken,
+    controller_token,
+    header_path,
+    token_from_file,
+    token_from_secrets_env,
+)
 from provisioner.install.user import GPU_GROUPS, ServiceUser
 from provisioner.install.venv import Venv
 from provisioner.profile.install_section import ArchiveEngine, ContainerEngine, SourceEngine, VenvEngine
@@ -175,7 +180,7 @@ def install_items(spec: Spec, *, resolve_hf: ResolveHf | None = None,
     if user is not None:
         items.append(user)
     if p.secrets.api_key is not None and p.secrets.api_key.generate:
-        items.append(GeneratedKey(generated_key_path(p.service.name)))
+        items.append(GeneratedKey(generated_key_path(p.service.name), key_unit(p.service.name)))
     engine = p.install.engine
     label = p.runtime.engine
     if isinstance(engine, VenvEngine):
@@ -232,9 +237,9 @@ def _model_download(spec: Spec, resolve_hf: ResolveHf | None, hf_cache: Any, end
     download = importlib.import_module("provisioner.install.download")
     source = spec.profile.model.source
     ref = spec.profile.secrets.hf_token
-    if token is None and ref is not None and ref.from_env:
+    if token is None:
         # the listing of a gated repo needs the token on the controller; it is never written anywhere
-        token = os.environ.get(ref.from_env) or None
+        token = controller_token(ref)
     if source.files is not None:
         files = tuple(download.RemoteFile(url=f.url, dest=f.path, size=f.bytes, sha256=f.sha256)
                       for f in source.files)

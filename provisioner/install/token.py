@@ -8,19 +8,51 @@ before its snippet runs, a header file (``Authorization: Bearer ...``, mode
 0600, in /run which is cleared at boot) is written from that source for curl's
 ``--header @file``; right after, it is removed, whether the download worked or
 not. The token never enters a profile, a plan, a log or the manifest.
+
+``controller_token`` is the same source read on the machine provision runs on, for
+what the controller asks the hub itself (the file listing of plan, fit's shape read,
+``provision lock``): ``from_env`` from its environment, ``from_file`` the file's first
+line when it is readable there. Held in memory only, never written or printed.
 """
 
 from __future__ import annotations
 
+import os
 import shlex
 from dataclasses import dataclass, replace
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from provisioner.install import Install, InstallChange, InstallKind
+
+if TYPE_CHECKING:
+    from provisioner.profile.models import SecretRef
 
 
 def header_path(service: str) -> str:
     return f"/run/provision/{service}-hf-header"
+
+
+def controller_token(ref: SecretRef | None) -> str | None:
+    """The profile's Hugging Face token as this machine holds it, or None (no secret named,
+    the variable unset, the file missing or unreadable here: a public repo needs none)."""
+    if ref is None:
+        return None
+    if ref.from_env:
+        return os.environ.get(ref.from_env) or None
+    if ref.from_file:
+        try:
+            # the first line, as the host's `head -n 1` reads it (token_from_file)
+            text = Path(ref.from_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            return None
+        return text.partition("\n")[0].strip() or None
+    return None
+
+
+def controller_token_place(ref: SecretRef) -> str:
+    """Where controller_token looked, for a message (never the token)."""
+    return f"${ref.from_env} of this shell" if ref.from_env else f"{ref.from_file} on this machine"
 
 
 def token_from_file(path: str) -> str:

@@ -182,7 +182,19 @@ def apply_lock(loaded: LoadedProfile, lock: Lock | None, *, required: bool) -> L
         return loaded
     first = lock.first_gguf()
     if first is None:
+        if loaded.profile.runtime.engine == "llama.cpp" and loaded.profile.builtin_files:
+            raise ProfileError(loaded.problem(
+                ("model", "source", "hf"), f"{where.name} pins no .gguf file, and llama.cpp loads one",
+                f"check model.quant or hf.include (they chose {list(lock.include)}), then run "
+                f"`provision lock {loaded.path}` again"))
         return loaded
     source = loaded.profile.model.source.model_copy(update={"hf": hf.model_copy(update={"file": first})})
     model = loaded.profile.model.model_copy(update={"source": source})
     return dataclasses.replace(loaded, profile=loaded.profile.model_copy(update={"model": model}))
+
+
+def locked(loaded: LoadedProfile) -> LoadedProfile:
+    """The profile as a fresh PROFILE.lock beside it pins it (a preview: fit); a missing or
+    stale lock is ignored, as validate ignores it."""
+    lock = read_lock(lock_path(loaded.path)) if loaded.profile.model.source.hf is not None else None
+    return apply_lock(loaded, lock, required=False)

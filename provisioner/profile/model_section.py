@@ -42,7 +42,9 @@ class HfSource(ProfileModel):
     dest: AbsPath
     """The folder on the host the files go into."""
     file: RelPath | None = None
-    """For llama.cpp: the GGUF (first shard) it loads, relative to dest, e.g. Q8_0/x-00001-of-00006.gguf."""
+    """For llama.cpp: the GGUF (first shard) it loads, relative to dest, e.g. Q8_0/x-00001-of-00006.gguf.
+    Left out, PROFILE.lock's first shard (`provision lock`); with neither, a profile that renders a
+    run script is refused (llama.cpp cannot load the folder dest)."""
 
 
 class ModelSource(ProfileModel):

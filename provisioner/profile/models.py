@@ -142,8 +142,9 @@ class SecretRef(ProfileModel):
     from_file: Annotated[str, AfterValidator(_secret_file)] | None = None
     """A file on the host (an absolute path), passed to the server as a systemd credential."""
     generate: bool = False
-    """api_key only: the first apply writes a random key to /etc/provision/SERVICE/api-key (0600),
-    never overwrites it and never prints it."""
+    """api_key only: a random key in /etc/provision/SERVICE/api-key (0600), made once on the machine
+    itself (by a live or SSH apply; in an image, by each machine at its first boot), never
+    overwritten, never printed."""
 
     @model_validator(mode="before")
     @classmethod

@@ -121,8 +121,8 @@ def resolve(loaded: LoadedProfile, catalog: Catalog | None = None, *, what_if_qu
     problems += found
     if model is not None:
         problems += _model_rules(loaded, model)
-        if not what_if_quant:
-            problems += quant_path_rules(loaded, model)
+        if not what_if_quant:  # a what-if quant is priced, never served: no file to name
+            problems += quant_path_rules(loaded, model) + _llama_model_file(loaded)
 
     engine = catalog.engines.get(p.runtime.engine)
     version: EngineVersion | None = None
@@ -301,6 +301,26 @@ def _gpu_rules(loaded: LoadedProfile, gpus: list[GpuGroup]) -> list[Problem]:
     return out
 
 
+def _llama_model_file(loaded: LoadedProfile) -> list[Problem]:
+    """llama-server loads one GGUF file: a run script given hf.dest, a folder, fails at start.
+    hf.file names it, or a fresh PROFILE.lock does (lock.apply_lock fills hf.file with its first
+    shard before this runs). Left open only where plan and apply demand that lock (install.model
+    from a branch or tag), and where no run script is rendered (builtin_files: false)."""
+    p = loaded.profile
+    hf = p.model.source.hf
+    if p.runtime.engine != "llama.cpp" or hf is None or hf.file is not None or not p.builtin_files:
+        return []
+    pinned = len(hf.revision) == 40 and all(c in "0123456789abcdef" for c in hf.revision)
+    if p.install.model and not pinned:
+        return []
+    return [loaded.problem(
+        ("model", "source", "hf"),
+        f"llama.cpp loads one GGUF file and nothing names it: its --model would be the folder {hf.dest}",
+        "name the first shard in hf.file (relative to dest, e.g. Q8_0/Qwen3-235B-A22B-Q8_0-00001-of-00006.gguf; "
+        f"llama.cpp finds the others), or run `provision lock {loaded.path}`, which pins the files and "
+        "gives llama.cpp the first shard")]
+
+
 def _engine_rules(loaded: LoadedProfile, engine: EngineSpec, version: EngineVersion | None,
                   quant: QuantSpec | None, gpus: list[GpuGroup]) -> list[Problem]:
     p = loaded.profile
@@ -315,14 +335,6 @@ def _engine_rules(loaded: LoadedProfile, engine: EngineSpec, version: EngineVers
         out.append(loaded.problem(
             ("secrets", "api_key"), "Ollama has no API key: the key would be silently ignored",
             "keep runtime.bind on loopback and put an authenticating proxy in front"))
-    hf = p.model.source.hf
-    # a branch or tag: `provision lock` records the files and the first shard becomes hf.file
-    pinned = hf is not None and len(hf.revision) == 40 and all(c in "0123456789abcdef" for c in hf.revision)
-    if p.runtime.engine == "llama.cpp" and hf is not None and hf.file is None and pinned:
-        out.append(loaded.problem(
-            ("model", "source", "hf"), "llama.cpp loads one GGUF file: name it in hf.file",
-            "e.g. file: Q8_0/Qwen3-235B-A22B-Q8_0-00001-of-00006.gguf (the first shard; the rest are found), "
-            "or run `provision lock`, which records it"))
     if quant is not None and quant.format != engine.weights_format:
         out.append(loaded.problem(
             ("model", "quant"),

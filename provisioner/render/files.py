@@ -26,6 +26,7 @@ from provisioner.errors import RenderError
 from provisioner.facts.gather import STATE_DIR, template_facts
 from provisioner.fit.placement import Placement
 from provisioner.install import Install, fabricmanager
+from provisioner.install.secret import key_script, key_unit
 from provisioner.install.select import api_key_file, service_user
 from provisioner.profile.cluster import cluster_of, node_named, node_spec
 from provisioner.profile.install_section import ContainerEngine
@@ -133,6 +134,18 @@ def model_path(spec: Spec) -> str:
     return source.ollama or ""
 
 
+def model_path_notes(spec: Spec) -> tuple[str, ...]:
+    """A preview (validate, render, fit) of a branch not locked yet: llama.cpp's --model is
+    the folder until the lock names the first shard. Every other way to a folder is refused
+    (profile/resolve.py), and plan and apply require the lock."""
+    p = spec.profile
+    hf = p.model.source.hf
+    if p.runtime.engine != "llama.cpp" or hf is None or hf.file is not None or not p.builtin_files:
+        return ()
+    return (f"llama.cpp's --model is the folder {hf.dest} until `provision lock` pins the files and "
+            "names the first shard; plan and apply require that lock",)
+
+
 def sysctl_settings(spec: Spec) -> dict[str, str]:
     """The sysctl values the profile asks for, with the swap policy folded in."""
     os_ = spec.profile.os
@@ -179,8 +192,19 @@ def context(spec: Spec, placement: Placement) -> dict[str, Any]:
         "model_dir": _model_dir(spec),
         "sysusers": _sysusers_lines(spec),
         "api_key_file": api_key_file(p),
+        **_key_unit_context(spec),
         **_cluster_context(spec),
     }
+
+
+def _key_unit_context(spec: Spec) -> dict[str, Any]:
+    """secrets.api_key.generate: the first-boot oneshot that makes the key (install/secret.py)."""
+    p = spec.profile
+    if p.secrets.api_key is None or not p.secrets.api_key.generate:
+        return {"api_key_unit": None}
+    return {"api_key_unit": key_unit(p.service.name),
+            "api_key_script": f"{BIN_DIR}/{p.service.name}-api-key.sh",
+            "api_key_lines": key_script('"$key"', 'echo "could not read /dev/urandom" >&2; exit 1').splitlines()}
 
 
 def _sysusers_lines(spec: Spec) -> list[str]:
@@ -258,7 +282,8 @@ def render(spec: Spec, placement: Placement, facts: dict[str, str] | None = None
     if cluster is not None and ctx["role"] == "worker":
         readiness = None  # a worker serves no HTTP: Ray and rpc-server have no health endpoint
     return Rendered(files=tuple(sorted(files, key=lambda f: f.path)), directories=directories,
-                    handlers=handlers, warnings=placement.warnings, readiness=readiness, installs=installs)
+                    handlers=handlers, warnings=placement.warnings + model_path_notes(spec), readiness=readiness,
+                    installs=installs)
 
 
 def _owned_once(paths: list[str], directories: list[str]) -> None:

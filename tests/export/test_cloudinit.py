@@ -18,6 +18,7 @@ import yaml
 from provisioner.converge.plan import make_plan
 from provisioner.export.cloudinit import apply_write_files, first_boot_handlers, user_data
 from provisioner.facts.gather import Facts, Gathered
+from provisioner.profile.loader import load_profile
 from provisioner.render.pipeline import build
 from tests.conftest import make_profile
 
@@ -49,7 +50,13 @@ def test_user_data_is_schema_valid_and_round_trips_to_the_rendered_tree(profile:
     # cloud-init carries files and handlers, not builds or downloads: the library profile
     # without its install section (an export refuses one, test_export.py)
     bare = tmp_path / "bare.yaml"
-    bare.write_text(f"extends: {profile}\nmetadata: {{name: bare}}\ninstall: {{engine: null, model: false}}\n")
+    text = f"extends: {profile}\nmetadata: {{name: bare}}\ninstall: {{engine: null, model: false}}\n"
+    base = load_profile(ROOT / "profiles" / f"{profile}.yaml").profile
+    if base.runtime.engine == "llama.cpp" and base.model.source.hf is not None and base.model.source.hf.file is None:
+        # llama.cpp loads one GGUF file, which hf.file or a lock names: a name of the test's own
+        # (nothing is downloaded), with the quant in it as the quant's files have
+        text += f"model: {{source: {{hf: {{file: test-{base.model.quant}.gguf}}}}}}\n"
+    bare.write_text(text)
     profile = str(bare)
     out = tmp_path / "user-data.yaml"
     result = provision("export", "cloud-init", profile, "--out", str(out), "--json")

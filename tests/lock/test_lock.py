@@ -111,3 +111,45 @@ def test_validate_needs_no_lock_and_never_asks_the_hub(tmp_path: Path, hub: Http
     checked = provision(hub, "validate", str(_profile(tmp_path)))
     assert checked.returncode == 0, checked.stderr
     assert hub.requests == []
+
+
+GATED_TOKEN = "hf_gatedLOCKtoken0123456789"  # noqa: S105 (a test token)
+
+
+@pytest.fixture
+def gated_hub() -> Iterator[HttpStandin]:
+    """The same repo, private: every route answers 401 without the bearer token."""
+    with HttpStandin() as standin:
+        serve_repo(standin, HubRepo(REPO, COMMIT, FILES, lfs=frozenset(p for p in FILES if p.endswith(".gguf")),
+                                    token=GATED_TOKEN), branch="main")
+        yield standin
+
+
+def _gated_profile(tmp_path: Path, token_file: Path) -> Path:
+    return make_profile(tmp_path, {"model.quant": "UD-Q3_K_XL", "install": {"model": True},
+                                   "secrets.hf_token": {"from_file": str(token_file)},
+                                   "model.source": {"hf": {"repo": REPO, "revision": "main", "dest": DEST}}})
+
+
+def test_lock_reads_the_token_from_the_file_the_profile_names(tmp_path: Path, gated_hub: HttpStandin) -> None:
+    token_file = tmp_path / "hf-token"
+    token_file.write_text(GATED_TOKEN + "\n")
+    token_file.chmod(0o600)
+    profile = _gated_profile(tmp_path, token_file)
+    locked = provision(gated_hub, "lock", str(profile), "--json")
+    assert locked.returncode == 0, locked.stderr
+    lock = read_lock(tmp_path / "p.lock")
+    assert isinstance(lock, ModelLock) and lock.commit == COMMIT
+    assert sorted(f.path for f in lock.files) == sorted(_shards("UD-Q3_K_XL", 3))
+    # the stand-in saw the bearer token; nothing provision wrote or printed holds it
+    assert any(r.status == 200 for r in gated_hub.requests)
+    for text in (locked.stdout, locked.stderr, (tmp_path / "p.lock").read_text()):
+        assert GATED_TOKEN not in text
+
+
+def test_lock_without_the_token_file_names_where_it_looked(tmp_path: Path, gated_hub: HttpStandin) -> None:
+    missing = tmp_path / "no-such-token"
+    refused = provision(gated_hub, "lock", str(_gated_profile(tmp_path, missing)))
+    assert refused.returncode == 1
+    assert f"no token in {missing} on this machine (secrets.hf_token)" in refused.stderr
+    assert "Traceback" not in refused.stderr and not (tmp_path / "p.lock").exists()

@@ -34,7 +34,8 @@ def hub() -> Iterator[HttpStandin]:
 
 def _profile(tmp_path: Path) -> Path:
     return make_profile(tmp_path, {"model.quant": QUANT,
-                                   "model.source": {"hf": {"repo": REPO, "revision": "main", "dest": DEST}}})
+                                   "model.source": {"hf": {"repo": REPO, "revision": "main", "dest": DEST,
+                                                           "file": FIRST}}})
 
 
 def test_the_quickstart_quant_is_flagged_as_recalled() -> None:

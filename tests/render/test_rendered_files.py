@@ -131,3 +131,22 @@ def test_vllm_takes_the_model_as_serves_positional_argument(tmp_path: Path) -> N
     assert model_dir.startswith("/srv/models/")
     assert sets[0].startswith(f'set -- "$@" {model_dir}  # the model directory')
     assert "--model" not in script and script.rstrip().endswith('serve "$@"')
+
+
+def test_the_first_boot_key_unit_and_its_script_pass_their_tools(tmp_path: Path) -> None:
+    """secrets.api_key.generate renders a oneshot and its script (no bundled profile uses it)."""
+    from tests.conftest import make_profile
+
+    built = build(make_profile(tmp_path, {"secrets": {"api_key": {"generate": True}}}), network=False)
+    root = tmp_path / "tree"
+    write_tree(built.rendered, root, overwrite=False)
+    for stub in ("/usr/bin/nvidia-smi", "/usr/local/bin/llama-server", "/bin/sh", "/usr/bin/sh"):
+        _stub(root, stub)
+    unit, script = "/etc/systemd/system/llm-server-api-key.service", "/opt/provision/bin/llm-server-api-key.sh"
+    assert {unit, script} <= {f.path for f in built.rendered.files}
+    for name in (unit, "/etc/systemd/system/llm-server.service"):
+        problems = verify_problems(root, name)
+        assert not problems, f"{name}:\n" + "\n".join(problems)
+    result = subprocess.run([SHELLCHECK, "--shell=sh", "--severity=style", str(root / script.lstrip("/"))],
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
