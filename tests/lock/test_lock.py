@@ -34,14 +34,6 @@ def _shards(quant: str, seed: int) -> dict[str, bytes]:
 FILES = {**_shards("UD-Q3_K_XL", 3), **_shards("Q4_K_M", 4), "README.md": b"# a model card\n"}
 
 
-@pytest.fixture
-def hub() -> Iterator[HttpStandin]:
-    with HttpStandin() as standin:
-        serve_repo(standin, HubRepo(REPO, COMMIT, FILES, lfs=frozenset(p for p in FILES if p.endswith(".gguf"))),
-                   branch="main")
-        yield standin
-
-
 def provision(hub: HttpStandin, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "HF_ENDPOINT": hub.url(), "PROVISION_CACHE": str(Path(args[-1]).parent / "cache")}
     return subprocess.run([sys.executable, "-m", "provisioner", *args], capture_output=True, text=True, env=env,

@@ -6,30 +6,18 @@ profile's own files' bytes do the same; and the estimate never lands in a render
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from provisioner.catalog import load_catalog
 from provisioner.cli.fit import fit_result
 from provisioner.render.pipeline import build
 from tests.conftest import make_profile
-from tests.lock.test_lock import COMMIT, DEST, FILES, REPO, _shards, provision
+from tests.lock.test_lock import COMMIT, DEST, REPO, _shards, provision
 from tests.support.http_standin import HttpStandin
-from tests.support.hub_standin import HubRepo, serve_repo
 
 # the quickstart's quant: its catalog size was recalled, not re-read (models.yaml)
 QUANT = "UD-Q3_K_XL"
 FIRST = f"{QUANT}/Qwen3-235B-A22B-{QUANT}-00001-of-00003.gguf"
-
-
-@pytest.fixture
-def hub() -> Iterator[HttpStandin]:
-    with HttpStandin() as standin:
-        serve_repo(standin, HubRepo(REPO, COMMIT, FILES, lfs=frozenset(p for p in FILES if p.endswith(".gguf"))),
-                   branch="main")
-        yield standin
 
 
 def _profile(tmp_path: Path) -> Path:
