@@ -250,6 +250,92 @@ def container_profile(scratch: Path) -> Iterator[Env]:
     yield {}
 
 
+CLONE_NEWNS = 0x00020000
+# root: pip's cache under ~/.cache
+SANDBOXED = ("etc", "usr", "var", "opt", "root")
+HELD_PACKAGE = "hello"
+# the Python package the venv walk-through pins, at two of its releases on PyPI (pypi.org/project/six/#history)
+SIX_PINS = ("1.16.0", "1.17.0")
+
+
+def _mount(*args: str) -> None:
+    done = subprocess.run(["mount", *args], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SetupError(f"mount {' '.join(args)}: {done.stderr.strip()}")
+
+
+@contextlib.contextmanager
+def _mount_namespace() -> Iterator[None]:
+    """This process (and every process it starts from now) in a private mount
+    namespace, its mounts propagating nowhere; back in its own on the way out, where
+    the private mounts no longer exist."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    own = os.open("/proc/self/ns/mnt", os.O_RDONLY)
+    cwd = os.open(".", os.O_RDONLY)  # setns into a mount namespace moves the cwd to its root
+    try:
+        if libc.unshare(CLONE_NEWNS) != 0:
+            raise SetupError(f"cannot make a mount namespace: {os.strerror(ctypes.get_errno())} (needs root)")
+        try:
+            # unshare copies the mounts with their propagation: shared ones would carry the
+            # overlays below back to the machine's own namespace
+            _mount("--make-rprivate", "/")
+            yield
+        finally:
+            if libc.setns(own, CLONE_NEWNS) != 0:
+                raise OSError(ctypes.get_errno(), "setns back to the recorder's mount namespace")
+            os.fchdir(cwd)
+    finally:
+        os.close(cwd)
+        os.close(own)
+
+
+def _candidate_version(package: str) -> str:
+    """The version apt would install now: the page shows what this machine's mirror has."""
+    policy = subprocess.run(["apt-cache", "policy", package], capture_output=True, text=True, check=False)
+    for line in policy.stdout.splitlines():
+        if line.strip().startswith("Candidate:"):
+            version = line.split(":", 1)[1].strip()
+            if version != "(none)":
+                return version
+    raise SetupError(f"apt has no candidate for {package} (`apt-cache policy {package}`): run apt-get update")
+
+
+@contextlib.contextmanager
+def apt_sandbox(scratch: Path) -> Iterator[Env]:
+    """docs/install.md's live applies: the page's commands run in a private mount
+    namespace whose /etc, /usr, /var, /opt and /root are overlays over the machine's, their
+    upper dirs on a tmpfs in the scratch folder, and whose /tmp/rd (the venvs' path)
+    is that tmpfs too; apt, dpkg, useradd and provision's generations change only
+    there, and all of it is gone when the recording ends. The machine keeps an empty
+    /tmp/rd for the recording's length (the mount point). Also writes the profiles
+    the page cats, the held package at the version apt offers here."""
+    if os.geteuid() != 0:
+        raise SetupError("the apt sandbox mounts overlays: run the recorder as root")
+    version = _candidate_version(HELD_PACKAGE)
+    library = "extends: rtx-4090-qwen3-30b-a3b-llamacpp\nbuiltin_files: false\n"
+    # the library profile also builds llama.cpp and downloads the model: only the package here
+    only_packages = "install:\n  model: false\n  engine: null\n"
+    (scratch / "hello.yaml").write_text(
+        library + only_packages + f'  packages: [{{name: {HELD_PACKAGE}, version: "{version}"}}]\n')
+    (scratch / "dropped.yaml").write_text(library + only_packages)
+    for pin in SIX_PINS:
+        (scratch / f"six-{pin}.yaml").write_text(
+            "extends: rtx-pro-6000-gpt-oss-120b-vllm\nbuiltin_files: false\ninstall:\n  model: false\n"
+            f'  engine: {{method: venv, path: /tmp/rd/venvs/vllm, requirements: ["six=={pin}"]}}\n')
+    layers = scratch / "sandbox"
+    layers.mkdir()
+    with _fixed_tree(SHOWN_TMP / "rd") as venvs, _mount_namespace():
+        _mount("-t", "tmpfs", "-o", "mode=0700", "provision-doc-sandbox", str(layers))
+        for top in SANDBOXED:
+            (layers / f"{top}.upper").mkdir()
+            (layers / f"{top}.work").mkdir()
+            _mount("-t", "overlay", f"sandbox-{top}", "-o",
+                   f"lowerdir=/{top},upperdir={layers}/{top}.upper,workdir={layers}/{top}.work", f"/{top}")
+        (layers / "rd").mkdir()
+        _mount("--bind", str(layers / "rd"), str(venvs))
+        yield {}
+
+
 SETUPS: dict[str, Setup] = {
     "fleet-demo": fleet_demo,
     "ansible-fleet": ansible_fleet,
@@ -258,4 +344,5 @@ SETUPS: dict[str, Setup] = {
     "changed-profile-in-demo-json": changed_profile_in_demo_json,
     "fit-root": fit_root,
     "container-profile": container_profile,
+    "apt-sandbox": apt_sandbox,
 }

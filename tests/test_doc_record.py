@@ -14,6 +14,8 @@ from tests.support import sshd
 ROOT = Path(__file__).resolve().parent.parent
 RECORDER = ROOT / "scripts" / "record-doc-output"
 FLEET_TREES = Path("/tmp/fleet")  # noqa: S108 - the fleet set-up's fixed path, shown in docs/fleet.md
+VENV_TREE = Path("/tmp/rd")  # noqa: S108 - the apt sandbox's fixed path, shown in docs/install.md
+SANDBOX_PROBE = "provision-doc-sandbox-probe"
 
 
 def record(page: Path, *flags: str) -> subprocess.CompletedProcess[str]:
@@ -49,7 +51,7 @@ def test_an_unknown_set_up_is_one_line_and_exit_1(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         f"{page}: unknown doc-setup ['no-such-thing'] (known: fleet-demo, ansible-fleet, cluster-loopback, "
-        "quickstart-in-demo, changed-profile-in-demo-json, fit-root, container-profile)"]
+        "quickstart-in-demo, changed-profile-in-demo-json, fit-root, container-profile, apt-sandbox)"]
 
 
 @pytest.mark.skipif(sshd.available() is not None, reason=str(sshd.available()))
@@ -72,3 +74,35 @@ def test_the_fleet_set_up_serves_the_inventory_it_writes_and_stops_after(tmp_pat
     assert not Path(scratch).exists()
     left = subprocess.run(["pgrep", "-f", f"sshd -D -f {scratch}/"], capture_output=True, check=False)
     assert left.returncode == 1, left.stdout
+
+
+def _apt_has_hello() -> bool:
+    policy = subprocess.run(["apt-cache", "policy", "hello"], capture_output=True, text=True, check=False)
+    return "Candidate:" in policy.stdout and "Candidate: (none)" not in policy.stdout
+
+
+@pytest.mark.skipif(subprocess.run(["id", "-u"], capture_output=True, text=True, check=False).stdout.strip() != "0",
+                    reason="the apt sandbox mounts overlays: needs root")
+def test_the_apt_sandbox_keeps_every_write_off_the_machine(tmp_path: Path) -> None:
+    if not _apt_has_hello():
+        pytest.skip("apt knows no `hello` package here (no Debian package lists)")
+    if VENV_TREE.exists():
+        pytest.skip(f"{VENV_TREE} exists: another recording is running")
+    written = [Path("/etc") / SANDBOX_PROBE, Path("/usr") / SANDBOX_PROBE, Path("/var") / SANDBOX_PROBE,
+               Path("/opt/provision") / SANDBOX_PROBE, Path("/root") / SANDBOX_PROBE, VENV_TREE / SANDBOX_PROBE]
+    assert not any(path.exists() for path in written)
+    opt_before = Path("/opt/provision").exists()
+    page = tmp_path / "page.md"
+    page.write_text("<!-- doc-setup: apt-sandbox -->\n```\n"
+                    f"$ mkdir -p /opt/provision && for p in {' '.join(map(str, written))}; do echo in > $p; done\n"
+                    f"$ cat {' '.join(map(str, written))}\n"
+                    "$ findmnt -n -o FSTYPE /etc; findmnt -n -o FSTYPE /tmp/rd\n"
+                    "$ grep -c 'version: \"' hello.yaml\n```\n")
+    result = record(page)
+    assert result.returncode == 0, result.stderr
+    assert page.read_text().endswith("\n".join(["in"] * len(written)) + "\n"
+                                     "$ findmnt -n -o FSTYPE /etc; findmnt -n -o FSTYPE /tmp/rd\noverlay\ntmpfs\n"
+                                     "$ grep -c 'version: \"' hello.yaml\n1\n```\n"), page.read_text()
+    assert not any(path.exists() for path in written)
+    assert not VENV_TREE.exists()
+    assert Path("/opt/provision").exists() == opt_before
