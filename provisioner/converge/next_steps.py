@@ -43,12 +43,14 @@ def next_steps(spec: Spec, plan: Plan, root: str, host: str | None = None) -> tu
     service = profile.service.name
     env_file = f"/etc/provision/{service}/secrets.env"
     steps: list[str] = []
-    for name, ref in (("API key", profile.secrets.api_key), ("Hugging Face token", profile.secrets.hf_token)):
+    # without the built-in files no server unit reads the API key: nothing to write for it
+    api_key = profile.secrets.api_key if profile.builtin_files else None
+    for name, ref in (("API key", api_key), ("Hugging Face token", profile.secrets.hf_token)):
         if ref is not None:
             step = _secret_step(name, ref, env_file)
             if step is not None:
                 steps.append(step)
-    ref = profile.secrets.api_key
+    ref = api_key
     if ref is not None and ref.generate:
         steps.append(_generated_key_step(service, root, host))
     if plan.reboot_required:
