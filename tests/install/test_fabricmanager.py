@@ -163,8 +163,8 @@ def test_another_versions_fabric_manager_is_replaced_by_the_drivers(tmp_path: Pa
     dpkg_tree(root, [("libnvidia-compute-580", "580.65.06-1", "install ok installed"),
                      ("nvidia-fabricmanager-570", "570.172.08-0ubuntu1", "hold ok installed")])
     profile = make_profile(tmp_path, {"builtin_files": False, "install.fabricmanager": True})
-    with pytest.raises(ProvisionError, match="nvidia-fabricmanager nvidia-fabricmanager-570 570.172.08-0ubuntu1 "
-                                             "-> 580.65.06"):
+    with pytest.raises(ProvisionError, match=r"nvidia-fabricmanager nvidia-fabricmanager-570 570\.172\.08-0ubuntu1 "
+                                             r"-> 580\.65\.06"):
         plan_of(profile, LocalTransport(root))
     # what that database's probe says, on a live host (no root): the upgrade is planned, to run
     found = {"manager": "apt", "fm": "nvidia-fabricmanager-570=570.172.08-0ubuntu1=hi;",
