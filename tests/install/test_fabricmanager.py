@@ -10,6 +10,7 @@ questing, https://packages.ubuntu.com/source/questing/fabric-manager-570)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -187,6 +188,12 @@ def test_plan_shows_it_and_a_profile_without_gpus_cannot_ask_for_it(tmp_path: Pa
                            "in the image already, and it is not as wanted: nvidia-fabricmanager not installed -> "
                            "570.172.08 (exactly the driver's version")
     assert "(hint: install it in the image build itself (in the chroot: apt-get install" in line
+    # verify of that image fails it (before, a pending install was only skipped there)
+    run = subprocess.run([sys.executable, "-m", "provisioner", "verify", str(profile), "--root", str(root),
+                          "--only", "install", "--json"], capture_output=True, text=True, check=False)
+    [check] = [c for h in json.loads(run.stdout)["hosts"] for c in h["checks"] if c["id"] == f"install.{NAME}"]
+    assert run.returncode == 2 and check["status"] == "fail"
+    assert "true under --root needs the fabric manager in the image already" in check["observed"]
     cpu = make_profile(tmp_path, {"install.fabricmanager": True, "hardware.gpus": []}, name="cpu.yaml")
     run = subprocess.run([sys.executable, "-m", "provisioner", "validate", str(cpu)],
                          capture_output=True, text=True, check=False)
@@ -274,8 +281,6 @@ def test_an_image_of_nvlink_gpus_on_auto_is_told_to_choose(tmp_path: Path) -> No
 
 def test_a_profile_that_drops_it_unholds_it_and_leaves_it_installed(tmp_path: Path) -> None:
     """The last generation recorded a held fabric manager; the profile now says false."""
-    import json
-
     root = tmp_path / "image"
     dpkg_tree(root, [("nvidia-fabricmanager-570", "570.172.08-0ubuntu1", "hold ok installed"),
                      ("libnvidia-compute-570", "570.172.08-0ubuntu1", "hold ok installed"),
