@@ -10,7 +10,15 @@ https://docs.nvidia.com/datacenter/tesla/fabric-manager-user-guide/index.html).
 Whether a host gets it: ``install.fabricmanager`` true/false, or auto (the default): when
 the gather saw NVSwitches on the host's PCI bus (fact ``nvswitches``, facts/snippets/gather.sh).
 Under ``--root`` the bus is the build machine's, not the image's, so auto installs nothing
-there: an image for an NVSwitch board says ``true``.
+there: an image for an NVSwitch board says ``true``, and since apply runs no package manager
+into a tree, ``true`` there only checks that the image build put it in (installed at the
+driver's version, held with the driver's packages, enabled) and refuses the plan otherwise:
+the server unit wants it and check-gpu refuses the server without it, so a pending install
+would make an image that never serves.
+
+With ``hold`` (the default) apply holds the driver's installed packages of that version
+too (``nvidia-*``, ``libnvidia-*``): an upgrade that moved the driver alone would leave the
+held fabric manager behind it. Dropping it unholds both.
 
 Package names (apt): NVIDIA's CUDA repository names it ``nvidia-fabricmanager-BRANCH``
 (e.g. ``nvidia-fabricmanager-535_535.x.y-1``) up to branch 575 and ``nvidia-fabricmanager``
@@ -108,6 +116,18 @@ _HAVE = (r"""awk -v want="$fm_driver" '$1 ~ /^.i/ && $2 ~ /^nvidia-fabricmanager
 _PICK = (r"""awk -F'|' -v want="$fm_driver" '{v=$2; gsub(/ /,"",v); u=v; sub(/^[0-9]+:/,"",u); """
          r"""sub(/-[^-]*$/,"",u); if (u==want) {print v; exit}}'""")
 _DPKG_LIST = "-W -f='${db:Status-Abbrev} ${Package} ${Version}\\n'"
+# the NVIDIA driver packages: what the probe lists (``nvidia``) and apply holds with the fabric manager
+DRIVER_GLOBS = ("nvidia-*", "libnvidia-*")
+# awk: the installed driver packages (not the fabric manager's own) whose upstream version is $want
+_OF_VERSION = (r"""awk -v want="$fm_driver" '$1 ~ /^.i/ && $2 !~ /^nvidia-fabricmanager/ """
+               r"""{u=$3; sub(/^[0-9]+:/,"",u); sub(/-[^-]*$/,"",u); if (u==want) print $2}'""")
+# the driver's packages are held with it: an `apt upgrade` (or unattended-upgrades) that moved the
+# driver past the held fabric manager would leave check-gpu refusing the server after the reboot
+_HOLD_DRIVER = [
+    f"fm_drivers=$(dpkg-query {_DPKG_LIST} 'nvidia-*' 'libnvidia-*' 2>/dev/null | {_OF_VERSION})",
+    "# shellcheck disable=SC2086 # package names hold no blanks",
+    'if [ -n "$fm_drivers" ]; then apt-mark hold $fm_drivers >/dev/null; fi',
+]
 
 
 def install_script(driver: str, hold: bool) -> str:
@@ -152,6 +172,7 @@ def install_script(driver: str, hold: bool) -> str:
         '    fm_package=${fm_pick%%=*}',
         "fi",
         'apt-mark hold "$fm_package" >/dev/null' if hold else 'apt-mark unhold "$fm_package" >/dev/null',
+        *(_HOLD_DRIVER if hold else []),
         f"systemctl enable {UNIT} >/dev/null 2>&1 || "
         f"{{ echo '@error fabricmanager: systemctl enable {UNIT} failed'; exit 1; }}",
         "fm_loaded=",
@@ -234,6 +255,8 @@ class FabricManager:
             f"2>/dev/null)\"\n"
             f"    printf '@install %s driver %s\\n' {n} \"$(dpkg-query{admin} {listed} 'libnvidia-compute*' "
             f"2>/dev/null)\"\n"
+            f"    printf '@install %s nvidia %s\\n' {n} \"$(dpkg-query{admin} {listed} "
+            f"{' '.join(_q(g) for g in DRIVER_GLOBS)} 2>/dev/null)\"\n"
             f"elif command -v rpm >/dev/null 2>&1; then\n"
             f"    printf '@install %s manager rpm\\n' {n}\n"
             f"else\n"
@@ -271,15 +294,35 @@ class FabricManager:
         fm = [e for e in _installed(dpkg_entries(found.get("fm", ""))) if SERVICE_PACKAGE.match(e[0])]
         enabled = found.get("enabled", "") == "enabled"
         matching = [e for e in fm if upstream(e[1]) == driver] if driver else []
-        if matching and len(fm) == 1 and matching[0][2] == self.hold and enabled:
+        unheld = unheld_driver(found, driver) if self.hold else []
+        if matching and len(fm) == 1 and matching[0][2] == self.hold and enabled and not unheld:
             return None
         action, summary = _describe(fm, matching, driver, source, enabled, self.hold)
+        if unheld:
+            action = action if action != "enable" else "hold"
+            summary += f"; the driver's packages held with it ({', '.join(unheld)})"
+        if root:
+            raise _not_in_image(summary)
         record = {**self.record(), "driver": driver}
-        pending = bool(root)
-        if pending:
-            summary += " (pending: not run under --root)"
-        return InstallChange(NAME, "fabricmanager", action, summary, install_script(driver, self.hold), record,
-                             pending=pending)
+        return InstallChange(NAME, "fabricmanager", action, summary, install_script(driver, self.hold), record)
+
+
+def unheld_driver(found: dict[str, str], driver: str) -> list[str]:
+    """The installed driver packages of version ``driver`` (not the fabric manager) that are not held."""
+    return sorted(p for p, v, held in _installed(dpkg_entries(found.get("nvidia", "")))
+                  if not held and not p.startswith("nvidia-fabricmanager") and upstream(v) == driver)
+
+
+def _not_in_image(summary: str) -> ProvisionError:
+    """Under --root apply runs no package manager, and the server unit wants the fabric manager
+    (check-gpu refuses to start it without): an image the install would be pending in never serves."""
+    return ProvisionError(
+        f"{NAME}: install.fabricmanager: true under --root needs the fabric manager in the image already, "
+        f"and it is not as wanted: {summary}",
+        hint="install it in the image build itself (in the chroot: apt-get install nvidia-fabricmanager[-BRANCH] "
+             "of the driver's exact version, apt-mark hold it and the driver's packages, systemctl enable "
+             "nvidia-fabricmanager.service), then plan again; or install.fabricmanager: false for an image "
+             "whose machines have no NVSwitches")
 
 
 def _describe(fm: list[tuple[str, str, bool]], matching: list[tuple[str, str, bool]], driver: str, source: str,
@@ -309,8 +352,17 @@ def unhold_change(record: dict[str, Any]) -> InstallChange | None:
     """The profile dropped the fabric manager: its package is unheld, left installed and enabled."""
     if not record.get("hold"):
         return None
+    # the driver's packages apply held with it: the held ones of the fabric manager's version
     script = (f"fm_held=$(dpkg-query {_DPKG_LIST} 'nvidia-fabricmanager*' 2>/dev/null | awk '$1 ~ /^h/ {{print $2}}')\n"
+              f"fm_driver=$(dpkg-query {_DPKG_LIST} 'nvidia-fabricmanager*' 2>/dev/null"
+              " | awk '$1 ~ /^.i/ {u=$3; sub(/^[0-9]+:/,\"\",u); sub(/-[^-]*$/,\"\",u); print u; exit}')\n"
+              'fm_drivers=\n'
+              f'if [ -n "$fm_driver" ]; then\n'
+              f"    fm_drivers=$(dpkg-query {_DPKG_LIST} 'nvidia-*' 'libnvidia-*' 2>/dev/null"
+              f" | awk '$1 ~ /^h/' | {_OF_VERSION})\n"
+              "fi\n"
               "# shellcheck disable=SC2086 # package names hold no blanks\n"
-              'if [ -n "$fm_held" ]; then apt-mark unhold $fm_held >/dev/null; fi')
-    return InstallChange(NAME, "fabricmanager", "unhold", "nvidia-fabricmanager: unhold (left installed)", script,
-                         {"kind": "fabricmanager", "hold": False, "dropped": True})
+              'if [ -n "$fm_held$fm_drivers" ]; then apt-mark unhold $fm_held $fm_drivers >/dev/null; fi')
+    return InstallChange(NAME, "fabricmanager", "unhold",
+                         "nvidia-fabricmanager and the driver's packages held with it: unhold (left installed)",
+                         script, {"kind": "fabricmanager", "hold": False, "dropped": True})

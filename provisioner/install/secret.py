@@ -10,11 +10,13 @@ it, like every install.
 
 Two places make it, from the same sh (``key_script``):
 - a live or SSH apply, so that apply can say where the key is;
-- ``SERVICE-api-key.service``, a oneshot the server unit requires, at the first
-  start on a machine without a key (``ConditionFileNotEmpty=!PATH``). An apply
-  into an image tree (``--root``) makes no key: a key in the image would be
-  shared by every machine made from it, so each one makes its own at first boot.
-  Where apply made the key already, the unit's condition skips it.
+- ``SERVICE-api-key.service``, a oneshot the server unit requires, at every
+  boot, without a Condition: the script itself keeps a full key (and makes it
+  0600, root's) and replaces an empty or short one, the rule the probe checks,
+  where a ``ConditionFileNotEmpty=`` would skip it for a one-byte file or a
+  world-readable key. An apply into an image tree (``--root``) makes no key: a
+  key in the image would be shared by every machine made from it, so each one
+  makes its own at first boot, and plan warns about any key file the tree holds.
 
 32 random bytes, hex-encoded (64 characters): the size of the keys
 ``openssl rand -hex 32`` makes, and free of characters that a header or an
@@ -74,7 +76,10 @@ class GeneratedKey:
         # a key is there only when it is the full key, 0600 and root's: an empty file would
         # give the engine an empty key, which vLLM and llama.cpp take as "no auth"
         target = q(root + self.path)
-        image = f"printf '@install %s image yes\\n' {q(self.name)}; " if root else ""
+        # in an image any file there is a key every clone would keep (the script keeps 16+ bytes)
+        image = (f"printf '@install %s image yes\\n' {q(self.name)}; "
+                 f"if [ -e {target} ] || [ -L {target} ]; then printf '@install %s file yes\\n' {q(self.name)}; fi; "
+                 if root else "")
         return (f"{image}if {_holds_a_key(target)} && [ \"$(stat -c %a:%u {target})\" = 600:0 ]; then "
                 f"printf '@install %s exists yes\\n' {q(self.name)}; "
                 f"else printf '@install %s exists no\\n' {q(self.name)}; fi")
@@ -87,16 +92,18 @@ class GeneratedKey:
             return None
         if root:
             # a key made into an image would be the key of every machine made from it
-            summary = (f"made at first boot by {self.unit} into {self.path}, one key per machine "
+            per_machine = ("one key per machine" if found.get("file") != "yes" else
+                           "not one per machine while the image holds a file there: remove it")
+            summary = (f"made at first boot by {self.unit} into {self.path}, {per_machine} "
                        "(pending: an image gets no key)")
             return InstallChange(self.name, "secret", "install", summary, "", self.record(), pending=True)
         summary = f"generate an API key into {self.path} (0600, root; never shown)"
         return InstallChange(self.name, "secret", "install", summary, self.script(), self.record())
 
     def notes(self, found: dict[str, str], driver_changes: bool) -> list[str]:
-        """An image tree that holds a key already (an older apply, or copied in): every machine
-        made from it would share that key."""
-        if found.get("image") == "yes" and found.get("exists") == "yes":
+        """An image tree that holds a key file already (an older apply, or copied in), whatever is
+        in it: every machine made from it would share that key, or start from it."""
+        if found.get("image") == "yes" and (found.get("file") == "yes" or found.get("exists") == "yes"):
             return [f"the image holds an API key in {self.path}: every machine made from it would share it; "
                     f"delete it from the tree, and each machine makes its own at first boot ({self.unit})"]
         return []

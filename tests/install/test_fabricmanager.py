@@ -10,6 +10,7 @@ questing, https://packages.ubuntu.com/source/questing/fabric-manager-570)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -22,7 +23,7 @@ from provisioner.converge.plan import Plan
 from provisioner.converge.run import plan_host
 from provisioner.errors import ProvisionError
 from provisioner.install import InstallChange
-from provisioner.install.fabricmanager import NAME, upstream, wanted
+from provisioner.install.fabricmanager import NAME, FabricManager, upstream, wanted
 from provisioner.render.pipeline import build
 from provisioner.transport import Completed
 from provisioner.transport.local import LocalTransport
@@ -122,16 +123,20 @@ def test_an_image_tree_takes_the_tree_drivers_version_and_never_the_build_machin
     auto = make_profile(tmp_path, {"builtin_files": False}, name="auto.yaml")
     assert not fabric_changes(plan_of(auto, OtherBus(hgx_bus(tmp_path), root)))
     forced = make_profile(tmp_path, {"builtin_files": False, "install.fabricmanager": True})
-    [change] = fabric_changes(plan_of(forced, LocalTransport(root)))
-    assert change.pending and change.action == "install"
-    assert "not installed -> 570.172.08 (exactly the driver's version, from the installed driver package" \
-        in change.summary and change.summary.endswith("(pending: not run under --root)")
+    # apply runs no apt into a tree: an install left pending would be an image whose server never starts
+    with pytest.raises(ProvisionError, match=r"true under --root needs the fabric manager in the image already, "
+                       r"and it is not as wanted: nvidia-fabricmanager not installed -> 570\.172\.08 \(exactly "
+                       r"the driver's version, from the installed driver package"):
+        plan_of(forced, LocalTransport(root))
 
 
 @pytest.mark.skipif(shutil.which("systemctl") is None, reason="needs systemctl for its --root enable")
-def test_an_installed_matching_held_one_is_enabled_then_left_alone(tmp_path: Path) -> None:
+def test_an_image_whose_build_installed_held_and_enabled_it_passes(tmp_path: Path) -> None:
+    """Under --root true only checks what the image build did: each missing step is refused,
+    naming it, until the tree has it all; then nothing is pending and the server unit wants it."""
     root = tmp_path / "image"
     dpkg_tree(root, [("libnvidia-compute-570", "570.172.08-0ubuntu1", "install ok installed"),
+                     ("nvidia-utils-570", "570.172.08-0ubuntu1", "install ok installed"),
                      ("nvidia-fabricmanager-570", "570.172.08-0ubuntu1", "hold ok installed")])
     unit = root / "lib" / "systemd" / "system" / "nvidia-fabricmanager.service"
     unit.parent.mkdir(parents=True)
@@ -139,11 +144,16 @@ def test_an_installed_matching_held_one_is_enabled_then_left_alone(tmp_path: Pat
     unit.write_text("[Unit]\nDescription=FabricManager service\n[Service]\nExecStart=/usr/bin/nv-fabricmanager\n"
                     "[Install]\nWantedBy=multi-user.target\n")
     profile = make_profile(tmp_path, {"builtin_files": False, "install.fabricmanager": True})
-    [change] = fabric_changes(plan_of(profile, LocalTransport(root)))
-    assert change.action == "enable"
-    assert change.summary.startswith("nvidia-fabricmanager-570 570.172.08-0ubuntu1 (matches driver 570.172.08)")
+    with pytest.raises(ProvisionError, match=r"nvidia-fabricmanager-570 570\.172\.08-0ubuntu1 \(matches driver "
+                       r"570\.172\.08\), held, nvidia-fabricmanager.service enabled; the driver's packages held "
+                       r"with it \(libnvidia-compute-570, nvidia-utils-570\)"):
+        plan_of(profile, LocalTransport(root))
     subprocess.run(["systemctl", f"--root={root}", "enable", "nvidia-fabricmanager.service"], check=True,
                    capture_output=True)
+    with pytest.raises(ProvisionError, match=r"held with it \(libnvidia-compute-570, nvidia-utils-570\)"):
+        plan_of(profile, LocalTransport(root))
+    status = root / "var" / "lib" / "dpkg" / "status"
+    status.write_text(status.read_text().replace("install ok installed", "hold ok installed"))  # apt-mark hold
     plan = plan_of(profile, LocalTransport(root))
     assert not fabric_changes(plan)
     assert plan.install_records[NAME] == {"kind": "fabricmanager", "hold": True}
@@ -154,9 +164,15 @@ def test_another_versions_fabric_manager_is_replaced_by_the_drivers(tmp_path: Pa
     dpkg_tree(root, [("libnvidia-compute-580", "580.65.06-1", "install ok installed"),
                      ("nvidia-fabricmanager-570", "570.172.08-0ubuntu1", "hold ok installed")])
     profile = make_profile(tmp_path, {"builtin_files": False, "install.fabricmanager": True})
-    [change] = fabric_changes(plan_of(profile, LocalTransport(root)))
-    assert change.action == "upgrade"
-    assert "nvidia-fabricmanager nvidia-fabricmanager-570 570.172.08-0ubuntu1 -> 580.65.06" in change.summary
+    with pytest.raises(ProvisionError, match=r"nvidia-fabricmanager nvidia-fabricmanager-570 570\.172\.08-0ubuntu1 "
+                                             r"-> 580\.65\.06"):
+        plan_of(profile, LocalTransport(root))
+    # what that database's probe says, on a live host (no root): the upgrade is planned, to run
+    found = {"manager": "apt", "fm": "nvidia-fabricmanager-570=570.172.08-0ubuntu1=hi;",
+             "driver": "libnvidia-compute-580=580.65.06-1=ii;", "nvidia": "libnvidia-compute-580=580.65.06-1=ii;"}
+    change = FabricManager(True).with_facts({}).change(found, "")
+    assert change is not None and change.action == "upgrade" and not change.pending
+    assert change.summary.endswith("; the driver's packages held with it (libnvidia-compute-580)")
 
 
 def test_plan_shows_it_and_a_profile_without_gpus_cannot_ask_for_it(tmp_path: Path) -> None:
@@ -165,9 +181,19 @@ def test_plan_shows_it_and_a_profile_without_gpus_cannot_ask_for_it(tmp_path: Pa
     profile = make_profile(tmp_path, {"builtin_files": False, "install.fabricmanager": True})
     run = subprocess.run([sys.executable, "-m", "provisioner", "plan", str(profile), "--root", str(root)],
                          capture_output=True, text=True, check=False, env={**os.environ, "NO_COLOR": "1"})
-    assert run.returncode == 0, run.stderr  # only a pending install: nothing apply would run
-    assert (f"  . install {NAME}: nvidia-fabricmanager not installed -> 570.172.08 (exactly the driver's version, "
-            "from the installed driver package") in run.stdout + run.stderr
+    # an image it is not in would never start its server (it wants the unit, check-gpu needs it running)
+    assert run.returncode == 1 and run.stdout == "", run.stdout
+    [line] = run.stderr.strip().splitlines()
+    assert line.startswith(f"error: {NAME}: install.fabricmanager: true under --root needs the fabric manager "
+                           "in the image already, and it is not as wanted: nvidia-fabricmanager not installed -> "
+                           "570.172.08 (exactly the driver's version")
+    assert "(hint: install it in the image build itself (in the chroot: apt-get install" in line
+    # verify of that image fails it (before, a pending install was only skipped there)
+    run = subprocess.run([sys.executable, "-m", "provisioner", "verify", str(profile), "--root", str(root),
+                          "--only", "install", "--json"], capture_output=True, text=True, check=False)
+    [check] = [c for h in json.loads(run.stdout)["hosts"] for c in h["checks"] if c["id"] == f"install.{NAME}"]
+    assert run.returncode == 2 and check["status"] == "fail"
+    assert "true under --root needs the fabric manager in the image already" in check["observed"]
     cpu = make_profile(tmp_path, {"install.fabricmanager": True, "hardware.gpus": []}, name="cpu.yaml")
     run = subprocess.run([sys.executable, "-m", "provisioner", "validate", str(cpu)],
                          capture_output=True, text=True, check=False)
@@ -221,7 +247,9 @@ def test_apply_resolves_the_exact_version_from_the_installed_driver_package(
     calls = log.read_text().splitlines()
     assert calls[0].startswith("apt-get install -y -q") and calls[0].endswith(f" {pick}")
     package = pick.split("=", maxsplit=1)[0]
-    assert calls[1:] == [f"apt-mark hold {package}", "systemctl enable nvidia-fabricmanager.service"]
+    # the driver's packages of that version are held with it
+    assert calls[1:] == [f"apt-mark hold {package}", f"apt-mark hold libnvidia-compute-{branch}",
+                         "systemctl enable nvidia-fabricmanager.service"]
     # the loaded driver is not this one (none is loaded here): it starts after the reboot
     assert f"@warn fabricmanager: {package} starts with driver {upstream(installed)}, after the reboot" in run.stdout
 
@@ -253,10 +281,11 @@ def test_an_image_of_nvlink_gpus_on_auto_is_told_to_choose(tmp_path: Path) -> No
 
 def test_a_profile_that_drops_it_unholds_it_and_leaves_it_installed(tmp_path: Path) -> None:
     """The last generation recorded a held fabric manager; the profile now says false."""
-    import json
-
     root = tmp_path / "image"
-    dpkg_tree(root, [("nvidia-fabricmanager-570", "570.172.08-0ubuntu1", "hold ok installed")])
+    dpkg_tree(root, [("nvidia-fabricmanager-570", "570.172.08-0ubuntu1", "hold ok installed"),
+                     ("libnvidia-compute-570", "570.172.08-0ubuntu1", "hold ok installed"),
+                     ("nvidia-utils-570", "570.172.08-0ubuntu1", "install ok installed"),
+                     ("libnvidia-compute-580", "580.65.06-1", "hold ok installed")])
     generation = root / "var" / "lib" / "provision" / "generations" / "1"
     generation.mkdir(parents=True)
     (generation / "manifest.json").write_text(json.dumps(
@@ -266,13 +295,15 @@ def test_a_profile_that_drops_it_unholds_it_and_leaves_it_installed(tmp_path: Pa
     off = make_profile(tmp_path, {"builtin_files": False, "install.fabricmanager": False})
     [change] = fabric_changes(plan_of(off, LocalTransport(root)))
     assert change.action == "unhold" and change.pending
-    assert change.summary == "nvidia-fabricmanager: unhold (left installed) (pending: not run under --root)"
+    assert change.summary == ("nvidia-fabricmanager and the driver's packages held with it: unhold (left "
+                              "installed) (pending: not run under --root)")
     # the snippet, run against that database: apt-mark is asked to unhold the held package
     env, log = _shims(tmp_path, root / "var" / "lib" / "dpkg", {})
     run = subprocess.run(["sh", "-c", f"set -eu\n{change.script}"], capture_output=True, text=True, env=env,
                          check=False)
     assert run.returncode == 0, run.stderr
-    assert log.read_text().splitlines() == ["apt-mark unhold nvidia-fabricmanager-570"]
+    # the held driver package of its version; not the unheld one, nor a held one of another version
+    assert log.read_text().splitlines() == ["apt-mark unhold nvidia-fabricmanager-570 libnvidia-compute-570"]
 
 
 def test_two_driver_versions_are_refused_before_and_at_plan(tmp_path: Path) -> None:

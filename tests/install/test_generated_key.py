@@ -19,6 +19,7 @@ import pytest
 
 from provisioner.converge.next_steps import next_steps
 from provisioner.converge.plan import Plan
+from provisioner.install.secret import GeneratedKey
 from provisioner.profile.loader import load_profile
 from provisioner.render.pipeline import build
 from tests.conftest import make_profile
@@ -45,19 +46,39 @@ def _unit_lines(path: Path) -> dict[str, list[str]]:
     return out
 
 
+def _in_tree(tree: Path, words: list[str]) -> list[str]:
+    """The unit's absolute paths, taken inside ``tree`` (a leading ! kept)."""
+    return [w[:w.index("/")] + str(tree / w[w.index("/"):].lstrip("/")) if "/" in w and w.lstrip("!").startswith("/")
+            else w for w in words]
+
+
 def first_boot(tree: Path) -> subprocess.CompletedProcess[str]:
-    """What systemd does at a machine's first start, from the oneshot's own lines: skip it when
-    ConditionFileNotEmpty=! finds a non-empty key file, else run its ExecStart under its UMask=,
-    the paths taken inside ``tree``."""
+    """What systemd does when the oneshot starts, from its own lines, the paths taken inside
+    ``tree``: its Condition*=/Assert*= evaluated by systemd itself (`systemd-analyze condition`)
+    and its ExecCondition= run, either of them skipping it as systemd would; then its ExecStart=
+    under its UMask=."""
     unit = _unit_lines(tree / UNIT.lstrip("/"))
-    [condition] = unit["ConditionFileNotEmpty"]
-    assert condition == "!/" + KEY and unit["Type"] == ["oneshot"] and unit["UMask"] == ["0077"]
-    if (tree / KEY).is_file() and (tree / KEY).stat().st_size > 0:
-        return subprocess.CompletedProcess([], 0, "", "skipped: the key is there")
+    assert unit["Type"] == ["oneshot"] and unit["UMask"] == ["0077"]
+    conditions = [f"{key}={_in_tree(tree, [value])[0]}" for key, values in unit.items()
+                  if key.startswith(("Condition", "Assert")) for value in values]
+    if conditions:
+        evaluated = subprocess.run(["systemd-analyze", "condition", *conditions], capture_output=True, text=True,
+                                   check=False)
+        if evaluated.returncode != 0:
+            return subprocess.CompletedProcess([], 0, "", "skipped: " + evaluated.stdout)
+    for condition in unit.get("ExecCondition", []):
+        if subprocess.run(_in_tree(tree, shlex.split(condition)), check=False).returncode != 0:
+            return subprocess.CompletedProcess([], 0, "", f"skipped: {condition}")
     [exec_start] = unit["ExecStart"]
-    script, path = shlex.split(exec_start)
-    return subprocess.run(["sh", "-c", 'umask 0077; exec "$@"', "sh", str(tree / script.lstrip("/")),
-                           str(tree / path.lstrip("/"))], capture_output=True, text=True, check=False)
+    return subprocess.run(["sh", "-c", 'umask 0077; exec "$@"', "sh", *_in_tree(tree, shlex.split(exec_start))],
+                          capture_output=True, text=True, check=False)
+
+
+def _probe_says(tree: Path) -> dict[str, str]:
+    """plan's probe of the key item, run on ``tree``: its ``@install secret:api-key KEY VALUE`` lines."""
+    key = GeneratedKey("/" + KEY, "llm-server-api-key.service")
+    out = subprocess.run(["sh", "-c", key.probe(str(tree))], capture_output=True, text=True, check=True).stdout
+    return {line.split()[2]: line.split()[3] for line in out.splitlines() if line.startswith("@install ")}
 
 
 def test_an_image_holds_no_key_and_each_machine_makes_its_own_at_first_boot(tmp_path: Path) -> None:
@@ -86,7 +107,9 @@ def test_an_image_holds_no_key_and_each_machine_makes_its_own_at_first_boot(tmp_
         keys.append(key_file.read_text())
         assert re.fullmatch(r"[0-9a-f]{64}", keys[-1]) and key_file.stat().st_mode & 0o777 == 0o600
         assert (key_file.stat().st_uid, key_file.stat().st_gid) == (0, 0) or os.geteuid() != 0
-        assert first_boot(tmp_path / clone).stdout == "" and key_file.read_text() == keys[-1]  # skipped
+        again = first_boot(tmp_path / clone)  # every boot runs it: it keeps the key it made
+        assert again.returncode == 0 and not again.stderr and key_file.read_text() == keys[-1]
+        assert _probe_says(tmp_path / clone)["exists"] == "yes" or os.geteuid() != 0
     assert keys[0] != keys[1], "two machines made from one image have two keys"
 
     again = cli("apply", str(_generating(tmp_path)), "--root", str(image), "--yes", "--json")
@@ -94,46 +117,43 @@ def test_an_image_holds_no_key_and_each_machine_makes_its_own_at_first_boot(tmp_
     assert json.loads(again.stdout)["hosts"][0]["generation"] is None  # nothing ran: the key stays pending
 
 
-def test_an_image_that_holds_a_key_is_warned_about(tmp_path: Path) -> None:
+# what an image tree may hold where the key goes: empty, a newline, one byte (no key: the engines
+# would take it as "no auth"), a full key left world-readable, a full key as the probe wants it
+KEY_FILES = [("", 0o600), ("\n", 0o600), ("x", 0o644), ("the-admins-own-key", 0o644), ("0" * 64, 0o600)]
+
+
+@pytest.mark.parametrize(("content", "mode"), KEY_FILES)
+def test_an_image_that_holds_any_key_file_is_warned_about(tmp_path: Path, content: str, mode: int) -> None:
     image = tmp_path / "image"
     (image / KEY).parent.mkdir(parents=True)
-    (image / KEY).write_text("0" * 64)
-    (image / KEY).chmod(0o600)
+    (image / KEY).write_text(content)
+    (image / KEY).chmod(mode)
     planned = cli("plan", str(_generating(tmp_path)), "--root", str(image))
     assert "the image holds an API key in /etc/provision/llm-server/api-key: every machine made from it " \
         "would share it" in planned.stderr
+    assert "one key per machine" not in planned.stdout + planned.stderr
 
 
-def _boot_script(tmp_path: Path) -> Path:
-    rendered = tmp_path / "rendered"
-    done = cli("render", str(_generating(tmp_path)), "--out", str(rendered))
-    assert done.returncode == 0, done.stderr
-    return rendered / "opt/provision/bin/llm-server-api-key.sh"
-
-
-def test_a_key_already_there_is_kept_by_the_first_boot_script(tmp_path: Path) -> None:
-    key = tmp_path / "etc/api-key"
-    key.parent.mkdir(parents=True)
-    key.write_text("the-admins-own-key")
-    key.chmod(0o644)
-    done = subprocess.run([str(_boot_script(tmp_path)), str(key)], capture_output=True, text=True, check=False)
-    assert done.returncode == 0, done.stderr
-    assert key.read_text() == "the-admins-own-key"
-    assert key.stat().st_mode & 0o777 == 0o600, "the key the admin left readable is made 0600"
-    assert [p.name for p in key.parent.iterdir()] == ["api-key"], "no temp file is left"
-
-
-def test_an_empty_key_file_is_replaced_by_a_key(tmp_path: Path) -> None:
-    """An empty key would reach the engine as an empty API key: vLLM and llama-server then
-    serve without auth. It is no key: the first boot runs (its condition wants a non-empty
-    file) and makes one in its place."""
+@pytest.mark.parametrize(("content", "mode"), KEY_FILES)
+def test_the_boot_leaves_a_key_as_the_probe_wants_it_whatever_the_file_held(
+        tmp_path: Path, content: str, mode: int) -> None:
+    """The oneshot runs at every boot (a condition on the file would skip a one-byte file or a
+    world-readable key): no key is replaced by a new one; a full key (16 bytes or more) is kept
+    and made 0600 and root's. Then plan's own probe finds the key."""
     image = tmp_path / "image"
     assert cli("apply", str(_generating(tmp_path)), "--root", str(image), "--yes").returncode == 0
     (image / KEY).parent.mkdir(parents=True, exist_ok=True)
-    (image / KEY).write_text("")
+    (image / KEY).write_text(content)
+    (image / KEY).chmod(mode)
     booted = first_boot(image)
     assert booted.returncode == 0 and "skipped" not in booted.stderr, booted.stderr
-    assert len((image / KEY).read_text()) == 64 and (image / KEY).stat().st_mode & 0o777 == 0o600
+    made = (image / KEY).read_text()
+    assert made == content if len(content) >= 16 else re.fullmatch(r"[0-9a-f]{64}", made)
+    assert (image / KEY).stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in (image / KEY).parent.iterdir() if p.name.startswith("api-key")] == ["api-key"], \
+        "no temp file is left"
+    if os.geteuid() == 0:  # the probe wants root's: only root can make the file so
+        assert _probe_says(image)["exists"] == "yes"
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
@@ -150,9 +170,9 @@ def test_a_live_apply_makes_the_key_itself_and_says_where(tmp_path: Path) -> Non
     assert ("the API key is in /etc/provision/llm-server/api-key (0600, never printed): "
             "read it with `sudo cat /etc/provision/llm-server/api-key`") in applied.stderr
     assert not Path("/" + KEY).exists(), "the real /etc is untouched"
-    # the oneshot is there too, and its condition skips it on this machine: the key exists
+    # the oneshot is there too (its script, in the namespace's /opt, is gone with it): at the next
+    # boot it keeps that key, as the boot test shows for a full 0600 key
     assert (tmp_path / "work" / UNIT.lstrip("/")).is_file()
-    assert first_boot(tmp_path / "work").stderr == "skipped: the key is there"
 
 
 def test_next_steps_say_which_host_holds_the_key(tmp_path: Path) -> None:
