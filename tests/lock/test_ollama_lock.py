@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -172,6 +173,49 @@ def test_a_corrupt_blob_fails_the_apply_in_one_line_and_the_next_apply_completes
     assert fixed.returncode == 0, fixed.stderr
     manifest = models / "manifests/registry.ollama.ai/library/tiny-qwen2/f32"
     assert manifest.read_bytes() == tag.manifest and (models / "blobs" / bad).read_bytes() == tag.gguf
+
+
+@pytest.mark.parametrize("planted", ["manifests/registry.ollama.ai", "blobs"])
+def test_a_symlink_the_service_user_plants_is_refused_and_its_target_untouched(
+        tmp_path: Path, registry: HttpStandin, planted: str) -> None:
+    """The service user owns OLLAMA_MODELS: a dir it swaps for a symlink to a root-owned dir
+    must not make the next (root) apply write into, or chown, that dir."""
+    profile, root, cache = _profile(tmp_path), tmp_path / "image", tmp_path / "cache"
+    assert provision(registry, "lock", str(profile), cache=cache).returncode == 0
+    first = provision(registry, "apply", str(profile), "--root", str(root), "--ignore-fit", "--yes", cache=cache)
+    assert first.returncode == 0, first.stderr
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "passwd").write_text("root:x:0:0::/root:/bin/sh\n")
+    before = {p.name: (p.stat().st_uid, p.stat().st_gid, p.read_bytes()) for p in victim.iterdir()}
+    owner = (victim.stat().st_uid, victim.stat().st_gid)
+    link = root / MODELS / planted
+    shutil.rmtree(link)
+    link.symlink_to(victim)
+
+    second = provision(registry, "apply", str(profile), "--root", str(root), "--ignore-fit", "--yes", cache=cache)
+    assert second.returncode != 0
+    said = [line for line in second.stderr.splitlines() if "is a symlink" in line]
+    assert len(said) == 1 and f"{MODELS}/{planted} is a symlink" in said[0], second.stderr
+    assert "Traceback" not in second.stderr
+    assert {p.name: (p.stat().st_uid, p.stat().st_gid, p.read_bytes()) for p in victim.iterdir()} == before
+    assert (victim.stat().st_uid, victim.stat().st_gid) == owner
+
+
+def test_a_dir_that_was_there_keeps_its_owner(tmp_path: Path, registry: HttpStandin, tag: OllamaTag) -> None:
+    """Only what an apply makes is chowned to the service user: not a dir that was already there."""
+    profile, root, cache = _profile(tmp_path), tmp_path / "image", tmp_path / "cache"
+    assert provision(registry, "lock", str(profile), cache=cache).returncode == 0
+    assert provision(registry, "apply", str(profile), "--root", str(root), "--ignore-fit", "--yes",
+                     cache=cache).returncode == 0
+    manifests = root / MODELS / "manifests"
+    manifest = manifests / "registry.ollama.ai/library/tiny-qwen2/f32"
+    manifest.unlink()
+    os.chown(manifests, 0, 0)
+    again = provision(registry, "apply", str(profile), "--root", str(root), "--ignore-fit", "--yes", cache=cache)
+    assert again.returncode == 0, again.stderr
+    assert manifest.read_bytes() == tag.manifest and manifest.stat().st_uid == _uid(root, "ollama")
+    assert (manifests.stat().st_uid, manifests.stat().st_gid) == (0, 0)
 
 
 def test_a_hand_edited_lock_is_refused_and_format_1_is_still_read(tmp_path: Path, registry: HttpStandin) -> None:
