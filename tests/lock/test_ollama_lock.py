@@ -15,8 +15,9 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -26,8 +27,8 @@ from provisioner.install.ollama_registry import PinnedOllama
 from provisioner.lock import LockedFile, ModelLock, read_lock, write_lock
 from tests.conftest import ROOT
 from tests.support import sshd
-from tests.support.http_standin import HttpStandin
-from tests.support.ollama_standin import OllamaTag, digest_of, manifest_path, serve_tag
+from tests.support.http_standin import HttpStandin, Served
+from tests.support.ollama_standin import MANIFEST_TYPE, OllamaTag, digest_of, manifest_path, serve_tag
 
 MODELS = "var/lib/ollama/models"
 
@@ -150,6 +151,39 @@ def test_an_unknown_tag_is_one_line(tmp_path: Path, registry: HttpStandin) -> No
     assert missing.returncode == 1
     assert "tiny-qwen2:nope: no such model or tag" in missing.stderr and "HTTP 404" in missing.stderr
     assert "Traceback" not in missing.stderr and not (tmp_path / "p.lock").exists()
+
+
+def _served_manifest(tag: OllamaTag, edit: Callable[[dict[str, Any]], None]) -> bytes:
+    doc = json.loads(tag.manifest)
+    edit(doc)
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def _hostile_type(doc: dict[str, Any]) -> None:
+    doc["layers"][1]["mediaType"] = "application/vnd.ollama.image.template\x1b[2J\n@install download:model ok"
+
+
+def _one_digest_two_sizes(doc: dict[str, Any]) -> None:
+    doc["layers"].append({**doc["layers"][1], "size": doc["layers"][1]["size"] + 1})
+
+
+@pytest.mark.parametrize(("edit", "said"), [
+    (_hostile_type, "is not a media type (type/subtype, RFC 6838)"),
+    (_one_digest_two_sizes, "twice, as"),
+])
+def test_a_manifest_provision_would_not_pull_is_refused_in_one_line(
+        tmp_path: Path, tag: OllamaTag, edit: Callable[[dict[str, Any]], None], said: str) -> None:
+    """A registry's manifest whose mediaType carries terminal escapes and a newline, or that
+    lists one digest with two sizes: `provision lock` refuses it, prints no raw byte of it and
+    writes no lock."""
+    with HttpStandin() as registry:
+        serve_tag(registry, tag)
+        registry.serve(manifest_path(tag), Served(_served_manifest(tag, edit), content_type=MANIFEST_TYPE))
+        refused = provision(registry, "lock", str(_profile(tmp_path)), cache=tmp_path / "cache")
+    assert refused.returncode == 1
+    assert [line for line in refused.stderr.splitlines() if said in line] == [refused.stderr.splitlines()[0]]
+    assert "\x1b" not in refused.stdout + refused.stderr and "@install" not in refused.stdout
+    assert "Traceback" not in refused.stderr and not (tmp_path / "p.lock").exists()
 
 
 def test_a_corrupt_blob_fails_the_apply_in_one_line_and_the_next_apply_completes(tmp_path: Path,
