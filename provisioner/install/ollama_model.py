@@ -10,7 +10,8 @@ manifest's bytes are its ID: install/ollama_registry.py.
 
 Partials are staged outside blobs/: Ollama's server, at every start, deletes from blobs/
 each name that is not a digest and each blob no manifest names (``server/images.go``
-``PruneLayers``, unless OLLAMA_NOPRUNE), so a partial there would not survive a restart.
+``PruneLayers``, unless OLLAMA_NOPRUNE; newer versions spare a file modified within
+``layerPruneGracePeriod``), so a partial there would not survive a restart.
 The stage is provision's own state dir ($state/downloads, root's) when it is on the
 models' filesystem (a rename there is atomic), else OLLAMA_MODELS/.provision-partial, made
 0700 and refused unless the applying user owns it. A blob of an earlier lock is left to
