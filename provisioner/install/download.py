@@ -1,8 +1,11 @@
 """Downloads: a set of files (model shards) and release archives (Ollama), checked by checksum.
 
-``Download`` fetches a shard set as ONE item: each file goes to ``DEST.provision-part``
-(resumed after a dropped connection) and is checked against its sha256; only when
-every file of the set is checked are they renamed into place and stamped. A stamp
+``Download`` fetches a shard set as ONE item: each file goes to ``DEST.provision-part``, or
+to ``$stage/PART_NAME`` when the file names one (a directory the caller's ``stage`` sh picks:
+Ollama's server deletes foreign names in its blobs/ at start), resumed after a dropped
+connection, and is checked against its sha256; only when every file of the set is checked
+are they renamed into place and stamped (a caller's ``guard`` sh runs right before the
+first write and again right before the renames). A stamp
 (``$state/downloads/KEY.ok``) holds the size and mtime the file had when its
 checksum passed: the next gather sees "done" from a ``stat``, not a 100 GB rehash.
 
@@ -46,6 +49,7 @@ _URL = re.compile(r"^(https?|file)://[^\s\x00-\x1f\x7f]+$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/+-]{0,199}$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _HEX40 = re.compile(r"^[0-9a-f]{40}$")
+_PART_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 ATTEMPTS = 5  # per file; each attempt resumes where the last one stopped
 _q = shlex.quote
 
@@ -75,6 +79,7 @@ class RemoteFile:
     size: int
     sha256: str  # "" when the source knows none (small non-LFS hub files): then git_blob, else size only
     git_blob: str = ""  # the git blob id (sha1 of "blob SIZE\\0" + content) the hub lists for a non-LFS file
+    part_name: str = ""  # set: the partial is "$stage"/PART_NAME (Download.stage), not DEST.provision-part
 
     def __post_init__(self) -> None:
         _check_url(self.url)
@@ -85,6 +90,12 @@ class RemoteFile:
             raise ProvisionError(f"{self.dest}: sha256 {self.sha256!r} is not 64 lowercase hex digits")
         if self.git_blob and not _HEX40.match(self.git_blob):
             raise ProvisionError(f"{self.dest}: git blob id {self.git_blob!r} is not 40 lowercase hex digits")
+        if self.part_name and not _PART_NAME.match(self.part_name):
+            raise ProvisionError(f"{self.dest}: partial file name {self.part_name!r} is not one plain file name")
+
+    def part(self, root: str) -> str:
+        """The partial file as one sh word (the staged one expands $stage)."""
+        return f'"$stage"/{_q(self.part_name)}' if self.part_name else _q(root + self.dest + ".provision-part")
 
     @property
     def stamp_key(self) -> str:
@@ -189,8 +200,7 @@ def _prelude(name: str, total: int, header_file: str | None, urls: list[str]) ->
     return out
 
 
-def _probe_file(name: str, key: str, path: str, stamp: str) -> str:
-    part = _q(path + ".provision-part")
+def _probe_file(name: str, key: str, path: str, stamp: str, part: str) -> str:
     return (f"if [ -f {_q(path)} ]; then echo \"@install {name} file.{key} $(dl_fstat {_q(path)})\"; "
             f"else echo '@install {name} file.{key} missing'; fi\n"
             f"if [ -f {part} ]; then "
@@ -213,6 +223,7 @@ class Download:
     name: str
     files: tuple[RemoteFile, ...]
     header_file: str | None = None  # host path of HTTP header lines (curl -H @file), e.g. the HF token
+    stage: str = ""  # sh that sets $stage, the directory of the files' part_name partials (run first)
 
     def __post_init__(self) -> None:
         _check_name(self.name)
@@ -222,6 +233,8 @@ class Download:
             raise ProvisionError(f"{self.name}: two files download to the same path")
         if self.header_file is not None:
             _check_path(self.header_file, "header file")
+        if any(f.part_name for f in self.files) and not self.stage:
+            raise ProvisionError(f"{self.name}: a partial file name needs the stage sh that sets its directory")
 
     @property
     def kind(self) -> InstallKind:
@@ -230,7 +243,8 @@ class Download:
     def probe(self, root: str) -> str:
         out = [_FSTAT]
         for i, f in enumerate(self.files):
-            out.append(_probe_file(self.name, str(i), root + f.dest, _stamp_path(f.stamp_key)))
+            part = f'"$state"/downloads/{_q(f.part_name)}' if f.part_name else f.part(root)  # stage's usual place
+            out.append(_probe_file(self.name, str(i), root + f.dest, _stamp_path(f.stamp_key), part))
         return "\n".join(out)
 
     def _plan(self, found: dict[str, str]) -> tuple[list[int], list[int], int]:
@@ -271,26 +285,28 @@ class Download:
         return {"files": [{"dest": f.dest, "url": f.url, "size": f.size, "sha256": f.sha256,
                            "git_blob": f.git_blob} for f in self.files]}
 
-    def script(self, root: str, finish: str = "") -> str:
+    def script(self, root: str, finish: str = "", guard: str = "") -> str:
         """The apply snippet (it re-decides from the host itself: the plan may be old);
-        ``finish``: sh run once every file is in place (an Ollama manifest, written last)."""
+        ``finish``: sh run once every file is in place (an Ollama manifest, written last);
+        ``guard``: sh run right before the first write to a destination and again right
+        before the renames into place (a check that the destination dirs are still safe)."""
         total = sum(f.size for f in self.files)
         out = [f"# download {self.name}: {len(self.files)} files, {format_size(total)}",
                _prelude(self.name, total, self.header_file, [f.url for f in self.files]),
-               'must mkdir -p "$state/downloads"', "space=", "todo="]
+               'must mkdir -p "$state/downloads"', *([self.stage] if self.stage else []), "space=", "todo="]
         # 1. what is there already: stamped, or full-size and its checksum passes now
         for i, f in enumerate(self.files):
             dest, stamp = _q(root + f.dest), _stamp_path(f.stamp_key)
             out.append(f"if stamped {dest} {stamp}; then :\n"
                        f"elif sumok {dest} {f.size} {_q(f.sha256)} {_q(f.git_blob)}; then stamp {dest} {stamp}\n"
                        f"else todo=\"$todo {i}\"; space=\"$space\n"
-                       f"$(spaceline {dest} $(({f.size} - $(fsize {dest}.provision-part))))\"; fi")
+                       f"$(spaceline {dest} $(({f.size} - $(fsize {f.part(root)}))))\"; fi")
         # 2. room for what is missing, on each filesystem, before writing a byte
-        out.append("spacecheck")
+        out += ["spacecheck", *([guard] if guard else [])]
         # 3. fetch each missing file to its .provision-part and check it
         done_before = 0
         for i, f in enumerate(self.files):
-            dest, part = _q(root + f.dest), _q(root + f.dest + ".provision-part")
+            part = f.part(root)
             out.append(f"case \" $todo \" in *\" {i} \"*)\n"
                        f"    must mkdir -p {_q(str(PurePosixPath(root + f.dest).parent))}\n"
                        f"    fetch {_q(f.url)} {part} {f.size} {done_before}\n"
@@ -299,12 +315,13 @@ class Download:
                        f"    echo \"@progress $name {done_before + f.size} $total\" ;;\nesac")
             done_before += f.size
         # 4. every file of the set is checked: put them all in place, then stamp them
-        parts = " ".join(_q(root + f.dest + ".provision-part") for f in self.files)
+        parts = " ".join(f.part(root) for f in self.files)
         out.append(f"if [ -n \"$todo\" ]; then\n    for p in {parts}; do\n"
                    "        if [ -f \"$p\" ]; then sync \"$p\" 2>/dev/null || sync; fi\n    done\nfi")
+        out += [guard] if guard else []
         for i, f in enumerate(self.files):
             dest = _q(root + f.dest)
-            out.append(f"case \" $todo \" in *\" {i} \"*) must mv -f {dest}.provision-part {dest}; "
+            out.append(f"case \" $todo \" in *\" {i} \"*) must mv -f {f.part(root)} {dest}; "
                        f"stamp {dest} {_stamp_path(f.stamp_key)} ;; esac")
         if finish:
             out.append(finish)

@@ -20,6 +20,13 @@ fb30760996871fa9460115c753afd2c60d4ab0f7, August 2026, unless a commit is named)
   wrote Go's re-encoding (``json.Marshal``), whose sha256 differs from the registry's. provision
   writes the registry's bytes verbatim, so the ID is the locked digest on every Ollama version.
 
+What a manifest may hold is narrower than what a registry can send, since its text reaches
+the terminal (`provision lock` lists the blobs) and the lock: each mediaType must be a bare
+RFC 6838 ``type/subtype`` (restricted-name characters only, so no control byte or newline
+gets through), and a digest listed twice must carry one size (one digest is one blob; keeping
+either entry would download or check against the wrong size). Anything else is refused in
+one line.
+
 ``PROVISION_OLLAMA_REGISTRY`` (a base URL such as ``http://127.0.0.1:8080``) sends every
 request to a mirror instead of ``https://{host}``, as ``HF_ENDPOINT`` does for the hub; the
 name, and so the manifest's path on the host, keeps its host.
@@ -43,6 +50,9 @@ ENV_REGISTRY = "PROVISION_OLLAMA_REGISTRY"
 DEFAULT_HOST, DEFAULT_NAMESPACE, DEFAULT_TAG = "registry.ollama.ai", "library", "latest"
 MANIFEST_TYPE = "application/vnd.docker.distribution.manifest.v2+json"
 _DIGEST = re.compile(r"^sha256:([0-9a-f]{64})$")
+# RFC 6838 section 4.2 restricted-name: type/subtype, no parameters; a registry's text reaches the
+# terminal and the lock, so nothing else (control bytes, newlines) gets through
+_MEDIA_TYPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}$")
 # types/model/name.go isValidPart: host allows ":" (a port), the others not
 _PART = {"host": re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,349}$"),
          "namespace": re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,79}$"),
@@ -154,6 +164,11 @@ def parse_manifest(name: OllamaName, data: bytes) -> PinnedOllama:
                              hint="an Ollama registry answers /v2/NAMESPACE/MODEL/manifests/TAG with one") from None
     if "\0" in data.decode("utf-8") or not layers:
         raise ProvisionError(f"{where} lists no layers or holds a NUL byte")
+    sizes: dict[str, int] = {}
+    for blob in (config, *layers):
+        if sizes.setdefault(blob.digest, blob.size) != blob.size:
+            raise ProvisionError(f"{where} lists {blob.digest} twice, as {sizes[blob.digest]} and {blob.size} bytes",
+                                 hint="one digest is one blob of one size: the registry served a broken manifest")
     return PinnedOllama(name, hashlib.sha256(data).hexdigest(), config, layers, data)
 
 
@@ -163,7 +178,12 @@ def _blob(entry: Any) -> Blob:
         raise ValueError(f"digest {digest!r} is not sha256:<64 hex>")
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise ValueError(f"size {size!r} of {digest} is not a byte count")
-    return Blob(str(entry.get("mediaType", "")), digest, size)
+    media_type = entry["mediaType"]
+    if not isinstance(media_type, str) or not _MEDIA_TYPE.match(media_type):
+        shown = repr(media_type[:60]) + ("..." if len(media_type) > 60 else "") if isinstance(media_type, str) \
+            else type(media_type).__name__
+        raise ValueError(f"mediaType {shown} of {digest} is not a media type (type/subtype, RFC 6838)")
+    return Blob(media_type, digest, size)
 
 
 def registry_base(name: OllamaName) -> str:

@@ -132,6 +132,31 @@ def test_dropped_connection_resumes_and_the_second_run_is_a_no_op(tmp_path: Path
     assert len(http.requests) == 2
 
 
+def test_a_staged_partial_lives_in_the_stage_dir_and_resumes_from_there(tmp_path: Path, http: HttpStandin) -> None:
+    """part_name puts the partial in $stage (Ollama: nothing foreign in blobs/, which its server
+    prunes at start); the probe finds it in $state/downloads, and the next run resumes it."""
+    data = blob(200_000, seed=9)
+    url = http.serve("/files/b", Served(data, drop_after=80_000))
+    guard = 'echo "@guard $(ls "$root/srv/blobs" 2>/dev/null | tr "\\n" " ")"'
+    item = Download("model:b", (RemoteFile(url, "/srv/blobs/b", len(data), sha(data), part_name="b.part"),),
+                    stage='stage="$state/downloads"')
+    host = Host(tmp_path)
+    dropped = host.sh(item.script(host.root, guard=guard).replace("[ \"$tries\" -le 5 ]", "[ \"$tries\" -le 1 ]"))
+    assert dropped.returncode != 0 and "still incomplete" in dropped.stdout
+    part = Path(host.state) / "downloads/b.part"
+    assert part.stat().st_size == 80_000 and os.listdir(host.path("/srv/blobs")) == []
+    assert host.found(item)["part.0"] == "80000"
+    done = host.sh(item.script(host.root, guard=guard))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert host.path("/srv/blobs/b").read_bytes() == data and not part.exists()
+    assert os.listdir(host.path("/srv/blobs")) == ["b"]
+    # the guard ran before the first write and again before the rename: blobs/ was empty both times
+    assert done.stdout.count("@guard \n") == 2
+    assert http.to("/files/b")[-1].start == 80_000
+    with pytest.raises(ProvisionError, match="needs the stage sh"):
+        Download("model:b", (RemoteFile(url, "/srv/blobs/b", 1, "0" * 64, part_name="b.part"),))
+
+
 def test_an_apply_killed_mid_download_resumes_on_the_next_run(tmp_path: Path, http: HttpStandin) -> None:
     data = blob(400_000, seed=6)
     item = one_file(http, data, chunk_delay=0.05)

@@ -103,3 +103,66 @@ def test_the_live_snippet_writes_blobs_then_manifest_owned_by_the_user(tmp_path:
     gid = next(x for x in Path("/etc/group").read_text().splitlines() if x.startswith("nogroup:")).split(":")[2]
     owners = {(p.stat().st_uid, p.stat().st_gid) for p in [out / "models", *(out / "models").rglob("*")]}
     assert owners == {(int(uid), int(gid))}
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
+                    reason="needs root and unshare(1): the live snippet writes /var/lib in a private mount namespace")
+@pytest.mark.parametrize("planted", ["models/manifests/registry.ollama.ai", "models/blobs", "models"])
+def test_the_live_snippet_refuses_a_symlink_the_service_user_planted(tmp_path: Path, planted: str) -> None:
+    """After a first apply the service user owns /var/lib/ollama: a dir it swaps for a symlink
+    to a root-owned dir (here one outside /var/lib) stops the next apply, which writes and
+    chowns nothing there. Without root, only the snippet's own check stands between them."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep").write_text("root's\n")
+    with HttpStandin() as registry:
+        serve_tag(registry, TAG)
+        change = _item(registry.url(), ("nobody", "nogroup")).change({}, "")
+        assert change is not None
+        snippet = tmp_path / "snippet.sh"
+        snippet.write_text(change.script)
+        run = subprocess.run(
+            ["unshare", "-m", "sh", "-uc",
+             'mount -t tmpfs provision-test /var/lib; root= state=/var/lib/provision; export root state\n'
+             'mkdir -p "$state"; sh -eu "$1" >/dev/null || exit 9\n'
+             'rm -rf "/var/lib/ollama/$3"; ln -s "$2" "/var/lib/ollama/$3"; rm -f "$state"/downloads/*.ok\n'
+             'sh -eu "$1"', "sh", str(snippet), str(victim), planted],
+            capture_output=True, text=True, timeout=120, check=False)
+    assert run.returncode == 1, run.stdout + run.stderr
+    errors = [line for line in run.stdout.splitlines() if line.startswith("@error")]
+    assert errors == [f"@error download:model: /var/lib/ollama/{planted} is a symlink: provision writes the "
+                      "Ollama model only through real directories (the service user can plant one; "
+                      "remove it and apply again)"]
+    assert [(p.name, p.stat().st_uid, p.read_text()) for p in victim.iterdir()] == [("keep", 0, "root's\n")]
+    assert victim.stat().st_uid == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
+                    reason="needs root and unshare(1): the live snippet writes /var/lib in a private mount namespace")
+def test_partials_stay_out_of_blobs_and_off_another_filesystem(tmp_path: Path) -> None:
+    """/var/lib/ollama a filesystem of its own (a tmpfs here): a rename from provision's state
+    dir would be a copy, so the partials go to a root-only .provision-partial beside blobs/;
+    blobs/ never holds a name Ollama's PruneLayers would delete."""
+    with HttpStandin() as registry:
+        serve_tag(registry, TAG)
+        change = _item(registry.url(), ("nobody", "nogroup")).change({}, "")
+        assert change is not None
+        snippet = tmp_path / "snippet.sh"
+        snippet.write_text(change.script.replace(
+            'must mv -f "$stage"', 'echo "@blobs-before-rename $(ls -A /var/lib/ollama/models/blobs)"; '
+                                   'must mv -f "$stage"', 1))
+        out = tmp_path / "out"
+        run = subprocess.run(
+            ["unshare", "-m", "sh", "-euc",
+             'mount -t tmpfs provision-test /var/lib; mkdir /var/lib/ollama\n'
+             'mount -t tmpfs provision-models /var/lib/ollama; root= state=/var/lib/provision; export root state\n'
+             'mkdir -p "$state"; sh -eu "$1"; cp -a /var/lib/ollama "$2"', "sh", str(snippet), str(out)],
+            capture_output=True, text=True, timeout=120, check=False)
+    assert run.returncode == 0, run.stdout + run.stderr
+    # right before the first rename, blobs/ held nothing: no partial there
+    assert "@install-ok download:model" in run.stdout
+    assert [line for line in run.stdout.splitlines() if line.startswith("@blobs")] == ["@blobs-before-rename "]
+    stage = out / "models/.provision-partial"
+    assert stage.is_dir() and stage.stat().st_uid == 0 and stage.stat().st_mode & 0o777 == 0o700
+    assert list(stage.iterdir()) == []
+    assert sorted(p.name for p in (out / "models/blobs").iterdir()) == sorted(d.replace(":", "-") for d in TAG.blobs)

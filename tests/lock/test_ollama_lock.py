@@ -12,10 +12,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -25,8 +27,8 @@ from provisioner.install.ollama_registry import PinnedOllama
 from provisioner.lock import LockedFile, ModelLock, read_lock, write_lock
 from tests.conftest import ROOT
 from tests.support import sshd
-from tests.support.http_standin import HttpStandin
-from tests.support.ollama_standin import OllamaTag, digest_of, manifest_path, serve_tag
+from tests.support.http_standin import HttpStandin, Served
+from tests.support.ollama_standin import MANIFEST_TYPE, OllamaTag, digest_of, manifest_path, serve_tag
 
 MODELS = "var/lib/ollama/models"
 
@@ -151,6 +153,39 @@ def test_an_unknown_tag_is_one_line(tmp_path: Path, registry: HttpStandin) -> No
     assert "Traceback" not in missing.stderr and not (tmp_path / "p.lock").exists()
 
 
+def _served_manifest(tag: OllamaTag, edit: Callable[[dict[str, Any]], None]) -> bytes:
+    doc = json.loads(tag.manifest)
+    edit(doc)
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def _hostile_type(doc: dict[str, Any]) -> None:
+    doc["layers"][1]["mediaType"] = "application/vnd.ollama.image.template\x1b[2J\n@install download:model ok"
+
+
+def _one_digest_two_sizes(doc: dict[str, Any]) -> None:
+    doc["layers"].append({**doc["layers"][1], "size": doc["layers"][1]["size"] + 1})
+
+
+@pytest.mark.parametrize(("edit", "said"), [
+    (_hostile_type, "is not a media type (type/subtype, RFC 6838)"),
+    (_one_digest_two_sizes, "twice, as"),
+])
+def test_a_manifest_provision_would_not_pull_is_refused_in_one_line(
+        tmp_path: Path, tag: OllamaTag, edit: Callable[[dict[str, Any]], None], said: str) -> None:
+    """A registry's manifest whose mediaType carries terminal escapes and a newline, or that
+    lists one digest with two sizes: `provision lock` refuses it, prints no raw byte of it and
+    writes no lock."""
+    with HttpStandin() as registry:
+        serve_tag(registry, tag)
+        registry.serve(manifest_path(tag), Served(_served_manifest(tag, edit), content_type=MANIFEST_TYPE))
+        refused = provision(registry, "lock", str(_profile(tmp_path)), cache=tmp_path / "cache")
+    assert refused.returncode == 1
+    assert [line for line in refused.stderr.splitlines() if said in line] == [refused.stderr.splitlines()[0]]
+    assert "\x1b" not in refused.stdout + refused.stderr and "@install" not in refused.stdout
+    assert "Traceback" not in refused.stderr and not (tmp_path / "p.lock").exists()
+
+
 def test_a_corrupt_blob_fails_the_apply_in_one_line_and_the_next_apply_completes(tmp_path: Path,
                                                                                   tag: OllamaTag) -> None:
     profile, root, cache = _profile(tmp_path), tmp_path / "image", tmp_path / "cache"
@@ -172,6 +207,49 @@ def test_a_corrupt_blob_fails_the_apply_in_one_line_and_the_next_apply_completes
     assert fixed.returncode == 0, fixed.stderr
     manifest = models / "manifests/registry.ollama.ai/library/tiny-qwen2/f32"
     assert manifest.read_bytes() == tag.manifest and (models / "blobs" / bad).read_bytes() == tag.gguf
+
+
+@pytest.mark.parametrize("planted", ["manifests/registry.ollama.ai", "blobs"])
+def test_a_symlink_the_service_user_plants_is_refused_and_its_target_untouched(
+        tmp_path: Path, registry: HttpStandin, planted: str) -> None:
+    """The service user owns OLLAMA_MODELS: a dir it swaps for a symlink to a root-owned dir
+    must not make the next (root) apply write into, or chown, that dir."""
+    profile, root, cache = _profile(tmp_path), tmp_path / "image", tmp_path / "cache"
+    assert provision(registry, "lock", str(profile), cache=cache).returncode == 0
+    first = provision(registry, "apply", str(profile), "--root", str(root), "--ignore-fit", "--yes", cache=cache)
+    assert first.returncode == 0, first.stderr
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "passwd").write_text("root:x:0:0::/root:/bin/sh\n")
+    before = {p.name: (p.stat().st_uid, p.stat().st_gid, p.read_bytes()) for p in victim.iterdir()}
+    owner = (victim.stat().st_uid, victim.stat().st_gid)
+    link = root / MODELS / planted
+    shutil.rmtree(link)
+    link.symlink_to(victim)
+
+    second = provision(registry, "apply", str(profile), "--root", str(root), "--ignore-fit", "--yes", cache=cache)
+    assert second.returncode != 0
+    said = [line for line in second.stderr.splitlines() if "is a symlink" in line]
+    assert len(said) == 1 and f"{MODELS}/{planted} is a symlink" in said[0], second.stderr
+    assert "Traceback" not in second.stderr
+    assert {p.name: (p.stat().st_uid, p.stat().st_gid, p.read_bytes()) for p in victim.iterdir()} == before
+    assert (victim.stat().st_uid, victim.stat().st_gid) == owner
+
+
+def test_a_dir_that_was_there_keeps_its_owner(tmp_path: Path, registry: HttpStandin, tag: OllamaTag) -> None:
+    """Only what an apply makes is chowned to the service user: not a dir that was already there."""
+    profile, root, cache = _profile(tmp_path), tmp_path / "image", tmp_path / "cache"
+    assert provision(registry, "lock", str(profile), cache=cache).returncode == 0
+    assert provision(registry, "apply", str(profile), "--root", str(root), "--ignore-fit", "--yes",
+                     cache=cache).returncode == 0
+    manifests = root / MODELS / "manifests"
+    manifest = manifests / "registry.ollama.ai/library/tiny-qwen2/f32"
+    manifest.unlink()
+    os.chown(manifests, 0, 0)
+    again = provision(registry, "apply", str(profile), "--root", str(root), "--ignore-fit", "--yes", cache=cache)
+    assert again.returncode == 0, again.stderr
+    assert manifest.read_bytes() == tag.manifest and manifest.stat().st_uid == _uid(root, "ollama")
+    assert (manifests.stat().st_uid, manifests.stat().st_gid) == (0, 0)
 
 
 def test_a_hand_edited_lock_is_refused_and_format_1_is_still_read(tmp_path: Path, registry: HttpStandin) -> None:
