@@ -134,7 +134,9 @@ class InstallSection(ProfileModel):
     """Download model.source (hf, files with url, or an Ollama tag as PROFILE.lock pins it) to its destination."""
     fabricmanager: bool | Literal["auto"] = "auto"
     """NVIDIA Fabric Manager for NVSwitch boards, at the driver's exact version, held, enabled;
-    auto: where the host has NVSwitches (never under --root: say true for an NVSwitch image)."""
+    auto: where the host has NVSwitches (never under --root); true under --root: the image
+    build must have installed, held and enabled it, else plan refuses. The driver's packages
+    of that version are held with it."""
 
     @field_validator("packages")
     @classmethod
