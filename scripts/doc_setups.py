@@ -21,6 +21,7 @@ import ctypes
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -336,6 +337,121 @@ def apt_sandbox(scratch: Path) -> Iterator[Env]:
         yield {}
 
 
+def _tests_importable() -> None:
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+
+
+def _built_llama_server() -> tuple[Path, Path]:
+    """scripts/build-llama-server's cached CPU build (built first when absent): the
+    pinned sdist it built from and the sdist's Qwen2 vocabulary, for the tiny model."""
+    done = subprocess.run([str(ROOT / "scripts" / "build-llama-server")], capture_output=True, text=True,
+                          check=False, timeout=3600)
+    if done.returncode != 0:
+        raise SetupError(f"scripts/build-llama-server: exit {done.returncode}: {done.stderr.strip()[-1500:]}")
+    binary, vocab = (Path(line) for line in done.stdout.strip().splitlines()[-2:])
+    return binary.parents[6] / "sdist", vocab
+
+
+TOUR_PORT = 18080  # the port the README's verify names: fixed, so the page shows one
+TOUR_SDIST = SHOWN_TMP / "provision-tour-sdist"  # a fixed path: the build's input digest holds its URL
+
+
+def _port_free(port: int) -> None:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as error:
+            raise SetupError(f"127.0.0.1:{port} is taken ({error.strerror}): the page's server needs it") from None
+
+
+@contextlib.contextmanager
+def bare_box(scratch: Path) -> Iterator[Env]:
+    """The README's bare box, as tests/test_bare_box.py makes it: box.yaml (the CPU profile
+    with the tiny model from a Hub stand-in, a generated API key, llama-server built from
+    the pinned sdist, served on 127.0.0.1:18080), the stand-in serving the tiny model's
+    quants under its fixed commit on loopback, and a cache of the page's own."""
+    _tests_importable()
+    from tests.support import bare_box as box  # noqa: PLC0415 - tests/ is importable only now
+    from tests.support.http_standin import HttpStandin  # noqa: PLC0415 - idem
+    from tests.support.hub_standin import serve_repo  # noqa: PLC0415 - idem
+
+    _port_free(TOUR_PORT)
+    sdists, vocab = _built_llama_server()
+    with _fixed_tree(TOUR_SDIST) as sdist_dir, HttpStandin() as hub:
+        sdist = sdist_dir / box.SDIST_NAME
+        shutil.copyfile(sdists / box.SDIST_NAME, sdist)
+        (scratch / "quants").mkdir()
+        serve_repo(hub, box.hub_repo(box.quants(vocab, scratch / "quants")), branch="main")
+        box.write_profile(scratch, sdist, TOUR_PORT, "F32")
+        yield {"HF_ENDPOINT": hub.url(), "PROVISION_CACHE": str(scratch / "cache")}
+
+
+@contextlib.contextmanager
+def bare_box_server(scratch: Path) -> Iterator[Env]:
+    """A doc-run after the bare box's apply into `image`: the machine's first boot (the
+    oneshot that makes the API key), then llama-server started from the tree as its unit
+    would (tests/support/unit_server.py), on 127.0.0.1:18080 until the page ends."""
+    _tests_importable()
+    from tests.install.test_generated_key import first_boot  # noqa: PLC0415 - tests/ is importable only now
+    from tests.support.unit_server import start_as_the_unit, stop  # noqa: PLC0415 - idem
+
+    tree = scratch / "image"
+    if not (tree / "etc/systemd/system/llm-server.service").is_file():
+        raise SetupError(f"bare-box-server: no server unit in {tree.name}/: the page's apply into it comes first")
+    booted = first_boot(tree)
+    if booted.returncode != 0:
+        raise SetupError(f"the first boot's API key oneshot: exit {booted.returncode}: {booted.stderr.strip()}")
+    try:
+        process, _ = start_as_the_unit(tree, "llm-server", scratch, TOUR_PORT)
+    except AssertionError as error:
+        raise SetupError(f"the server of {tree} did not start: {error}") from None
+    try:
+        yield {}
+    finally:
+        stop(process)
+
+
+OLLAMA_PROFILE = """extends: rtx-4090-qwen3-30b-ollama
+metadata: {name: t}
+model:
+  source: {ollama: "tiny-qwen2:f32"}
+install: {model: true}
+"""
+NOBUILD_PROFILE = """extends: box.yaml
+metadata: {name: nobuild}
+install: {engine: null}
+"""
+
+
+@contextlib.contextmanager
+def last_mile(scratch: Path) -> Iterator[Env]:
+    """docs/last-mile.md: the Hub stand-in serving tests/lock/test_lock.py's repo (three
+    small shards per quant of unsloth/Qwen3-235B-A22B-GGUF under its fixed commit), the
+    Ollama registry stand-in serving the tiny model as library/tiny-qwen2:f32 (as
+    tests/lock/test_ollama_lock.py does), both on loopback; the page's two other profiles
+    (t.yaml, nobuild.yaml: box.yaml, which the page's init writes, without the engine build)
+    and a cache of the page's own."""
+    _tests_importable()
+    from tests.lock.test_lock import COMMIT, FILES, REPO  # noqa: PLC0415 - tests/ is importable only now
+    from tests.support.http_standin import HttpStandin  # noqa: PLC0415 - idem
+    from tests.support.hub_standin import HubRepo, serve_repo  # noqa: PLC0415 - idem
+    from tests.support.ollama_standin import OllamaTag, serve_tag  # noqa: PLC0415 - idem
+    from tests.support.tinymodel import write_tiny_model  # noqa: PLC0415 - idem
+
+    _, vocab = _built_llama_server()
+    tiny = write_tiny_model(vocab, scratch / "tiny-qwen2.gguf").read_bytes()
+    (scratch / "tiny-qwen2.gguf").unlink()
+    (scratch / "t.yaml").write_text(OLLAMA_PROFILE)
+    (scratch / "nobuild.yaml").write_text(NOBUILD_PROFILE)
+    with HttpStandin() as hub, HttpStandin() as registry:
+        serve_repo(hub, HubRepo(REPO, COMMIT, FILES, lfs=frozenset(p for p in FILES if p.endswith(".gguf"))),
+                   branch="main")
+        serve_tag(registry, OllamaTag("library/tiny-qwen2", "f32", tiny))
+        yield {"HF_ENDPOINT": hub.url(), "PROVISION_OLLAMA_REGISTRY": registry.url(),
+               "PROVISION_CACHE": str(scratch / "cache")}
+
+
 SETUPS: dict[str, Setup] = {
     "fleet-demo": fleet_demo,
     "ansible-fleet": ansible_fleet,
@@ -345,4 +461,12 @@ SETUPS: dict[str, Setup] = {
     "fit-root": fit_root,
     "container-profile": container_profile,
     "apt-sandbox": apt_sandbox,
+    "bare-box": bare_box,
+    "last-mile": last_mile,
+}
+
+# entered where the page names them, `<!-- doc-run: NAME -->`, between two blocks; left
+# with the page's set-ups
+RUNS: dict[str, Setup] = {
+    "bare-box-server": bare_box_server,
 }

@@ -25,29 +25,21 @@ import hashlib
 import json
 import os
 import re
-import shlex
 import shutil
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.conftest import ROOT
 from tests.install.test_generated_key import first_boot
+from tests.support import bare_box
+from tests.support.bare_box import COMMIT, DEST, SDIST_SHA256, SERVICE, write_profile
 from tests.support.http_standin import HttpStandin
-from tests.support.hub_standin import HubRepo, serve_repo
-from tests.verify.test_endpoint import free_port, wait_until_healthy
-
-REPO = "provision-tests/tiny-qwen2-GGUF"
-COMMIT = "5eed20240611000000000000000000000000c0de"  # the stand-in's own commit id
-DEST = "/srv/models/tiny-qwen2"
-SERVICE = "llm-server"
-# scripts/build-llama-server's pins: https://pypi.org/project/llama-cpp-python/0.3.36/#files
-SDIST_SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
+from tests.support.hub_standin import serve_repo
+from tests.support.unit_server import start_as_the_unit, stop
+from tests.verify.test_endpoint import free_port
 
 pytestmark = [
     pytest.mark.slow,
@@ -59,43 +51,15 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def quants(llama_server_binary: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
-    """Two real quants of the tiny model: repeating layers in F32, and in Q8_0."""
-    from gguf import GGMLQuantizationType
-
-    from tests.support.tinymodel import DEFAULT, write_tiny_model
-
     vocab = llama_server_binary.parents[6] / "models" / "ggml-vocab-qwen2.gguf"
-    out = tmp_path_factory.mktemp("quants")
-    f32 = write_tiny_model(vocab, out / "f32.gguf")
-    q8 = write_tiny_model(vocab, out / "q8.gguf", shape=type(DEFAULT)(layer_type=GGMLQuantizationType.Q8_0))
-    return {"tiny-qwen2-F32.gguf": f32.read_bytes(), "tiny-qwen2-Q8_0.gguf": q8.read_bytes()}
+    return bare_box.quants(vocab, tmp_path_factory.mktemp("quants"))
 
 
 @pytest.fixture(scope="module")
 def hub(quants: dict[str, bytes]) -> Iterator[HttpStandin]:
-    files = {**quants, "README.md": b"# tiny-qwen2: random weights, for tests\n"}
     with HttpStandin() as standin:
-        serve_repo(standin, HubRepo(REPO, COMMIT, files, lfs=frozenset(quants)), branch="main")
+        serve_repo(standin, bare_box.hub_repo(quants), branch="main")
         yield standin
-
-
-def write_profile(directory: Path, sdist: Path, port: int, quant: str) -> Path:
-    data = yaml.safe_load((ROOT / "tests/cases/endpoint/tiny-cpu.yaml").read_text())
-    data["metadata"]["name"] = "bare-box"
-    data["model"] = {**data["model"], "id": REPO, "quant": quant,
-                     "source": {"hf": {"repo": REPO, "revision": "main", "dest": DEST}}}
-    data["runtime"]["port"] = port
-    data["secrets"] = {"api_key": {"generate": True}}
-    data["install"] = {"model": True, "engine": {
-        "method": "source", "url": f"file://{sdist}", "sha256": SDIST_SHA256, "subdir": "vendor/llama.cpp",
-        "cmake_options": ["-DBUILD_SHARED_LIBS=OFF", "-DGGML_NATIVE=OFF", "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF",
-                          "-DLLAMA_BUILD_UI=OFF", "-DLLAMA_USE_PREBUILT_UI=OFF", "-DLLAMA_BUILD_TESTS=OFF",
-                          "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_TOOLS=ON", "-DLLAMA_BUILD_SERVER=ON",
-                          "-DLLAMA_BUILD_NUMBER=11312"],
-        "targets": ["llama-server"], "jobs": 2}}
-    path = directory / "box.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
 
 
 class Box:
@@ -107,92 +71,6 @@ class Box:
     def provision(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "provisioner", *args], capture_output=True, text=True,
                               env=self.env, cwd=self.directory, check=False)
-
-    def unit(self) -> dict[str, list[str]]:
-        out: dict[str, list[str]] = {}
-        text = (self.root / f"etc/systemd/system/{SERVICE}.service").read_text()
-        for line in text.splitlines():
-            if "=" in line and not line.startswith(("#", "[")):
-                key, value = line.split("=", 1)
-                out.setdefault(key, []).append(value)
-        return out
-
-
-def environment_of(unit: dict[str, list[str]], root: Path, credentials: str) -> dict[str, str]:
-    """What systemd gives ExecStart: EnvironmentFile= (a leading "-": optional), Environment=,
-    and CREDENTIALS_DIRECTORY for LoadCredential= (systemd.exec(5))."""
-    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "CREDENTIALS_DIRECTORY": credentials}
-    for name in unit.get("EnvironmentFile", []):
-        path = root / name.lstrip("-").lstrip("/")
-        if not path.exists() and name.startswith("-"):
-            continue
-        for line in path.read_text().splitlines():
-            if line and not line.startswith("#"):
-                key, value = line.split("=", 1)
-                env[key] = shlex.split(value)[0] if value else ""
-    for assignment in unit.get("Environment", []):
-        key, value = assignment.split("=", 1)
-        env[key] = value
-    return env
-
-
-SANDBOX = r"""set -eu
-root=$1; uid=$2; gid=$3; credential=$4; shift 4
-mount --make-rprivate /
-for dir in /opt /srv /var/lib /var/cache /run; do
-    mount -t tmpfs tmpfs "$dir"
-done
-mkdir -p /opt/provision /srv "/var/lib/$SERVICE" "/var/cache/$SERVICE" "$CREDENTIALS_DIRECTORY"
-mount --bind "$root/opt/provision" /opt/provision
-mount --bind "$root/srv" /srv
-chown "$uid:$gid" "/var/lib/$SERVICE" "/var/cache/$SERVICE"  # StateDirectory=, CacheDirectory=
-# LoadCredential=: systemd copies the file into the unit's credentials directory, readable by its user
-cp "$credential" "$CREDENTIALS_DIRECTORY/api-key"
-chown "$uid" "$CREDENTIALS_DIRECTORY/api-key"
-chmod 0400 "$CREDENTIALS_DIRECTORY/api-key"
-cd "/var/lib/$SERVICE"  # WorkingDirectory=
-exec setpriv --reuid "$uid" --regid "$gid" --clear-groups --no-new-privs env -i "$@"
-"""
-
-
-def start_as_the_unit(box: Box, port: int) -> tuple[subprocess.Popen[bytes], Path]:
-    unit = box.unit()
-    [user], [group] = unit["User"], unit["Group"]
-    passwd = {f.split(":")[0]: f.split(":") for f in (box.root / "etc/passwd").read_text().splitlines()}
-    groups = {f.split(":")[0]: f.split(":") for f in (box.root / "etc/group").read_text().splitlines()}
-    uid, gid = passwd[user][2], groups[group][2]
-    [credential] = unit["LoadCredential"]
-    name, source = credential.split(":", 1)
-    assert name == "api-key"
-    credentials = f"/run/credentials/{SERVICE}.service"  # where systemd puts them (systemd.exec(5))
-    env = environment_of(unit, box.root, credentials)
-    [exec_start] = unit["ExecStart"]
-    assert unit["WorkingDirectory"] == [f"/var/lib/{SERVICE}"]
-    sandbox = box.directory / "sandbox.sh"
-    sandbox.write_text(SANDBOX)
-    log = box.directory / "server.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            ["unshare", "-m", "sh", str(sandbox), str(box.root), uid, gid, str(box.root / source.lstrip("/")),
-             *[f"{k}={v}" for k, v in env.items()], *shlex.split(exec_start)],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            env={**os.environ, "SERVICE": SERVICE, "CREDENTIALS_DIRECTORY": credentials})
-    try:
-        wait_until_healthy(process, f"http://127.0.0.1:{port}", log, timeout_s=120)
-    except BaseException:
-        stop(process)
-        raise
-    return process, log
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=5)
 
 
 def verify(box: Box, profile: Path, port: int) -> subprocess.CompletedProcess[str]:
@@ -252,7 +130,7 @@ def test_one_apply_on_a_bare_tree_ends_in_a_verified_server(tmp_path: Path, hub:
     assert key not in applied.stdout + applied.stderr + booted.stdout + booted.stderr
     assert f"--model {DEST}/tiny-qwen2-F32.gguf" in (box.root / "opt/provision/bin/llm-server-run.sh").read_text()
 
-    process, log = start_as_the_unit(box, port)
+    process, log = start_as_the_unit(box.root, SERVICE, box.directory, port)
     try:
         checked = verify(box, profile, port)
         assert checked.returncode == 0, f"{not_passed(checked)}\n{checked.stderr[-2000:]}\n{log.read_text()[-2000:]}"
@@ -277,7 +155,7 @@ def test_one_apply_on_a_bare_tree_ends_in_a_verified_server(tmp_path: Path, hub:
     assert (box.root / DEST.lstrip("/") / "tiny-qwen2-Q8_0.gguf").read_bytes() == quants["tiny-qwen2-Q8_0.gguf"]
     assert key_file.read_text().strip() == key, "the generated key is never overwritten"
 
-    process, log = start_as_the_unit(box, port)
+    process, log = start_as_the_unit(box.root, SERVICE, box.directory, port)
     try:
         checked = verify(box, profile, port)
         assert checked.returncode == 0, f"{not_passed(checked)}\n{checked.stderr[-2000:]}\n{log.read_text()[-2000:]}"

@@ -51,7 +51,27 @@ def test_an_unknown_set_up_is_one_line_and_exit_1(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         f"{page}: unknown doc-setup ['no-such-thing'] (known: fleet-demo, ansible-fleet, cluster-loopback, "
-        "quickstart-in-demo, changed-profile-in-demo-json, fit-root, container-profile, apt-sandbox)"]
+        "quickstart-in-demo, changed-profile-in-demo-json, fit-root, container-profile, apt-sandbox, bare-box, "
+        "last-mile)"]
+
+
+def test_an_unknown_run_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    page = tmp_path / "page.md"
+    page.write_text("```\n$ true\n```\n<!-- doc-run: no-such-step -->\n")
+    result = record(page)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [f"{page}: unknown doc-run ['no-such-step'] (known: bare-box-server)"]
+
+
+def test_a_run_before_the_apply_it_needs_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    # the server step needs the tree an apply before it made: named before any, it finds none
+    page = tmp_path / "page.md"
+    page.write_text("<!-- doc-run: bare-box-server -->\n```\n$ mkdir -p image\n```\n")
+    result = record(page)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"{page}: doc-setup: bare-box-server: no server unit in image/: the page's apply into it comes first"]
+    assert page.read_text() == "<!-- doc-run: bare-box-server -->\n```\n$ mkdir -p image\n```\n"
 
 
 @pytest.mark.skipif(sshd.available() is not None, reason=str(sshd.available()))

@@ -84,7 +84,8 @@ def _with_model(base_text: str, quant: str, context: int | None, mode: str | Non
     if mode is not None:
         lines.append(f"  mode: {mode}")
     lines += ["secrets:",
-              "  # apply writes a random key to /etc/provision/SERVICE/api-key (0600) once and never prints it",
+              "  # a random key in /etc/provision/SERVICE/api-key (0600), never printed: apply makes it on a",
+              "  # live host; an image gets none, each machine makes its own at first boot",
               "  api_key: {generate: true}"]
     if floor is not None:
         lines += ["verify:", f"  min_tokens_per_s: {floor:g}  # half of fit's prediction for this quant"]
