@@ -38,7 +38,7 @@ def init(model: str | None, as_json: bool, gpu: str | None, gpu_count: int, ram:
     \b
     With --gpu, --ram, --cores and --model no host is read: the best quant that fits
     that hardware is chosen (the top three shown with their predicted speed) and the
-    profile asks apply to generate the API key; `provision lock` then pins its files.
+    profile asks for a generated API key; `provision lock` then pins its files.
 
     \b
     Example:
