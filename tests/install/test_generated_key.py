@@ -24,6 +24,7 @@ from provisioner.profile.loader import load_profile
 from provisioner.render.pipeline import build
 from tests.conftest import make_profile
 from tests.install.test_flow import cli
+from tests.support.unit_server import unit_lines
 
 KEY = "etc/provision/llm-server/api-key"
 UNIT = "/etc/systemd/system/llm-server-api-key.service"
@@ -37,15 +38,6 @@ def _everything_under(path: Path) -> bytes:
     return b"".join(p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file() and not p.is_symlink())
 
 
-def _unit_lines(path: Path) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for line in path.read_text().splitlines():
-        if "=" in line and not line.startswith(("#", "[")):
-            key, value = line.split("=", 1)
-            out.setdefault(key, []).append(value)
-    return out
-
-
 def _in_tree(tree: Path, words: list[str]) -> list[str]:
     """The unit's absolute paths, taken inside ``tree`` (a leading ! kept)."""
     return [w[:w.index("/")] + str(tree / w[w.index("/"):].lstrip("/")) if "/" in w and w.lstrip("!").startswith("/")
@@ -57,7 +49,7 @@ def first_boot(tree: Path) -> subprocess.CompletedProcess[str]:
     ``tree``: its Condition*=/Assert*= evaluated by systemd itself (`systemd-analyze condition`)
     and its ExecCondition= run, either of them skipping it as systemd would; then its ExecStart=
     under its UMask=."""
-    unit = _unit_lines(tree / UNIT.lstrip("/"))
+    unit = unit_lines(tree / UNIT.lstrip("/"))
     assert unit["Type"] == ["oneshot"] and unit["UMask"] == ["0077"]
     conditions = [f"{key}={_in_tree(tree, [value])[0]}" for key, values in unit.items()
                   if key.startswith(("Condition", "Assert")) for value in values]
@@ -93,10 +85,10 @@ def test_an_image_holds_no_key_and_each_machine_makes_its_own_at_first_boot(tmp_
         "the image holds no API key: each machine booted from it makes its own into "
         "/etc/provision/llm-server/api-key (0600, never printed) at first boot (llm-server-api-key.service); "
         "read it there with `sudo cat /etc/provision/llm-server/api-key`")
-    server = _unit_lines(image / "etc/systemd/system/llm-server.service")
+    server = unit_lines(image / "etc/systemd/system/llm-server.service")
     assert "llm-server-api-key.service" in server["Requires"] and "llm-server-api-key.service" in server["After"]
     assert server["LoadCredential"] == ["api-key:/etc/provision/llm-server/api-key"]
-    assert _unit_lines(image / UNIT.lstrip("/"))["Before"] == ["llm-server.service"]
+    assert unit_lines(image / UNIT.lstrip("/"))["Before"] == ["llm-server.service"]
 
     keys = []
     for clone in ("clone-a", "clone-b"):
