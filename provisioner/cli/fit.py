@@ -110,13 +110,15 @@ def _resolved(profile: Path, settings: dict[str, Any] | None, overrides: dict[st
     """The profile with --set values and a host's hardware, resolved against the catalog."""
     from provisioner.fit.whatif import sets_quant
     from provisioner.install.model_fetch import fetch_model_shape
-    from provisioner.lock import lock_path, locked, read_lock
+    from provisioner.lock import apply_lock, profile_lock
     from provisioner.lock.sizes import real_size
     from provisioner.profile.loader import deep_merge, load_profile
     from provisioner.profile.resolve import resolve
 
+    loaded = load_profile(profile, deep_merge(settings or {}, overrides or {}) or None)
+    lock = profile_lock(loaded)
     # the file a fresh PROFILE.lock pins is the one llama.cpp loads (the --model fit shows)
-    loaded = locked(load_profile(profile, deep_merge(settings or {}, overrides or {}) or None))
+    loaded = apply_lock(loaded, lock, required=False)
     fetch_model_shape(loaded.profile)  # a model the catalog lacks: read once from the Hub, then cached
     if overrides is not None and loaded.profile.cluster is not None:
         raise UsageError(f"fit reads one host's hardware; {profile} describes a cluster of "
@@ -125,8 +127,6 @@ def _resolved(profile: Path, settings: dict[str, Any] | None, overrides: dict[st
     spec = resolve(loaded, what_if_quant=sets_quant(settings))
     if sets_quant(settings):
         return spec  # a what-if quant is priced by the catalog: the lock and files are the profile's quant
-    source = loaded.profile.model.source
-    lock = read_lock(lock_path(loaded.path)) if source.hf is not None or source.ollama is not None else None
     return real_size(spec, lock)
 
 

@@ -193,8 +193,14 @@ def apply_lock(loaded: LoadedProfile, lock: Lock | None, *, required: bool) -> L
     return dataclasses.replace(loaded, profile=loaded.profile.model_copy(update={"model": model}))
 
 
+def profile_lock(loaded: LoadedProfile) -> Lock | None:
+    """The lock beside the profile, read only for the sources a lock pins (hf, ollama): a
+    stray NAME.lock beside a files or directory profile is not read."""
+    source = loaded.profile.model.source
+    return read_lock(lock_path(loaded.path)) if source.hf is not None or source.ollama is not None else None
+
+
 def locked(loaded: LoadedProfile) -> LoadedProfile:
     """The profile as a fresh PROFILE.lock beside it pins it (a preview: fit); a missing or
     stale lock is ignored, as validate ignores it."""
-    lock = read_lock(lock_path(loaded.path)) if loaded.profile.model.source.hf is not None else None
-    return apply_lock(loaded, lock, required=False)
+    return apply_lock(loaded, profile_lock(loaded), required=False)

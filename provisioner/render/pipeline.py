@@ -16,7 +16,7 @@ from provisioner.fit.placement import Placement
 from provisioner.fit.suggest import suggestions
 from provisioner.install import Install
 from provisioner.install.select import install_items
-from provisioner.lock import apply_lock, lock_path, read_lock
+from provisioner.lock import apply_lock, profile_lock
 from provisioner.lock.sizes import real_size
 from provisioner.profile.cluster import chosen_node, nodes_of
 from provisioner.profile.loader import load_profile
@@ -56,9 +56,7 @@ def build(path: Path, *, ignore_fit: bool = False, overrides: dict[str, Any] | N
     fresh PROFILE.lock (plan, apply, verify on a target); without it such a source is left out
     of the installs, never asked of the hub."""
     loaded = load_profile(path, overrides)
-    # only hf and ollama sources are locked: a stray NAME.lock beside a files/directory profile is not read
-    source = loaded.profile.model.source
-    lock = read_lock(lock_path(loaded.path)) if source.hf is not None or source.ollama is not None else None
+    lock = profile_lock(loaded)
     loaded = apply_lock(loaded, lock, required=require_lock)
     spec = real_size(resolve(loaded), lock)
     if model_root is not None:
