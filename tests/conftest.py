@@ -22,6 +22,15 @@ def good_profiles() -> list[Path]:
     return found
 
 
+@pytest.fixture(autouse=True)
+def _no_public_index(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An engine lock resolved in a test must ask its own stand-in: the public PyPI index and
+    container registries are never reached (a closed loopback port answers instead)."""
+    for name in ("PROVISION_PYPI_INDEX", "PROVISION_CONTAINER_REGISTRY"):
+        if name not in os.environ:
+            monkeypatch.setenv(name, "http://127.0.0.1:9")
+
+
 @pytest.fixture
 def root_dir() -> Path:
     return ROOT

@@ -12,7 +12,8 @@ from provisioner.cli._output import Result, lines
 
 
 def write_profile_lock(profile: Path) -> tuple[Path, dict[str, object]]:
-    """Resolve the profile's model source on the hub and write its lock; what it pinned."""
+    """Resolve the profile's model source (hub, registry) and loosely named engine, and write
+    its lock; what it pinned."""
     from provisioner.errors import ProvisionError
     from provisioner.install.model_fetch import fetch_model_shape
     from provisioner.install.ollama_registry import PinnedOllama
@@ -27,7 +28,7 @@ def write_profile_lock(profile: Path) -> tuple[Path, dict[str, object]]:
     token = controller_token(ref)
     try:
         lock = resolve_lock(loaded, endpoint=None, token=token)
-        if not isinstance(lock, PinnedOllama):
+        if lock.model is not None and not isinstance(lock.model, PinnedOllama):
             # a model the catalog lacks: its shape is read now, from the file the lock pins (as plan
             # will read it), and cached, so plan and apply need no hub
             fetch_model_shape(apply_lock(loaded, lock, required=False).profile, token=token)
@@ -38,17 +39,40 @@ def write_profile_lock(profile: Path) -> tuple[Path, dict[str, object]]:
         hint = f"no token in {controller_token_place(ref)} (secrets.hf_token); {first.hint or 'a gated repo needs it'}"
         raise ProvisionError([dataclasses.replace(first, hint=hint), *rest]) from None
     path = lock_path(loaded.path)
-    if isinstance(lock, PinnedOllama):
-        write_lock(path, lock, loaded.profile.metadata.name)
-        return path, {"lock": str(path), "ollama": lock.name.display, "registry": lock.name.host,
-                      "digest": f"sha256:{lock.digest}",
-                      "blobs": [{"mediaType": b.media_type, "digest": b.digest, "size": b.size} for b in lock.blobs],
-                      "total": format_size(sum(b.size for b in lock.blobs))}
     write_lock(path, lock, loaded.profile.metadata.name)
-    total = sum(f.size for f in lock.files)
-    return path, {"lock": str(path), "repo": lock.repo, "revision": lock.revision, "commit": lock.commit,
-                  "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in lock.files],
-                  "total": format_size(total)}
+    fields: dict[str, object] = {"lock": str(path)}
+    model = lock.model
+    if isinstance(model, PinnedOllama):
+        fields |= {"ollama": model.name.display, "registry": model.name.host, "digest": f"sha256:{model.digest}",
+                   "blobs": [{"mediaType": b.media_type, "digest": b.digest, "size": b.size} for b in model.blobs],
+                   "total": format_size(sum(b.size for b in model.blobs))}
+    elif model is not None:
+        fields |= {"repo": model.repo, "revision": model.revision, "commit": model.commit,
+                   "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in model.files],
+                   "total": format_size(sum(f.size for f in model.files))}
+    if lock.engine is not None:
+        fields["engine"] = engine_fields(lock.engine)
+    return path, fields
+
+
+def engine_fields(pinned: object) -> dict[str, object]:
+    from provisioner.lock.engine import PinnedFile, PinnedGit, PinnedImage
+
+    if isinstance(pinned, PinnedFile):
+        return {"kind": "file", "for": pinned.wanted, "url": pinned.url, "sha256": pinned.sha256, "size": pinned.size}
+    if isinstance(pinned, PinnedGit):
+        return {"kind": "git", "repository": pinned.git, "ref": pinned.ref, "commit": pinned.commit}
+    assert isinstance(pinned, PinnedImage)
+    return {"kind": "image", "image": pinned.image, "digest": pinned.digest, "pinned": pinned.pinned}
+
+
+def _engine_lines(engine: dict[str, object]) -> list[str]:
+    if engine["kind"] == "file":
+        named = str(engine["for"]).removeprefix("pypi:")
+        return [f"  engine {named}: {engine['url']}", f"    {engine['size']} bytes  sha256 {engine['sha256']}"]
+    if engine["kind"] == "git":
+        return [f"  engine {engine['repository']} {engine['ref']}: commit {engine['commit']}"]
+    return [f"  engine {engine['image']}: {engine['digest']}"]
 
 
 @command("lock")
@@ -56,11 +80,15 @@ def write_profile_lock(profile: Path) -> tuple[Path, dict[str, object]]:
 def lock(profile: Path, as_json: bool) -> Result:
     """Pin the profile's model source: the commit its branch is at, and every file the quant
     selects with its size and sha256, into PROFILE.lock (commit it beside the profile). An
-    Ollama tag is pinned to its manifest's digest (the ID `ollama list` shows) and blobs.
+    Ollama tag is pinned to its manifest's digest (the ID `ollama list` shows) and blobs. An
+    engine named loosely is pinned too: a PyPI sdist (pypi: NAME==VERSION) or a URL without
+    sha256 to its URL, sha256 and size; a git ref to its commit; a container tag to its digest.
 
     plan and apply install exactly what the lock says; a changed quant or source needs a
     new lock. The hub is HF_ENDPOINT (default https://huggingface.co); an Ollama registry is
-    PROVISION_OLLAMA_REGISTRY when set (a mirror), else the tag's host.
+    PROVISION_OLLAMA_REGISTRY when set (a mirror), else the tag's host; PyPI's simple index is
+    PROVISION_PYPI_INDEX (default https://pypi.org/simple); a container registry is
+    PROVISION_CONTAINER_REGISTRY when set (a mirror), else the image's host.
 
     \b
     Example:
@@ -68,16 +96,22 @@ def lock(profile: Path, as_json: bool) -> Result:
       provision plan box.yaml --root ./image --update-lock
     """
     path, fields = write_profile_lock(profile)
+    said: list[str] = []
     if "ollama" in fields:
         blobs = fields["blobs"]
         assert isinstance(blobs, list)
         said = [f"wrote {path}: {fields['ollama']} on {fields['registry']} is {fields['digest']}, "
                 f"{len(blobs)} blob(s), {fields['total']}"]
         said += [f"  {b['mediaType']}  {b['digest']}  {b['size']} bytes" for b in blobs]
-        return Result(EXIT_OK, fields, (lines(*said),))
-    files = fields["files"]
-    assert isinstance(files, list)
-    said = [f"wrote {path}: {fields['repo']}@{fields['revision']} is commit {fields['commit']}, "
-            f"{len(files)} file(s), {fields['total']}"]
-    said += [f"  {f['path']}  {f['size']} bytes  sha256 {f['sha256'] or '(git blob)'}" for f in files]
+    elif "repo" in fields:
+        files = fields["files"]
+        assert isinstance(files, list)
+        said = [f"wrote {path}: {fields['repo']}@{fields['revision']} is commit {fields['commit']}, "
+                f"{len(files)} file(s), {fields['total']}"]
+        said += [f"  {f['path']}  {f['size']} bytes  sha256 {f['sha256'] or '(git blob)'}" for f in files]
+    else:
+        said = [f"wrote {path}: the engine only (the model's files carry their own sha256)"]
+    engine = fields.get("engine")
+    if isinstance(engine, dict):
+        said += _engine_lines(engine)
     return Result(EXIT_OK, fields, (lines(*said),))

@@ -183,6 +183,8 @@ def install_items(spec: Spec, *, resolve_hf: ResolveHf | None = None,
         items.append(GeneratedKey(generated_key_path(p.service.name), key_unit(p.service.name)))
     engine = p.install.engine
     label = p.runtime.engine
+    if isinstance(engine, (SourceEngine, ArchiveEngine)) and not engine.pinned:
+        engine = None  # named loosely and not pinned by a lock: plan refused it (lock/engine.py); render skips it
     if isinstance(engine, VenvEngine):
         items.append(Venv(engine_path(p) or "", tuple(engine.requirements), engine.python, engine.index_url,
                           tuple(engine.extra_index_urls), label=label))
@@ -200,6 +202,7 @@ def install_items(spec: Spec, *, resolve_hf: ResolveHf | None = None,
         items.append(download.Archive(name=f"archive:{label}", url=engine.url, sha256=engine.sha256,
                                       size=engine.size, dest=engine.dest,
                                       strip_components=engine.strip_components))
+    lock = getattr(lock, "model", None)  # PROFILE.lock's model pin (lock/__init__.py Lock)
     if p.model.source.ollama is not None:
         # only from a fresh lock (lock/ollama.py): plan refused a missing one, render leaves it out
         if p.install.model and isinstance(lock, PinnedOllama) and lock.for_tag(p.model.source.ollama):

@@ -16,8 +16,13 @@ to a 40-hex commit needs no lock (the hub lists that commit's files, cached).
 An Ollama tag is locked to its manifest's digest and blobs (lock/ollama.py); with
 install.model, apply puts exactly that manifest and those blobs on the host.
 
-Format 2 adds ``model.ollama``; a format 1 lock (``model.hf`` only, the same fields)
-is still read.
+The engine a profile names by version, URL, ref or tag is pinned in ``engine``
+(lock/engine.py: an sdist's or archive's URL, sha256 and size, a git commit, a container
+digest); a fresh lock rewrites ``install.engine`` to that exact form.
+
+Format 3 adds ``engine`` and makes ``model`` optional (a profile whose files carry their
+own sha256 may lock only its engine); format 2 added ``model.ollama``; formats 1 and 2 are
+still read.
 """
 
 from __future__ import annotations
@@ -33,13 +38,14 @@ import yaml
 from provisioner.errors import Problem, ProfileError
 from provisioner.install.hf import list_files
 from provisioner.install.ollama_registry import PinnedOllama
+from provisioner.lock import engine as engine_lock
 from provisioner.lock import ollama
 from provisioner.profile.loader import LoadedProfile
 from provisioner.profile.model_section import HfSource
 from provisioner.profile.quant_paths import hf_include
 
-VERSION = 2
-_READS = (1, 2)  # format 1 had only model.hf, as format 2 writes it
+VERSION = 3
+_READS = (1, 2, 3)  # format 1 had only model.hf, as later formats write it; 2 had no engine
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 # what a repo path in a lock may hold: it ends up in a run script and a download
@@ -89,7 +95,15 @@ def _bad(path: Path, why: str) -> ProfileError:
                                 hint=f"make it again: provision lock {path.with_suffix('.yaml')}"))
 
 
-Lock = ModelLock | PinnedOllama
+ModelPin = ModelLock | PinnedOllama
+
+
+@dataclass(frozen=True)
+class Lock:
+    """PROFILE.lock: the model's pin and the engine's, each there when the profile needs it."""
+
+    model: ModelPin | None = None
+    engine: engine_lock.EngineLock | None = None
 
 
 def read_lock(path: Path) -> Lock | None:
@@ -98,18 +112,25 @@ def read_lock(path: Path) -> Lock | None:
         return None
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        if isinstance(data, dict) and data.get("version") not in _READS:
-            raise _bad(path, f"lock format {data.get('version')!r}, this provision reads "
-                             f"{' and '.join(map(str, _READS))}")
-        if "ollama" in data["model"]:
-            return ollama.from_data(data["model"]["ollama"])
-        model = data["model"]["hf"]
-        files = tuple(LockedFile(str(f["path"]), int(f["size"]), str(f.get("sha256", "")),
-                                 str(f.get("git_blob", ""))) for f in model["files"])
-        lock = ModelLock(str(model["repo"]), str(model["revision"]), tuple(str(i) for i in model["include"]),
-                         str(model["commit"]), files)
+        if not isinstance(data, dict) or data.get("version") not in _READS:
+            version = data.get("version") if isinstance(data, dict) else None
+            raise _bad(path, f"lock format {version!r}, this provision reads "
+                             f"{', '.join(map(str, _READS))}")
+        engine = engine_lock.from_data(data["engine"]) if data.get("engine") is not None else None
+        model = _read_model(path, data["model"]) if data.get("model") is not None else None
     except (yaml.YAMLError, KeyError, TypeError, ValueError) as exc:
         raise _bad(path, f"not a lock file provision can read ({type(exc).__name__}: {exc})") from None
+    return Lock(model, engine)
+
+
+def _read_model(path: Path, section: dict[str, Any]) -> ModelPin:
+    if "ollama" in section:
+        return ollama.from_data(section["ollama"])
+    model = section["hf"]
+    files = tuple(LockedFile(str(f["path"]), int(f["size"]), str(f.get("sha256", "")),
+                             str(f.get("git_blob", ""))) for f in model["files"])
+    lock = ModelLock(str(model["repo"]), str(model["revision"]), tuple(str(i) for i in model["include"]),
+                     str(model["commit"]), files)
     if not _COMMIT.match(lock.commit):
         raise _bad(path, f"commit {lock.commit!r} is not a 40-hex commit")
     for f in files:
@@ -121,11 +142,17 @@ def read_lock(path: Path) -> Lock | None:
 
 
 def write_lock(path: Path, lock: Lock, profile_name: str) -> None:
-    data: dict[str, Any] = {"version": VERSION, "model": (
-        {"ollama": ollama.to_data(lock)} if isinstance(lock, PinnedOllama) else {"hf": {
-            "repo": lock.repo, "revision": lock.revision, "include": list(lock.include), "commit": lock.commit,
+    data: dict[str, Any] = {"version": VERSION}
+    if isinstance(lock.model, PinnedOllama):
+        data["model"] = {"ollama": ollama.to_data(lock.model)}
+    elif lock.model is not None:
+        m = lock.model
+        data["model"] = {"hf": {
+            "repo": m.repo, "revision": m.revision, "include": list(m.include), "commit": m.commit,
             "files": [{"path": f.path, "size": f.size, **({"sha256": f.sha256} if f.sha256 else {}),
-                       **({"git_blob": f.git_blob} if f.git_blob else {})} for f in lock.files]}})}
+                       **({"git_blob": f.git_blob} if f.git_blob else {})} for f in m.files]}}
+    if lock.engine is not None:
+        data["engine"] = engine_lock.to_data(lock.engine)
     header = (f"# Written by `provision lock` for {profile_name}: the exact files plan and apply install.\n"
               "# Commit it next to the profile; `provision lock` (or plan/apply --update-lock) renews it.\n")
     temp = path.with_name(f".{path.name}.provision-tmp")
@@ -133,14 +160,41 @@ def write_lock(path: Path, lock: Lock, profile_name: str) -> None:
     temp.replace(path)
 
 
+def model_lockable(loaded: LoadedProfile) -> bool:
+    source = loaded.profile.model.source
+    return source.hf is not None or source.ollama is not None
+
+
+def engine_wanted(loaded: LoadedProfile) -> str | None:
+    """What the profile's engine needs a lock for (lock/engine.py), or None."""
+    engine = loaded.profile.install.engine
+    return engine_lock.wanted(engine) if engine is not None else None
+
+
 def resolve_lock(loaded: LoadedProfile, *, endpoint: str | None, token: str | None) -> Lock:
-    """Ask the hub (or the Ollama registry) what the profile's source is now (one request)."""
+    """Ask the hub (or the Ollama registry) what the model source is now, and the engine's
+    source what the engine is (one request or download each)."""
+    key = engine_wanted(loaded)
+    if not model_lockable(loaded) and key is None:
+        raise ProfileError(loaded.problem(
+            ("model", "source"), "nothing here for a lock to pin: the model source is "
+            f"{loaded.profile.model.source.kind} and install.engine names no version, URL, ref or tag",
+            "a lock pins hf and ollama sources and an engine named loosely; files carry their own sha256"))
+    model = _resolve_model(loaded, endpoint=endpoint, token=token) if model_lockable(loaded) else None
+    engine = None
+    if key is not None:
+        from provisioner.lock.engine_resolve import resolve_engine  # noqa: PLC0415 - network clients: lock only
+
+        assert loaded.profile.install.engine is not None
+        engine = resolve_engine(loaded.profile.install.engine, key)
+    return Lock(model, engine)
+
+
+def _resolve_model(loaded: LoadedProfile, *, endpoint: str | None, token: str | None) -> ModelPin:
     if loaded.profile.model.source.ollama is not None:
         return ollama.resolve(loaded)
     hf = loaded.profile.model.source.hf
-    if hf is None:
-        raise ProfileError(loaded.problem(("model", "source"), "only hf and ollama model sources are locked",
-                                          "files carry their own sha256; a model directory is placed by other means"))
+    assert hf is not None
     include = hf_include(loaded.profile)
     listing = list_files(hf.repo, hf.revision, include, endpoint=endpoint, token=token)
     if not listing["files"]:
@@ -152,9 +206,25 @@ def resolve_lock(loaded: LoadedProfile, *, endpoint: str | None, token: str | No
 
 
 def apply_lock(loaded: LoadedProfile, lock: Lock | None, *, required: bool) -> LoadedProfile:
-    """The profile as the lock pins it (hf.file from the lock when the profile names none; an
-    Ollama tag's digest); ``required``: refuse a missing or stale lock (plan, apply), else ignore
-    it (validate, render)."""
+    """The profile as the lock pins it: the engine (lock/engine.py), and the model (hf.file
+    from the lock when the profile names none; an Ollama tag's digest); ``required``: refuse a
+    missing or stale lock (plan, apply), else ignore it (validate, render)."""
+    problems = []
+    try:
+        loaded = engine_lock.apply(loaded, lock.engine if lock else None, lock_name=lock_path(loaded.path).name,
+                                   required=required)
+    except ProfileError as exc:
+        problems += exc.problems  # and the model's, when it has one too: one run says all a lock must pin
+    try:
+        loaded = _apply_model(loaded, lock.model if lock else None, required=required)
+    except ProfileError as exc:
+        problems += exc.problems
+    if problems:
+        raise ProfileError(problems)
+    return loaded
+
+
+def _apply_model(loaded: LoadedProfile, lock: ModelPin | None, *, required: bool) -> LoadedProfile:
     if loaded.profile.model.source.ollama is not None:
         return ollama.apply(loaded, lock if isinstance(lock, PinnedOllama) else None,
                             lock_name=lock_path(loaded.path).name, required=required, needed=needs_lock(loaded))
@@ -194,10 +264,12 @@ def apply_lock(loaded: LoadedProfile, lock: Lock | None, *, required: bool) -> L
 
 
 def profile_lock(loaded: LoadedProfile) -> Lock | None:
-    """The lock beside the profile, read only for the sources a lock pins (hf, ollama): a
-    stray NAME.lock beside a files or directory profile is not read."""
-    source = loaded.profile.model.source
-    return read_lock(lock_path(loaded.path)) if source.hf is not None or source.ollama is not None else None
+    """The lock beside the profile, read only when the profile has something a lock pins (an
+    hf or ollama source, an engine named loosely): a stray NAME.lock beside another profile
+    is not read."""
+    if not model_lockable(loaded) and engine_wanted(loaded) is None:
+        return None
+    return read_lock(lock_path(loaded.path))
 
 
 def locked(loaded: LoadedProfile) -> LoadedProfile:

@@ -7,7 +7,7 @@ from pathlib import Path
 from provisioner.install.hf import cached_listing
 from provisioner.install.ollama_registry import PinnedOllama
 from provisioner.install.select import hf_cache_dir
-from provisioner.lock import ModelLock, lock_path
+from provisioner.lock import Lock, lock_path
 from provisioner.profile.quant_paths import hf_include
 from provisioner.profile.resolve import Spec
 from provisioner.profile.weights_size import sized_by_files, with_size
@@ -17,12 +17,13 @@ from provisioner.profile.weights_size import sized_by_files, with_size
 _OLLAMA_WEIGHTS = "application/vnd.ollama.image.model"
 
 
-def real_size(spec: Spec, lock: ModelLock | PinnedOllama | None, cache_dir: Path | None = None) -> Spec:
+def real_size(spec: Spec, pinned: Lock | None, cache_dir: Path | None = None) -> Spec:
     """``spec`` with exact weight sizes: a lock made for the profile's source first (every
     file it pins is what plan downloads), else the Hub listing an earlier plan cached for a
     source pinned to a commit (no lock needed there; read under ``cache_dir``, no network),
     else the profile's own files' bytes, else as is."""
     tag = spec.profile.model.source.ollama
+    lock = pinned.model if pinned is not None else None
     if isinstance(lock, PinnedOllama):
         weights = [b.size for b in lock.layers if b.media_type == _OLLAMA_WEIGHTS]
         if tag is not None and lock.for_tag(tag) and weights:

@@ -17,6 +17,14 @@ PackageVersion = Annotated[str, BeforeValidator(not_a_float), Field(pattern=r"^[
 # An exact pin only: "name==1.2.3" (optionally with extras, "vllm[audio]==0.11.0").
 Requirement = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9_,.-]+\])?==[A-Za-z0-9.+!_-]+$")]
 Url = Annotated[str, Field(pattern=r"^(https?|file)://[A-Za-z0-9_./@+:,=%~?&-]+$")]
+# A PyPI project at an exact version, no extras: "llama-cpp-python==0.3.36"
+PypiPin = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*==[A-Za-z0-9.+!_-]+$")]
+# A git branch or tag (refs/... or a bare name); `provision lock` resolves it to a commit
+GitRef = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._/+-]{0,199}$")]
+# A container image by tag, NAME[:TAG], or by digest, NAME@sha256:DIGEST
+ImageRef = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._/-]*(:[0-9]{1,5}/[a-z0-9._/-]+)?"
+                                        r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}(@sha256:[0-9a-f]{64})?"
+                                        r"|@sha256:[0-9a-f]{64})$")]
 # A CMake cache entry: -DNAME=VALUE (no blanks; the value is shell-quoted anyway)
 CmakeOption = Annotated[str, Field(pattern=r"^-D[A-Za-z_][A-Za-z0-9_]*(:[A-Z]+)?=[A-Za-z0-9_.,;/+=-]*$")]
 BuildTarget = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
@@ -51,20 +59,26 @@ class VenvEngine(ProfileModel):
 
 
 class SourceEngine(ProfileModel):
-    """llama.cpp / ik_llama.cpp built from a pinned tarball (sha256) or git commit."""
+    """llama.cpp / ik_llama.cpp built from a PyPI sdist, a tarball or a git repository, each
+    pinned: by PROFILE.lock (``provision lock``) or by the profile's own sha256 / commit."""
 
     method: Literal["source"]
     """source: a CMake build."""
     path: AbsPath | None = None
     """The stable symlink to the build; default /opt/provision/builds/ENGINE."""
+    pypi: PypiPin | None = None
+    """A PyPI project's sdist at an exact version (llama-cpp-python==0.3.36 vendors llama.cpp);
+    `provision lock` pins its URL and sha256 from PyPI."""
     url: Url | None = None
-    """A source tarball (.tar.gz/.tgz/.tar.xz/.tar.bz2), with sha256."""
+    """A source tarball (.tar.gz/.tgz/.tar.xz/.tar.bz2); without sha256, `provision lock` pins it."""
     sha256: Sha256 | None = None
-    """The tarball's sha256."""
+    """The tarball's sha256 (else the lock's)."""
     git: Url | None = None
-    """A git repository, with commit."""
+    """A git repository, with commit or ref."""
     commit: Annotated[str, Field(pattern=r"^[0-9a-f]{40}$")] | None = None
-    """The git commit, 40 hex digits (a tag can move)."""
+    """The git commit, 40 hex digits."""
+    ref: GitRef | None = None
+    """A git tag or branch instead of commit (b6500, master); `provision lock` pins its commit."""
     subdir: RelPath | None = None
     """Where CMakeLists.txt is inside the sources."""
     cmake_options: list[CmakeOption] = []
@@ -76,14 +90,22 @@ class SourceEngine(ProfileModel):
     jobs: int = Field(default=2, ge=1, le=256)
     """Parallel build jobs (cmake --build -j)."""
 
+    @property
+    def pinned(self) -> bool:
+        """Exact as written (a sha256 or a commit); else PROFILE.lock pins it."""
+        return self.sha256 is not None or self.commit is not None
+
     @model_validator(mode="after")
     def _one_source(self) -> SourceEngine:
-        if (self.url is None) == (self.git is None):
-            raise ValueError("give exactly one of url (+ sha256) or git (+ commit)")
-        if self.url is not None and self.sha256 is None:
-            raise ValueError("a source tarball needs its sha256")
-        if self.git is not None and self.commit is None:
-            raise ValueError("a git source needs commit: the 40-hex commit (a tag can move)")
+        if [self.pypi, self.url, self.git].count(None) != 2:
+            raise ValueError("give exactly one of pypi (name==version), url or git")
+        if self.sha256 is not None and self.url is None:
+            raise ValueError("sha256 belongs to url")
+        if self.git is not None and (self.commit is None) == (self.ref is None):
+            raise ValueError("a git source needs exactly one of commit (40 hex) or ref (a tag or branch "
+                             "`provision lock` pins)")
+        if self.git is None and (self.commit is not None or self.ref is not None):
+            raise ValueError("commit and ref belong to git")
         return self
 
 
@@ -94,14 +116,24 @@ class ArchiveEngine(ProfileModel):
     """archive: a release archive."""
     url: Url
     """The release archive's URL."""
-    sha256: Sha256
-    """The archive's sha256."""
-    size: Bytes = Field(gt=0)
-    """The archive's exact size (a size with unit, or bytes)."""
+    sha256: Sha256 | None = None
+    """The archive's sha256; left out, `provision lock` pins it (and its size)."""
+    size: Annotated[Bytes, Field(gt=0)] | None = None
+    """The archive's exact size (a size with unit, or bytes); with sha256."""
     dest: AbsPath = "/opt/provision/ollama"
     """The stable symlink to the unpacked archive."""
     strip_components: int = Field(default=0, ge=0, le=8)
     """Leading path components to strip when unpacking (tar --strip-components)."""
+
+    @property
+    def pinned(self) -> bool:
+        return self.sha256 is not None
+
+    @model_validator(mode="after")
+    def _both_or_none(self) -> ArchiveEngine:
+        if (self.sha256 is None) != (self.size is None):
+            raise ValueError("give sha256 and size together, or neither (then `provision lock` pins both)")
+        return self
 
 
 class ContainerEngine(ProfileModel):
@@ -109,14 +141,18 @@ class ContainerEngine(ProfileModel):
 
     method: Literal["container"]
     """container: a Podman Quadlet container."""
-    image: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._/:-]*@sha256:[0-9a-f]{64}$")]
-    """The image, pinned by digest: NAME@sha256:DIGEST (a tag can move)."""
+    image: ImageRef
+    """The image: NAME:TAG, which `provision lock` pins to its digest, or NAME@sha256:DIGEST."""
     gpus: Literal["all", "none"] = "all"
     """all passes every NVIDIA GPU (CDI device nvidia.com/gpu=all); none passes none."""
     volumes: list[Annotated[str, Field(pattern=r"^/[A-Za-z0-9_./@+-]*:/[A-Za-z0-9_./@+-]*(:(ro|rw|z|Z))?$")]] = []
     """More bind mounts, HOST:CONTAINER[:ro|rw|z|Z]."""
     binary: AbsPath | None = None
     """The engine binary inside the image (the run script execs it); default known for llama.cpp only."""
+
+    @property
+    def pinned(self) -> bool:
+        return "@" in self.image
 
 
 EngineInstall = Annotated[VenvEngine | SourceEngine | ArchiveEngine | ContainerEngine,

@@ -138,6 +138,22 @@ def _other_kind(path: tuple[str, ...], base: dict[str, Any], override: dict[str,
     return any(k in override for k in keys) and not any(k in override and k in base for k in keys)
 
 
+# Where an engine's sources come from, each with the keys that pin it: one choice, so an
+# extending profile that names a source (or re-pins one) drops the base's, never mixes them
+_ENGINE_SOURCE = {"pypi": (), "url": ("sha256", "size"), "git": ("commit", "ref")}
+_GIT_PIN = ("commit", "ref")
+
+
+def _engine_source(merged: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    if any(k in override for k in _ENGINE_SOURCE):
+        keep = {k for k in override}
+        return {k: v for k, v in merged.items()
+                if k in keep or not any(k == s or k in c for s, c in _ENGINE_SOURCE.items())}
+    if any(k in override for k in _GIT_PIN):
+        return {k: v for k, v in merged.items() if k not in _GIT_PIN or k in override}
+    return merged
+
+
 def deep_merge(base: dict[str, Any], override: dict[str, Any], path: tuple[str, ...] = ()) -> dict[str, Any]:
     merged = dict(base)
     for key, value in override.items():
@@ -147,7 +163,7 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any], path: tuple[str, 
             merged[key] = deep_merge(merged[key], value, here)
         else:
             merged[key] = value
-    return merged
+    return _engine_source(merged, override) if path == ("install", "engine") else merged
 
 
 # --- pydantic errors -> problems with positions --------------------------------

@@ -109,14 +109,15 @@ def test_ollama_from_a_release_archive_into_root(tmp_path: Path) -> None:
     ({"packages": [{"name": "hello", "version": "1"}, {"name": "hello", "version": "2"}]}, "listed twice"),
     ({"engine": {"method": "venv", "requirements": ["vllm>=0.10"]}}, "install.engine.requirements[0]"),
     ({"engine": {"method": "venv", "requirements": ["six==1.16.0"]}}, "cannot install llama.cpp"),
-    ({"engine": {"method": "source", "url": "https://example.invalid/x.tgz"}}, "needs its sha256"),
+    ({"engine": {"method": "source", "url": "https://example.invalid/x.tgz", "pypi": "x==1"}}, "exactly one of pypi"),
+    ({"engine": {"method": "archive", "url": "https://example.invalid/x.tgz", "size": 5}}, "sha256 and size together"),
     ({"engine": {"method": "source", "git": "https://example.invalid/x.git", "commit": "v1"}},
      "install.engine.commit"),
     ({"engine": {"method": "source", "git": "https://example.invalid/x.git", "commit": "a" * 40,
                  "cmake_options": ["-DX=1 -DY=$(id)"]}}, "install.engine.cmake_options[0]"),
     ({"model": True}, "has no url"),
-    ({"engine": {"method": "container", "image": "ghcr.io/ggml-org/llama.cpp:server"}},
-     "install.engine.image"),
+    ({"engine": {"method": "container", "image": "ghcr.io/ggml-org/llama.cpp"}}, "install.engine.image"),
+    ({"engine": {"method": "container", "image": "ghcr.io/ggml-org/llama.cpp:server;id"}}, "install.engine.image"),
 ])
 def test_bad_install_input_is_one_line_exit_1(tmp_path: Path, install: dict[str, Any], expected: str) -> None:
     profile = make_profile(tmp_path, {"install": install})

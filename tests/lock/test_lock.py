@@ -26,6 +26,13 @@ COMMIT = "fedcba9876543210fedcba9876543210fedcba98"
 DEST = "/srv/models/qwen3-235b-a22b"
 
 
+
+def _model(path: Path) -> ModelLock:
+    """The Hugging Face pin of the lock at ``path``."""
+    lock = read_lock(path)
+    assert lock is not None and isinstance(lock.model, ModelLock)
+    return lock.model
+
 def _shards(quant: str, seed: int) -> dict[str, bytes]:
     return {f"{quant}/Qwen3-235B-A22B-{quant}-0000{i}-of-00003.gguf":
             hashlib.sha256(f"{seed}{i}".encode()).digest() * (40 + i) for i in (1, 2, 3)}
@@ -56,8 +63,8 @@ def test_lock_pins_every_shard_and_plan_apply_follow_it_until_the_quant_changes(
 
     locked = provision(hub, "lock", str(profile))
     assert locked.returncode == 0, locked.stderr
-    lock = read_lock(tmp_path / "p.lock")
-    assert isinstance(lock, ModelLock) and lock.commit == COMMIT and lock.revision == "main"
+    lock = _model(tmp_path / "p.lock")
+    assert lock.commit == COMMIT and lock.revision == "main"
     wanted = _shards("UD-Q3_K_XL", 3)
     assert {f.path: f.sha256 for f in lock.files} == {p: hashlib.sha256(c).hexdigest() for p, c in wanted.items()}
 
@@ -85,8 +92,8 @@ def test_lock_pins_every_shard_and_plan_apply_follow_it_until_the_quant_changes(
     assert renewed.returncode == 2, renewed.stderr
     assert "download:model" in renewed.stderr
     assert f"--model {DEST}/Q4_K_M/Qwen3-235B-A22B-Q4_K_M-00001-of-00003.gguf" in renewed.stderr
-    relocked = read_lock(tmp_path / "p.lock")
-    assert isinstance(relocked, ModelLock) and sorted(f.path for f in relocked.files) == sorted(_shards("Q4_K_M", 4))
+    relocked = _model(tmp_path / "p.lock")
+    assert sorted(f.path for f in relocked.files) == sorted(_shards("Q4_K_M", 4))
 
 
 def test_a_hand_edited_lock_with_a_bad_checksum_is_refused(tmp_path: Path, hub: HttpStandin) -> None:
@@ -130,8 +137,8 @@ def test_lock_reads_the_token_from_the_file_the_profile_names(tmp_path: Path, ga
     profile = _gated_profile(tmp_path, token_file)
     locked = provision(gated_hub, "lock", str(profile), "--json")
     assert locked.returncode == 0, locked.stderr
-    lock = read_lock(tmp_path / "p.lock")
-    assert isinstance(lock, ModelLock) and lock.commit == COMMIT
+    lock = _model(tmp_path / "p.lock")
+    assert lock.commit == COMMIT
     assert sorted(f.path for f in lock.files) == sorted(_shards("UD-Q3_K_XL", 3))
     # the stand-in saw the bearer token; nothing provision wrote or printed holds it
     assert any(r.status == 200 for r in gated_hub.requests)

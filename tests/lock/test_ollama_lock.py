@@ -24,7 +24,7 @@ import yaml
 
 from provisioner.errors import ProfileError
 from provisioner.install.ollama_registry import PinnedOllama
-from provisioner.lock import LockedFile, ModelLock, read_lock, write_lock
+from provisioner.lock import Lock, LockedFile, ModelLock, read_lock, write_lock
 from tests.conftest import ROOT
 from tests.support import sshd
 from tests.support.http_standin import HttpStandin, Served
@@ -81,14 +81,15 @@ def test_lock_pins_the_manifest_and_apply_installs_exactly_it(tmp_path: Path, re
 
     locked = provision(registry, "lock", str(profile), cache=cache)
     assert locked.returncode == 0, locked.stderr
-    lock = read_lock(tmp_path / "p.lock")
-    assert isinstance(lock, PinnedOllama)
+    pinned = read_lock(tmp_path / "p.lock")
+    assert pinned is not None and isinstance(pinned.model, PinnedOllama)
+    lock = pinned.model
     assert lock.digest == hashlib.sha256(tag.manifest).hexdigest() and lock.manifest == tag.manifest
     assert (lock.name.host, lock.name.repository, lock.name.tag) == ("registry.ollama.ai", "library/tiny-qwen2", "f32")
     assert [(b.media_type, b.digest, b.size) for b in lock.layers] == [
         (m, digest_of(c), len(c)) for m, c in tag.layers]
     assert lock.config.digest == digest_of(tag.config)
-    assert yaml.safe_load((tmp_path / "p.lock").read_text())["version"] == 2
+    assert yaml.safe_load((tmp_path / "p.lock").read_text())["version"] == 3
     # fit places the locked model layer's bytes, not the catalog's size for the tag
     sized = provision(registry, "fit", str(profile), "--ignore-fit", "--json", cache=cache)
     assert sized.returncode == 0, sized.stderr
@@ -268,13 +269,15 @@ def test_a_hand_edited_lock_is_refused_and_format_1_is_still_read(tmp_path: Path
         read_lock(lock_file)
 
     hf = tmp_path / "hf.lock"
-    write_lock(hf, ModelLock("o/r", "main", ("*.gguf",), "a" * 40, (LockedFile("m.gguf", 1, "b" * 64),)), "hf")
+    write_lock(hf, Lock(ModelLock("o/r", "main", ("*.gguf",), "a" * 40, (LockedFile("m.gguf", 1, "b" * 64),))), "hf")
     old = yaml.safe_load(hf.read_text())
-    assert old["version"] == 2
-    hf.write_text(yaml.safe_dump({**old, "version": 1}))
-    assert isinstance(read_lock(hf), ModelLock)
-    hf.write_text(yaml.safe_dump({**old, "version": 3}))
-    with pytest.raises(ProfileError, match="lock format 3, this provision reads 1 and 2"):
+    assert old["version"] == 3
+    for version in (1, 2):
+        hf.write_text(yaml.safe_dump({**old, "version": version}))
+        read = read_lock(hf)
+        assert read is not None and isinstance(read.model, ModelLock)
+    hf.write_text(yaml.safe_dump({**old, "version": 4}))
+    with pytest.raises(ProfileError, match="lock format 4, this provision reads 1, 2, 3"):
         read_lock(hf)
 
 

@@ -91,7 +91,7 @@ def test_an_estimated_size_is_written_into_no_rendered_file(tmp_path: Path) -> N
 
 def test_safetensors_in_subfolders_are_not_counted(tmp_path: Path) -> None:
     """gpt-oss keeps its original checkpoint in original/: vLLM loads the top-level files only."""
-    from provisioner.lock import LockedFile, ModelLock, lock_path
+    from provisioner.lock import Lock, LockedFile, ModelLock, lock_path
     from provisioner.lock.sizes import real_size
     from provisioner.profile.loader import load_profile
     from provisioner.profile.resolve import resolve
@@ -104,7 +104,7 @@ def test_safetensors_in_subfolders_are_not_counted(tmp_path: Path) -> None:
     top = (LockedFile("model-00000-of-00001.safetensors", 4_000, "a" * 64),)
     lock = ModelLock(repo, "main", ("*.safetensors",), COMMIT,
                      (*top, LockedFile("original/model--00001-of-00001.safetensors", 9_000, "b" * 64)))
-    spec = real_size(resolve(load_profile(profile)), lock)
+    spec = real_size(resolve(load_profile(profile)), Lock(lock))
     assert spec.quant.bytes == 4_000
     assert spec.weights_size_from == f"{lock_path(profile).name} (1 file(s) at {COMMIT[:12]})"
 

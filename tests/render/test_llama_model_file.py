@@ -10,7 +10,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from provisioner.lock import LockedFile, ModelLock, lock_path, write_lock
+from provisioner.lock import Lock, LockedFile, ModelLock, lock_path, write_lock
 from provisioner.profile.loader import load_profile
 from provisioner.profile.quant_paths import hf_include
 from tests.conftest import make_profile
@@ -31,7 +31,7 @@ def _hf_profile(tmp_path: Path, *, revision: str = "main", model: bool = False, 
 def _lock(profile: Path, paths: list[str]) -> None:
     loaded = load_profile(profile)
     files = tuple(LockedFile(p, 1000 + i, hashlib.sha256(p.encode()).hexdigest()) for i, p in enumerate(paths))
-    write_lock(lock_path(profile), ModelLock(REPO, "main", tuple(hf_include(loaded.profile)), COMMIT, files), "p")
+    write_lock(lock_path(profile), Lock(ModelLock(REPO, "main", tuple(hf_include(loaded.profile)), COMMIT, files)), "p")
 
 
 def _run_script(rendered: Path) -> str:

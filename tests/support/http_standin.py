@@ -34,6 +34,7 @@ class Served:
     content_type: str = "application/octet-stream"
     redirect: str | None = None  # answer 302 to this URL instead (the hub sends LFS files to a CDN)
     chunk_delay: float = 0.0  # seconds between 16 KiB chunks: a slow link, to kill a client mid-transfer
+    headers: dict[str, str] = field(default_factory=dict)  # more response headers (a registry's digest)
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,8 @@ class HttpStandin:
         h.send_header("Content-Type", served.content_type)
         h.send_header("Content-Length", str(len(rest)))
         h.send_header("Accept-Ranges", "bytes")
+        for key, value in served.headers.items():
+            h.send_header(key, value)
         if ranged:
             h.send_header("Content-Range", f"bytes {start}-{start + len(rest) - 1}/{len(data)}")
         h.end_headers()

@@ -1,0 +1,225 @@
+"""``provision lock`` for ``install.engine``: ask where the engine comes from what it is now.
+
+Run on the controller, once per lock; plan and apply then need none of it.
+
+- PyPI: the project's page of the simple index in JSON, ``GET {PROVISION_PYPI_INDEX or
+  https://pypi.org/simple}/NAME/`` with ``Accept: application/vnd.pypi.simple.v1+json``
+  (PEP 691; ``size`` from PEP 700), the API pip itself reads, so any mirror that serves pip
+  serves this. The file named ``NAME-VERSION.tar.gz`` (PEP 625) is the sdist; its ``url``
+  (relative to the page), ``hashes.sha256`` and ``size`` are recorded. No sdist, two, or a
+  yanked one (PEP 592) is refused.
+- A URL without a sha256: the file is streamed once and hashed (sha256 and byte count); the
+  reviewer of the lock sees what was fetched, and apply checks both.
+- git: ``git ls-remote REPO REF`` lists the refs that match; an annotated tag shows its
+  commit as ``refs/tags/REF^{}`` (git-ls-remote(1)), which wins over the tag object. A name
+  that is both a branch and a tag is refused: say ``refs/tags/X`` or ``refs/heads/X``.
+- A container tag: the OCI distribution API (https://github.com/opencontainers/distribution-spec,
+  spec.md "Pulling manifests"): ``HEAD /v2/NAME/manifests/TAG`` with the manifest and index
+  media types in ``Accept``; the digest is the ``Docker-Content-Digest`` header, else the
+  sha256 of the body a GET returns. A 401 with ``WWW-Authenticate: Bearer realm=..,service=..,
+  scope=..`` is answered with an anonymous token from the realm (the Docker registry token
+  protocol, https://distribution.github.io/distribution/spec/auth/token/), as public images on
+  Docker Hub and ghcr.io need. ``docker.io`` names are served by ``registry-1.docker.io``, and a
+  one-part name there is ``library/NAME`` (Docker's reference normalisation).
+  ``PROVISION_CONTAINER_REGISTRY`` (a base URL) sends every request to a mirror instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any
+
+from provisioner.errors import ProvisionError
+from provisioner.lock.engine import Engine, EngineLock, PinnedFile, PinnedGit, PinnedImage, image_name
+from provisioner.profile.install_section import ArchiveEngine, ContainerEngine, SourceEngine
+
+ENV_PYPI = "PROVISION_PYPI_INDEX"
+ENV_REGISTRY = "PROVISION_CONTAINER_REGISTRY"
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+_CHUNK = 1 << 20
+_MAX_JSON = 16 * 2**20  # a release's JSON (vllm's lists a few hundred files) stays well below it
+# the manifest kinds a tag can name: OCI index and manifest (image-spec media-types.md), and
+# Docker's manifest list and v2 manifest (distribution's manifest-v2-2.md)
+_ACCEPT = ", ".join(["application/vnd.oci.image.index.v1+json", "application/vnd.oci.image.manifest.v1+json",
+                     "application/vnd.docker.distribution.manifest.list.v2+json",
+                     "application/vnd.docker.distribution.manifest.v2+json"])
+
+
+def resolve_engine(engine: Engine, key: str) -> EngineLock:
+    """What ``engine`` (needing a lock: ``key`` is lock.engine.wanted) is now."""
+    if isinstance(engine, SourceEngine) and engine.pypi is not None:
+        return _pypi_sdist(engine.pypi, key)
+    if isinstance(engine, SourceEngine) and engine.git is not None and engine.ref is not None:
+        return PinnedGit(engine.git, engine.ref, _git_commit(engine.git, engine.ref))
+    if isinstance(engine, (SourceEngine, ArchiveEngine)) and engine.url is not None:
+        sha256, size = _hash_url(engine.url)
+        return PinnedFile(key, engine.url, sha256, size)
+    assert isinstance(engine, ContainerEngine)
+    return PinnedImage(engine.image, _image_digest(engine.image))
+
+
+def _get(url: str, what: str, headers: dict[str, str] | None = None) -> Any:
+    request = urllib.request.Request(url, headers={"User-Agent": "provision",  # noqa: S310 - https, a mirror, file://
+                                                   **(headers or {})})
+    return urllib.request.urlopen(request, timeout=60)  # noqa: S310 - https, a loopback mirror or file://
+
+
+def _pypi_sdist(pin: str, key: str) -> PinnedFile:
+    name, version = pin.split("==", 1)
+    base = (os.environ.get(ENV_PYPI) or "https://pypi.org/simple").rstrip("/")
+    project = re.sub(r"[-_.]+", "-", name).lower()  # PEP 503 normalisation
+    url = f"{base}/{project}/"
+    try:
+        with _get(url, "PyPI", {"Accept": "application/vnd.pypi.simple.v1+json"}) as response:
+            page = json.loads(response.read(_MAX_JSON))
+            files = page["files"]
+    except urllib.error.HTTPError as exc:
+        raise ProvisionError(f"{pin}: {url} answered HTTP {exc.code}",
+                             hint="check the project's name on pypi.org" if exc.code == 404 else None) from None
+    except (urllib.error.URLError, OSError, ValueError, KeyError, TypeError) as exc:
+        raise ProvisionError(f"cannot read {url} as a PEP 691 index page: {exc}",
+                             hint=f"check the network or {ENV_PYPI} (a mirror's simple index)") from None
+    sdists = [f for f in files if isinstance(f, dict) and _sdist_of(str(f.get("filename", ""))) == (project, version)]
+    if len(sdists) != 1:
+        raise ProvisionError(f"{pin}: {url} lists {len(sdists)} sdists of version {version}",
+                             hint="check the version on pypi.org; or name the tarball with install.engine.url")
+    sdist = sdists[0]
+    if sdist.get("yanked"):
+        raise ProvisionError(f"{pin}: the release is yanked on {base} ({sdist.get('yanked')})",
+                             hint="pick another version (PEP 592: a yanked release is broken or withdrawn)")
+    found = PinnedFile(key, urllib.parse.urljoin(url, str(sdist.get("url", ""))),
+                       str((sdist.get("hashes") or {}).get("sha256", "")), int(sdist.get("size") or 0))
+    if not _HEX64.match(found.sha256) or found.size <= 0 or not found.url.startswith(("https://", "http://")):
+        raise ProvisionError(f"{url}: the sdist of {pin} has no https URL, sha256 or size (PEP 700)",
+                             hint="name the tarball with install.engine.url; `provision lock` then hashes it")
+    return found
+
+
+def _sdist_of(filename: str) -> tuple[str, str] | None:
+    """(normalised name, version) of an sdist's file name (PEP 625: NAME-VERSION.tar.gz; older
+    ones may be .zip, with '-' inside NAME), else None."""
+    for suffix in (".tar.gz", ".zip"):
+        if filename.endswith(suffix):
+            stem = filename.removesuffix(suffix)
+            name, _, version = stem.rpartition("-")
+            return (re.sub(r"[-_.]+", "-", name).lower(), version) if name else None
+    return None
+
+
+def _hash_url(url: str) -> tuple[str, int]:
+    digest, size = hashlib.sha256(), 0
+    try:
+        with _get(url, "download") as response:
+            while chunk := response.read(_CHUNK):
+                digest.update(chunk)
+                size += len(chunk)
+    except urllib.error.HTTPError as exc:
+        raise ProvisionError(f"cannot download {url}: HTTP {exc.code}",
+                             hint="check install.engine.url; the lock hashes the file it serves") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise ProvisionError(f"cannot download {url}: {exc}", hint="check install.engine.url and the network") from None
+    if size == 0:
+        raise ProvisionError(f"{url} served an empty file", hint="check install.engine.url")
+    return digest.hexdigest(), size
+
+
+def _git_commit(repository: str, ref: str) -> str:
+    try:
+        done = subprocess.run(["git", "ls-remote", "--", repository, ref, f"{ref}^{{}}"],
+                              capture_output=True, text=True, timeout=120, check=False,
+                              env={**os.environ, "GIT_TERMINAL_PROMPT": "0"})
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ProvisionError(f"git ls-remote {repository} failed: {exc}", hint="is git installed?") from None
+    if done.returncode != 0:
+        first = (done.stderr.strip().splitlines() or ["no output"])[0]
+        raise ProvisionError(f"git ls-remote {repository}: {first}", hint="check install.engine.git and the network")
+    refs: dict[str, str] = {}
+    for line in done.stdout.splitlines():
+        commit, _, name = line.partition("\t")
+        refs[name] = commit
+    # git matches a pattern against the refs' tails: refs/tags/b1 and refs/heads/b1 both match b1
+    names = {n.removesuffix("^{}") for n in refs}
+    if not names:
+        raise ProvisionError(f"{repository} has no branch or tag {ref}", hint="check install.engine.ref")
+    if len(names) > 1:
+        raise ProvisionError(f"{ref} names {len(names)} refs in {repository}: {', '.join(sorted(names))}",
+                             hint="give the full name, refs/tags/NAME or refs/heads/NAME")
+    [full] = names
+    commit = refs.get(full + "^{}") or refs[full]
+    if not re.fullmatch(r"[0-9a-f]{40}", commit):
+        raise ProvisionError(f"git ls-remote {repository}: {commit!r} is not a 40-hex commit")
+    return commit
+
+
+def registry_of(image: str) -> tuple[str, str, str]:
+    """NAME:TAG -> (registry host, repository, tag), as Docker normalises a reference."""
+    name = image_name(image)
+    tag = image[len(name) + 1:]
+    first, _, rest = name.partition("/")
+    if rest and ("." in first or ":" in first or first == "localhost"):
+        host, repository = first, rest
+    else:
+        host, repository = "docker.io", name
+    if host == "docker.io" and "/" not in repository:
+        repository = f"library/{repository}"
+    return host, repository, tag
+
+
+def _image_digest(image: str) -> str:
+    host, repository, tag = registry_of(image)
+    base = (os.environ.get(ENV_REGISTRY) or
+            f"https://{'registry-1.docker.io' if host == 'docker.io' else host}").rstrip("/")
+    url = f"{base}/v2/{repository}/manifests/{urllib.parse.quote(tag)}"
+    headers = {"Accept": _ACCEPT}
+    digest: str | None = None
+    for attempt in range(2):
+        request = urllib.request.Request(url, headers={"User-Agent": "provision", **headers},  # noqa: S310 - https or a mirror
+                                         method="HEAD")
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310 - https or a mirror
+                digest = response.headers.get("Docker-Content-Digest")
+                break
+        except urllib.error.HTTPError as exc:
+            challenge = exc.headers.get("WWW-Authenticate", "") if exc.headers else ""
+            if exc.code == 401 and attempt == 0 and challenge.lower().startswith("bearer "):
+                headers["Authorization"] = f"Bearer {_anonymous_token(challenge, repository)}"
+                continue
+            hint = ("check the image's name and tag" if exc.code == 404 else
+                    "a private image needs a registry login, which provision does not hold: pin "
+                    "NAME@sha256:DIGEST in the profile (skopeo inspect shows it)")
+            raise ProvisionError(f"{image}: {url} answered HTTP {exc.code}", hint=hint) from None
+        except (urllib.error.URLError, OSError) as exc:
+            raise ProvisionError(f"cannot reach {url}: {exc}",
+                                 hint=f"check the network or {ENV_REGISTRY} (a registry mirror)") from None
+    if digest is None:
+        with _get(url, "manifest", {**headers, "Accept": _ACCEPT}) as response:
+            digest = "sha256:" + hashlib.sha256(response.read(4 * 2**20)).hexdigest()
+    if not _DIGEST.match(digest):
+        raise ProvisionError(f"{image}: the registry's digest {digest[:80]!r} is not sha256:<64 hex>")
+    return digest
+
+
+def _anonymous_token(challenge: str, repository: str) -> str:
+    fields = dict(re.findall(r'(\w+)="([^"]*)"', challenge))
+    realm = fields.get("realm", "")
+    if not realm.startswith(("https://", "http://")):
+        raise ProvisionError(f"the registry's token realm {realm[:80]!r} is not a URL")
+    query = {"service": fields.get("service", ""), "scope": fields.get("scope") or f"repository:{repository}:pull"}
+    try:
+        with _get(f"{realm}?{urllib.parse.urlencode(query)}", "token") as response:
+            answer = json.loads(response.read(1 << 20))
+        token: Any = answer.get("token") or answer.get("access_token")
+    except (urllib.error.URLError, OSError, ValueError, AttributeError) as exc:
+        raise ProvisionError(f"no anonymous token from {realm}: {exc}",
+                             hint="a private image needs a login: pin NAME@sha256:DIGEST in the profile") from None
+    if not isinstance(token, str) or not token:
+        raise ProvisionError(f"{realm} gave no token", hint="pin NAME@sha256:DIGEST in the profile")
+    return token

@@ -1,0 +1,242 @@
+"""`provision lock` pins install.engine: a PyPI sdist, a URL, a git ref and a container tag.
+
+Each source is real and on loopback: PyPI's JSON API and a registry with a bearer-token
+challenge played by tests/support/http_standin.py, a git repository made here with git,
+and the sdist a generated CMake project that apply really builds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from provisioner.errors import ProfileError
+from provisioner.lock import read_lock
+from provisioner.lock.engine import PinnedFile, PinnedGit, PinnedImage
+from provisioner.lock.engine_resolve import registry_of
+from tests.conftest import ROOT, make_profile
+from tests.install.test_install import _c_project, converge, needs_cmake, no_systemctl  # noqa: F401 - fixture
+from tests.support.http_standin import HttpStandin, Served
+from tests.support.ollama_standin import OllamaTag, serve_tag
+
+
+def provision(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    cache = Path(args[1]).parent / "cache"
+    return subprocess.run([sys.executable, "-m", "provisioner", *args], capture_output=True, text=True,
+                          env={**os.environ, "PROVISION_CACHE": str(cache), **(env or {})}, cwd=ROOT, check=False)
+
+
+def _engine_profile(tmp_path: Path, engine: dict[str, Any], name: str = "p.yaml") -> Path:
+    return make_profile(tmp_path, {"builtin_files": False, "install": {"engine": engine}}, name=name)
+
+
+def _pypi(standin: HttpStandin, name: str, version: str, sdist: bytes) -> str:
+    """The project's simple-index page in JSON (PEP 691, sizes from PEP 700): a wheel, the
+    sdist (a relative URL, as PEP 691 allows) and an older sdist."""
+    url = standin.serve(f"/files/{name}-{version}.tar.gz", Served(sdist))
+    page = {"meta": {"api-version": "1.1"}, "name": name, "files": [
+        {"filename": f"{name}-{version}-py3-none-any.whl", "url": f"../../files/{name}-{version}-py3-none-any.whl",
+         "hashes": {"sha256": "c" * 64}, "size": 3},
+        {"filename": f"{name}-0.9.tar.gz", "url": "../../files/old.tar.gz", "hashes": {"sha256": "d" * 64}, "size": 9},
+        {"filename": f"{name}-{version}.tar.gz", "url": f"../../files/{name}-{version}.tar.gz",
+         "hashes": {"sha256": hashlib.sha256(sdist).hexdigest()}, "size": len(sdist)}]}
+    standin.serve(f"/simple/{name}/", Served(json.dumps(page).encode(),
+                                            content_type="application/vnd.pypi.simple.v1+json"))
+    return url
+
+
+@needs_cmake
+def test_a_pypi_sdist_is_locked_to_its_url_and_sha256_and_apply_builds_exactly_it(tmp_path: Path) -> None:
+    url, digest = _c_project(tmp_path)
+    sdist = Path(url.removeprefix("file://")).read_bytes()
+    with HttpStandin() as pypi:
+        served = _pypi(pypi, "greet", "1.0", sdist)
+        env = {"PROVISION_PYPI_INDEX": pypi.url("/simple")}
+        engine = {"method": "source", "pypi": "greet==1.0", "targets": ["greet"]}
+        profile = _engine_profile(tmp_path, engine)
+        root = tmp_path / "image"
+
+        refused = provision("plan", str(profile), "--root", str(root), env=env)
+        assert refused.returncode == 1 and "Traceback" not in refused.stderr
+        assert "install.engine (greet==1.0) has no lock" in refused.stderr
+        assert f"run `provision lock {profile}`" in refused.stderr
+
+        locked = provision("lock", str(profile), env=env)
+        assert locked.returncode == 0, locked.stderr
+        assert f"engine greet==1.0: {served}" in locked.stderr and digest in locked.stderr
+        lock = read_lock(tmp_path / "p.lock")
+        assert lock is not None and lock.model is None
+        assert lock.engine == PinnedFile("pypi:greet==1.0", served, digest, len(sdist))
+
+        result = converge(profile, root=root)
+        assert "build:llama.cpp" in result.installed
+        done = subprocess.run([str(root / "opt/provision/builds/llama.cpp/bin/greet")], capture_output=True,
+                              text=True, check=True)
+        assert done.stdout == "hello from cmake\n"
+        assert pypi.to("/files/greet-1.0.tar.gz")  # fetched from where the lock says
+
+        # the profile moved on: the lock is stale until it is made again
+        newer = _engine_profile(tmp_path, {**engine, "pypi": "greet==1.1"})
+        stale = provision("plan", str(newer), "--root", str(root), env=env)
+        assert stale.returncode == 1
+        assert "install.engine (greet==1.1) changed since p.lock was made (it pins pypi:greet==1.0)" in stale.stderr
+        missing = provision("lock", str(newer), env=env)
+        assert missing.returncode == 1 and "Traceback" not in missing.stderr
+        assert "greet==1.1: http://127.0.0.1:" in missing.stderr and "lists 0 sdists of version 1.1" in missing.stderr
+
+
+def _archive(tmp_path: Path, text: str) -> bytes:
+    path = tmp_path / f"ollama-{len(text)}.tgz"
+    body = f"#!/bin/sh\necho '{text}'\n".encode()
+    with tarfile.open(path, "w:gz") as tar:
+        info = tarfile.TarInfo("bin/ollama")
+        info.size, info.mode = len(body), 0o755
+        tar.addfile(info, io.BytesIO(body))
+    return path.read_bytes()
+
+
+def test_an_archive_url_without_sha256_is_hashed_once_and_a_changed_file_stops_apply(tmp_path: Path) -> None:
+    data = yaml.safe_load((ROOT / "profiles" / "rtx-4090-qwen3-30b-ollama.yaml").read_text())
+    first = _archive(tmp_path, "ollama version is 1")
+    with HttpStandin() as releases:
+        url = releases.serve("/download/ollama-linux-amd64.tgz", Served(first))
+        # the profile's tag is locked too (its digest is what verify compares): the same stand-in plays the registry
+        serve_tag(releases, OllamaTag("library/qwen3", "30b-a3b", b"GGUF stand-in weights"))
+        env = {"PROVISION_OLLAMA_REGISTRY": releases.url()}
+        data["install"] = {"engine": {"method": "archive", "url": url}}
+        profile = tmp_path / "ollama.yaml"
+        profile.write_text(yaml.safe_dump(data))
+
+        locked = provision("lock", str(profile), "--json", env=env)
+        assert locked.returncode == 0, locked.stderr
+        pinned = json.loads(locked.stdout)
+        engine = pinned["engine"]
+        assert pinned["ollama"] == "qwen3:30b-a3b"
+        assert engine == {"kind": "file", "for": url, "url": url, "sha256": hashlib.sha256(first).hexdigest(),
+                          "size": len(first)}
+        root = tmp_path / "image"
+        applied = provision("apply", str(profile), "--root", str(root), "--yes", env=env)
+        assert applied.returncode == 0, applied.stderr
+        binary = root / "opt/provision/ollama/bin/ollama"
+        assert subprocess.run([str(binary)], capture_output=True, text=True, check=True).stdout == \
+            "ollama version is 1\n"
+
+        # the URL now serves other bytes: the install stops, and the fresh tree gets nothing of it
+        releases.serve("/download/ollama-linux-amd64.tgz", Served(_archive(tmp_path, "ollama version is 22")))
+        other = tmp_path / "image2"
+        refused = provision("apply", str(profile), "--root", str(other), "--yes", env=env)
+        assert refused.returncode == 1 and "Traceback" not in refused.stderr
+        assert "archive:ollama" in refused.stderr
+        assert not (other / "opt/provision/ollama").exists()
+
+
+def _git(*args: str, cwd: Path) -> str:
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.invalid",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.invalid"}
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True, env=env).stdout.strip()
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_a_git_ref_is_locked_to_the_commit_an_annotated_tag_points_at(tmp_path: Path) -> None:
+    repo = tmp_path / "llama.cpp"
+    repo.mkdir()
+    _git("init", "-q", "-b", "master", cwd=repo)
+    (repo / "CMakeLists.txt").write_text("project(x C)\n")
+    _git("add", ".", cwd=repo)
+    _git("commit", "-q", "-m", "one", cwd=repo)
+    _git("tag", "-a", "b1", "-m", "release b1", cwd=repo)  # annotated: its own object, peeled to the commit
+    tagged = _git("rev-parse", "b1^{commit}", cwd=repo)
+    assert _git("rev-parse", "b1", cwd=repo) != tagged
+    (repo / "main.c").write_text("int main(void) { return 0; }\n")
+    _git("add", ".", cwd=repo)
+    _git("commit", "-q", "-m", "two", cwd=repo)
+
+    profile = _engine_profile(tmp_path, {"method": "source", "git": f"file://{repo}", "ref": "b1"})
+    locked = provision("lock", str(profile))
+    assert locked.returncode == 0, locked.stderr
+    lock = read_lock(tmp_path / "p.lock")
+    assert lock is not None and lock.engine == PinnedGit(f"file://{repo}", "b1", tagged)
+    planned = provision("plan", str(profile), "--root", str(tmp_path / "image"), "--json")
+    assert planned.returncode == 2, planned.stderr  # 2: changes to make
+    [engine] = [i for i in json.loads(planned.stdout)["hosts"][0]["installs"] if i["name"] == "build:llama.cpp"]
+    assert f"({tagged[:12]}, " in engine["summary"]
+
+    _git("branch", "b1", cwd=repo)  # now b1 is a branch and a tag
+    ambiguous = provision("lock", str(profile))
+    assert ambiguous.returncode == 1 and "Traceback" not in ambiguous.stderr
+    assert "b1 names 2 refs" in ambiguous.stderr and "refs/tags/NAME or refs/heads/NAME" in ambiguous.stderr
+
+
+def _registry(standin: HttpStandin, manifest: bytes, *, header: bool) -> str:
+    """A registry that wants an anonymous bearer token (the Docker token protocol), as ghcr.io does."""
+    anonymous = "anonymous-pull-token"
+    standin.serve("/token", Served(json.dumps({"token": anonymous}).encode(), content_type="application/json"))
+    challenge = f'Bearer realm="{standin.url("/token")}",service="standin",scope="repository:ggml-org/llama.cpp:pull"'
+    standin.error_headers["/v2/"] = {"WWW-Authenticate": challenge}
+    digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
+    standin.serve("/v2/ggml-org/llama.cpp/manifests/server", Served(
+        manifest, require=("Authorization", f"Bearer {anonymous}"),
+        content_type="application/vnd.oci.image.index.v1+json",
+        headers={"Docker-Content-Digest": digest} if header else {}))
+    return digest
+
+
+@pytest.mark.parametrize("header", [True, False], ids=["digest-header", "hashed-body"])
+def test_a_container_tag_is_locked_to_its_digest_and_the_quadlet_pulls_that(tmp_path: Path, header: bool) -> None:
+    index = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                        "manifests": []}).encode()
+    with HttpStandin() as registry:
+        digest = _registry(registry, index, header=header)
+        env = {"PROVISION_CONTAINER_REGISTRY": registry.url()}
+        profile = make_profile(tmp_path, {"install": {"engine": {"method": "container",
+                                                                 "image": "ghcr.io/ggml-org/llama.cpp:server"}}})
+        assert provision("plan", str(profile), "--root", str(tmp_path / "image"), env=env).returncode == 1
+        locked = provision("lock", str(profile), env=env)
+        assert locked.returncode == 0, locked.stderr
+        assert f"engine ghcr.io/ggml-org/llama.cpp:server: {digest}" in locked.stderr
+        lock = read_lock(tmp_path / "p.lock")
+        assert lock is not None and lock.engine == PinnedImage("ghcr.io/ggml-org/llama.cpp:server", digest)
+        assert [r.status for r in registry.to("/v2/ggml-org/llama.cpp/manifests/server")][:2] == [401, 200]
+
+        rendered = provision("render", str(profile), "--out", str(tmp_path / "out"))
+        assert rendered.returncode == 0, rendered.stderr
+        quadlet = (tmp_path / "out/etc/containers/systemd/llm-server.container").read_text()
+        assert f"Image=ghcr.io/ggml-org/llama.cpp@{digest}\n" in quadlet
+
+        registry.files.pop("/v2/ggml-org/llama.cpp/manifests/server")
+        gone = provision("lock", str(profile), env=env)
+        assert gone.returncode == 1 and "HTTP 404" in gone.stderr and "check the image's name and tag" in gone.stderr
+
+
+def test_docker_reference_normalisation() -> None:
+    assert registry_of("ubuntu:24.04") == ("docker.io", "library/ubuntu", "24.04")
+    assert registry_of("vllm/vllm-openai:v0.11.0") == ("docker.io", "vllm/vllm-openai", "v0.11.0")
+    assert registry_of("ghcr.io/ggml-org/llama.cpp:server-cuda") == ("ghcr.io", "ggml-org/llama.cpp", "server-cuda")
+    assert registry_of("localhost:5000/a/b:t") == ("localhost:5000", "a/b", "t")
+
+
+def test_a_hand_edited_engine_lock_is_refused(tmp_path: Path) -> None:
+    lock_file = tmp_path / "p.lock"
+    good = {"version": 3, "engine": {"file": {"for": "pypi:x==1", "url": "https://example.invalid/x-1.tar.gz",
+                                              "sha256": "a" * 64, "size": 10}}}
+    lock_file.write_text(yaml.safe_dump(good))
+    assert read_lock(lock_file) is not None
+    for bad, said in [({"sha256": "a" * 63}, "not 64 hex"), ({"url": "https://x/$(id)"}, "unsafe URL")]:
+        lock_file.write_text(yaml.safe_dump({**good, "engine": {"file": {**good["engine"]["file"], **bad}}}))
+        with pytest.raises(ProfileError, match="not a lock file provision can read") as raised:
+            read_lock(lock_file)
+        assert said in raised.value.first.one_line()
+    lock_file.write_text(yaml.safe_dump({**good, "engine": {"image": {"name": "a:b", "digest": "sha256:zz"}}}))
+    with pytest.raises(ProfileError, match="not a lock file provision can read"):
+        read_lock(lock_file)
