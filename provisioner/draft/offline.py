@@ -133,7 +133,7 @@ def draft_offline(gpu: str, count: int, ram: int, cores: int, model: str, *,
     header = (f"# Drafted by `provision init` for {count}x {gpu}, {ram // 2**30} GiB RAM, {cores} cores (not read "
               f"from a host).\n# The best quant of {base.spec.model.name} that fits, and the next ones "
               f"(predicted by provision fit):\n{top}\n"
-              "# Next: provision lock THIS.yaml (pins the quant's files), then provision plan / apply.\n")
+              "# Next: provision lock THIS.yaml (pins the model's files, the engine), then provision plan / apply.\n")
     floor = round(best.decode_tokens_per_s / 2, 1)
     text = header + _with_model(body, best.quant, context, mode, floor)
     return Draft(base.name, text, tuple(fitting))

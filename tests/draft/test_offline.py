@@ -12,9 +12,11 @@ import sys
 from pathlib import Path
 
 from provisioner.lock import ModelLock, read_lock
+from provisioner.lock.engine import PinnedFile
 from provisioner.profile.loader import load_profile
 from tests.conftest import ROOT
-from tests.support.http_standin import HttpStandin
+from tests.support.bare_box import SDIST_SHA256
+from tests.support.http_standin import HttpStandin, Served
 from tests.support.hub_standin import HubRepo, serve_repo
 
 ARGS = ["init", "--gpu", "rtx-pro-6000-blackwell", "--ram", "192GiB", "--cores", "24", "--model", "qwen3-235b-a22b",
@@ -51,10 +53,21 @@ def test_the_draft_is_the_best_usable_quant_and_a_complete_profile_lock_resolves
     with HttpStandin() as hub:
         serve_repo(hub, HubRepo(hf.repo, "0123456789abcdef0123456789abcdef76543210",
                                 {**shards, "README.md": b"card\n"}, lfs=frozenset(shards)), branch="main")
-        locked = provision("lock", str(profile), env={"HF_ENDPOINT": hub.url()})
+        # PyPI's page for the engine's sdist, as https://pypi.org/simple/llama-cpp-python/ lists it (PEP 691)
+        hub.serve("/simple/llama-cpp-python/", Served(json.dumps({"meta": {"api-version": "1.1"}, "files": [
+            {"filename": "llama_cpp_python-0.3.36.tar.gz", "url": SDIST_URL, "size": 76589250,
+             "hashes": {"sha256": SDIST_SHA256}}]}).encode()))
+        locked = provision("lock", str(profile), env={"HF_ENDPOINT": hub.url(),
+                                                      "PROVISION_PYPI_INDEX": hub.url("/simple")})
     assert locked.returncode == 0, locked.stderr
     lock = read_lock(tmp_path / "box.lock")
-    assert isinstance(lock, ModelLock) and sorted(f.path for f in lock.files) == sorted(shards)
+    assert lock is not None and isinstance(lock.model, ModelLock)
+    assert sorted(f.path for f in lock.model.files) == sorted(shards)
+    assert lock.engine == PinnedFile("pypi:llama-cpp-python==0.3.36", SDIST_URL, SDIST_SHA256, 76589250)
+
+
+SDIST_URL = ("https://files.pythonhosted.org/packages/ec/e9/e7de2b0463ea3ffbf0ede6cb21b58c1258a8f6521aae45ca773a59fe7cf3/"
+             "llama_cpp_python-0.3.36.tar.gz")
 
 
 def test_the_text_says_the_top_three_and_the_next_step() -> None:
