@@ -13,7 +13,7 @@ from packaging import _manylinux
 from provisioner.errors import ProvisionError
 from provisioner.lock.wheels import PinnedVenv, PinnedWheel, from_data, manylinux_platforms, resolve_venv, to_data
 from provisioner.profile.install_section import VenvEngine
-from tests.support.http_standin import HttpStandin
+from tests.support.http_standin import HttpStandin, Served
 from tests.support.pypi_standin import Dist, sdist, serve_index, wheel
 
 HERE = f"{sys.version_info.major}.{sys.version_info.minor}"  # pip evaluates markers for this Python
@@ -52,6 +52,16 @@ def test_resolve_locks_the_closure_with_the_served_files_hashes(index: tuple[Htt
     assert not locked.for_engine(engine(url, "provision-demo-a==1.0", python="3.99"))
     assert not locked.for_engine(engine(url, "provision-demo-a==1.0", extra_index_urls=[url]))
     assert locked.wheel_rows[1] == ("provision-demo-b", "1.1", standin.url(f"/files/{b.filename}"), b.sha256)
+
+
+def test_an_index_link_without_a_hash_gets_the_downloaded_files_sha256(index: tuple[HttpStandin, str]) -> None:
+    """pip hashes the file it fetched when the index gives no #sha256: the lock holds that."""
+    standin, url = index
+    b = served("provision-demo-b", "1.0")
+    standin.serve("/simple/provision-demo-b/", Served(f'<a href="../../files/{b.filename}">{b.filename}</a>\n'.encode(),
+                                                      content_type="text/html"))
+    [locked] = resolve_venv(engine(url, "provision-demo-b==1.0")).wheels
+    assert locked.sha256 == b.sha256 and standin.to(f"/files/{b.filename}")
 
 
 def test_a_dependency_with_only_an_sdist_is_refused_in_one_line(index: tuple[HttpStandin, str]) -> None:
