@@ -138,8 +138,11 @@ def pip_arguments(engine: VenvEngine, target: WheelTarget, workdir: str) -> list
     return [*args, "--no-input", "--disable-pip-version-check", *sorted(engine.requirements)]
 
 
-def resolve_venv(engine: VenvEngine, *, timeout: float = RESOLVE_TIMEOUT) -> PinnedVenv:
-    """The engine's closure for its resolve_for host, from its indexes (pip on the controller)."""
+def resolve_venv(engine: VenvEngine, *, pip_python: str = sys.executable,
+                 timeout: float = RESOLVE_TIMEOUT) -> PinnedVenv:
+    """The engine's closure for its resolve_for host, from its indexes, resolved by ``pip_python -m
+    pip`` (pip 23.0 or newer): this controller's own Python, or one of the host's version, whose
+    markers then match the host's."""
     target = engine.resolve_for
     if target is None:
         raise ProvisionError("install.engine.resolve_for is not set: the lock cannot tell which host "
@@ -152,11 +155,14 @@ def resolve_venv(engine: VenvEngine, *, timeout: float = RESOLVE_TIMEOUT) -> Pin
     with tempfile.TemporaryDirectory(prefix="provision-lock-") as tmp:
         report_path = Path(tmp) / "report.json"
         try:
-            done = subprocess.run([sys.executable, "-m", "pip", *pip_arguments(engine, target, tmp)],
+            done = subprocess.run([pip_python, "-m", "pip", *pip_arguments(engine, target, tmp)],
                                   capture_output=True, text=True, timeout=timeout, env=env, check=False)
         except subprocess.TimeoutExpired:
             raise ProvisionError(f"pip did not resolve {' '.join(sorted(engine.requirements))} in {timeout:.0f} s",
                                  hint="check that the index is reachable from this machine") from None
+        except OSError as exc:
+            raise ProvisionError(f"cannot run {pip_python} -m pip: {exc.strerror}",
+                                 hint="name a Python with pip on this machine") from None
         if done.returncode != 0 or not report_path.is_file():
             error = next((line.strip() for line in done.stderr.splitlines() if line.startswith("ERROR:")),
                          (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1])

@@ -4,6 +4,7 @@ platform tags a host accepts as packaging itself lists them."""
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from collections.abc import Iterator
 
@@ -62,6 +63,17 @@ def test_an_index_link_without_a_hash_gets_the_downloaded_files_sha256(index: tu
                                                       content_type="text/html"))
     [locked] = resolve_venv(engine(url, "provision-demo-b==1.0")).wheels
     assert locked.sha256 == b.sha256 and standin.to(f"/files/{b.filename}")
+
+
+@pytest.mark.skipif(subprocess.run(["/usr/bin/python3", "-m", "pip", "--version"], capture_output=True,
+                                    check=False).returncode != 0, reason="needs Debian's python3-pip")
+def test_another_pythons_pip_resolves_the_same_closure(index: tuple[HttpStandin, str]) -> None:
+    """Debian 12's own pip (23.0.1) takes the same options and writes the same report."""
+    _, url = index
+    assert (resolve_venv(engine(url, "provision-demo-a==1.0"), pip_python="/usr/bin/python3")
+            == resolve_venv(engine(url, "provision-demo-a==1.0")))
+    with pytest.raises(ProvisionError, match="cannot run /nonexistent/python3 -m pip"):
+        resolve_venv(engine(url, "provision-demo-a==1.0"), pip_python="/nonexistent/python3")
 
 
 def test_a_dependency_with_only_an_sdist_is_refused_in_one_line(index: tuple[HttpStandin, str]) -> None:
