@@ -10,6 +10,14 @@ build that died and is started over. The previous dir stays for rollback.
 pip flags as ``pip install --help`` of pip 23.0.1 (Debian 12's python3-pip)
 lists them: ``--no-input``, ``--disable-pip-version-check``, ``--no-cache-dir``,
 ``--index-url``, ``--extra-index-url``; ``pip freeze`` prints ``name==version``.
+
+With a lock's ``wheels`` (lock/wheels.py resolved the whole closure on the controller)
+the build first checks that the host is the one the lock was resolved for, then
+installs exactly those files: a requirements file of ``NAME @ URL --hash=sha256:HEX``
+lines with ``--require-hashes --no-deps --only-binary=:all: --no-index``, so pip
+neither resolves nor consults an index, and a file that does not hash right stops the
+build. ``pip freeze`` shows such installs as ``NAME @ URL``; verify reads versions
+from ``pip list --format=freeze`` instead (``name==version`` for every package).
 """
 
 from __future__ import annotations
@@ -28,6 +36,19 @@ from provisioner.facts.check import Check
 from provisioner.install import InstallChange, InstallKind
 
 STAMP = ".provision-stamp"
+LOCKED_REQUIREMENTS = ".provision-requirements.txt"
+# Run by the venv's python with the lock's python, glibc and machine: prints what the host
+# has, exits 1 unless it is that python, a glibc at least that new, and that machine.
+HOST_CHECK = """import platform, sys
+want_python, want_glibc, want_machine = sys.argv[1:4]
+python = "%d.%d" % sys.version_info[:2]
+libc, glibc = platform.libc_ver()
+machine = platform.machine()
+print("Python %s, %s, %s" % (python, "glibc " + glibc if libc == "glibc" else "no glibc", machine))
+def version(text): return tuple(int(part) for part in text.split("."))
+sys.exit(0 if python == want_python and libc == "glibc" and version(glibc) >= version(want_glibc)
+         and machine == want_machine else 1)
+"""
 
 
 def q(text: str) -> str:
@@ -146,6 +167,10 @@ class Venv(VersionedDir):
     index_url: str | None = None
     extra_index_urls: tuple[str, ...] = ()
     label: str = "venv"
+    # a lock's whole closure, (name, version, url, sha256) each; empty: pip resolves on the host
+    wheels: tuple[tuple[str, str, str, str], ...] = ()
+    # the host the lock resolved for: (python major.minor, glibc, machine)
+    target: tuple[str, str, str] | None = None
 
     @property
     def name(self) -> str:
@@ -157,8 +182,11 @@ class Venv(VersionedDir):
 
     @property
     def inputs(self) -> dict[str, Any]:
-        return {"python": self.python, "requirements": sorted(self.requirements),
-                "index_url": self.index_url, "extra_index_urls": list(self.extra_index_urls)}
+        inputs: dict[str, Any] = {"python": self.python, "requirements": sorted(self.requirements),
+                                  "index_url": self.index_url, "extra_index_urls": list(self.extra_index_urls)}
+        if self.wheels:  # a new lock is a new venv
+            inputs.update(wheels=[list(w) for w in self.wheels], target=list(self.target or ()))
+        return inputs
 
     @property
     def summary(self) -> str:
@@ -168,12 +196,15 @@ class Venv(VersionedDir):
         """verify: what pip says is installed in the linked venv (one ``pin.NAME VERSION`` line each)."""
         python = q(root + self.path + "/bin/python")
         awk = "'NF == 2 { print \"@install \" n \" pin.\" tolower($1) \" \" $2 }'"
-        return (f"if [ -x {python} ]; then {python} -m pip freeze --disable-pip-version-check 2>/dev/null | "
+        listing = "list --format=freeze" if self.wheels else "freeze"
+        return (f"if [ -x {python} ]; then {python} -m pip {listing} --disable-pip-version-check 2>/dev/null | "
                 f"awk -F'==' -v n={q(self.name)} {awk}; fi")
 
     def verify_checks(self, found: dict[str, str]) -> list[Any]:
         out = []
-        for requirement in sorted(self.requirements):
+        pins = ([f"{name}=={version}" for name, version, _, _ in sorted(self.wheels)] if self.wheels
+                else sorted(self.requirements))
+        for requirement in pins:
             name, version = requirement.split("==", 1)
             key = "pin." + re.sub(r"[-_.]+", "-", name.split("[", 1)[0]).lower()
             seen = found.get(key) or next((v for k, v in found.items()
@@ -188,11 +219,15 @@ class Venv(VersionedDir):
         d = '"$root"' + q(self.directory)
         pip = [f"{d}/bin/python", "-m", "pip", "install", "--no-input", "--disable-pip-version-check",
                "--no-cache-dir"]
-        if self.index_url:
-            pip += ["--index-url", q(self.index_url)]
-        for url in self.extra_index_urls:
-            pip += ["--extra-index-url", q(url)]
-        pip += [q(r) for r in sorted(self.requirements)]
+        if self.wheels:
+            pip += ["--require-hashes", "--no-deps", "--only-binary=:all:", "--no-index", "-r",
+                    f"{d}/{LOCKED_REQUIREMENTS}"]
+        else:
+            if self.index_url:
+                pip += ["--index-url", q(self.index_url)]
+            for url in self.extra_index_urls:
+                pip += ["--extra-index-url", q(url)]
+            pip += [q(r) for r in sorted(self.requirements)]
         log = f"{d}/{'.provision-build.log'}"
         return "\n".join([
             f"rm -rf {d}  # no stamp: a build that died, start over",
@@ -201,6 +236,7 @@ class Venv(VersionedDir):
             f"    echo \"@error {self.name}: {self.python} -m venv failed (Debian: apt-get install python3-venv)\"",
             f"    rm -rf {d}; exit 1",
             "fi",
+            *(self._locked_steps(d) if self.wheels else []),
             f"if ! {' '.join(pip)} > {log} 2>&1; then",
             f"    cp {log} \"$root\"{q(self.directory + '.failed.log')} 2>/dev/null || true",
             f"    echo \"@error {self.name}: pip install failed: $(grep -E 'ERROR' {log} | head -n 1) "
@@ -210,3 +246,20 @@ class Venv(VersionedDir):
             f"{d}/bin/python -m pip freeze --disable-pip-version-check > {d}/.provision-freeze.txt",
             write_stamp(self.directory, stamp_text(self.digest, self.summary, self.inputs)),
         ])
+
+    def _locked_steps(self, d: str) -> list[str]:
+        """sh: refuse a host other than the lock's, then write the hash-pinned requirements file."""
+        if self.target is None:
+            raise ProvisionError(f"{self.name}: locked wheels without the host they were resolved for",
+                                 hint="make a new lock: provision lock")
+        python, glibc, machine = self.target
+        lines = "".join(f"{name} @ {url} --hash=sha256:{sha256}\n" for name, _, url, sha256 in sorted(self.wheels))
+        wanted = f"Python {python}, glibc >= {glibc}, {machine}"
+        return [
+            f"if ! host=$({d}/bin/python -c {q(HOST_CHECK)} {q(python)} {q(glibc)} {q(machine)}); then",
+            f"    echo \"@error {self.name}: the lock resolved wheels for {wanted}; this host has $host "
+            f"(hint: set install.engine.resolve_for to this host and run provision lock)\"",
+            f"    rm -rf {d}; exit 1",
+            "fi",
+            f"printf '%s' {q(lines)} > {d}/{LOCKED_REQUIREMENTS}",
+        ]

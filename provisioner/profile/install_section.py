@@ -41,6 +41,18 @@ class PackagePin(ProfileModel):
     """Hold it at this version (apt-mark hold) so unattended upgrades cannot move it."""
 
 
+class WheelTarget(ProfileModel):
+    """The host the lock resolves wheels for: its python3 version, glibc version (ldd --version)
+    and machine (uname -m); `provision lock` needs it."""
+
+    python: Annotated[str, BeforeValidator(not_a_float), Field(pattern=r"^3\.[0-9]{1,2}$")]
+    """The host's python3 major.minor, quoted ("3.12"): `python3 --version` on the host."""
+    glibc: Annotated[str, BeforeValidator(not_a_float), Field(pattern=r"^2\.[0-9]{1,3}$")]
+    """The host's glibc version, quoted ("2.39"): the first line of `ldd --version` on the host."""
+    machine: Literal["x86_64", "aarch64"] = "x86_64"
+    """The host's machine: `uname -m` on the host."""
+
+
 class VenvEngine(ProfileModel):
     """The engine (vLLM) in a Python venv with exact pins; rebuilt only when they change."""
 
@@ -56,6 +68,9 @@ class VenvEngine(ProfileModel):
     """More pip index URLs."""
     python: AbsPath = "/usr/bin/python3"
     """The Python interpreter that creates the venv."""
+    resolve_for: WheelTarget | None = None
+    """The host the lock resolves wheels for: its python3 version, glibc version (ldd --version)
+    and machine (uname -m); `provision lock` needs it."""
 
 
 class SourceEngine(ProfileModel):
