@@ -24,9 +24,10 @@ def good_profiles() -> list[Path]:
 
 @pytest.fixture(autouse=True)
 def _no_public_index(monkeypatch: pytest.MonkeyPatch) -> None:
-    """An engine lock resolved in a test must ask its own stand-in: the public PyPI index and
-    container registries are never reached (a closed loopback port answers instead)."""
-    for name in ("PROVISION_PYPI_INDEX", "PROVISION_CONTAINER_REGISTRY"):
+    """A lock resolved in a test must ask its own stand-in: the Hub, the Ollama registry, the
+    public PyPI index and container registries are never reached (a closed loopback port
+    answers instead)."""
+    for name in ("HF_ENDPOINT", "PROVISION_OLLAMA_REGISTRY", "PROVISION_PYPI_INDEX", "PROVISION_CONTAINER_REGISTRY"):
         if name not in os.environ:
             monkeypatch.setenv(name, "http://127.0.0.1:9")
 

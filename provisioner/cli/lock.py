@@ -11,7 +11,7 @@ from provisioner.cli._common import EXIT_OK, command
 from provisioner.cli._output import Result, lines
 
 
-def write_profile_lock(profile: Path) -> tuple[Path, dict[str, object]]:
+def write_profile_lock(profile: Path, pip_python: str | None = None) -> tuple[Path, dict[str, object]]:
     """Resolve the profile's model source (hub, registry) and loosely named engine, and write
     its lock; what it pinned."""
     from provisioner.errors import ProvisionError
@@ -27,7 +27,7 @@ def write_profile_lock(profile: Path) -> tuple[Path, dict[str, object]]:
     # the token as install reads it (from_env, from_file); in memory only, never printed
     token = controller_token(ref)
     try:
-        lock = resolve_lock(loaded, endpoint=None, token=token)
+        lock = resolve_lock(loaded, endpoint=None, token=token, pip_python=pip_python)
         if lock.model is not None and not isinstance(lock.model, PinnedOllama):
             # a model the catalog lacks: its shape is read now, from the file the lock pins (as plan
             # will read it), and cached, so plan and apply need no hub
@@ -57,7 +57,13 @@ def write_profile_lock(profile: Path) -> tuple[Path, dict[str, object]]:
 
 def engine_fields(pinned: object) -> dict[str, object]:
     from provisioner.lock.engine import PinnedFile, PinnedGit, PinnedImage
+    from provisioner.lock.wheels import PinnedVenv
 
+    if isinstance(pinned, PinnedVenv):
+        return {"kind": "venv", "requirements": list(pinned.requirements),
+                "resolve_for": {"python": pinned.python, "glibc": pinned.glibc, "machine": pinned.machine},
+                "wheels": [{"name": w.name, "version": w.version, "url": w.url, "sha256": w.sha256}
+                           for w in pinned.wheels]}
     if isinstance(pinned, PinnedFile):
         return {"kind": "file", "for": pinned.wanted, "url": pinned.url, "sha256": pinned.sha256, "size": pinned.size}
     if isinstance(pinned, PinnedGit):
@@ -70,6 +76,12 @@ def _engine_lines(engine: dict[str, object]) -> list[str]:
     if engine["kind"] == "file":
         named = str(engine["for"]).removeprefix("pypi:")
         return [f"  engine {named}: {engine['url']}", f"    {engine['size']} bytes  sha256 {engine['sha256']}"]
+    if engine["kind"] == "venv":
+        wheels, target = engine["wheels"], engine["resolve_for"]
+        assert isinstance(wheels, list) and isinstance(target, dict) and isinstance(engine["requirements"], list)
+        return [f"  engine {' '.join(engine['requirements'])} for Python {target['python']}, glibc "
+                f"{target['glibc']}, {target['machine']}: {len(wheels)} wheel(s)",
+                *(f"    {w['name']}=={w['version']}  sha256 {w['sha256']}" for w in wheels)]
     if engine["kind"] == "git":
         return [f"  engine {engine['repository']} {engine['ref']}: commit {engine['commit']}"]
     return [f"  engine {engine['image']}: {engine['digest']}"]
@@ -77,12 +89,16 @@ def _engine_lines(engine: dict[str, object]) -> list[str]:
 
 @command("lock")
 @click.argument("profile", type=click.Path(path_type=Path))
-def lock(profile: Path, as_json: bool) -> Result:
+@click.option("--python", "pip_python", metavar="PATH",
+              help="The Python whose pip resolves a venv's wheels (default: provision's own); give one of "
+                   "the host's version when dependency markers name the Python version.")
+def lock(profile: Path, pip_python: str | None, as_json: bool) -> Result:
     """Pin the profile's model source: the commit its branch is at, and every file the quant
     selects with its size and sha256, into PROFILE.lock (commit it beside the profile). An
     Ollama tag is pinned to its manifest's digest (the ID `ollama list` shows) and blobs. An
     engine named loosely is pinned too: a PyPI sdist (pypi: NAME==VERSION) or a URL without
-    sha256 to its URL, sha256 and size; a git ref to its commit; a container tag to its digest.
+    sha256 to its URL, sha256 and size; a git ref to its commit; a container tag to its digest;
+    a venv's requirements to every wheel of their closure, resolved by pip for resolve_for.
 
     plan and apply install exactly what the lock says; a changed quant or source needs a
     new lock. The hub is HF_ENDPOINT (default https://huggingface.co); an Ollama registry is
@@ -93,9 +109,10 @@ def lock(profile: Path, as_json: bool) -> Result:
     \b
     Example:
       provision lock box.yaml
+      provision lock vllm-box.yaml --python /usr/bin/python3.12
       provision plan box.yaml --root ./image --update-lock
     """
-    path, fields = write_profile_lock(profile)
+    path, fields = write_profile_lock(profile, pip_python)
     said: list[str] = []
     if "ollama" in fields:
         blobs = fields["blobs"]

@@ -37,6 +37,7 @@ from provisioner.install.token import (
 )
 from provisioner.install.user import GPU_GROUPS, ServiceUser
 from provisioner.install.venv import Venv
+from provisioner.lock.wheels import PinnedVenv
 from provisioner.profile.install_section import ArchiveEngine, ContainerEngine, SourceEngine, VenvEngine
 from provisioner.profile.models import Profile
 from provisioner.profile.quant_paths import hf_include
@@ -181,27 +182,9 @@ def install_items(spec: Spec, *, resolve_hf: ResolveHf | None = None,
         items.append(user)
     if p.secrets.api_key is not None and p.secrets.api_key.generate:
         items.append(GeneratedKey(generated_key_path(p.service.name), key_unit(p.service.name)))
-    engine = p.install.engine
-    label = p.runtime.engine
-    if isinstance(engine, (SourceEngine, ArchiveEngine)) and not engine.pinned:
-        engine = None  # named loosely and not pinned by a lock: plan refused it (lock/engine.py); render skips it
-    if isinstance(engine, VenvEngine):
-        items.append(Venv(engine_path(p) or "", tuple(engine.requirements), engine.python, engine.index_url,
-                          tuple(engine.extra_index_urls), label=label))
-    elif isinstance(engine, SourceEngine):
-        options = list(engine.cmake_options)
-        if not any(o.startswith(("-DGGML_CUDA=", "-DCMAKE_CUDA_ARCHITECTURES")) for o in options):
-            capabilities = ([a[:-1] + "." + a[-1] for a in engine.cuda_architectures]
-                            if engine.cuda_architectures else [g.spec.compute_capability for g in spec.gpus])
-            options += cuda_options(capabilities)
-        items.append(Build(engine_path(p) or "", engine.url, engine.sha256, engine.git, engine.commit,
-                           engine.subdir, tuple(options), tuple(engine.targets), engine.jobs, label=label,
-                           version=f"{label} {p.runtime.version}"))
-    elif isinstance(engine, ArchiveEngine):
-        download = importlib.import_module("provisioner.install.download")
-        items.append(download.Archive(name=f"archive:{label}", url=engine.url, sha256=engine.sha256,
-                                      size=engine.size, dest=engine.dest,
-                                      strip_components=engine.strip_components))
+    engine_item = _engine_item(spec, getattr(lock, "engine", None))
+    if engine_item is not None:
+        items.append(engine_item)
     lock = getattr(lock, "model", None)  # PROFILE.lock's model pin (lock/__init__.py Lock)
     if p.model.source.ollama is not None:
         # only from a fresh lock (lock/ollama.py): plan refused a missing one, render leaves it out
@@ -222,6 +205,37 @@ def install_items(spec: Spec, *, resolve_hf: ResolveHf | None = None,
     if p.install.model and (network or hf is None or resolve_hf is not None):
         items.extend(_model_download(spec, resolve_hf, hf_cache, hf_endpoint, hf_token))
     return tuple(items)
+
+
+def _engine_item(spec: Spec, pinned: Any) -> Install | None:
+    """install.engine as an install item; ``pinned``: the engine part of PROFILE.lock."""
+    p = spec.profile
+    engine = p.install.engine
+    label = p.runtime.engine
+    if isinstance(engine, (SourceEngine, ArchiveEngine)) and not engine.pinned:
+        return None  # named loosely and not pinned by a lock: plan refused it (lock/engine.py); render skips it
+    if isinstance(engine, VenvEngine):
+        # the closure a fresh lock pins (lock/wheels.py; plan refused a missing or stale one)
+        locked = pinned if isinstance(pinned, PinnedVenv) and pinned.for_engine(engine) else None
+        return Venv(engine_path(p) or "", tuple(engine.requirements), engine.python, engine.index_url,
+                    tuple(engine.extra_index_urls), label=label,
+                    wheels=locked.wheel_rows if locked else (), target=locked.target if locked else None)
+    if isinstance(engine, SourceEngine):
+        options = list(engine.cmake_options)
+        if not any(o.startswith(("-DGGML_CUDA=", "-DCMAKE_CUDA_ARCHITECTURES")) for o in options):
+            capabilities = ([a[:-1] + "." + a[-1] for a in engine.cuda_architectures]
+                            if engine.cuda_architectures else [g.spec.compute_capability for g in spec.gpus])
+            options += cuda_options(capabilities)
+        return Build(engine_path(p) or "", engine.url, engine.sha256, engine.git, engine.commit,
+                     engine.subdir, tuple(options), tuple(engine.targets), engine.jobs, label=label,
+                     version=f"{label} {p.runtime.version}")
+    if isinstance(engine, ArchiveEngine):
+        download = importlib.import_module("provisioner.install.download")
+        archive: Install = download.Archive(name=f"archive:{label}", url=engine.url, sha256=engine.sha256,
+                                            size=engine.size, dest=engine.dest,
+                                            strip_components=engine.strip_components)
+        return archive
+    return None
 
 
 def _ollama_model(spec: Spec, pinned: PinnedOllama) -> OllamaModel:

@@ -171,7 +171,8 @@ def engine_wanted(loaded: LoadedProfile) -> str | None:
     return engine_lock.wanted(engine) if engine is not None else None
 
 
-def resolve_lock(loaded: LoadedProfile, *, endpoint: str | None, token: str | None) -> Lock:
+def resolve_lock(loaded: LoadedProfile, *, endpoint: str | None, token: str | None,
+                 pip_python: str | None = None) -> Lock:
     """Ask the hub (or the Ollama registry) what the model source is now, and the engine's
     source what the engine is (one request or download each)."""
     key = engine_wanted(loaded)
@@ -186,7 +187,7 @@ def resolve_lock(loaded: LoadedProfile, *, endpoint: str | None, token: str | No
         from provisioner.lock.engine_resolve import resolve_engine  # noqa: PLC0415 - network clients: lock only
 
         assert loaded.profile.install.engine is not None
-        engine = resolve_engine(loaded.profile.install.engine, key)
+        engine = resolve_engine(loaded.profile.install.engine, key, pip_python=pip_python)
     return Lock(model, engine)
 
 

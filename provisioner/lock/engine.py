@@ -10,6 +10,9 @@ resolves it once (lock/engine_resolve.py) and the lock records exactly what that
 - ``source`` with ``git`` and a ``ref`` (a tag or branch): the commit it points at;
 - ``container`` with ``NAME:TAG``: the registry's digest for the tag (the index of a
   multi-platform image, so each host still pulls its own platform);
+- ``venv``: every wheel of the closure pip resolves for ``resolve_for`` (lock/wheels.py),
+  which apply installs by URL with ``--require-hashes --no-deps``: a venv always needs a
+  lock, since ``==`` pins only the top of its dependencies;
 
 A lock belongs to what the profile names: when the pin, URL, ref, image or requirements
 differ from what the lock was made for, plan refuses with the command that makes a new one.
@@ -26,6 +29,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from provisioner.errors import ProfileError
+from provisioner.lock.wheels import PinnedVenv
+from provisioner.lock.wheels import from_data as venv_from_data
+from provisioner.lock.wheels import to_data as venv_to_data
 from provisioner.profile.install_section import ArchiveEngine, ContainerEngine, SourceEngine, VenvEngine
 from provisioner.profile.loader import LoadedProfile
 
@@ -66,7 +72,7 @@ class PinnedImage:
         return f"{image_name(self.image)}@{self.digest}"
 
 
-EngineLock = PinnedFile | PinnedGit | PinnedImage
+EngineLock = PinnedFile | PinnedGit | PinnedImage | PinnedVenv
 Engine = VenvEngine | SourceEngine | ArchiveEngine | ContainerEngine
 
 
@@ -79,7 +85,9 @@ def image_name(image: str) -> str:
 
 def wanted(engine: Engine) -> str | None:
     """What the lock must have been made for, or None when the profile pins the engine itself."""
-    if isinstance(engine, VenvEngine) or engine.pinned:
+    if isinstance(engine, VenvEngine):
+        return "venv"
+    if engine.pinned:
         return None
     if isinstance(engine, SourceEngine):
         return (f"pypi:{engine.pypi}" if engine.pypi is not None else
@@ -95,12 +103,16 @@ def made_for(lock: EngineLock) -> str:
         return lock.wanted
     if isinstance(lock, PinnedGit):
         return f"git:{lock.git}#{lock.ref}"
-    return f"image:{lock.image}"
+    if isinstance(lock, PinnedImage):
+        return f"image:{lock.image}"
+    return "venv"
 
 
 def fresh_for(engine: Engine, lock: EngineLock | None) -> bool:
     key = wanted(engine)
-    return key is not None and lock is not None and made_for(lock) == key
+    if key is None or lock is None or made_for(lock) != key:
+        return False
+    return not isinstance(engine, VenvEngine) or (isinstance(lock, PinnedVenv) and lock.for_engine(engine))
 
 
 def pinned_engine(engine: Engine, lock: EngineLock) -> Engine:
@@ -113,7 +125,7 @@ def pinned_engine(engine: Engine, lock: EngineLock) -> Engine:
         return engine.model_copy(update={"commit": lock.commit})
     if isinstance(lock, PinnedImage) and isinstance(engine, ContainerEngine):
         return engine.model_copy(update={"image": lock.pinned})
-    return engine
+    return engine  # a venv: its wheels go to the install item (install_items takes the lock)
 
 
 def apply(loaded: LoadedProfile, lock: EngineLock | None, *, lock_name: str, required: bool) -> LoadedProfile:
@@ -151,13 +163,15 @@ def to_data(lock: EngineLock) -> dict[str, Any]:
         return {"file": {"for": lock.wanted, "url": lock.url, "sha256": lock.sha256, "size": lock.size}}
     if isinstance(lock, PinnedGit):
         return {"git": {"repository": lock.git, "ref": lock.ref, "commit": lock.commit}}
-    return {"image": {"name": lock.image, "digest": lock.digest}}
+    if isinstance(lock, PinnedImage):
+        return {"image": {"name": lock.image, "digest": lock.digest}}
+    return {"venv": venv_to_data(lock)}
 
 
 def from_data(data: Any) -> EngineLock:
     """The lock's ``engine`` section; ValueError when it does not hold together."""
     if not isinstance(data, dict) or len(data) != 1:
-        raise ValueError("engine must hold exactly one of file, git, image")
+        raise ValueError("engine must hold exactly one of file, git, image, venv")
     [(kind, section)] = data.items()
     if not isinstance(section, dict):
         raise ValueError(f"engine.{kind} is not a mapping")
@@ -175,4 +189,6 @@ def from_data(data: Any) -> EngineLock:
         image = PinnedImage(str(section["name"]), str(section["digest"]))
         ContainerEngine(method="container", image=image.pinned)  # the profile's own rule for an image
         return image
-    raise ValueError(f"engine.{kind} is not a kind of engine lock (file, git, image)")
+    if kind == "venv":
+        return venv_from_data(section)
+    raise ValueError(f"engine.{kind} is not a kind of engine lock (file, git, image, venv)")

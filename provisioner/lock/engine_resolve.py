@@ -38,7 +38,8 @@ from typing import Any
 
 from provisioner.errors import ProvisionError
 from provisioner.lock.engine import Engine, EngineLock, PinnedFile, PinnedGit, PinnedImage, image_name
-from provisioner.profile.install_section import ArchiveEngine, ContainerEngine, SourceEngine
+from provisioner.lock.wheels import resolve_venv
+from provisioner.profile.install_section import ArchiveEngine, ContainerEngine, SourceEngine, VenvEngine
 
 ENV_PYPI = "PROVISION_PYPI_INDEX"
 ENV_REGISTRY = "PROVISION_CONTAINER_REGISTRY"
@@ -53,8 +54,11 @@ _ACCEPT = ", ".join(["application/vnd.oci.image.index.v1+json", "application/vnd
                      "application/vnd.docker.distribution.manifest.v2+json"])
 
 
-def resolve_engine(engine: Engine, key: str) -> EngineLock:
-    """What ``engine`` (needing a lock: ``key`` is lock.engine.wanted) is now."""
+def resolve_engine(engine: Engine, key: str, *, pip_python: str | None = None) -> EngineLock:
+    """What ``engine`` (needing a lock: ``key`` is lock.engine.wanted) is now; ``pip_python``: the
+    Python whose pip resolves a venv (default this one)."""
+    if isinstance(engine, VenvEngine):
+        return resolve_venv(engine, pip_python=pip_python) if pip_python else resolve_venv(engine)
     if isinstance(engine, SourceEngine) and engine.pypi is not None:
         return _pypi_sdist(engine.pypi, key)
     if isinstance(engine, SourceEngine) and engine.git is not None and engine.ref is not None:

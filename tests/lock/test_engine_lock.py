@@ -228,15 +228,68 @@ def test_docker_reference_normalisation() -> None:
 
 def test_a_hand_edited_engine_lock_is_refused(tmp_path: Path) -> None:
     lock_file = tmp_path / "p.lock"
-    good = {"version": 3, "engine": {"file": {"for": "pypi:x==1", "url": "https://example.invalid/x-1.tar.gz",
-                                              "sha256": "a" * 64, "size": 10}}}
+    pinned: dict[str, object] = {"for": "pypi:x==1", "url": "https://example.invalid/x-1.tar.gz",
+                                 "sha256": "a" * 64, "size": 10}
+    good = {"version": 3, "engine": {"file": pinned}}
     lock_file.write_text(yaml.safe_dump(good))
     assert read_lock(lock_file) is not None
     for bad, said in [({"sha256": "a" * 63}, "not 64 hex"), ({"url": "https://x/$(id)"}, "unsafe URL")]:
-        lock_file.write_text(yaml.safe_dump({**good, "engine": {"file": {**good["engine"]["file"], **bad}}}))
+        lock_file.write_text(yaml.safe_dump({**good, "engine": {"file": {**pinned, **bad}}}))
         with pytest.raises(ProfileError, match="not a lock file provision can read") as raised:
             read_lock(lock_file)
         assert said in raised.value.first.one_line()
     lock_file.write_text(yaml.safe_dump({**good, "engine": {"image": {"name": "a:b", "digest": "sha256:zz"}}}))
     with pytest.raises(ProfileError, match="not a lock file provision can read"):
         read_lock(lock_file)
+
+
+def test_a_venv_is_locked_to_its_closure_and_plan_installs_exactly_those_wheels(tmp_path: Path) -> None:
+    from provisioner.install.venv import Venv
+    from provisioner.lock.wheels import PinnedVenv
+    from provisioner.render.pipeline import build
+    from tests.install.test_venv_lock import host_target
+    from tests.support.pypi_standin import serve_index, wheel
+
+    python, glibc, machine = host_target()
+    with HttpStandin() as index:
+        index_url = serve_index(index, [wheel("provision-demo-a", "1.0", ("provision-demo-b>=1",)),
+                                        wheel("provision-demo-b", "1.0")])
+        data = yaml.safe_load((ROOT / "profiles" / "rtx-pro-6000-gpt-oss-120b-vllm.yaml").read_text())
+        engine = {"method": "venv", "requirements": ["provision-demo-a==1.0"], "index_url": index_url,
+                  "resolve_for": {"python": python, "glibc": glibc, "machine": machine}}
+        data.update(builtin_files=False, install={"engine": engine})
+        data["model"]["source"] = {"directory": "/srv/models/gpt-oss-120b"}  # only the engine is locked here
+        profile = tmp_path / "vllm.yaml"
+        profile.write_text(yaml.safe_dump(data))
+        root = tmp_path / "image"
+
+        refused = provision("plan", str(profile), "--root", str(root))
+        assert refused.returncode == 1 and "install.engine (provision-demo-a==1.0) has no lock" in refused.stderr
+        locked = provision("lock", str(profile))
+        assert locked.returncode == 0, locked.stderr
+        assert f"engine provision-demo-a==1.0 for Python {python}, glibc {glibc}, {machine}: 2 wheel(s)" \
+            in locked.stderr
+        lock = read_lock(tmp_path / "vllm.lock")
+        assert lock is not None and isinstance(lock.engine, PinnedVenv)
+        assert [(w.name, w.version) for w in lock.engine.wheels] == [("provision-demo-a", "1.0"),
+                                                                     ("provision-demo-b", "1.0")]
+        if os.access("/usr/bin/python3", os.X_OK):  # another Python's pip (Debian's) resolves the same closure
+            again = provision("lock", str(profile), "--python", "/usr/bin/python3", "--json")
+            assert again.returncode == 0, again.stderr
+            assert [w["sha256"] for w in json.loads(again.stdout)["engine"]["wheels"]] == \
+                [w.sha256 for w in lock.engine.wheels]
+        # a newer b on the index changes nothing: the lock, not the index, says what is installed
+        index.files.clear()
+        serve_index(index, [wheel("provision-demo-a", "1.0", ("provision-demo-b>=1",)),
+                            wheel("provision-demo-b", "1.0"), wheel("provision-demo-b", "2.0")])
+        [venv] = [i for i in build(profile, require_lock=True).installs if isinstance(i, Venv)]
+        assert venv.wheels == lock.engine.wheel_rows and venv.target == (python, glibc, machine)
+        assert "--require-hashes" in venv.build_script()
+        planned = provision("plan", str(profile), "--root", str(root), "--json")
+        assert planned.returncode in (0, 2), planned.stderr
+
+        other = "3.99" if python != "3.99" else "3.98"
+        data["install"]["engine"]["resolve_for"]["python"] = other
+        profile.write_text(yaml.safe_dump(data))
+        stale = provision("plan", str(profile), "--root", str(root))
+        assert stale.returncode == 1 and "changed since vllm.lock was made" in stale.stderr
