@@ -11,14 +11,15 @@ from provisioner.cli._common import EXIT_OK, command
 from provisioner.cli._output import Result, lines
 
 
-def write_profile_lock(profile: Path, pip_python: str | None = None) -> tuple[Path, dict[str, object]]:
+def write_profile_lock(profile: Path, pip_python: str | None = None,
+                       only: str | None = None) -> tuple[Path, dict[str, object]]:
     """Resolve the profile's model source (hub, registry) and loosely named engine, and write
     its lock; what it pinned."""
     from provisioner.errors import ProvisionError
     from provisioner.install.model_fetch import fetch_model_shape
     from provisioner.install.ollama_registry import PinnedOllama
     from provisioner.install.token import controller_token, controller_token_place
-    from provisioner.lock import apply_lock, lock_path, resolve_lock, write_lock  # the hub client: only when run
+    from provisioner.lock import apply_lock, lock_path, read_lock, resolve_lock, write_lock  # the hub client
     from provisioner.profile.loader import load_profile
     from provisioner.units import format_size
 
@@ -27,8 +28,9 @@ def write_profile_lock(profile: Path, pip_python: str | None = None) -> tuple[Pa
     # the token as install reads it (from_env, from_file); in memory only, never printed
     token = controller_token(ref)
     try:
-        lock = resolve_lock(loaded, endpoint=None, token=token, pip_python=pip_python)
-        if lock.model is not None and not isinstance(lock.model, PinnedOllama):
+        previous = read_lock(lock_path(loaded.path)) if only else None
+        lock = resolve_lock(loaded, endpoint=None, token=token, pip_python=pip_python, only=only, previous=previous)
+        if only != "engine" and lock.model is not None and not isinstance(lock.model, PinnedOllama):
             # a model the catalog lacks: its shape is read now, from the file the lock pins (as plan
             # will read it), and cached, so plan and apply need no hub
             fetch_model_shape(apply_lock(loaded, lock, required=False).profile, token=token)
@@ -52,6 +54,8 @@ def write_profile_lock(profile: Path, pip_python: str | None = None) -> tuple[Pa
                    "total": format_size(sum(f.size for f in model.files))}
     if lock.engine is not None:
         fields["engine"] = engine_fields(lock.engine)
+    if only:
+        fields["only"] = only
     return path, fields
 
 
@@ -92,7 +96,10 @@ def _engine_lines(engine: dict[str, object]) -> list[str]:
 @click.option("--python", "pip_python", metavar="PATH",
               help="The Python whose pip resolves a venv's wheels (default: provision's own); give one of "
                    "the host's version when dependency markers name the Python version.")
-def lock(profile: Path, pip_python: str | None, as_json: bool) -> Result:
+@click.option("--only", type=click.Choice(["engine", "model"]),
+              help="Renew only this part and keep the other as the lock has it (a new engine pin does not "
+                   "move the model's commit).")
+def lock(profile: Path, pip_python: str | None, only: str | None, as_json: bool) -> Result:
     """Pin the profile's model source: the commit its branch is at, and every file the quant
     selects with its size and sha256, into PROFILE.lock (commit it beside the profile). An
     Ollama tag is pinned to its manifest's digest (the ID `ollama list` shows) and blobs. An
@@ -109,10 +116,10 @@ def lock(profile: Path, pip_python: str | None, as_json: bool) -> Result:
     \b
     Example:
       provision lock box.yaml
-      provision lock vllm-box.yaml --python /usr/bin/python3.12
+      provision lock vllm-box.yaml --only engine --python /usr/bin/python3.12
       provision plan box.yaml --root ./image --update-lock
     """
-    path, fields = write_profile_lock(profile, pip_python)
+    path, fields = write_profile_lock(profile, pip_python, only)
     said: list[str] = []
     if "ollama" in fields:
         blobs = fields["blobs"]
@@ -127,7 +134,9 @@ def lock(profile: Path, pip_python: str | None, as_json: bool) -> Result:
                 f"{len(files)} file(s), {fields['total']}"]
         said += [f"  {f['path']}  {f['size']} bytes  sha256 {f['sha256'] or '(git blob)'}" for f in files]
     else:
-        said = [f"wrote {path}: the engine only (the model's files carry their own sha256)"]
+        why = ("--only engine, and no model pin to keep" if "only" in fields else
+               "the model's files carry their own sha256")
+        said = [f"wrote {path}: the engine only ({why})"]
     engine = fields.get("engine")
     if isinstance(engine, dict):
         said += _engine_lines(engine)

@@ -172,22 +172,34 @@ def engine_wanted(loaded: LoadedProfile) -> str | None:
 
 
 def resolve_lock(loaded: LoadedProfile, *, endpoint: str | None, token: str | None,
-                 pip_python: str | None = None) -> Lock:
+                 pip_python: str | None = None, only: str | None = None, previous: Lock | None = None) -> Lock:
     """Ask the hub (or the Ollama registry) what the model source is now, and the engine's
-    source what the engine is (one request or download each)."""
+    source what the engine is (one request or download each). ``only`` ("engine", "model")
+    renews that part and keeps the other as ``previous`` has it: a new vLLM pin does not
+    move the model's commit."""
     key = engine_wanted(loaded)
     if not model_lockable(loaded) and key is None:
         raise ProfileError(loaded.problem(
             ("model", "source"), "nothing here for a lock to pin: the model source is "
             f"{loaded.profile.model.source.kind} and install.engine names no version, URL, ref or tag",
             "a lock pins hf and ollama sources and an engine named loosely; files carry their own sha256"))
-    model = _resolve_model(loaded, endpoint=endpoint, token=token) if model_lockable(loaded) else None
-    engine = None
-    if key is not None:
-        from provisioner.lock.engine_resolve import resolve_engine  # noqa: PLC0415 - network clients: lock only
+    if only == "engine" and key is None:
+        raise ProfileError(loaded.problem(("install", "engine"), "--only engine: install.engine needs no lock",
+                                          "it is pinned in the profile itself (sha256, commit, @sha256:), or absent"))
+    if only == "model" and not model_lockable(loaded):
+        raise ProfileError(loaded.problem(("model", "source"), "--only model: the model source needs no lock",
+                                          "only hf and ollama sources are locked"))
+    model = previous.model if previous is not None else None
+    if only != "engine":
+        model = _resolve_model(loaded, endpoint=endpoint, token=token) if model_lockable(loaded) else None
+    engine = previous.engine if previous is not None else None
+    if only != "model":
+        engine = None
+        if key is not None:
+            from provisioner.lock.engine_resolve import resolve_engine  # noqa: PLC0415 - network clients: lock only
 
-        assert loaded.profile.install.engine is not None
-        engine = resolve_engine(loaded.profile.install.engine, key, pip_python=pip_python)
+            assert loaded.profile.install.engine is not None
+            engine = resolve_engine(loaded.profile.install.engine, key, pip_python=pip_python)
     return Lock(model, engine)
 
 

@@ -225,8 +225,8 @@ def _refuse_marker_drift(report: dict[str, Any], target: WheelTarget) -> None:
                 f"{name} requires '{requirement}': that marker may pick differently for Python {target.python} "
                 f"on {target.machine} Linux than for this machine's Python {here.get('python_full_version')} on "
                 f"{here.get('platform_machine')} {here.get('platform_system')}, and pip evaluates markers here",
-                hint=f"run `provision lock` with a Python {target.python} on Linux {target.machine} "
-                     "(e.g. on the host itself)")
+                hint=f"let a Python {target.python} on Linux {target.machine} resolve: `provision lock "
+                     f"--python /usr/bin/python{target.python} PROFILE`, or run it on the host itself")
 
 
 def _dependency_markers(items: list[dict[str, Any]], there: dict[str, str]) -> list[tuple[dict[str, Any],

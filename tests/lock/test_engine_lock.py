@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from provisioner.errors import ProfileError
-from provisioner.lock import read_lock
+from provisioner.lock import ModelLock, read_lock
 from provisioner.lock.engine import PinnedFile, PinnedGit, PinnedImage
 from provisioner.lock.engine_resolve import registry_of
 from tests.conftest import ROOT, make_profile
@@ -42,17 +42,20 @@ def _engine_profile(tmp_path: Path, engine: dict[str, Any], name: str = "p.yaml"
 
 
 def _pypi(standin: HttpStandin, name: str, version: str, sdist: bytes) -> str:
-    """The project's simple-index page in JSON (PEP 691, sizes from PEP 700): a wheel, the
-    sdist (a relative URL, as PEP 691 allows) and an older sdist."""
+    """Add a release to the project's simple-index page in JSON (PEP 691, sizes from PEP 700):
+    its wheel and its sdist (relative URLs, as PEP 691 allows), beside an older sdist."""
     url = standin.serve(f"/files/{name}-{version}.tar.gz", Served(sdist))
-    page = {"meta": {"api-version": "1.1"}, "name": name, "files": [
+    page_path = f"/simple/{name}/"
+    served = standin.files.get(page_path)
+    files = json.loads(served.content)["files"] if served else [
+        {"filename": f"{name}-0.9.tar.gz", "url": "../../files/old.tar.gz", "hashes": {"sha256": "d" * 64}, "size": 9}]
+    files += [
         {"filename": f"{name}-{version}-py3-none-any.whl", "url": f"../../files/{name}-{version}-py3-none-any.whl",
          "hashes": {"sha256": "c" * 64}, "size": 3},
-        {"filename": f"{name}-0.9.tar.gz", "url": "../../files/old.tar.gz", "hashes": {"sha256": "d" * 64}, "size": 9},
         {"filename": f"{name}-{version}.tar.gz", "url": f"../../files/{name}-{version}.tar.gz",
-         "hashes": {"sha256": hashlib.sha256(sdist).hexdigest()}, "size": len(sdist)}]}
-    standin.serve(f"/simple/{name}/", Served(json.dumps(page).encode(),
-                                            content_type="application/vnd.pypi.simple.v1+json"))
+         "hashes": {"sha256": hashlib.sha256(sdist).hexdigest()}, "size": len(sdist)}]
+    page = {"meta": {"api-version": "1.1"}, "name": name, "files": files}
+    standin.serve(page_path, Served(json.dumps(page).encode(), content_type="application/vnd.pypi.simple.v1+json"))
     return url
 
 
@@ -293,3 +296,38 @@ def test_a_venv_is_locked_to_its_closure_and_plan_installs_exactly_those_wheels(
         profile.write_text(yaml.safe_dump(data))
         stale = provision("plan", str(profile), "--root", str(root))
         assert stale.returncode == 1 and "changed since vllm.lock was made" in stale.stderr
+
+
+@needs_cmake
+def test_only_engine_renews_the_engine_and_keeps_the_model_pin(tmp_path: Path, hub: HttpStandin) -> None:
+    from tests.lock.test_lock import COMMIT, DEST, REPO
+
+    url, _ = _c_project(tmp_path)
+    sdist = Path(url.removeprefix("file://")).read_bytes()
+    with HttpStandin() as pypi:
+        _pypi(pypi, "greet", "1.0", sdist)
+        newer = _pypi(pypi, "greet", "1.1", sdist + b"\0")
+        env = {"PROVISION_PYPI_INDEX": pypi.url("/simple"), "HF_ENDPOINT": hub.url()}
+
+        def profile(pin: str) -> Path:
+            return make_profile(tmp_path, {"install": {"model": True, "engine": {
+                "method": "source", "pypi": pin, "targets": ["greet"]}},
+                "model.source": {"hf": {"repo": REPO, "revision": "main", "dest": DEST}}})
+
+        assert provision("lock", str(profile("greet==1.0")), env=env).returncode == 0
+        first = read_lock(tmp_path / "p.lock")
+        assert first is not None and isinstance(first.model, ModelLock) and first.model.commit == COMMIT
+        asked = len(hub.requests)
+        renewed = provision("lock", str(profile("greet==1.1")), "--only", "engine", env=env)
+        assert renewed.returncode == 0, renewed.stderr
+        assert len(hub.requests) == asked  # the hub was not asked again
+        second = read_lock(tmp_path / "p.lock")
+        assert second is not None and second.model == first.model
+        assert isinstance(second.engine, PinnedFile) and second.engine.url == newer
+        assert provision("plan", str(tmp_path / "p.yaml"), "--root", str(tmp_path / "image"), env=env).returncode == 2
+
+        pinned = make_profile(tmp_path, {"install": {"engine": {"method": "source", "url": url, "sha256": "0" * 64}},
+                                         "model.source": {"hf": {"repo": REPO, "revision": "main", "dest": DEST}}},
+                              name="q.yaml")
+        refused = provision("lock", str(pinned), "--only", "engine", env=env)
+        assert refused.returncode == 1 and "--only engine: install.engine needs no lock" in refused.stderr
