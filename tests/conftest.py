@@ -28,8 +28,7 @@ def _no_public_index(monkeypatch: pytest.MonkeyPatch) -> None:
     public PyPI index and container registries are never reached (a closed loopback port
     answers instead)."""
     for name in ("HF_ENDPOINT", "PROVISION_OLLAMA_REGISTRY", "PROVISION_PYPI_INDEX", "PROVISION_CONTAINER_REGISTRY"):
-        if name not in os.environ:
-            monkeypatch.setenv(name, "http://127.0.0.1:9")
+        monkeypatch.setenv(name, "http://127.0.0.1:9")  # even over a developer's own setting
 
 
 @pytest.fixture

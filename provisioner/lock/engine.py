@@ -39,6 +39,9 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 # what a locked URL may hold: it reaches a shell script (quoted) and the terminal
 _URL = re.compile(r"^(https?|file)://[A-Za-z0-9_./@+:,=%~?&-]+$")
+# what the profile's fields allow (profile/install_section.py PypiPin, GitRef), for a hand-edited lock
+_PYPI_FOR = re.compile(r"^pypi:[A-Za-z0-9][A-Za-z0-9._-]*==[A-Za-z0-9.+!_-]+$")
+_GIT_REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/+-]{0,199}$")
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,14 @@ def made_for(lock: EngineLock) -> str:
     return "venv"
 
 
+def pinned_for(lock: EngineLock) -> str:
+    """What the lock was made for, in words."""
+    if isinstance(lock, PinnedVenv):
+        return (f"{' '.join(lock.requirements)} for Python {lock.python}, glibc {lock.glibc}, {lock.machine}"
+                + (f", from {lock.index_url}" if lock.index_url else ""))
+    return made_for(lock)
+
+
 def fresh_for(engine: Engine, lock: EngineLock | None) -> bool:
     key = wanted(engine)
     if key is None or lock is None or made_for(lock) != key:
@@ -137,10 +148,11 @@ def apply(loaded: LoadedProfile, lock: EngineLock | None, *, lock_name: str, req
     if not fresh_for(engine, lock):
         if required:
             said = ("has no lock" if lock is None else
-                    f"changed since {lock_name} was made (it pins {made_for(lock)})")
+                    f"changed since {lock_name} was made (it pins {pinned_for(lock)})")
             raise ProfileError(loaded.problem(
                 ("install", "engine"), f"install.engine ({describe(engine)}) {said}",
-                f"run `provision lock {loaded.path}` (or pass --update-lock) and review what it pins"))
+                f"run `provision lock {loaded.path}` (--only engine keeps the model's pin; or pass "
+                "--update-lock) and review what it pins"))
         return loaded
     assert lock is not None
     install = loaded.profile.install.model_copy(update={"engine": pinned_engine(engine, lock)})
@@ -177,17 +189,25 @@ def from_data(data: Any) -> EngineLock:
         raise ValueError(f"engine.{kind} is not a mapping")
     if kind == "file":
         pinned = PinnedFile(str(section["for"]), str(section["url"]), str(section["sha256"]), int(section["size"]))
+        if not (_URL.match(pinned.wanted) or _PYPI_FOR.match(pinned.wanted)):
+            raise ValueError(f"engine.file 'for' {pinned.wanted[:80]!r} is neither a URL nor pypi:NAME==VERSION")
         if not _URL.match(pinned.url) or not _HEX64.match(pinned.sha256) or pinned.size <= 0:
             raise ValueError(f"engine.file {pinned.url!r}: an unsafe URL, a sha256 that is not 64 hex, or no size")
+        if not pinned.wanted.startswith("pypi:") and pinned.url != pinned.wanted:
+            # a URL the profile names is hashed where it is: a lock that downloads elsewhere was edited
+            raise ValueError(f"engine.file was made for {pinned.wanted!r} but downloads {pinned.url!r}")
         return pinned
     if kind == "git":
         git = PinnedGit(str(section["repository"]), str(section["ref"]), str(section["commit"]))
-        if not _URL.match(git.git) or not _COMMIT.match(git.commit):
-            raise ValueError(f"engine.git {git.git!r}: an unsafe URL or a commit that is not 40 hex")
+        if not _URL.match(git.git) or not _COMMIT.match(git.commit) or not _GIT_REF.match(git.ref):
+            raise ValueError(f"engine.git {git.git[:80]!r}: an unsafe URL or ref, or a commit that is not 40 hex")
         return git
     if kind == "image":
         image = PinnedImage(str(section["name"]), str(section["digest"]))
-        ContainerEngine(method="container", image=image.pinned)  # the profile's own rule for an image
+        for reference in (image.image, image.pinned):  # the profile's own rule for an image
+            ContainerEngine(method="container", image=reference)
+        if "@" in image.image:
+            raise ValueError(f"engine.image {image.image[:80]!r} is already pinned by digest")
         return image
     if kind == "venv":
         return venv_from_data(section)

@@ -37,7 +37,17 @@ import urllib.request
 from typing import Any
 
 from provisioner.errors import ProvisionError
-from provisioner.lock.engine import Engine, EngineLock, PinnedFile, PinnedGit, PinnedImage, image_name
+from provisioner.lock.engine import (
+    Engine,
+    EngineLock,
+    PinnedFile,
+    PinnedGit,
+    PinnedImage,
+    describe,
+    from_data,
+    image_name,
+    to_data,
+)
 from provisioner.lock.wheels import resolve_venv
 from provisioner.profile.install_section import ArchiveEngine, ContainerEngine, SourceEngine, VenvEngine
 
@@ -55,8 +65,19 @@ _ACCEPT = ", ".join(["application/vnd.oci.image.index.v1+json", "application/vnd
 
 
 def resolve_engine(engine: Engine, key: str, *, pip_python: str | None = None) -> EngineLock:
-    """What ``engine`` (needing a lock: ``key`` is lock.engine.wanted) is now; ``pip_python``: the
-    Python whose pip resolves a venv (default this one)."""
+    """What ``engine`` (needing a lock: ``key`` is lock.engine.wanted) is now, held to the rules
+    a lock is read with (an index or a registry answered it: nothing unchecked gets written,
+    printed or later into a script); ``pip_python``: the Python whose pip resolves a venv."""
+    found = _resolve(engine, key, pip_python)
+    try:
+        return from_data(to_data(found))
+    except ValueError as exc:
+        raise ProvisionError(f"{describe(engine)}: the answer cannot go into a lock: {exc}",
+                             hint="the index or registry served something malformed; try again or use a mirror",
+                             ) from None
+
+
+def _resolve(engine: Engine, key: str, pip_python: str | None) -> EngineLock:
     if isinstance(engine, VenvEngine):
         return resolve_venv(engine, pip_python=pip_python) if pip_python else resolve_venv(engine)
     if isinstance(engine, SourceEngine) and engine.pypi is not None:
@@ -68,6 +89,22 @@ def resolve_engine(engine: Engine, key: str, *, pip_python: str | None = None) -
         return PinnedFile(key, engine.url, sha256, size)
     assert isinstance(engine, ContainerEngine)
     return PinnedImage(engine.image, _image_digest(engine.image))
+
+
+def _read_whole(response: Any, limit: int, url: str) -> bytes:
+    """The body, refused when the connection ended before Content-Length or it passes ``limit``."""
+    data = bytes(response.read(limit + 1))
+    _check_length(response, len(data), url)
+    if len(data) > limit:
+        raise ProvisionError(f"{url}: more than {limit} bytes is not what was asked for")
+    return data
+
+
+def _check_length(response: Any, got: int, url: str) -> None:
+    promised = response.headers.get("Content-Length")
+    if promised is not None and promised.isdigit() and int(promised) != got:
+        raise ProvisionError(f"{url}: the connection ended after {got} of {promised} bytes",
+                             hint="a lock is never made from a partial answer: run `provision lock` again")
 
 
 def _get(url: str, what: str, headers: dict[str, str] | None = None) -> Any:
@@ -83,39 +120,47 @@ def _pypi_sdist(pin: str, key: str) -> PinnedFile:
     url = f"{base}/{project}/"
     try:
         with _get(url, "PyPI", {"Accept": "application/vnd.pypi.simple.v1+json"}) as response:
-            page = json.loads(response.read(_MAX_JSON))
-            files = page["files"]
+            page = json.loads(_read_whole(response, _MAX_JSON, url))
     except urllib.error.HTTPError as exc:
         raise ProvisionError(f"{pin}: {url} answered HTTP {exc.code}",
-                             hint="check the project's name on pypi.org" if exc.code == 404 else None) from None
-    except (urllib.error.URLError, OSError, ValueError, KeyError, TypeError) as exc:
+                             hint="check the project's name on pypi.org" if exc.code == 404 else
+                             f"check {ENV_PYPI} (a mirror's simple index)") from None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
         raise ProvisionError(f"cannot read {url} as a PEP 691 index page: {exc}",
                              hint=f"check the network or {ENV_PYPI} (a mirror's simple index)") from None
+    files = page.get("files") if isinstance(page, dict) else None
+    if not isinstance(files, list):
+        raise ProvisionError(f"{url}: not a PEP 691 index page (no files list)",
+                             hint=f"check {ENV_PYPI}: it must be a simple index that answers in JSON")
     sdists = [f for f in files if isinstance(f, dict) and _sdist_of(str(f.get("filename", ""))) == (project, version)]
     if len(sdists) != 1:
         raise ProvisionError(f"{pin}: {url} lists {len(sdists)} sdists of version {version}",
                              hint="check the version on pypi.org; or name the tarball with install.engine.url")
     sdist = sdists[0]
     if sdist.get("yanked"):
-        raise ProvisionError(f"{pin}: the release is yanked on {base} ({sdist.get('yanked')})",
+        reason = sdist["yanked"] if isinstance(sdist["yanked"], str) else "no reason given"
+        raise ProvisionError(f"{pin}: the release is yanked on {base} ({reason[:200]!r})",
                              hint="pick another version (PEP 592: a yanked release is broken or withdrawn)")
-    found = PinnedFile(key, urllib.parse.urljoin(url, str(sdist.get("url", ""))),
-                       str((sdist.get("hashes") or {}).get("sha256", "")), int(sdist.get("size") or 0))
-    if not _HEX64.match(found.sha256) or found.size <= 0 or not found.url.startswith(("https://", "http://")):
-        raise ProvisionError(f"{url}: the sdist of {pin} has no https URL, sha256 or size (PEP 700)",
+    hashes, size, link = sdist.get("hashes"), sdist.get("size"), sdist.get("url")
+    sha256 = hashes.get("sha256") if isinstance(hashes, dict) else None
+    if not (isinstance(link, str) and link and isinstance(sha256, str) and isinstance(size, int)
+            and not isinstance(size, bool) and size > 0):
+        raise ProvisionError(f"{url}: the sdist of {pin} has no url, sha256 or size (PEP 691, PEP 700)",
                              hint="name the tarball with install.engine.url; `provision lock` then hashes it")
+    found = PinnedFile(key, urllib.parse.urljoin(url, link), sha256, size)
+    if not found.url.startswith(("https://", "http://")) or not found.url.endswith("/" + str(sdist["filename"])):
+        raise ProvisionError(f"{url}: the sdist's URL {found.url[:200]!r} does not name its file",
+                             hint="the index served a malformed page; try again or use another mirror")
     return found
 
 
 def _sdist_of(filename: str) -> tuple[str, str] | None:
-    """(normalised name, version) of an sdist's file name (PEP 625: NAME-VERSION.tar.gz; older
-    ones may be .zip, with '-' inside NAME), else None."""
-    for suffix in (".tar.gz", ".zip"):
-        if filename.endswith(suffix):
-            stem = filename.removesuffix(suffix)
-            name, _, version = stem.rpartition("-")
-            return (re.sub(r"[-_.]+", "-", name).lower(), version) if name else None
-    return None
+    """(normalised name, version) of an sdist's file name (PEP 625: NAME-VERSION.tar.gz, older
+    ones with '-' inside NAME), else None. A .zip sdist is left out: the build unpacks with tar."""
+    if not filename.endswith(".tar.gz"):
+        return None
+    name, _, version = filename.removesuffix(".tar.gz").rpartition("-")
+    return (re.sub(r"[-_.]+", "-", name).lower(), version) if name else None
 
 
 def _hash_url(url: str) -> tuple[str, int]:
@@ -125,6 +170,7 @@ def _hash_url(url: str) -> tuple[str, int]:
             while chunk := response.read(_CHUNK):
                 digest.update(chunk)
                 size += len(chunk)
+            _check_length(response, size, url)
     except urllib.error.HTTPError as exc:
         raise ProvisionError(f"cannot download {url}: HTTP {exc.code}",
                              hint="check install.engine.url; the lock hashes the file it serves") from None
@@ -159,7 +205,8 @@ def _git_commit(repository: str, ref: str) -> str:
     [full] = names
     commit = refs.get(full + "^{}") or refs[full]
     if not re.fullmatch(r"[0-9a-f]{40}", commit):
-        raise ProvisionError(f"git ls-remote {repository}: {commit!r} is not a 40-hex commit")
+        raise ProvisionError(f"git ls-remote {repository}: {commit[:80]!r} is not a 40-hex commit",
+                             hint="a SHA-256 repository is not supported; pin commit: in the profile")
     return commit
 
 
@@ -204,10 +251,15 @@ def _image_digest(image: str) -> str:
             raise ProvisionError(f"cannot reach {url}: {exc}",
                                  hint=f"check the network or {ENV_REGISTRY} (a registry mirror)") from None
     if digest is None:
-        with _get(url, "manifest", {**headers, "Accept": _ACCEPT}) as response:
-            digest = "sha256:" + hashlib.sha256(response.read(4 * 2**20)).hexdigest()
+        try:
+            with _get(url, "manifest", {**headers, "Accept": _ACCEPT}) as response:
+                digest = "sha256:" + hashlib.sha256(_read_whole(response, 4 * 2**20, url)).hexdigest()
+        except (urllib.error.URLError, OSError) as exc:
+            raise ProvisionError(f"{image}: GET {url} failed: {exc}",
+                                 hint=f"check the network or {ENV_REGISTRY} (a registry mirror)") from None
     if not _DIGEST.match(digest):
-        raise ProvisionError(f"{image}: the registry's digest {digest[:80]!r} is not sha256:<64 hex>")
+        raise ProvisionError(f"{image}: the registry's digest {digest[:80]!r} is not sha256:<64 hex>",
+                             hint="pin NAME@sha256:DIGEST in the profile (skopeo inspect shows it)")
     return digest
 
 
@@ -215,7 +267,8 @@ def _anonymous_token(challenge: str, repository: str) -> str:
     fields = dict(re.findall(r'(\w+)="([^"]*)"', challenge))
     realm = fields.get("realm", "")
     if not realm.startswith(("https://", "http://")):
-        raise ProvisionError(f"the registry's token realm {realm[:80]!r} is not a URL")
+        raise ProvisionError(f"the registry's token realm {realm[:80]!r} is not a URL",
+                             hint="pin NAME@sha256:DIGEST in the profile (skopeo inspect shows it)")
     query = {"service": fields.get("service", ""), "scope": fields.get("scope") or f"repository:{repository}:pull"}
     try:
         with _get(f"{realm}?{urllib.parse.urlencode(query)}", "token") as response:

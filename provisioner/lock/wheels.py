@@ -131,8 +131,10 @@ def pip_arguments(engine: VenvEngine, target: WheelTarget, workdir: str) -> list
             "--python-version", target.python, "--implementation", "cp"]
     for tag in manylinux_platforms(target.glibc, target.machine):
         args += ["--platform", tag]
-    if engine.index_url:
-        args += ["--index-url", engine.index_url]
+    # no index_url: PyPI, or the mirror PROVISION_PYPI_INDEX names (as for a pypi: sdist)
+    index = engine.index_url or os.environ.get("PROVISION_PYPI_INDEX")
+    if index:
+        args += ["--index-url", index]
     for url in engine.extra_index_urls:
         args += ["--extra-index-url", url]
     return [*args, "--no-input", "--disable-pip-version-check", *sorted(engine.requirements)]

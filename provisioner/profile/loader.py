@@ -138,9 +138,10 @@ def _other_kind(path: tuple[str, ...], base: dict[str, Any], override: dict[str,
     return any(k in override for k in keys) and not any(k in override and k in base for k in keys)
 
 
-# Where an engine's sources come from, each with the keys that pin it: one choice, so an
-# extending profile that names a source (or re-pins one) drops the base's, never mixes them
-_ENGINE_SOURCE = {"pypi": (), "url": ("sha256", "size"), "git": ("commit", "ref")}
+# Where an engine's sources come from, each with the keys that pin it or point into it: one
+# choice, so an extending profile that names a source (or re-pins one) drops the base's pins
+# and its subdir (a folder of the other sources), never mixes them
+_ENGINE_SOURCE = {"pypi": ("subdir",), "url": ("sha256", "size", "subdir"), "git": ("commit", "ref", "subdir")}
 _GIT_PIN = ("commit", "ref")
 
 

@@ -1,5 +1,5 @@
 """Install items through the real plan/apply: apt on this Debian, a venv from
-PyPI, a CMake build of a generated C project; --root staging; failures that
+a loopback index, a CMake build of a generated C project; --root staging; failures that
 leave every file as it was."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,8 @@ from provisioner.errors import ProvisionError
 from provisioner.render.pipeline import build
 from provisioner.transport.local import LocalTransport
 from tests.conftest import make_profile
+from tests.support.http_standin import HttpStandin
+from tests.support.pypi_standin import serve_index, wheel
 
 needs_root_apt = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("apt-get") is None or shutil.which("dpkg-query") is None,
@@ -155,7 +158,7 @@ def test_packages_under_root_are_pending_and_not_counted_as_changes(tmp_path: Pa
     assert not result.plan.changed and not result.plan.reboot_required
 
 
-# --- venv: a real package from PyPI ------------------------------------------
+# --- venv: real wheels from a loopback index ---------------------------------
 
 
 def vllm_profile(tmp_path: Path, install: dict[str, object], name: str = "vllm.yaml") -> Path:
@@ -171,46 +174,56 @@ def vllm_profile(tmp_path: Path, install: dict[str, object], name: str = "vllm.y
     return path
 
 
-def test_venv_pinned_noop_then_pin_change_switches_link_and_keeps_old(tmp_path: Path) -> None:
+@pytest.fixture
+def demo_index() -> Iterator[str]:
+    """A loopback simple index with two versions of one pure-Python wheel."""
+    with HttpStandin() as standin:
+        yield serve_index(standin, [wheel("provision-demo-b", "1.0"), wheel("provision-demo-b", "2.0")])
+
+
+def _demo_version(link: Path) -> str:
+    shown = "import provision_demo_b; print(provision_demo_b.VERSION)"
+    return subprocess.run([str(link / "bin" / "python"), "-c", shown], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def test_venv_pinned_noop_then_pin_change_switches_link_and_keeps_old(tmp_path: Path, demo_index: str) -> None:
     link = tmp_path / "venvs" / "vllm"
-    venv = {"method": "venv", "path": str(link), "requirements": ["six==1.16.0"]}
+    venv = {"method": "venv", "path": str(link), "requirements": ["provision-demo-b==1.0"], "index_url": demo_index}
     first_profile = vllm_profile(tmp_path, {"engine": venv})
     state = tmp_path / "state"
     first = converge(first_profile, state=state)
     assert first.installed == ("venv:vllm",)
     old_dir = link.parent / os.readlink(link)
     assert old_dir.name.startswith("vllm-") and (old_dir / ".provision-stamp").exists()
-    shown = subprocess.run([str(link / "bin" / "python"), "-c", "import six; print(six.__version__)"],
-                           capture_output=True, text=True, check=True).stdout.strip()
-    assert shown == "1.16.0"
+    assert _demo_version(link) == "1.0"
     assert not converge(first_profile, state=state).plan.changed
-    assert verify_installs(first_profile, state=state) == {"install.venv:vllm": ("pass", None),
-                                                           "install.venv:vllm.six": ("pass", "six 1.16.0")}
+    assert verify_installs(first_profile, state=state) == {
+        "install.venv:vllm": ("pass", None), "install.venv:vllm.provision-demo-b": ("pass", "provision-demo-b 1.0")}
     # changed by hand inside the venv: the link and stamp are right, the installed version is not
-    subprocess.run([str(link / "bin" / "python"), "-m", "pip", "install", "-q", "--no-deps", "six==1.17.0"],
-                   capture_output=True, check=True)
-    assert verify_installs(first_profile, state=state)["install.venv:vllm.six"] == ("fail", "six 1.17.0")
-    subprocess.run([str(link / "bin" / "python"), "-m", "pip", "install", "-q", "--no-deps", "six==1.16.0"],
-                   capture_output=True, check=True)
+    pip = [str(link / "bin" / "python"), "-m", "pip", "install", "-q", "--no-deps", "--index-url", demo_index]
+    subprocess.run([*pip, "provision-demo-b==2.0"], capture_output=True, check=True)
+    assert verify_installs(first_profile, state=state)["install.venv:vllm.provision-demo-b"] == \
+        ("fail", "provision-demo-b 2.0")
+    subprocess.run([*pip, "provision-demo-b==1.0"], capture_output=True, check=True)
 
-    newer = vllm_profile(tmp_path, {"engine": {**venv, "requirements": ["six==1.17.0"]}}, name="newer.yaml")
+    newer = vllm_profile(tmp_path, {"engine": {**venv, "requirements": ["provision-demo-b==2.0"]}}, name="newer.yaml")
     planned = converge(newer, state=state, do_apply=False)
     [change] = planned.plan.installs
-    assert change.summary.startswith("six==1.16.0 -> six==1.17.0 into ")
+    assert change.summary.startswith("provision-demo-b==1.0 -> provision-demo-b==2.0 into ")
     assert planned.plan.handlers == ()  # no server managed here (builtin_files: false): nothing to restart
     converge(newer, state=state)
     assert link.parent / os.readlink(link) != old_dir and old_dir.is_dir()  # the old venv stays for rollback
-    shown = subprocess.run([str(link / "bin" / "python"), "-c", "import six; print(six.__version__)"],
-                           capture_output=True, text=True, check=True).stdout.strip()
-    assert shown == "1.17.0"
+    assert _demo_version(link) == "2.0"
 
     back = converge(first_profile, state=state, do_apply=False)  # the old pin again: only a switch
     [switch] = back.plan.installs
-    assert switch.action == "switch" and switch.summary.startswith("six==1.17.0 -> six==1.16.0 (switch to the built ")
+    assert switch.action == "switch" and switch.summary.startswith(
+        "provision-demo-b==2.0 -> provision-demo-b==1.0 (switch to the built ")
 
 
 def test_venv_under_root_is_pending(tmp_path: Path) -> None:
-    profile = vllm_profile(tmp_path, {"engine": {"method": "venv", "requirements": ["six==1.16.0"]}})
+    profile = vllm_profile(tmp_path, {"engine": {"method": "venv", "requirements": ["provision-demo-b==1.0"]}})
     result = converge(profile, root=tmp_path / "image", do_apply=False)
     [change] = result.plan.installs
     assert change.pending and "/opt/provision/venvs/vllm-" in change.summary

@@ -241,6 +241,17 @@ def test_a_hand_edited_engine_lock_is_refused(tmp_path: Path) -> None:
         with pytest.raises(ProfileError, match="not a lock file provision can read") as raised:
             read_lock(lock_file)
         assert said in raised.value.first.one_line()
+    moved = {**pinned, "for": "https://example.invalid/x-1.tar.gz", "url": "https://example.invalid/other.tar.gz"}
+    lock_file.write_text(yaml.safe_dump({**good, "engine": {"file": moved}}))
+    with pytest.raises(ProfileError, match=r"was made for 'https://example\.invalid/x-1\.tar\.gz' but downloads"):
+        read_lock(lock_file)
+    for engine in ({"git": {"repository": "https://example.invalid/r.git", "ref": "b1\n\x1b[2J", "commit": "a" * 40}},
+                   {"file": {**pinned, "for": "pypi:x==1\n\x1b[2J"}},
+                   {"image": {"name": "a:b\nc", "digest": "sha256:" + "a" * 64}}):
+        lock_file.write_text(yaml.safe_dump({**good, "engine": engine}))
+        with pytest.raises(ProfileError, match="not a lock file provision can read") as raised:
+            read_lock(lock_file)
+        assert "\x1b" not in raised.value.first.one_line()
     lock_file.write_text(yaml.safe_dump({**good, "engine": {"image": {"name": "a:b", "digest": "sha256:zz"}}}))
     with pytest.raises(ProfileError, match="not a lock file provision can read"):
         read_lock(lock_file)
@@ -331,3 +342,71 @@ def test_only_engine_renews_the_engine_and_keeps_the_model_pin(tmp_path: Path, h
                               name="q.yaml")
         refused = provision("lock", str(pinned), "--only", "engine", env=env)
         assert refused.returncode == 1 and "--only engine: install.engine needs no lock" in refused.stderr
+
+
+@pytest.mark.parametrize("lock_file", sorted((ROOT / "examples").rglob("*.lock")), ids=lambda p: p.name)
+def test_the_examples_locks_are_fresh_for_their_profiles(lock_file: Path) -> None:
+    """A committed lock pins its profile as plan reads it, with no network (conftest closes it)."""
+    from provisioner.render.pipeline import build
+
+    built = build(lock_file.with_suffix(".yaml"), require_lock=True)
+    engine = built.spec.profile.install.engine
+    assert engine is not None and engine.method in ("source", "venv")
+    if engine.method == "source":
+        assert engine.sha256 is not None  # the lock's, in place of the pypi pin
+    else:
+        [venv] = [i for i in built.installs if i.name.startswith("venv:")]
+        assert len(getattr(venv, "wheels", ())) > 100  # vLLM's closure, torch included
+
+
+def _page(standin: HttpStandin, files: object) -> dict[str, str]:
+    standin.serve("/simple/greet/", Served(json.dumps({"meta": {"api-version": "1.1"}, "files": files}).encode()))
+    return {"PROVISION_PYPI_INDEX": standin.url("/simple")}
+
+
+def _sdist_entry(**changed: object) -> dict[str, object]:
+    return {"filename": "greet-1.0.tar.gz", "url": "../../files/greet-1.0.tar.gz", "hashes": {"sha256": "a" * 64},
+            "size": 10, **changed}
+
+
+@pytest.mark.parametrize(("files", "said"), [
+    (None, "not a PEP 691 index page (no files list)"),
+    ([_sdist_entry(size="big")], "has no url, sha256 or size"),
+    ([_sdist_entry(hashes=["a" * 64])], "has no url, sha256 or size"),
+    ([_sdist_entry(url=None)], "has no url, sha256 or size"),
+    ([_sdist_entry(url="../../files/x-$(touch pwn)\n\x1b[31m/greet-1.0.tar.gz")], "cannot go into a lock"),
+    ([_sdist_entry(url="../../files/other.tar.gz")], "does not name its file"),
+    ([_sdist_entry(yanked="broken\n\x1b[2J")], "the release is yanked"),
+], ids=["no-files", "size-text", "hashes-list", "no-url", "url-shell", "url-elsewhere", "yanked"])
+def test_a_malformed_index_page_is_one_line_and_no_lock(tmp_path: Path, files: object, said: str) -> None:
+    profile = _engine_profile(tmp_path, {"method": "source", "pypi": "greet==1.0"})
+    with HttpStandin() as pypi:
+        refused = provision("lock", str(profile), env=_page(pypi, files))
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr
+    assert said in refused.stderr and "\x1b" not in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "p.lock").exists()
+
+
+def test_a_download_cut_short_is_never_locked(tmp_path: Path) -> None:
+    with HttpStandin() as releases:
+        url = releases.serve("/ollama.tgz", Served(b"x" * 300_000, drop_after=100_000))
+        profile = _engine_profile(tmp_path, {"method": "source", "url": url})
+        refused = provision("lock", str(profile))
+        assert refused.returncode == 1 and "the connection ended after 100000 of 300000 bytes" in refused.stderr
+        assert not (tmp_path / "p.lock").exists()
+        assert provision("lock", str(profile)).returncode == 0  # dropped once: the second try gets it whole
+    lock = read_lock(tmp_path / "p.lock")
+    assert lock is not None and isinstance(lock.engine, PinnedFile) and lock.engine.size == 300_000
+
+
+def test_switching_the_source_in_an_extending_profile_drops_the_bases_pins_and_subdir() -> None:
+    from provisioner.profile.loader import deep_merge
+
+    base = {"install": {"engine": {"method": "source", "pypi": "llama-cpp-python==0.3.36",
+                                   "subdir": "vendor/llama.cpp", "targets": ["llama-server"]}}}
+    child = deep_merge(base, {"install": {"engine": {"git": "https://example.invalid/llama.cpp.git", "ref": "b1"}}})
+    assert child["install"]["engine"] == {"method": "source", "targets": ["llama-server"],
+                                          "git": "https://example.invalid/llama.cpp.git", "ref": "b1"}
+    repinned = deep_merge(child, {"install": {"engine": {"commit": "a" * 40}}})
+    assert "ref" not in repinned["install"]["engine"] and repinned["install"]["engine"]["commit"] == "a" * 40

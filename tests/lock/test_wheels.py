@@ -102,7 +102,8 @@ def test_a_marker_that_picks_differently_for_the_host_is_refused(index: tuple[Ht
         resolve_venv(engine(url, "provision-demo-e==1.0", python=NEXT))
     assert caught.value.first.message.startswith(
         f"provision-demo-e requires 'provision-demo-b>=1; python_version < \"{NEXT}\"': that marker may pick")
-    assert f"with a Python {NEXT} on Linux x86_64" in (caught.value.first.hint or "")
+    assert f"let a Python {NEXT} on Linux x86_64 resolve: `provision lock --python /usr/bin/python{NEXT} PROFILE`" \
+        in (caught.value.first.hint or "")
 
 
 def test_no_resolve_for_says_how_to_read_it_on_the_host() -> None:
