@@ -319,10 +319,15 @@ def apt_sandbox(scratch: Path) -> Iterator[Env]:
     (scratch / "hello.yaml").write_text(
         library + only_packages + f'  packages: [{{name: {HELD_PACKAGE}, version: "{version}"}}]\n')
     (scratch / "dropped.yaml").write_text(library + only_packages)
+    # the venv is built here, so its lock resolves wheels for this machine's python3 and glibc
+    python, glibc, machine = subprocess.run(
+        ["/usr/bin/python3", "-c", "import platform, sys; print('%d.%d' % sys.version_info[:2], "
+         "platform.libc_ver()[1], platform.machine())"], capture_output=True, text=True, check=True).stdout.split()
     for pin in SIX_PINS:
         (scratch / f"six-{pin}.yaml").write_text(
             "extends: rtx-pro-6000-gpt-oss-120b-vllm\nbuiltin_files: false\ninstall:\n  model: false\n"
-            f'  engine: {{method: venv, path: /tmp/rd/venvs/vllm, requirements: ["six=={pin}"]}}\n')
+            f'  engine: {{method: venv, path: /tmp/rd/venvs/vllm, requirements: ["six=={pin}"],\n'
+            f'           resolve_for: {{python: "{python}", glibc: "{glibc}", machine: {machine}}}}}\n')
     layers = scratch / "sandbox"
     layers.mkdir()
     with _fixed_tree(SHOWN_TMP / "rd") as venvs, _mount_namespace():
