@@ -190,9 +190,9 @@ def _converge(target: Target, built: CachedBuild, transport: Transport, options:
             return Outcome(target.name, HostResult(target.name, plan, gathered), None)
         result = apply_plan(plan, gathered, transport, profile_name=summary.profile_name,
                             wait_lock=options.wait_lock)
-        # what is left for a person reads the profile (secrets): built only after a change
+        # what is left for a person: the secrets the build cache keeps, and this plan
         remote = None if isinstance(transport, LocalTransport) else transport.name
-        steps = next_steps(built.full().spec, plan, transport.root, remote) if result.applied else ()
+        steps = next_steps(summary.secrets, plan, transport.root, remote) if result.applied else ()
         return Outcome(target.name, result, None, steps)
     except ProvisionError as exc:
         return Outcome(target.name, None, exc.problems)

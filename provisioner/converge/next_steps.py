@@ -4,22 +4,16 @@ restart a running server still owes. The command line adds `provision verify`.""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from provisioner.converge.plan import Plan
-from provisioner.install.secret import generated_key_path, key_unit, read_hint
-
-if TYPE_CHECKING:  # a cached no-op loads neither the schema nor the catalog (tests/render/test_cached.py)
-    from provisioner.profile.models import SecretRef
-    from provisioner.profile.resolve import Spec
+from provisioner.install.secret import SecretPlace, SecretsOwed, generated_key_path, key_unit, read_hint
 
 
-def _secret_step(name: str, ref: SecretRef, env_file: str) -> str | None:
-    if ref.from_env:
-        return (f"write {ref.from_env}=... ({name}) into {env_file} (mode 0600, root): "
+def _secret_step(place: SecretPlace, env_file: str) -> str | None:
+    if place.from_env:
+        return (f"write {place.from_env}=... ({place.name}) into {env_file} (mode 0600, root): "
                 "the server reads it from there at start")
-    if ref.from_file:
-        return f"write the {name} into {ref.from_file} (mode 0600, root)"
+    if place.from_file:
+        return f"write the {place.name} into {place.from_file} (mode 0600, root)"
     return None
 
 
@@ -36,22 +30,14 @@ def _generated_key_step(service: str, root: str, host: str | None) -> str:
     return f"the API key is in {path} (0600, never printed): read it with `{read_hint(path)}`"
 
 
-def next_steps(spec: Spec, plan: Plan, root: str, host: str | None = None) -> tuple[str, ...]:
-    """The steps in the order to take them; ``root`` non-empty: an image tree; ``host``: the
-    name of a host reached over SSH (None: this machine)."""
-    profile = spec.profile
-    service = profile.service.name
+def next_steps(owed: SecretsOwed, plan: Plan, root: str, host: str | None = None) -> tuple[str, ...]:
+    """The steps in the order to take them (``owed``: install.secret.secrets_owed of the
+    profile); ``root`` non-empty: an image tree; ``host``: the name of a host reached over
+    SSH (None: this machine)."""
+    service = owed.service
     env_file = f"/etc/provision/{service}/secrets.env"
-    steps: list[str] = []
-    # without the built-in files no server unit reads the API key: nothing to write for it
-    api_key = profile.secrets.api_key if profile.builtin_files else None
-    for name, ref in (("API key", api_key), ("Hugging Face token", profile.secrets.hf_token)):
-        if ref is not None:
-            step = _secret_step(name, ref, env_file)
-            if step is not None:
-                steps.append(step)
-    ref = api_key
-    if ref is not None and ref.generate:
+    steps = [step for place in owed.places if (step := _secret_step(place, env_file)) is not None]
+    if any(place.generate for place in owed.places):
         steps.append(_generated_key_step(service, root, host))
     if plan.reboot_required:
         steps.append("reboot: a driver or kernel module change takes effect only after one")

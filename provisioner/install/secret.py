@@ -28,8 +28,12 @@ from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from provisioner.install import InstallChange, InstallKind
+
+if TYPE_CHECKING:  # a cached apply reads these from the build cache: no schema loaded
+    from provisioner.profile.models import Profile
 
 q = shlex.quote
 KEY_BYTES = 32
@@ -128,3 +132,31 @@ def key_script(target: str, fail: str) -> str:
             f"    ln \"$temp\" {target} 2>/dev/null || mv -f \"$temp\" {target}\n"
             f"    rm -f \"$temp\"\n"
             f"fi")
+
+
+@dataclass(frozen=True)
+class SecretPlace:
+    """Where a secret the server reads comes from (a profile's SecretRef, as plain values)."""
+
+    name: str  # "API key", "Hugging Face token"
+    from_env: str | None
+    from_file: str | None
+    generate: bool
+
+
+@dataclass(frozen=True)
+class SecretsOwed:
+    """What apply's next steps say about secrets: kept in the build cache, so an apply that
+    changed something needs no full build to print them."""
+
+    service: str
+    places: tuple[SecretPlace, ...]
+
+
+def secrets_owed(profile: Profile) -> SecretsOwed:
+    # without the built-in files no server unit reads the API key: nothing to write for it
+    api_key = profile.secrets.api_key if profile.builtin_files else None
+    places = tuple(SecretPlace(name, ref.from_env, ref.from_file, bool(getattr(ref, "generate", False)))
+                   for name, ref in (("API key", api_key), ("Hugging Face token", profile.secrets.hf_token))
+                   if ref is not None)
+    return SecretsOwed(profile.service.name, places)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
+from provisioner.install.secret import SecretsOwed, secrets_owed
 from provisioner.profile.nodes import ClusterNodes
 from provisioner.render.cachestore import (
     NotCacheable,
@@ -90,13 +91,15 @@ class Summary:
     runtime_version: str
     nodes: ClusterNodes
     rendered: Rendered  # with the profile's own facts, for the head node of a cluster
+    secrets: SecretsOwed  # what apply's next steps say about secrets
 
     @staticmethod
     def of(built: Built, build_id: str) -> Summary:
         spec = built.spec
         profile = spec.profile
         return Summary(build_id, profile.metadata.name, profile.service.name, spec.model.name,
-                       profile.model.quant, spec.engine.name, profile.runtime.version, built.nodes, built.rendered)
+                       profile.model.quant, spec.engine.name, profile.runtime.version, built.nodes, built.rendered,
+                       secrets_owed(profile))
 
 
 class CachedBuild:

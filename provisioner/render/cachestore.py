@@ -17,7 +17,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-FORMAT = 1  # bumped when the layout of an entry changes
+FORMAT = 2  # bumped when the layout of an entry changes (2: Summary.secrets)
 KEEP = 400  # entries kept per folder: a few profiles x hosts' facts x nodes, many times over
 
 

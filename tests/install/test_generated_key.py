@@ -19,7 +19,7 @@ import pytest
 
 from provisioner.converge.next_steps import next_steps
 from provisioner.converge.plan import Plan
-from provisioner.install.secret import GeneratedKey
+from provisioner.install.secret import GeneratedKey, secrets_owed
 from provisioner.profile.loader import load_profile
 from provisioner.render.pipeline import build
 from tests.conftest import make_profile
@@ -170,13 +170,13 @@ def test_a_live_apply_makes_the_key_itself_and_says_where(tmp_path: Path) -> Non
 def test_next_steps_say_which_host_holds_the_key(tmp_path: Path) -> None:
     built = build(_generating(tmp_path), network=False)
     plan = Plan(changes=(), handlers=(), handler_commands={}, restart_pending=(), reboot_required=False)
-    [over_ssh] = next_steps(built.spec, plan, "", "gpu-box-1")
+    [over_ssh] = next_steps(secrets_owed(built.spec.profile), plan, "", "gpu-box-1")
     assert over_ssh == ("the API key is in /etc/provision/llm-server/api-key on gpu-box-1 (0600, never printed): "
                         "read it there with `sudo cat /etc/provision/llm-server/api-key`")
-    [here] = next_steps(built.spec, plan, "")
+    [here] = next_steps(secrets_owed(built.spec.profile), plan, "")
     assert here == ("the API key is in /etc/provision/llm-server/api-key (0600, never printed): "
                     "read it with `sudo cat /etc/provision/llm-server/api-key`")
-    [image, boot] = next_steps(built.spec, plan, "/srv/image")
+    [image, boot] = next_steps(secrets_owed(built.spec.profile), plan, "/srv/image")
     assert image.startswith("the image holds no API key") and boot.startswith("boot the image")
 
 

@@ -173,6 +173,18 @@ def test_validate_and_a_cached_plan_import_nothing_heavy(tmp_path: Path, cache: 
     assert not imported(plan, tmp_path, env) & HEAVY
 
 
+def test_a_cached_apply_that_changes_files_builds_nothing(tmp_path: Path, cache: Path) -> None:
+    """Its next steps come from the cache too: a change on a host is not a reason for the schema,
+    the catalog or the GGUF reader (they cost more than the apply on a small fleet)."""
+    env = {**os.environ, "PROVISION_CACHE": str(cache)}
+    root = tmp_path / "image"
+    apply = ["apply", str(ROOT / "examples" / "quickstart.yaml"), "--root", str(root), "--yes"]
+    assert "pydantic" in imported(apply, tmp_path, env)  # the miss builds
+    (root / "etc/sysctl.d/90-provision-llm-server.conf").unlink()  # a change for the next apply
+    assert not imported(apply, tmp_path, env) & {"pydantic", "gguf", "numpy", "yaml"}
+    assert (root / "etc/sysctl.d/90-provision-llm-server.conf").is_file()
+
+
 def test_no_home_means_no_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """HOME pointing nowhere: nothing is cached, and the home folder is not created."""
     monkeypatch.delenv("PROVISION_CACHE")
