@@ -32,16 +32,24 @@ from provisioner.errors import ProfileError
 from provisioner.lock.wheels import PinnedVenv
 from provisioner.lock.wheels import from_data as venv_from_data
 from provisioner.lock.wheels import to_data as venv_to_data
-from provisioner.profile.install_section import ArchiveEngine, ContainerEngine, SourceEngine, VenvEngine
+from provisioner.profile.install_section import (
+    GIT_REF_PATTERN,
+    PYPI_PIN_PATTERN,
+    URL_PATTERN,
+    ArchiveEngine,
+    ContainerEngine,
+    SourceEngine,
+    VenvEngine,
+)
 from provisioner.profile.loader import LoadedProfile
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
-# what a locked URL may hold: it reaches a shell script (quoted) and the terminal
-_URL = re.compile(r"^(https?|file)://[A-Za-z0-9_./@+:,=%~?&-]+$")
-# what the profile's fields allow (profile/install_section.py PypiPin, GitRef), for a hand-edited lock
-_PYPI_FOR = re.compile(r"^pypi:[A-Za-z0-9][A-Za-z0-9._-]*==[A-Za-z0-9.+!_-]+$")
-_GIT_REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/+-]{0,199}$")
+# what the profile's fields allow, for a hand-edited lock: a locked URL reaches a shell script
+# (quoted) and the terminal
+_URL = re.compile(URL_PATTERN)
+_PYPI_FOR = re.compile("^pypi:" + PYPI_PIN_PATTERN.removeprefix("^"))
+_GIT_REF = re.compile(GIT_REF_PATTERN)
 
 
 @dataclass(frozen=True)

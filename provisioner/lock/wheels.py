@@ -45,7 +45,14 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
 from provisioner.errors import ProvisionError
-from provisioner.profile.install_section import VenvEngine, WheelTarget
+from provisioner.profile.install_section import (
+    GLIBC_PATTERN,
+    PYTHON_PATTERN,
+    REQUIREMENT_PATTERN,
+    URL_PATTERN,
+    VenvEngine,
+    WheelTarget,
+)
 
 RESOLVE_TIMEOUT = 900  # seconds: vLLM's closure is ~150 wheels' metadata from the index
 
@@ -53,11 +60,11 @@ RESOLVE_TIMEOUT = 900  # seconds: vLLM's closure is ~150 wheels' metadata from t
 _NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,98}[A-Za-z0-9])?$")  # PEP 508 names
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.+!_-]{0,99}$")  # PEP 440, with a local "+cu128"
 # the profile's URL characters: no blanks, quotes, '#' (a requirements-file comment) or '$'
-_URL = re.compile(r"^(https?|file)://[A-Za-z0-9_./@+:,=%~?&-]+$")
+_URL = re.compile(URL_PATTERN)
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_PYTHON = re.compile(r"^3\.[0-9]{1,2}$")
-_GLIBC = re.compile(r"^2\.[0-9]{1,3}$")
-_REQUIREMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9_,.-]+\])?==[A-Za-z0-9.+!_-]+$")
+_PYTHON = re.compile(PYTHON_PATTERN)
+_GLIBC = re.compile(GLIBC_PATTERN)
+_REQUIREMENT = re.compile(REQUIREMENT_PATTERN)
 _MACHINES = ("x86_64", "aarch64")
 
 # PEP 600: manylinux_2_5 is manylinux1 (PEP 513), manylinux_2_12 is manylinux2010

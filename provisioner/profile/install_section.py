@@ -14,13 +14,21 @@ from provisioner.profile.field_types import AbsPath, Bytes, ProfileModel, RelPat
 # Debian and RPM package names and versions: no blanks, quotes or shell characters.
 PackageName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9+.-]{0,99}$")]
 PackageVersion = Annotated[str, BeforeValidator(not_a_float), Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9.+~:_-]{0,99}$")]
+# The patterns a lock file is read with too (lock/engine.py, lock/wheels.py): a hand-edited
+# lock is held to the profile's own rules.
 # An exact pin only: "name==1.2.3" (optionally with extras, "vllm[audio]==0.11.0").
-Requirement = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9_,.-]+\])?==[A-Za-z0-9.+!_-]+$")]
-Url = Annotated[str, Field(pattern=r"^(https?|file)://[A-Za-z0-9_./@+:,=%~?&-]+$")]
+REQUIREMENT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9_,.-]+\])?==[A-Za-z0-9.+!_-]+$"
+URL_PATTERN = r"^(https?|file)://[A-Za-z0-9_./@+:,=%~?&-]+$"
 # A PyPI project at an exact version, no extras: "llama-cpp-python==0.3.36"
-PypiPin = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*==[A-Za-z0-9.+!_-]+$")]
+PYPI_PIN_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*==[A-Za-z0-9.+!_-]+$"
 # A git branch or tag (refs/... or a bare name); `provision lock` resolves it to a commit
-GitRef = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._/+-]{0,199}$")]
+GIT_REF_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._/+-]{0,199}$"
+PYTHON_PATTERN = r"^3\.[0-9]{1,2}$"  # major.minor
+GLIBC_PATTERN = r"^2\.[0-9]{1,3}$"
+Requirement = Annotated[str, Field(pattern=REQUIREMENT_PATTERN)]
+Url = Annotated[str, Field(pattern=URL_PATTERN)]
+PypiPin = Annotated[str, Field(pattern=PYPI_PIN_PATTERN)]
+GitRef = Annotated[str, Field(pattern=GIT_REF_PATTERN)]
 # A container image by tag, NAME[:TAG], or by digest, NAME@sha256:DIGEST
 ImageRef = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._/-]*(:[0-9]{1,5}/[a-z0-9._/-]+)?"
                                         r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}(@sha256:[0-9a-f]{64})?"
@@ -45,9 +53,9 @@ class WheelTarget(ProfileModel):
     """The host the lock resolves wheels for: its python3 version, glibc version (ldd --version)
     and machine (uname -m); `provision lock` needs it."""
 
-    python: Annotated[str, BeforeValidator(not_a_float), Field(pattern=r"^3\.[0-9]{1,2}$")]
+    python: Annotated[str, BeforeValidator(not_a_float), Field(pattern=PYTHON_PATTERN)]
     """The host's python3 major.minor, quoted ("3.12"): `python3 --version` on the host."""
-    glibc: Annotated[str, BeforeValidator(not_a_float), Field(pattern=r"^2\.[0-9]{1,3}$")]
+    glibc: Annotated[str, BeforeValidator(not_a_float), Field(pattern=GLIBC_PATTERN)]
     """The host's glibc version, quoted ("2.39"): the first line of `ldd --version` on the host."""
     machine: Literal["x86_64", "aarch64"] = "x86_64"
     """The host's machine: `uname -m` on the host."""
