@@ -27,8 +27,9 @@ def write_profile_lock(profile: Path, pip_python: str | None = None,
     ref = loaded.profile.secrets.hf_token
     # the token as install reads it (from_env, from_file); in memory only, never printed
     token = controller_token(ref)
+    path = lock_path(loaded.path)
     try:
-        previous = read_lock(lock_path(loaded.path)) if only else None
+        previous = read_lock(path) if only else None
         lock = resolve_lock(loaded, endpoint=None, token=token, pip_python=pip_python, only=only, previous=previous)
         if only != "engine" and lock.model is not None and not isinstance(lock.model, PinnedOllama):
             # a model the catalog lacks: its shape is read now, from the file the lock pins (as plan
@@ -40,7 +41,6 @@ def write_profile_lock(profile: Path, pip_python: str | None = None,
         first, *rest = exc.problems
         hint = f"no token in {controller_token_place(ref)} (secrets.hf_token); {first.hint or 'a gated repo needs it'}"
         raise ProvisionError([dataclasses.replace(first, hint=hint), *rest]) from None
-    path = lock_path(loaded.path)
     write_lock(path, lock, loaded.profile.metadata.name)
     fields: dict[str, object] = {"lock": str(path)}
     model = lock.model

@@ -189,18 +189,18 @@ def resolve_lock(loaded: LoadedProfile, *, endpoint: str | None, token: str | No
     if only == "model" and not model_lockable(loaded):
         raise ProfileError(loaded.problem(("model", "source"), "--only model: the model source needs no lock",
                                           "only hf and ollama sources are locked"))
-    model = previous.model if previous is not None else None
-    if only != "engine":
-        model = _resolve_model(loaded, endpoint=endpoint, token=token) if model_lockable(loaded) else None
-    engine = previous.engine if previous is not None else None
-    if only != "model":
-        engine = None
-        if key is not None:
-            from provisioner.lock.engine_resolve import resolve_engine  # noqa: PLC0415 - network clients: lock only
-
-            assert loaded.profile.install.engine is not None
-            engine = resolve_engine(loaded.profile.install.engine, key, pip_python=pip_python)
+    kept = previous or Lock()
+    model = kept.model if only == "engine" else (
+        _resolve_model(loaded, endpoint=endpoint, token=token) if model_lockable(loaded) else None)
+    engine = kept.engine if only == "model" else (_resolve_engine(loaded, pip_python) if key is not None else None)
     return Lock(model, engine)
+
+
+def _resolve_engine(loaded: LoadedProfile, pip_python: str | None) -> engine_lock.EngineLock:
+    from provisioner.lock.engine_resolve import resolve_engine  # noqa: PLC0415 - network clients: lock only
+
+    assert loaded.profile.install.engine is not None
+    return resolve_engine(loaded.profile.install.engine, pip_python=pip_python)
 
 
 def _resolve_model(loaded: LoadedProfile, *, endpoint: str | None, token: str | None) -> ModelPin:

@@ -3,8 +3,8 @@
 A profile may name its engine by version or by a name that can move; ``provision lock``
 resolves it once (lock/engine_resolve.py) and the lock records exactly what that is:
 
-- ``source`` with ``pypi: NAME==VERSION``: the sdist's URL, sha256 and size, as PyPI's JSON
-  API lists them for that release;
+- ``source`` with ``pypi: NAME==VERSION``: the sdist's URL, sha256 and size, as the
+  project's page of PyPI's simple index lists them (PEP 691, sizes per PEP 700);
 - ``source`` or ``archive`` with a ``url`` and no sha256: the sha256 and size of the file the
   URL served when the lock was made (apply checks both, so a changed file stops the install);
 - ``source`` with ``git`` and a ``ref`` (a tag or branch): the commit it points at;
@@ -170,7 +170,7 @@ def apply(loaded: LoadedProfile, lock: EngineLock | None, *, lock_name: str, req
 def describe(engine: Engine) -> str:
     """The engine as the profile names it, for messages."""
     if isinstance(engine, SourceEngine):
-        return (engine.pypi or engine.url or f"{engine.git}@{engine.ref or engine.commit}") or "source"
+        return engine.pypi or engine.url or f"{engine.git}@{engine.ref or engine.commit}"
     if isinstance(engine, ArchiveEngine):
         return engine.url
     if isinstance(engine, ContainerEngine):

@@ -31,6 +31,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -47,16 +48,16 @@ from provisioner.lock.engine import (
     from_data,
     image_name,
     to_data,
+    wanted,
 )
 from provisioner.lock.wheels import resolve_venv
 from provisioner.profile.install_section import ArchiveEngine, ContainerEngine, SourceEngine, VenvEngine
 
 ENV_PYPI = "PROVISION_PYPI_INDEX"
 ENV_REGISTRY = "PROVISION_CONTAINER_REGISTRY"
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 _CHUNK = 1 << 20
-_MAX_JSON = 16 * 2**20  # a release's JSON (vllm's lists a few hundred files) stays well below it
+_MAX_JSON = 16 * 2**20  # a project's index page (vllm's lists a few thousand files) stays well below it
 # the manifest kinds a tag can name: OCI index and manifest (image-spec media-types.md), and
 # Docker's manifest list and v2 manifest (distribution's manifest-v2-2.md)
 _ACCEPT = ", ".join(["application/vnd.oci.image.index.v1+json", "application/vnd.oci.image.manifest.v1+json",
@@ -64,11 +65,11 @@ _ACCEPT = ", ".join(["application/vnd.oci.image.index.v1+json", "application/vnd
                      "application/vnd.docker.distribution.manifest.v2+json"])
 
 
-def resolve_engine(engine: Engine, key: str, *, pip_python: str | None = None) -> EngineLock:
-    """What ``engine`` (needing a lock: ``key`` is lock.engine.wanted) is now, held to the rules
-    a lock is read with (an index or a registry answered it: nothing unchecked gets written,
-    printed or later into a script); ``pip_python``: the Python whose pip resolves a venv."""
-    found = _resolve(engine, key, pip_python)
+def resolve_engine(engine: Engine, *, pip_python: str | None = None) -> EngineLock:
+    """What ``engine`` (one lock.engine.wanted names) is now, held to the rules a lock is read
+    with (an index or a registry answered it: nothing unchecked gets written, printed or later
+    into a script); ``pip_python``: the Python whose pip resolves a venv (default this one)."""
+    found = _resolve(engine, pip_python or sys.executable)
     try:
         return from_data(to_data(found))
     except ValueError as exc:
@@ -77,9 +78,11 @@ def resolve_engine(engine: Engine, key: str, *, pip_python: str | None = None) -
                              ) from None
 
 
-def _resolve(engine: Engine, key: str, pip_python: str | None) -> EngineLock:
+def _resolve(engine: Engine, pip_python: str) -> EngineLock:
     if isinstance(engine, VenvEngine):
-        return resolve_venv(engine, pip_python=pip_python) if pip_python else resolve_venv(engine)
+        return resolve_venv(engine, pip_python=pip_python)
+    key = wanted(engine)
+    assert key is not None, "an engine the profile pins itself needs no lock"
     if isinstance(engine, SourceEngine) and engine.pypi is not None:
         return _pypi_sdist(engine.pypi, key)
     if isinstance(engine, SourceEngine) and engine.git is not None and engine.ref is not None:
@@ -107,9 +110,9 @@ def _check_length(response: Any, got: int, url: str) -> None:
                              hint="a lock is never made from a partial answer: run `provision lock` again")
 
 
-def _get(url: str, what: str, headers: dict[str, str] | None = None) -> Any:
+def _get(url: str, headers: dict[str, str] | None = None, method: str = "GET") -> Any:
     request = urllib.request.Request(url, headers={"User-Agent": "provision",  # noqa: S310 - https, a mirror, file://
-                                                   **(headers or {})})
+                                                   **(headers or {})}, method=method)
     return urllib.request.urlopen(request, timeout=60)  # noqa: S310 - https, a loopback mirror or file://
 
 
@@ -119,7 +122,7 @@ def _pypi_sdist(pin: str, key: str) -> PinnedFile:
     project = re.sub(r"[-_.]+", "-", name).lower()  # PEP 503 normalisation
     url = f"{base}/{project}/"
     try:
-        with _get(url, "PyPI", {"Accept": "application/vnd.pypi.simple.v1+json"}) as response:
+        with _get(url, {"Accept": "application/vnd.pypi.simple.v1+json"}) as response:
             page = json.loads(_read_whole(response, _MAX_JSON, url))
     except urllib.error.HTTPError as exc:
         raise ProvisionError(f"{pin}: {url} answered HTTP {exc.code}",
@@ -166,7 +169,7 @@ def _sdist_of(filename: str) -> tuple[str, str] | None:
 def _hash_url(url: str) -> tuple[str, int]:
     digest, size = hashlib.sha256(), 0
     try:
-        with _get(url, "download") as response:
+        with _get(url) as response:
             while chunk := response.read(_CHUNK):
                 digest.update(chunk)
                 size += len(chunk)
@@ -232,10 +235,8 @@ def _image_digest(image: str) -> str:
     headers = {"Accept": _ACCEPT}
     digest: str | None = None
     for attempt in range(2):
-        request = urllib.request.Request(url, headers={"User-Agent": "provision", **headers},  # noqa: S310 - https or a mirror
-                                         method="HEAD")
         try:
-            with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310 - https or a mirror
+            with _get(url, headers, method="HEAD") as response:
                 digest = response.headers.get("Docker-Content-Digest")
                 break
         except urllib.error.HTTPError as exc:
@@ -252,7 +253,7 @@ def _image_digest(image: str) -> str:
                                  hint=f"check the network or {ENV_REGISTRY} (a registry mirror)") from None
     if digest is None:
         try:
-            with _get(url, "manifest", {**headers, "Accept": _ACCEPT}) as response:
+            with _get(url, headers) as response:
                 digest = "sha256:" + hashlib.sha256(_read_whole(response, 4 * 2**20, url)).hexdigest()
         except (urllib.error.URLError, OSError) as exc:
             raise ProvisionError(f"{image}: GET {url} failed: {exc}",
@@ -271,7 +272,7 @@ def _anonymous_token(challenge: str, repository: str) -> str:
                              hint="pin NAME@sha256:DIGEST in the profile (skopeo inspect shows it)")
     query = {"service": fields.get("service", ""), "scope": fields.get("scope") or f"repository:{repository}:pull"}
     try:
-        with _get(f"{realm}?{urllib.parse.urlencode(query)}", "token") as response:
+        with _get(f"{realm}?{urllib.parse.urlencode(query)}") as response:
             answer = json.loads(response.read(1 << 20))
         token: Any = answer.get("token") or answer.get("access_token")
     except (urllib.error.URLError, OSError, ValueError, AttributeError) as exc:

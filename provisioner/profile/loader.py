@@ -142,14 +142,13 @@ def _other_kind(path: tuple[str, ...], base: dict[str, Any], override: dict[str,
 # choice, so an extending profile that names a source (or re-pins one) drops the base's pins
 # and its subdir (a folder of the other sources), never mixes them
 _ENGINE_SOURCE = {"pypi": ("subdir",), "url": ("sha256", "size", "subdir"), "git": ("commit", "ref", "subdir")}
+_SOURCE_KEYS = frozenset(_ENGINE_SOURCE).union(*_ENGINE_SOURCE.values())
 _GIT_PIN = ("commit", "ref")
 
 
 def _engine_source(merged: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     if any(k in override for k in _ENGINE_SOURCE):
-        keep = {k for k in override}
-        return {k: v for k, v in merged.items()
-                if k in keep or not any(k == s or k in c for s, c in _ENGINE_SOURCE.items())}
+        return {k: v for k, v in merged.items() if k in override or k not in _SOURCE_KEYS}
     if any(k in override for k in _GIT_PIN):
         return {k: v for k, v in merged.items() if k not in _GIT_PIN or k in override}
     return merged
