@@ -37,6 +37,8 @@ from provisioner.install.token import (
 )
 from provisioner.install.user import GPU_GROUPS, ServiceUser
 from provisioner.install.venv import Venv
+from provisioner.lock import Lock
+from provisioner.lock.engine import EngineLock
 from provisioner.lock.wheels import PinnedVenv
 from provisioner.profile.install_section import ArchiveEngine, ContainerEngine, SourceEngine, VenvEngine
 from provisioner.profile.models import Profile
@@ -163,7 +165,7 @@ def _fabricmanager_problems(spec: Spec) -> list[Any]:
 
 def install_items(spec: Spec, *, resolve_hf: ResolveHf | None = None,
                   hf_cache: Any = None, hf_endpoint: str | None = None,
-                  hf_token: str | None = None, network: bool = True, lock: Any = None) -> tuple[Install, ...]:
+                  hf_token: str | None = None, network: bool = True, lock: Lock | None = None) -> tuple[Install, ...]:
     """Every install item of the profile, in the order apply runs them:
     packages (a driver before what uses it), the service user, the engine, the model."""
     check(spec)
@@ -182,23 +184,23 @@ def install_items(spec: Spec, *, resolve_hf: ResolveHf | None = None,
         items.append(user)
     if p.secrets.api_key is not None and p.secrets.api_key.generate:
         items.append(GeneratedKey(generated_key_path(p.service.name), key_unit(p.service.name)))
-    engine_item = _engine_item(spec, getattr(lock, "engine", None))
+    engine_item = _engine_item(spec, lock.engine if lock else None)
     if engine_item is not None:
         items.append(engine_item)
-    lock = getattr(lock, "model", None)  # PROFILE.lock's model pin (lock/__init__.py Lock)
+    model_pin = lock.model if lock else None
     if p.model.source.ollama is not None:
         # only from a fresh lock (lock/ollama.py): plan refused a missing one, render leaves it out
-        if p.install.model and isinstance(lock, PinnedOllama) and lock.for_tag(p.model.source.ollama):
-            items.append(_ollama_model(spec, lock))
+        if p.install.model and isinstance(model_pin, PinnedOllama) and model_pin.for_tag(p.model.source.ollama):
+            items.append(_ollama_model(spec, model_pin))
         return tuple(items)
     hf = p.model.source.hf
-    if isinstance(lock, PinnedOllama):
-        lock = None  # made for an Ollama tag: says nothing about this repo
-    if hf is not None and lock is not None and lock.for_source(hf, hf_include(p)):
+    # a pin made for an Ollama tag says nothing about this repo
+    files_pin = None if isinstance(model_pin, PinnedOllama) else model_pin
+    if hf is not None and files_pin is not None and files_pin.for_source(hf, hf_include(p)):
         # the lock pins the files (lock/__init__.py): plan and apply need no hub listing
         hf_module = importlib.import_module("provisioner.install.hf")
-        listed = [dataclasses.asdict(f) for f in lock.files]
-        pinned = hf_module.remote_files(hf.repo, lock.commit, listed, hf.dest, endpoint=hf_endpoint)
+        listed = [dataclasses.asdict(f) for f in files_pin.files]
+        pinned = hf_module.remote_files(hf.repo, files_pin.commit, listed, hf.dest, endpoint=hf_endpoint)
         resolve_hf = (lambda *_args, **_kwargs: pinned)  # noqa: E731 - the lock answers for the hub
     elif hf is not None and not _COMMIT.match(hf.revision):
         network = False  # a branch without its lock: plan refused it already (lock.apply_lock); render skips it
@@ -207,7 +209,7 @@ def install_items(spec: Spec, *, resolve_hf: ResolveHf | None = None,
     return tuple(items)
 
 
-def _engine_item(spec: Spec, pinned: Any) -> Install | None:
+def _engine_item(spec: Spec, pinned: EngineLock | None) -> Install | None:
     """install.engine as an install item; ``pinned``: the engine part of PROFILE.lock."""
     p = spec.profile
     engine = p.install.engine
