@@ -156,7 +156,7 @@ class SecretsOwed:
 def secrets_owed(profile: Profile) -> SecretsOwed:
     # without the built-in files no server unit reads the API key: nothing to write for it
     api_key = profile.secrets.api_key if profile.builtin_files else None
-    places = tuple(SecretPlace(name, ref.from_env, ref.from_file, bool(getattr(ref, "generate", False)))
+    places = tuple(SecretPlace(name, ref.from_env, ref.from_file, ref.generate)
                    for name, ref in (("API key", api_key), ("Hugging Face token", profile.secrets.hf_token))
                    if ref is not None)
     return SecretsOwed(profile.service.name, places)
