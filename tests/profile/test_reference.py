@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 from jsonschema import Draft7Validator
 
-from provisioner.cli.schema import schema
+from provisioner.cli import main
 from provisioner.errors import ProfileError
 from provisioner.profile.loader import load_profile
 from provisioner.profile.reference import profile_json_schema, profile_reference
@@ -111,15 +111,15 @@ def test_the_editor_header_line_is_a_plain_comment_to_the_loader(tmp_path: Path)
 
 
 def test_schema_command_prints_the_schema() -> None:
-    result = CliRunner().invoke(schema, [])
+    result = CliRunner().invoke(main, ["schema"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output) == profile_json_schema()
-    wrapped = CliRunner().invoke(schema, ["--json"])
+    wrapped = CliRunner().invoke(main, ["schema", "--json"])
     assert wrapped.exit_code == 0
     data = json.loads(wrapped.output)
     assert (data["command"], data["ok"], data["error"]) == ("schema", True, None)
     assert data["schema"] == profile_json_schema()
-    helped = CliRunner().invoke(schema, ["--help"])
+    helped = CliRunner().invoke(main, ["schema", "--help"])
     assert helped.exit_code == 0 and "Example" in helped.output and "provision schema" in helped.output
 
 
