@@ -26,12 +26,12 @@ from packaging.version import InvalidVersion, Version
 from provisioner.catalog import load_catalog
 from provisioner.errors import ProvisionError, UsageError
 from provisioner.facts.gpu import Gpu
-from provisioner.facts.host import GIB, HostFacts
+from provisioner.facts.host import HostFacts
 from provisioner.fit.library import Entry, entries
 from provisioner.fit.predict import predict
 from provisioner.profile.hardware_section import PLACEHOLDER
 from provisioner.render.pipeline import build
-from provisioner.units import format_size
+from provisioner.units import GIB, format_size
 
 # below this predicted decode speed a bigger model is not preferred over a faster one
 MIN_USABLE_TOKENS_PER_S = 10.0

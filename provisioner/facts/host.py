@@ -23,9 +23,8 @@ from provisioner.facts.gather import Gathered, parse_gather
 from provisioner.facts.gpu import Gpu
 from provisioner.facts.gpu_probe import GPU_PROBE
 from provisioner.facts.probe import Probe, load_snippet
-from provisioner.units import format_size
+from provisioner.units import GIB, format_size
 
-GIB = 2**30
 KIB = 1024
 
 

@@ -18,8 +18,8 @@ from provisioner.fit.rope import yarn_warnings
 from provisioner.fit.unified import memory_of, pool_bandwidth_gb_s, pool_left, unified
 from provisioner.profile.resolve import GpuGroup, Spec, driver_floor_warnings
 from provisioner.profile.runtime_section import Offload
+from provisioner.units import GIB
 
-GIB = 2**30
 MIB = 2**20
 
 

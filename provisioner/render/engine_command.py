@@ -19,8 +19,7 @@ from provisioner.install.ollama_model import models_dir
 from provisioner.install.select import installed_binary
 from provisioner.profile.cluster import address_env, gpus_per_node, head_address, rpc_servers
 from provisioner.profile.resolve import Spec
-
-GIB = 2**30
+from provisioner.units import GIB
 
 
 @dataclass(frozen=True)

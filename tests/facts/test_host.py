@@ -12,8 +12,9 @@ import yaml
 
 from provisioner.errors import ProvisionError
 from provisioner.facts.collect import gather_host
-from provisioner.facts.host import GIB, HOST_PROBE, HostFacts, host_facts
+from provisioner.facts.host import HOST_PROBE, HostFacts, host_facts
 from provisioner.transport.local import LocalTransport
+from provisioner.units import GIB
 
 ROOT = Path(__file__).resolve().parents[2]
 

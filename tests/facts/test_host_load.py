@@ -22,10 +22,10 @@ from provisioner.facts.collect import run_gather
 from provisioner.facts.host import HostFacts, host_facts, parse_dimms
 from provisioner.facts.host_load import FIT_PROBE, HostLoad, P2p, descendants, fit_probe, host_load, parse_p2p
 from provisioner.fit import fit
-from provisioner.fit.placement import GIB
 from provisioner.profile.loader import load_profile
 from provisioner.profile.resolve import resolve
 from provisioner.transport.local import LocalTransport
+from provisioner.units import GIB
 from tests.conftest import ROOT, make_profile
 
 CASES = sorted((ROOT / "tests" / "cases" / "fit_host").glob("p2p-*.yaml"))

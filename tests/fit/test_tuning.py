@@ -14,13 +14,13 @@ import pytest
 
 from provisioner.facts.host_load import HostLoad
 from provisioner.fit import fit
-from provisioner.fit.placement import GIB
 from provisioner.fit.predict import pcie_gb_s, prefill_tokens_per_s
 from provisioner.profile.loader import load_profile
 from provisioner.profile.resolve import resolve
 from provisioner.render.engine_command import chosen_flags
 from provisioner.render.files import model_path
 from provisioner.render.pipeline import build, write_tree
+from provisioner.units import GIB
 from tests.conftest import ROOT, make_profile
 
 SHELLCHECK = shutil.which("shellcheck") or str(Path(sys.executable).parent / "shellcheck")
