@@ -144,12 +144,13 @@ def _calibrate(spec: Spec, placement: Placement, speed: Prediction,
     """The prediction scaled by the runs recorded on the host (its gather's output), the
     placement with the note saying so, and the fit/calibrate.Calibration."""
     from provisioner.facts.speed_record import parse_records
-    from provisioner.fit.calibrate import calibrated, calibration
+    from provisioner.fit.calibrate import calibrated, calibrated_placement, calibration
 
     if host_output is None:
         raise UsageError("--calibrate uses the runs recorded on a host",
                          hint="add --host H (or --here) with --calibrate")
-    cal = calibration(spec, parse_records(host_output))
+    cal = calibration(spec, placement, parse_records(host_output))
+    placement = calibrated_placement(placement, cal)
     return dataclasses.replace(placement, warnings=(cal.note, *placement.warnings)), calibrated(speed, cal), cal
 
 

@@ -1,5 +1,6 @@
-"""The host's own speed measurements: what verify measured on the live endpoint, kept in
-the host's state next to the generation that was serving (pure: scripts and parsing).
+"""The host's own speed measurements: what verify measured on the live endpoint (and, for
+vLLM, the KV pool its start-up log reported), kept in the host's state next to the
+generation that was serving (pure: scripts and parsing).
 
 ``verify`` appends one JSON line per run to ``STATE/generations/N/speed.jsonl`` (N: the
 last applied generation); ``fit --host --calibrate`` reads every such line in the same
@@ -38,6 +39,12 @@ class SpeedRecord:
     predicted_prefill_tokens_per_s: float | None = None
     prompt_tokens: int | None = None
     time: str = ""
+    # vLLM: the KV pool per GPU its start-up log reported, fit's for it, and the settings
+    # the pool was sized with (fit/calibrate.py memory_settings); a record with other
+    # settings says nothing about this one's pool
+    kv_pool_gib_per_gpu: float | None = None
+    predicted_kv_pool_gib_per_gpu: float | None = None
+    memory_settings: str = ""
 
     def to_json(self) -> str:
         data = {k: v for k, v in self.__dict__.items() if k != "generation"}
@@ -81,8 +88,10 @@ def parse_records(output: str) -> list[SpeedRecord]:
                                                                  "predicted_decode_tokens_per_s",
                                                                  "prefill_tokens_per_s",
                                                                  "predicted_prefill_tokens_per_s",
-                                                                 "prompt_tokens")},
-                                     time=str(data.get("time", ""))))
+                                                                 "prompt_tokens", "kv_pool_gib_per_gpu",
+                                                                 "predicted_kv_pool_gib_per_gpu")},
+                                     time=str(data.get("time", "")),
+                                     memory_settings=str(data.get("memory_settings", ""))))
         except (ValueError, KeyError, TypeError):
             continue
     return found

@@ -6,17 +6,26 @@ on the same GPUs say how far this host sits from the published cases the factors
 fitted on (its clocks, power limit, RAM, kernels): the median measured/predicted ratio
 scales the prediction, as if the efficiency factors were this host's. Runs of another
 engine, version or GPU set are not used; the prediction says how many runs it used.
+
+For vLLM, verify also records the KV pool per GPU the server's start-up log reported.
+fit cannot know that remainder exactly (vLLM's profiled activation peak depends on the
+kernels and sampler the installed packages provide), so the last run of the same engine,
+version, GPUs, model, quant and memory settings replaces fit's pool with the measured one:
+how many full-context sequences fit, and whether max_num_seqs of them do.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import statistics
 from dataclasses import dataclass
 
 from provisioner.facts.speed_record import SpeedRecord
+from provisioner.fit.placement import Placement
 from provisioner.fit.predict import Prediction
 from provisioner.profile.resolve import Spec
+from provisioner.units import GIB
 
 
 @dataclass(frozen=True)
@@ -26,10 +35,15 @@ class Calibration:
     decode_runs: int
     prefill_runs: int
     ignored: int  # runs of another engine, version or GPU set
+    kv_pool_bytes_per_gpu: int | None = None  # vLLM: the last matching run's measured pool
+    kv_pool_from: str = ""  # that run: "generation N, TIME"
 
     @property
     def note(self) -> str:
         parts = []
+        if self.kv_pool_bytes_per_gpu is not None:
+            parts.append(f"vLLM KV pool {self.kv_pool_bytes_per_gpu / GIB:.2f} GiB per GPU as the server logged it "
+                         f"({self.kv_pool_from})")
         if self.decode_ratio is not None:
             parts.append(f"decode x {self.decode_ratio:.2f} (median of {self.decode_runs} run(s))")
         if self.prefill_ratio is not None:
@@ -45,17 +59,53 @@ def _gpu_ids(spec: Spec) -> tuple[str, ...]:
     return tuple(sorted(g.id for g in spec.gpus for _ in range(g.count)))
 
 
-def calibration(spec: Spec, records: list[SpeedRecord]) -> Calibration:
+def memory_settings(spec: Spec, placement: Placement) -> str:
+    """What vLLM sizes its KV pool with, besides the engine, GPUs, model and quant: a run
+    with other values measured another pool."""
+    p = spec.profile
+    return json.dumps({"context": placement.context, "max_num_seqs": p.runtime.parallel,
+                       "gpu_memory_utilization": p.runtime.gpu_memory_utilization,
+                       "kv_cache": [p.model.kv_cache_k, p.model.kv_cache_value],
+                       "cpu_offload_gib": placement.cpu_offload_bytes // GIB,
+                       "extra_args": list(p.runtime.extra_args)}, sort_keys=True)
+
+
+def calibration(spec: Spec, placement: Placement, records: list[SpeedRecord]) -> Calibration:
     runtime = spec.profile.runtime
     same = [r for r in records if r.engine == runtime.engine and r.engine_version == runtime.version
             and tuple(sorted(r.gpus)) == _gpu_ids(spec)]
+    model = spec.profile.model
+    settings = memory_settings(spec, placement)
+    pools = sorted((r for r in same if r.kv_pool_gib_per_gpu is not None and r.model == model.id
+                    and r.quant == model.quant and r.memory_settings == settings),
+                   key=lambda r: (r.generation, r.time))
     decode = [r.decode_tokens_per_s / r.predicted_decode_tokens_per_s for r in same
               if r.decode_tokens_per_s and r.predicted_decode_tokens_per_s]
     prefill = [r.prefill_tokens_per_s / r.predicted_prefill_tokens_per_s for r in same
                if r.prefill_tokens_per_s and r.predicted_prefill_tokens_per_s]
+    last = pools[-1] if pools else None
     return Calibration(statistics.median(decode) if decode else None,
                        statistics.median(prefill) if prefill else None,
-                       len(decode), len(prefill), len(records) - len(same))
+                       len(decode), len(prefill), len(records) - len(same),
+                       int(last.kv_pool_gib_per_gpu * GIB) if last and last.kv_pool_gib_per_gpu is not None else None,
+                       f"generation {last.generation}, {last.time or 'time not recorded'}" if last else "")
+
+
+def calibrated_placement(placement: Placement, cal: Calibration) -> Placement:
+    """vLLM's placement with the KV pool its server measured on this host: the GPUs'
+    buffers are what the server kept besides weights and pool; the sequences that fit
+    follow. Unchanged without a measured pool (or for another engine)."""
+    pool, per_sequence = cal.kv_pool_bytes_per_gpu, placement.kv_bytes_per_sequence_per_gpu
+    if pool is None or not per_sequence or placement.kv_pool_bytes_per_gpu is None:
+        return placement
+    need = per_sequence * placement.parallel
+    gpus = tuple(dataclasses.replace(d, buffers_bytes=d.capacity_bytes - d.weights_bytes - pool)
+                 for d in placement.gpus)
+    short = max(need - pool, 0) * len(gpus)
+    ram_short = max(placement.ram.used_bytes - placement.ram.capacity_bytes, 0)
+    return dataclasses.replace(placement, devices=(*gpus, placement.ram), kv_pool_bytes_per_gpu=pool,
+                               max_concurrency=pool / per_sequence, missing_bytes=short + ram_short,
+                               fits=short + ram_short == 0)
 
 
 def calibrated(speed: Prediction, cal: Calibration) -> Prediction:

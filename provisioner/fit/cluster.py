@@ -127,5 +127,5 @@ def _fit_ray(spec: Spec, ctx: int) -> Placement:
     concurrency = (pool or 0) / kv_seq_gpu if kv_seq_gpu else None
     placement = placement_of(spec, ctx, tuple(devices), gpu_layers=m.layers + 1, cpu_moe=0, offload=0,
                            missing=missing, kv_seq=kv_seq, concurrency=concurrency,
-                           tensor_parallel=True, stages=pp)
+                           tensor_parallel=True, stages=pp, kv_pool=pool, kv_seq_gpu=kv_seq_gpu)
     return dataclasses.replace(placement, devices=_named(spec, placement.devices))

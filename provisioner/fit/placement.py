@@ -72,6 +72,8 @@ class Placement:
     parallel: int = 1  # sequences (llama.cpp slots, vLLM max_num_seqs, Ollama NUM_PARALLEL)
     kv_bytes_per_sequence: int = 0  # one sequence at the full context
     max_concurrency: float | None = None  # vLLM: sequences at full context its KV pool holds
+    kv_pool_bytes_per_gpu: int | None = None  # vLLM: the KV pool of its smallest GPU
+    kv_bytes_per_sequence_per_gpu: int = 0  # vLLM: one full-context sequence's share of a GPU
     tensor_parallel: bool = False  # vLLM: every GPU holds a shard and works on every token
     weights_from: str = "catalog"  # or "GGUF header of FILE": where the per-layer sizes came from
     tensor_split: tuple[float, ...] = ()  # llama.cpp, several GPUs: share of the layers on each
@@ -303,10 +305,9 @@ def fit_vllm(spec: Spec, ctx: int) -> Placement:
         offload = _ceil_gib(deficit) if deficit > 0 else 0
     resident = int(max(weights_gpu - offload, 0))
     devices: list[Device] = []
-    pool = 0
+    pool = smallest - resident - overhead  # vLLM sizes every rank's pool by the smallest
     missing = 0
     for (group, name), capacity in zip(gpus, capacities, strict=True):
-        pool = capacity - resident - overhead
         missing = max(missing, resident + overhead + kv_need_gpu - capacity)
         devices.append(Device(name, capacity, resident, kv_need_gpu, overhead,
                               int(resident * m.expert_params_fraction),
@@ -320,7 +321,7 @@ def fit_vllm(spec: Spec, ctx: int) -> Placement:
     concurrency = pool / kv_seq_gpu if kv_seq_gpu else None
     return placement_of(spec, ctx, tuple(devices), gpu_layers=m.layers + 1, cpu_moe=0,
                       offload=offload, missing=missing, kv_seq=kv_seq,
-                      concurrency=concurrency, tensor_parallel=True,
+                      concurrency=concurrency, tensor_parallel=True, kv_pool=pool, kv_seq_gpu=kv_seq_gpu,
                       weights_from=spec.weights_size_from or "catalog")
 
 
@@ -332,7 +333,7 @@ def placement_of(spec: Spec, ctx: int, devices: tuple[Device, ...], *, gpu_layer
                cpu_moe: int, offload: int, missing: int, kv_seq: int,
                concurrency: float | None = None, tensor_parallel: bool = False,
                weights_from: str = "catalog", tensor_split: tuple[float, ...] = (),
-               stages: int = 1) -> Placement:
+               stages: int = 1, kv_pool: int | None = None, kv_seq_gpu: int = 0) -> Placement:
     p = spec.profile
     warnings: list[str] = (_host_warnings(spec, tensor_parallel) + yarn_warnings(spec, ctx)
                            + driver_floor_warnings(spec))
@@ -370,7 +371,8 @@ def placement_of(spec: Spec, ctx: int, devices: tuple[Device, ...], *, gpu_layer
                      cpu_moe_layers=cpu_moe, cpu_offload_bytes=offload,
                      missing_bytes=max(int(missing), 0), warnings=tuple(warnings),
                      parallel=p.runtime.parallel, kv_bytes_per_sequence=kv_seq,
-                     max_concurrency=concurrency, tensor_parallel=tensor_parallel,
+                     max_concurrency=concurrency, kv_pool_bytes_per_gpu=kv_pool,
+                     kv_bytes_per_sequence_per_gpu=kv_seq_gpu, tensor_parallel=tensor_parallel,
                      weights_from=weights_from, tensor_split=tensor_split,
                      p2p_missing=bool(spec.host and spec.host.p2p and spec.host.p2p.missing),
                      stages=stages)

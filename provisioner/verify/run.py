@@ -25,6 +25,8 @@ from provisioner.facts.model_files import (
 )
 from provisioner.facts.probe import Probe
 from provisioner.facts.speed_record import SpeedRecord, write_script
+from provisioner.facts.vllm_log import vllm_log_probe
+from provisioner.fit.calibrate import memory_settings
 from provisioner.fit.predict import predict
 from provisioner.install.secret import generated_key_path
 from provisioner.profile.cluster import head_address, node_spec
@@ -38,6 +40,7 @@ from provisioner.verify import install as install_checks
 from provisioner.verify import model as model_checks
 from provisioner.verify.canary import QualityOptions, verify_quality
 from provisioner.verify.gpu import gpu_checks
+from provisioner.verify.vllm_pool import pool_checks
 
 GROUPS = ("gpu", "drift", "model", "install", "endpoint", "cluster", "quality")
 
@@ -93,7 +96,7 @@ def verify_target(built: Built, transport: Transport, options: VerifyOptions,
         checks += [Check("gpu", "skip", hint="--root: a tree has no GPU to look at")] if root_mode \
             else _gpu(built, gathered)
     if "endpoint" in options.only:
-        checks += _endpoint(built, transport, options)
+        checks += _endpoint(built, transport, options, gathered)
     if "quality" in options.only:  # last: it records a baseline only when every other check passed
         checks += _quality(built, transport, options, gathered, checks)
     return checks
@@ -120,7 +123,15 @@ def _probes(built: Built, transport: Transport, options: VerifyOptions, sysctl_k
         probes.append(GPU_PROBE)
     if ray_probe:
         snippets.append(ray_status.probe(head_address(spec)))
+    if _serves_vllm_here(built, transport, options):
+        probes.append(vllm_log_probe(spec.profile.service.name))
     return probes, snippets
+
+
+def _serves_vllm_here(built: Built, transport: Transport, options: VerifyOptions) -> bool:
+    """The profile's own vLLM server on this target, whose start-up log verify reads."""
+    return ("endpoint" in options.only and options.endpoint is None and not transport.root
+            and built.spec.profile.runtime.engine == "vllm")
 
 
 def _model_probes(built: Built, transport: Transport) -> list[Probe[object]]:
@@ -192,7 +203,7 @@ def _gpu(built: Built, gathered: Gathered) -> list[Check]:
                       driver.power_limit_w)
 
 
-def _endpoint(built: Built, transport: Transport, options: VerifyOptions) -> list[Check]:
+def _endpoint(built: Built, transport: Transport, options: VerifyOptions, gathered: Gathered) -> list[Check]:
     spec = built.spec
     url = options.endpoint
     if url is None:
@@ -206,6 +217,8 @@ def _endpoint(built: Built, transport: Transport, options: VerifyOptions) -> lis
                 checks = _endpoint_at(built, f"http://127.0.0.1:{local_port}", options, transport)
         else:
             checks = _endpoint_at(built, f"http://{host}:{runtime.port}", options, transport)
+        if _serves_vllm_here(built, transport, options):
+            checks += pool_checks(gathered.read(vllm_log_probe(spec.profile.service.name)), built.placement)
         # the profile's own server on this host: keep what it measured for fit --calibrate
         return [*checks, _record_speed(built, transport, checks)]
     return _endpoint_at(built, url, options, transport)
@@ -215,7 +228,7 @@ def _record_speed(built: Built, transport: Transport, checks: list[Check]) -> Ch
     """Append the endpoint's measured decode and prefill, with fit's predictions for them,
     to the last generation's speed.jsonl in the host's state."""
     measured = {k: v for c in checks for k, v in c.measured}
-    if "decode_tokens_per_s" not in measured and "prefill_tokens_per_s" not in measured:
+    if not {"decode_tokens_per_s", "prefill_tokens_per_s", "kv_pool_gib_per_gpu"} & measured.keys():
         return Check("endpoint.recorded", "skip", hint="no speed was measured")
     spec = built.spec
     prompt = int(measured["prompt_tokens"]) if "prompt_tokens" in measured else None
@@ -227,7 +240,10 @@ def _record_speed(built: Built, transport: Transport, checks: list[Check]) -> Ch
         prefill_tokens_per_s=measured.get("prefill_tokens_per_s"),
         predicted_prefill_tokens_per_s=(predict(spec, built.placement, prompt_tokens=prompt).prefill_tokens_per_s
                                         if prompt else None),
-        prompt_tokens=prompt, time=datetime.now(UTC).isoformat(timespec="seconds"))
+        prompt_tokens=prompt, time=datetime.now(UTC).isoformat(timespec="seconds"),
+        kv_pool_gib_per_gpu=measured.get("kv_pool_gib_per_gpu"),
+        predicted_kv_pool_gib_per_gpu=measured.get("predicted_kv_pool_gib_per_gpu"),
+        memory_settings=memory_settings(spec, built.placement) if "kv_pool_gib_per_gpu" in measured else "")
     done = transport.run(write_script(transport.state_dir, record))
     where = next((line.split(" ", 1)[1] for line in done.stdout.splitlines() if line.startswith("@recorded ")), None)
     if where is not None:

@@ -117,7 +117,8 @@ def test_a_probe_without_its_input_stops() -> None:
 
 def test_every_snippet_file_passes_sh_n_and_shellcheck() -> None:
     files = sorted(SNIPPETS.glob("*.sh"))
-    assert {f.stem for f in files} == {"gather", "gpu", "sample", "host", "load", "model_files", "model_dir", "ollama"}
+    assert {f.stem for f in files} == {"gather", "gpu", "sample", "host", "load", "model_files", "model_dir", "ollama",
+                                        "vllm_log"}
     for path in files:
         assert load_snippet(path.stem) == path.read_text(encoding="utf-8")
         assert subprocess.run(["sh", "-n", str(path)], check=False).returncode == 0, path.name

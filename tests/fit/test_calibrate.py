@@ -60,7 +60,7 @@ def test_calibration_uses_only_the_same_engine_version_and_gpus() -> None:
     records = [_record(150.0, 200.0), _record(170.0, 200.0), _record(190.0, 200.0),
                _record(10.0, 200.0, engine_version="b9999"), _record(10.0, 200.0, gpus=("rtx-3090",)),
                _record(10.0, 200.0, engine="vllm")]
-    cal = calibration(spec, records)
+    cal = calibration(spec, fit(spec), records)
     assert cal.decode_ratio == pytest.approx(0.85) and cal.decode_runs == 3 and cal.ignored == 3
     assert cal.prefill_ratio == pytest.approx(0.5)
     speed = predict(spec, fit(spec))
@@ -68,7 +68,7 @@ def test_calibration_uses_only_the_same_engine_version_and_gpus() -> None:
     assert after.decode_tokens_per_s == pytest.approx(speed.decode_tokens_per_s * 0.85)
     assert after.prefill_tokens_per_s == pytest.approx(speed.prefill_tokens_per_s * 0.5)
     assert "median of 3 run(s)" in cal.note and "3 other run(s) not used" in cal.note
-    none = calibration(spec, [_record(10.0, 200.0, engine="vllm")])
+    none = calibration(spec, fit(spec), [_record(10.0, 200.0, engine="vllm")])
     assert none.decode_ratio is None and calibrated(speed, none) == speed and "no run" in none.note
 
 
@@ -111,3 +111,29 @@ def test_verify_records_what_the_endpoint_checks_measured(tmp_path: Path) -> Non
         predict(built.spec, built.placement, prompt_tokens=7000).prefill_tokens_per_s)
     assert record.engine == built.spec.profile.runtime.engine and record.time
     assert _record_speed(built, LocalTransport(state_dir=str(state)), []).status == "skip"
+
+
+def test_fit_host_calibrate_plans_with_the_kv_pool_vllm_logged(capsys: pytest.CaptureFixture[str]) -> None:
+    """A pool recorded by verify (half of fit's own, as a server that kept more for itself
+    would log) replaces fit's: the sequences that fit follow, and the note says where from."""
+    from provisioner.fit.calibrate import memory_settings
+
+    profile = ROOT / "profiles" / "rtx-pro-6000-gpt-oss-120b-vllm.yaml"
+    case = yaml.safe_load((ROOT / "tests/cases/init/rtx-pro-6000-192g.yaml").read_text())
+    facts = host_facts(case["facts"])
+    assert fit_command(profile, None, True, host_facts=facts, host="box", host_output=case["facts"]) == 0
+    plain = json.loads(capsys.readouterr().out)
+    spec = resolve(load_profile(profile))
+    placement = fit(spec)
+    assert placement.kv_pool_bytes_per_gpu is not None
+    half = placement.kv_pool_bytes_per_gpu / 2 / 2**30
+    record = SpeedRecord(generation=4, engine="vllm", engine_version=spec.profile.runtime.version,
+                         gpus=tuple(g.id for g in spec.gpus for _ in range(g.count)), model=spec.profile.model.id,
+                         quant=spec.profile.model.quant, kv_pool_gib_per_gpu=half,
+                         memory_settings=memory_settings(spec, placement))
+    output = case["facts"] + f"@speed 4 {record.to_json()}\n"
+    fit_command(profile, None, True, host_facts=facts, host="box", host_output=output, calibrate=True)
+    tuned = json.loads(capsys.readouterr().out)
+    assert tuned["max_concurrency"] == pytest.approx(plain["max_concurrency"] / 2, rel=0.01)
+    assert tuned["calibration"]["kv_pool_bytes_per_gpu"] == int(half * 2**30)
+    assert any("vLLM KV pool" in w and "generation 4" in w for w in tuned["warnings"])
