@@ -167,7 +167,9 @@ def test_validate_and_a_cached_plan_import_nothing_heavy(tmp_path: Path, cache: 
     bundled = str(ROOT / "profiles" / "rtx-4090-qwen3-30b-a3b-llamacpp.yaml")
     root = tmp_path / "image"
     plan = ["plan", str(ROOT / "examples" / "quickstart.yaml"), "--root", str(root)]
-    assert "pydantic" in imported(["validate", bundled], tmp_path, env)  # the miss builds
+    missed = imported(["validate", bundled], tmp_path, env)
+    assert "pydantic" in missed  # the miss builds
+    assert not missed & {"gguf", "numpy"}  # no model file on this machine: no header to read
     assert "jinja2" in imported(plan, tmp_path, env)  # renders with this machine's facts
     assert not imported(["validate", bundled], tmp_path, env) & HEAVY
     assert not imported(plan, tmp_path, env) & HEAVY
