@@ -43,13 +43,17 @@ def run_fleet(profile: Path | None, opts: dict[str, Any], *, apply: bool, show_d
         write_profile_lock(profile)
     verify_command = _verify_command(profile, opts) if apply else ""
 
+    fleet = targets(profile, opts)
+    many = len(fleet) > 1  # a fleet's next steps are listed once, after every host
+
     def report(outcome: Outcome) -> None:
         if not as_json:
-            _output.show(_outcome_text(outcome, show_diff=show_diff, color=color, verify=verify_command))
+            _output.show(_outcome_text(outcome, show_diff=show_diff, color=color,
+                                       verify="" if many else verify_command))
 
     options = RunOptions(apply=apply, restart=opts.get("restart", False), wait_lock=opts.get("wait_lock", 0.0),
                          ignore_fit=opts["ignore_fit"], forks=opts["forks"])
-    outcomes = run(targets(profile, opts), options, report)
+    outcomes = run(fleet, options, report)
     errored = [o for o in outcomes if not o.ok]
     changed = any(o.changed for o in outcomes)
     hosts = [{**host_json(o.name, o.result.plan, generation=o.result.generation),
@@ -57,9 +61,10 @@ def run_fleet(profile: Path | None, opts: dict[str, Any], *, apply: bool, show_d
              if o.result is not None
              else host_json(o.name, None, ok=False, error=o.error[0] if o.error else None) for o in outcomes]
     human: tuple[_output.Block, ...] = ()
-    if len(outcomes) > 1:
-        human = (lines(f"{len(outcomes)} hosts: {len(outcomes) - len(errored)} ok, {len(errored)} failed"
-                       + (f" ({', '.join(o.name for o in errored)})" if errored else "")),)
+    if many:
+        human = (*_fleet_next_steps(outcomes, verify_command),
+                 lines(f"{len(outcomes)} hosts: {len(outcomes) - len(errored)} ok, {len(errored)} failed"
+                       + (f" ({', '.join(o.name for o in errored)})" if errored else "")))
     code = EXIT_ERROR if errored else EXIT_FINDING if not apply and changed else EXIT_OK
     first = errored[0].error[0] if errored and errored[0].error else None
     return Result(code, {"changed": changed, "hosts": hosts}, human, ok=not errored, error=first)
@@ -77,6 +82,21 @@ def _verify_command(profile: Path | None, opts: dict[str, Any]) -> str:
     if opts.get("become"):
         words.append("--become")
     return "check it: " + " ".join(shlex.quote(w) for w in words)
+
+
+def _fleet_next_steps(outcomes: list[Outcome], verify: str) -> tuple[_output.Block, ...]:
+    """Each step once, in the order hosts gave them, naming the hosts when not all of them
+    need it; then the verify command, which checks them all."""
+    done = [o for o in outcomes if o.result is not None]
+    if not verify or not done:
+        return ()
+    hosts: dict[str, list[str]] = {}
+    for outcome in done:
+        for step in outcome.next_steps:
+            hosts.setdefault(step, []).append(outcome.name)
+    steps = [step if len(names) == len(done) else f"{step} ({', '.join(sorted(names))})"
+             for step, names in hosts.items()]
+    return (lines("next steps:", *(f"  {number}. {step}" for number, step in enumerate([*steps, verify], 1))),)
 
 
 def _outcome_text(outcome: Outcome, *, show_diff: bool, color: bool, verify: str) -> tuple[_output.Block, ...]:

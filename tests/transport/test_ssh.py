@@ -86,6 +86,11 @@ def test_cold_noop_change_over_ssh_count_round_trips(farm: sshd.SshFarm, tmp_pat
     assert host["pending_handlers"] == ["sysctl"]
     applied = provision("apply", "-i", str(inv), "--known-hosts", known, "--limit", "h1,h2", "--yes")
     assert applied.returncode == 0, applied.stderr
+    # a fleet's next steps once, after every host, before the count: not one copy per host
+    out = applied.stderr
+    assert out.count("next steps:") == 1 and out.count("check it: provision verify") == 1
+    last_host = max(out.index("h1: applied"), out.index("h2: applied"))
+    assert last_host < out.index("next steps:") < out.index("2 hosts: 2 ok, 0 failed"), out
     text = (tmp_path / "root-2/etc/sysctl.d/90-provision-llm-server.conf").read_text()
     assert "vm.swappiness = 5" in text
 
