@@ -138,6 +138,8 @@ def _fixed_s(spec: Spec, placement: Placement) -> float:
     m = spec.model
     overhead_us = _speed("gpu_layer_overhead_us")
     per_layer = float(overhead_us["moe"] if m.is_moe else overhead_us["dense"])
+    if m.is_moe and _vllm_marlin_mxfp4(spec):
+        per_layer += float(_speed("vllm_marlin_mxfp4_moe_layer_us"))
     if spec.gpus:
         gpu_repeating = min(placement.gpu_layers, m.layers)
         cpu_layers = m.layers - gpu_repeating
@@ -154,6 +156,14 @@ def _fixed_s(spec: Spec, placement: Placement) -> float:
     else:
         fixed = m.layers * float(_speed("cpu_layer_overhead_us"))
     return fixed / 1e6
+
+
+def _vllm_marlin_mxfp4(spec: Spec) -> bool:
+    """vLLM runs MXFP4 experts through Marlin's dequantising kernel on GPUs of compute
+    capability below 9 (vllm-0.11.0 model_executor/layers/quantization/mxfp4.py,
+    get_mxfp4_backend): Ampere and Ada have no FP4 path of their own."""
+    return (spec.profile.runtime.engine == "vllm" and spec.profile.model.quant.upper() == "MXFP4"
+            and any(int(g.spec.compute_capability.split(".")[0]) < 9 for g in spec.gpus))
 
 
 def prefill_tokens_per_s(spec: Spec, placement: Placement, prompt_tokens: int | None = None) -> float:
