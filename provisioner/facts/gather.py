@@ -150,7 +150,7 @@ def parse_gather(output: str) -> Gathered:
     files = _FileLines()
     state = _StateLines()
     done = False
-    for line in output.splitlines():
+    for line in output.split("\n"):  # not splitlines(): see Probe.lines
         if files.take(line):
             pass
         elif line.startswith("@fact "):

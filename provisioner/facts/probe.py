@@ -32,7 +32,9 @@ class Probe(Generic[Result_co]):
 
     def lines(self, output: str) -> list[str]:
         """This probe's lines of ``output`` (a script's whole output), without the marker."""
-        return [line[len(self.marker):] for line in output.splitlines() if line.startswith(self.marker)]
+        # "\n" only: str.splitlines() also splits at \r, \f, \x1c-\x1e, U+0085 and U+2028, which a
+        # host's text (a log line, a file name) may hold: one line must not become a forged other
+        return [line[len(self.marker):] for line in output.split("\n") if line.startswith(self.marker)]
 
     def read(self, output: str) -> Result_co:
         """What this probe's lines in ``output`` say (other lines are ignored)."""

@@ -74,7 +74,7 @@ def parse_records(output: str) -> list[SpeedRecord]:
     """Every ``@speed N {json}`` line; a line that does not parse is skipped (a record
     written by another version may lack fields)."""
     found: list[SpeedRecord] = []
-    for line in output.splitlines():
+    for line in output.split("\n"):  # not splitlines(): see Probe.lines
         if not line.startswith(MARK):
             continue
         number, _, text = line[len(MARK):].partition(" ")
