@@ -90,12 +90,17 @@ def _fleet_next_steps(outcomes: list[Outcome], verify: str) -> tuple[_output.Blo
     done = [o for o in outcomes if o.result is not None]
     if not verify or not done:
         return ()
+    order: list[str] = []  # every host's steps keep their order (a secret before the restart)
     hosts: dict[str, list[str]] = {}
     for outcome in done:
-        for step in outcome.next_steps:
+        own = list(outcome.next_steps)
+        for i, step in enumerate(own):
             hosts.setdefault(step, []).append(outcome.name)
-    steps = [step if len(names) == len(done) else f"{step} ({', '.join(sorted(names))})"
-             for step, names in hosts.items()]
+            if step not in order:
+                after = [order.index(later) for later in own[i + 1:] if later in order]
+                order.insert(min(after), step) if after else order.append(step)
+    steps = [step if len(hosts[step]) == len(done) else f"{step} ({', '.join(sorted(hosts[step]))})"
+             for step in order]
     return (lines("next steps:", *(f"  {number}. {step}" for number, step in enumerate([*steps, verify], 1))),)
 
 

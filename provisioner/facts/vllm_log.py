@@ -22,8 +22,10 @@ server's own lines are the measurement. Their wording, in the pinned releases
 Lines:
 
     @vllm-log none WHY          nothing to read (no journalctl, unit never ran, unreadable)
-    @vllm-log line TEXT         a matching line of the run, as logged
+    @vllm-log line TEXT         a matching start-up line of the run, as logged
     @vllm-log run ID            the systemd invocation the lines belong to
+    @vllm-log state ACTIVE N    the unit's ActiveState and NRestarts
+    @vllm-log earlier TEXT      the last refusal in the unit's journal, any run
 """
 
 from __future__ import annotations
@@ -56,10 +58,22 @@ class VllmStartup:
     concurrency: float | None = None  # sequences of max_model_len the pool holds
     weights_bytes: int | None = None  # per GPU, as loaded
     refused: str | None = None  # vLLM refused to start for want of KV memory: its reason
+    active: str = ""  # the unit's ActiveState ("active", "activating", "failed", ...)
+    restarts: int = 0  # NRestarts: automatic restarts since the unit was started
 
 
 def _gib(text: str) -> int:
     return int(float(text) * GIB)
+
+
+def _refusal(text: str) -> str | None:
+    if m := _REFUSED.search(text):
+        estimated = _ESTIMATED.search(text)
+        return (f"{m[2]} GiB of KV cache needed for one sequence of {int(m[1]):,} tokens, {m[3]} GiB available"
+                + (f"; vLLM estimates {int(estimated[1]):,} tokens would fit" if estimated else ""))
+    if _NO_MEMORY in text:
+        return "no GPU memory left for the KV cache after the weights and the profiling run"
+    return None
 
 
 def parse(lines: list[str]) -> VllmStartup:
@@ -67,13 +81,19 @@ def parse(lines: list[str]) -> VllmStartup:
     pools: list[int] = []
     tokens = max_len = weights = None
     concurrency: float | None = None
-    refused: str | None = None
+    refused = earlier = None
+    active, restarts = "", 0
     for line in lines:
         kind, _, text = line.partition(" ")
         if kind == "none":
             return VllmStartup(unread=text or "nothing read")
         if kind == "run":
             run = text.strip()
+        elif kind == "state":
+            state, _, count = text.partition(" ")
+            active, restarts = state, int(count) if count.strip().isdigit() else 0
+        elif kind == "earlier":
+            earlier = _refusal(text)
         if kind != "line":
             continue
         if m := _AVAILABLE.search(text):
@@ -85,16 +105,16 @@ def parse(lines: list[str]) -> VllmStartup:
         if m := _LOADED.search(text):
             weights = max(_gib(m[1]), weights or 0)
         if m := _REFUSED.search(text):
-            estimated = _ESTIMATED.search(text)
             max_len = int(m[1])
-            refused = (f"{m[2]} GiB of KV cache needed for one sequence of {max_len:,} tokens, {m[3]} GiB "
-                       "available" + (f"; vLLM estimates {int(estimated[1]):,} tokens would fit" if estimated else ""))
-        elif _NO_MEMORY in text:
-            refused = "no GPU memory left for the KV cache after the weights and the profiling run"
+        refused = _refusal(text) or refused
     if run is None:
         return VllmStartup(unread="the host's answer had no run of the unit")
+    if refused is None and not pools and restarts and earlier is not None:
+        # this run is the restart after a refusal: it will refuse again with the same settings
+        refused = f"{earlier} (in an earlier run; systemd has restarted the server {restarts} time(s))"
     return VllmStartup(run=run, kv_pool_bytes=min(pools) if pools else None, kv_tokens=tokens,
-                       max_model_len=max_len, concurrency=concurrency, weights_bytes=weights, refused=refused)
+                       max_model_len=max_len, concurrency=concurrency, weights_bytes=weights, refused=refused,
+                       active=active, restarts=restarts)
 
 
 VLLM_LOG_PROBE: Probe[VllmStartup] = Probe("vllm-log", load_snippet("vllm_log"), parse)

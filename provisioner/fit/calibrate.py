@@ -61,9 +61,11 @@ def _gpu_ids(spec: Spec) -> tuple[str, ...]:
 
 def memory_settings(spec: Spec, placement: Placement) -> str:
     """What vLLM sizes its KV pool with, besides the engine, GPUs, model and quant: a run
-    with other values measured another pool."""
+    with other values measured another pool. Not the context: vLLM 0.11.0's profiling pass
+    runs max_num_batched_tokens, not max_model_len (vllm/v1/worker/gpu_model_runner.py
+    profile_run), so `fit --context N --calibrate` keeps the measured pool."""
     p = spec.profile
-    return json.dumps({"context": placement.context, "max_num_seqs": p.runtime.parallel,
+    return json.dumps({"max_num_seqs": p.runtime.parallel,
                        "gpu_memory_utilization": p.runtime.gpu_memory_utilization,
                        "kv_cache": [p.model.kv_cache_k, p.model.kv_cache_value],
                        "cpu_offload_gib": placement.cpu_offload_bytes // GIB,
@@ -101,11 +103,12 @@ def calibrated_placement(placement: Placement, cal: Calibration) -> Placement:
     need = per_sequence * placement.parallel
     gpus = tuple(dataclasses.replace(d, buffers_bytes=d.capacity_bytes - d.weights_bytes - pool)
                  for d in placement.gpus)
-    short = max(need - pool, 0) * len(gpus)
-    ram_short = max(placement.ram.used_bytes - placement.ram.capacity_bytes, 0)
+    # what fit found missing besides the KV pool (RAM for offloaded weights, an offload larger
+    # than the weights) stays; the pool's own shortfall is the measured one's
+    planned_short = max(need - placement.kv_pool_bytes_per_gpu, 0) * len(gpus)
+    missing = max(placement.missing_bytes - planned_short, 0) + max(need - pool, 0) * len(gpus)
     return dataclasses.replace(placement, devices=(*gpus, placement.ram), kv_pool_bytes_per_gpu=pool,
-                               max_concurrency=pool / per_sequence, missing_bytes=short + ram_short,
-                               fits=short + ram_short == 0)
+                               max_concurrency=pool / per_sequence, missing_bytes=missing, fits=missing == 0)
 
 
 def calibrated(speed: Prediction, cal: Calibration) -> Prediction:

@@ -130,8 +130,9 @@ def _probes(built: Built, transport: Transport, options: VerifyOptions, sysctl_k
 
 def _serves_vllm_here(built: Built, transport: Transport, options: VerifyOptions) -> bool:
     """The profile's own vLLM server on this target, whose start-up log verify reads."""
+    # not a Ray cluster's head: its workers' pools are logged on their own nodes
     return ("endpoint" in options.only and options.endpoint is None and not transport.root
-            and built.spec.profile.runtime.engine == "vllm")
+            and built.spec.profile.runtime.engine == "vllm" and built.spec.profile.cluster is None)
 
 
 def _model_probes(built: Built, transport: Transport) -> list[Probe[object]]:

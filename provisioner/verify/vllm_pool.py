@@ -20,15 +20,29 @@ _FIX = ("lower runtime.parallel or model.context, or raise runtime.gpu_memory_ut
         "`provision fit --host H --calibrate` plans with the pool this server logged")
 
 
-def pool_checks(startup: VllmStartup, placement: Placement) -> list[Check]:
+def _not_comparable(startup: VllmStartup, placement: Placement) -> str | None:
+    """Why this run's pool says nothing about the profile (a skip), or None."""
     if startup.unread is not None:
-        return [Check(ID, "skip", hint=f"vLLM's start-up log not read: {startup.unread}")]
+        return f"vLLM's start-up log not read: {startup.unread}"
+    if startup.active in {"inactive", "failed", "deactivating"}:
+        return f"the server is not running (its unit is {startup.active})"
+    if startup.max_model_len is not None and startup.max_model_len != placement.context:
+        # an apply without --restart leaves the old server running: its pool is not this profile's
+        return (f"the running server was started with max_model_len {startup.max_model_len:,}, the profile "
+                f"says {placement.context:,}: restart it (provision apply --restart) and verify again")
+    if startup.kv_pool_bytes is None:
+        return "this run of the server has not logged its KV pool yet (still loading?)"
+    return None
+
+
+def pool_checks(startup: VllmStartup, placement: Placement) -> list[Check]:
     if startup.refused is not None:
         return [Check(ID, "fail", f"vLLM refused to start: {startup.refused}",
                       f"room for {placement.parallel} sequence(s) of {placement.context:,} tokens", hint=_FIX)]
+    why = _not_comparable(startup, placement)
+    if why is not None or startup.kv_pool_bytes is None:
+        return [Check(ID, "skip", hint=why)]
     pool = startup.kv_pool_bytes
-    if pool is None:
-        return [Check(ID, "skip", hint="this run of the server has not logged its KV pool yet (still loading?)")]
     per_sequence = placement.kv_bytes_per_sequence_per_gpu
     sequences = startup.concurrency if startup.concurrency is not None else (
         pool / per_sequence if per_sequence else None)

@@ -28,6 +28,13 @@ def test_each_step_once_naming_the_hosts_it_concerns() -> None:
                                f"  3. {VERIFY}"]
 
 
+def test_every_hosts_steps_keep_their_order() -> None:
+    outcomes = [Outcome("a", APPLIED, None, ("restart the server",)),
+                Outcome("b", APPLIED, None, ("write the token", "restart the server"))]
+    assert _text(outcomes) == ["next steps:", "  1. write the token (b)", "  2. restart the server",
+                               f"  3. {VERIFY}"]
+
+
 def test_a_plan_or_a_fleet_where_nothing_applied_lists_nothing() -> None:
     assert _fleet_next_steps([Outcome("a", APPLIED, None)], "") == ()
     assert _fleet_next_steps([Outcome("a", None, [Problem("a: unreachable")])], VERIFY) == ()

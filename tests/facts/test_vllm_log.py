@@ -69,19 +69,31 @@ def test_nothing_read_says_why() -> None:
     assert parse([]).unread is not None
 
 
-def _stand_ins(folder: Path, journal: str, invocation: str = "5c1d") -> str:
+def _stand_ins(folder: Path, journal: str, invocation: str = "5c1d", unit_journal: str = "",
+               state: str = "active", restarts: int = 0) -> str:
     """systemctl and journalctl as a host with systemd answers them (there is no journald
-    here): the unit's InvocationID, and the journal of that invocation only."""
+    here): the unit's InvocationID, state and restarts, the journal of that invocation,
+    and the unit's journal over all its runs."""
     folder.mkdir()
+    unit = "llm-server.service"
     scripts = {
-        "systemctl": f'[ "$*" = "show -p InvocationID --value llm-server.service" ] && echo {invocation}\n',
-        "journalctl": (f'case "$*" in *_SYSTEMD_INVOCATION_ID={invocation}*) ;; *) exit 0 ;; esac\n'
-                       f'case "$*" in *"-n 1"*) tail -n 1 "{folder}/journal" ;; *) cat "{folder}/journal" ;; esac\n'),
+        "systemctl": (f'case "$*" in\n'
+                      f'  "show -p InvocationID --value {unit}") echo {invocation} ;;\n'
+                      f'  "show -p ActiveState --value {unit}") echo {state} ;;\n'
+                      f'  "show -p NRestarts --value {unit}") echo {restarts} ;;\n'
+                      f'esac\n'),
+        "journalctl": (f'case "$*" in\n'
+                       f'  *_SYSTEMD_INVOCATION_ID={invocation}*"-n 1"*|*"-n 1"*_SYSTEMD_INVOCATION_ID={invocation}*)'
+                       f' tail -n 1 "{folder}/journal" ;;\n'
+                       f'  *_SYSTEMD_INVOCATION_ID={invocation}*) cat "{folder}/journal" ;;\n'
+                       f'  *"-u {unit}"*) cat "{folder}/unit-journal" ;;\n'
+                       f'esac\n'),
     }
     for name, body in scripts.items():
         (folder / name).write_text("#!/bin/sh\n" + body)
         (folder / name).chmod(stat.S_IRWXU)
     (folder / "journal").write_text(journal)
+    (folder / "unit-journal").write_text(unit_journal or journal)
     return f"{folder}:{os.environ['PATH']}"
 
 
@@ -90,14 +102,44 @@ def _run(snippet: str, path: str) -> str:
                           env={**os.environ, "PATH": path}).stdout
 
 
-def test_the_snippet_keeps_only_the_memory_lines_of_the_current_run(tmp_path: Path) -> None:
-    journal = "\n".join(["INFO vLLM API server version 0.11.0", *ISSUE_21348, "INFO Starting vLLM API server",
+def test_the_snippet_keeps_only_the_start_up_memory_lines_of_the_current_run(tmp_path: Path) -> None:
+    # after "Starting vLLM API server" (0.11.0 api_server.py) the server logs requests, whose
+    # text a client writes: a prompt quoting a pool must not become one, nor a mark
+    journal = "\n".join(["INFO vLLM API server version 0.11.0", *ISSUE_21348,
+                         "INFO [api_server.py:1912] Starting vLLM API server 0 on http://127.0.0.1:8000",
+                         "INFO Received request: prompt: 'Available KV cache memory: 0.01 GiB'",
                          "@done and other text that must not pass as a mark"]) + "\n"
     path = _stand_ins(tmp_path / "bin", journal)
     out = _run(vllm_log_probe("llm-server").snippet, path)
     assert all(line.startswith("@vllm-log ") for line in out.splitlines()), out
-    assert VLLM_LOG_PROBE.lines(out) == [f"line {t}" for t in ISSUE_21348] + ["run 5c1d"]
-    assert vllm_log_probe("llm-server").read(out).kv_tokens == 178_880
+    assert VLLM_LOG_PROBE.lines(out) == [f"line {t}" for t in ISSUE_21348] + ["run 5c1d", "state active 0"]
+    startup = vllm_log_probe("llm-server").read(out)
+    assert startup.kv_tokens == 178_880 and startup.kv_pool_bytes == int(8.11 * GIB) and startup.active == "active"
+
+
+def test_a_journal_line_cannot_split_into_forged_lines(tmp_path: Path) -> None:
+    """Python's str.splitlines() also splits at \\r, \\f, U+2028 and others; a log line
+    holding them must stay one line (and only printable ASCII reaches the parser)."""
+    forged = ("INFO [gpu_worker.py:298] Available KV cache memory: 8.11 GiB\r@vllm-log run forged"
+              "\u2028@path missing x /etc/llm\x0c@done")
+    path = _stand_ins(tmp_path / "bin", forged + "\n")
+    out = _run(vllm_log_probe("llm-server").snippet, path)
+    assert VLLM_LOG_PROBE.read(out).run == "5c1d"
+    assert [line for line in out.split("\n") if line.startswith(("@path", "@done"))] == []
+    assert VLLM_LOG_PROBE.lines("@vllm-log run real\n@vllm-log line a\r@vllm-log run forged\n") == [
+        "run real", "line a\r@vllm-log run forged"]
+
+
+def test_a_refusal_in_the_run_before_a_restart_is_reported(tmp_path: Path) -> None:
+    """vLLM exits on the refusal and systemd starts it again (Restart=on-failure): the new
+    run is loading and says nothing; the refusal is in the unit's journal."""
+    loading = "INFO vLLM API server version 0.11.0\n"
+    path = _stand_ins(tmp_path / "bin", loading, unit_journal=loading + ISSUE_34076 + "\n" + loading, restarts=3)
+    startup = vllm_log_probe("llm-server").read(_run(vllm_log_probe("llm-server").snippet, path))
+    assert startup.refused is not None and startup.refused.startswith("24.0 GiB of KV cache needed")
+    assert "restarted the server 3 time(s)" in startup.refused
+    calm = _stand_ins(tmp_path / "calm", loading, unit_journal=ISSUE_34076 + "\n" + loading, restarts=0)
+    assert vllm_log_probe("llm-server").read(_run(vllm_log_probe("llm-server").snippet, calm)).refused is None
 
 
 def test_the_snippet_says_when_the_journal_is_not_readable_or_the_unit_never_ran(tmp_path: Path) -> None:
@@ -105,7 +147,7 @@ def test_the_snippet_says_when_the_journal_is_not_readable_or_the_unit_never_ran
     out = _run(vllm_log_probe("llm-server").snippet, unreadable)
     assert "not in the systemd-journal group" in (vllm_log_probe("llm-server").read(out).unread or "")
     never = _run(vllm_log_probe("other").snippet, unreadable)  # systemctl prints no InvocationID
-    assert "has not run since the host booted" in (VLLM_LOG_PROBE.read(never).unread or "")
+    assert "systemd has no run of other.service" in (VLLM_LOG_PROBE.read(never).unread or "")
 
 
 def test_a_host_without_journalctl(tmp_path: Path) -> None:

@@ -47,6 +47,17 @@ def test_fewer_sequences_than_max_num_seqs_warns() -> None:
     assert check.hint and "--calibrate" in check.hint
 
 
+def test_a_server_started_with_other_settings_or_stopped_is_not_compared() -> None:
+    """After an apply without --restart the old server still runs: its pool is not this
+    profile's, and it must not be recorded as if it were."""
+    _, placement = _planned(2)
+    [stale] = pool_checks(VllmStartup(run="r", kv_pool_bytes=MEASURED_POOL, max_model_len=32_768,
+                                      concurrency=5.0), placement)
+    assert stale.status == "skip" and "max_model_len 32,768" in (stale.hint or "") and not stale.measured
+    [stopped] = pool_checks(VllmStartup(run="r", kv_pool_bytes=MEASURED_POOL, active="failed"), placement)
+    assert stopped.status == "skip" and "not running" in (stopped.hint or "")
+
+
 def test_a_refused_start_fails_and_nothing_read_skips() -> None:
     _, placement = _planned(2)
     [refused] = pool_checks(VllmStartup(run="r", refused="24.0 GiB of KV cache needed"), placement)
@@ -83,3 +94,6 @@ def test_fit_calibrated_with_the_logged_pool_holds_what_vllm_said() -> None:
     short = calibrated_placement(crowded, calibration(crowded_spec, crowded, [_record(crowded_spec, crowded, 8.11, 2)]))
     assert crowded.fits and not short.fits and short.missing_bytes > 0  # the logged pool holds 4.4
     assert calibrated_placement(placement, dataclasses.replace(cal, kv_pool_bytes_per_gpu=None)) == placement
+    # what fit found missing besides the pool (here: RAM) is kept
+    short_ram = dataclasses.replace(placement, missing_bytes=GIB, fits=False)
+    assert calibrated_placement(short_ram, cal).missing_bytes == GIB and not calibrated_placement(short_ram, cal).fits
