@@ -56,7 +56,7 @@ echo @done
 def parse_generations(output: str) -> tuple[int, list[Generation]]:
     last = 0
     found: list[Generation] = []
-    for line in output.splitlines():
+    for line in output.split("\n"):  # a host's answer: \n ends a line, nothing else
         if line.startswith("@last "):
             last = last_number(line.removeprefix("@last "))
         elif line.startswith("@gen "):

@@ -88,7 +88,7 @@ def apply_plan(plan: Plan, gathered: Gathered, transport: Transport, *, profile_
         time=dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(), wait_lock=wait_lock)
     env = {"PROVISION_FAILPOINT": str(failpoint)} if failpoint is not None else None
     result = transport.run(apply_script(inputs), env)
-    lines = result.stdout.splitlines()
+    lines = result.stdout.split("\n")  # a host's answer: \n ends a line, nothing else
     warnings = tuple(line.removeprefix("@warn ") for line in lines if line.startswith("@warn "))
     ran = tuple(line.split()[1] for line in lines if line.startswith("@handler-ok "))
     installed = tuple(line.split()[1] for line in lines if line.startswith("@install-ok "))

@@ -93,7 +93,7 @@ class InstallStates:
 def parse_install_lines(output: str) -> InstallStates:
     """``@install NAME KEY VALUE...`` -> {NAME: {KEY: VALUE}} (the value may hold blanks)."""
     found: dict[str, dict[str, str]] = {}
-    for line in output.splitlines():
+    for line in output.split("\n"):  # a host's answer: \n ends a line, nothing else
         if line.startswith("@install "):
             parts = line.split(" ", 3)
             if len(parts) >= 3:

@@ -64,7 +64,7 @@ def read_baseline(transport: Transport, service: str) -> Loaded:
     path = state_path(transport.state_dir, service)
     where = f"{transport.name}:{path}"
     result = transport.run(read_script(path))
-    line = next((ln for ln in result.stdout.splitlines() if ln.startswith("@fingerprint ")), None)
+    line = next((ln for ln in result.stdout.split("\n") if ln.startswith("@fingerprint ")), None)
     if result.returncode != 0 or line is None:
         detail = (result.stderr.strip().splitlines() or [f"exit {result.returncode}"])[-1]
         return Loaded(error=f"{where}: could not be read: {detail}", where=where)

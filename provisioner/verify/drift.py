@@ -41,7 +41,7 @@ class Live:
 def parse_live(output: str) -> Live:
     sysctl: dict[str, str] = {}
     values: dict[str, str] = {}
-    for line in output.splitlines():
+    for line in output.split("\n"):  # a host's answer: \n ends a line, nothing else
         if line.startswith("@live sysctl "):
             _, _, key, *rest = line.split(" ", 3)
             sysctl[key] = " ".join(" ".join(rest).split())

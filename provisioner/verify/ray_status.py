@@ -45,7 +45,7 @@ def probe(address: str, binary: str = "ray") -> str:
 def section_text(output: str) -> tuple[str | None, str]:
     """(state, text): state None = not probed, 'missing' = no ray binary, 'ok', 'failed'
     (``ray status`` exited non-zero: no head to talk to)."""
-    lines = [ln for ln in output.splitlines() if ln.startswith(MARK)]
+    lines = [ln for ln in output.split("\n") if ln.startswith(MARK)]  # \n only: see Probe.lines
     if not lines:
         return None, ""
     if f"{MARK} missing" in lines:

@@ -246,11 +246,11 @@ def _record_speed(built: Built, transport: Transport, checks: list[Check]) -> Ch
         predicted_kv_pool_gib_per_gpu=measured.get("predicted_kv_pool_gib_per_gpu"),
         memory_settings=memory_settings(spec, built.placement) if "kv_pool_gib_per_gpu" in measured else "")
     done = transport.run(write_script(transport.state_dir, record))
-    where = next((line.split(" ", 1)[1] for line in done.stdout.splitlines() if line.startswith("@recorded ")), None)
+    where = next((line.split(" ", 1)[1] for line in done.stdout.split("\n") if line.startswith("@recorded ")), None)
     if where is not None:
         return Check("endpoint.recorded", "pass", f"measured speeds appended to {where}",
                      hint="provision fit --host H --calibrate corrects its predictions with them")
-    why = next((line.split(" ", 1)[1] for line in done.stdout.splitlines() if line.startswith("@not-recorded ")),
+    why = next((line.split(" ", 1)[1] for line in done.stdout.split("\n") if line.startswith("@not-recorded ")),
                done.stderr.strip() or "the write failed")
     return Check("endpoint.recorded", "skip", hint=f"speeds not recorded: {why}")
 
