@@ -296,7 +296,8 @@ def compare_command(profile: Path, settings: dict[str, Any], compares: list[str]
 @click.option("--compare", "compares", multiple=True, metavar="FIELD=V1,V2",
               help="Fit each value (repeatable: every combination) and print one row each.")
 @click.option("--calibrate", is_flag=True,
-              help="With --host/--here: scale the prediction by that host's own recorded verify runs.")
+              help="With --host/--here: scale the prediction by that host's own recorded verify runs "
+                   "(and, for vLLM, plan with the KV pool its server logged).")
 @target_options
 @ignore_fit_option
 def fit(profile: Path, context: int | None, here: bool, as_json: bool, ignore_fit: bool,
