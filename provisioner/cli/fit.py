@@ -150,7 +150,7 @@ def _calibrate(spec: Spec, placement: Placement, speed: Prediction,
         raise UsageError("--calibrate uses the runs recorded on a host",
                          hint="add --host H (or --here) with --calibrate")
     cal = calibration(spec, placement, parse_records(host_output))
-    placement = calibrated_placement(placement, cal)
+    placement = calibrated_placement(spec, placement, cal)
     return dataclasses.replace(placement, warnings=(cal.note, *placement.warnings)), calibrated(speed, cal), cal
 
 

@@ -24,8 +24,7 @@ Lines:
     @vllm-log none WHY          nothing to read (no journalctl, unit never ran, unreadable)
     @vllm-log line TEXT         a matching start-up line of the run, as logged
     @vllm-log run ID            the systemd invocation the lines belong to
-    @vllm-log state ACTIVE N    the unit's ActiveState and NRestarts
-    @vllm-log earlier TEXT      the last refusal in the unit's journal, any run
+    @vllm-log unit KEY=VALUE    the unit's ActiveState, SubState and NRestarts
 """
 
 from __future__ import annotations
@@ -59,7 +58,8 @@ class VllmStartup:
     weights_bytes: int | None = None  # per GPU, as loaded
     refused: str | None = None  # vLLM refused to start for want of KV memory: its reason
     active: str = ""  # the unit's ActiveState ("active", "activating", "failed", ...)
-    restarts: int = 0  # NRestarts: automatic restarts since the unit was started
+    sub: str = ""  # its SubState ("running", "auto-restart", ...)
+    restarts: int = 0  # NRestarts: automatic restarts (systemd keeps counting across some starts)
 
 
 def _gib(text: str) -> int:
@@ -81,19 +81,17 @@ def parse(lines: list[str]) -> VllmStartup:
     pools: list[int] = []
     tokens = max_len = weights = None
     concurrency: float | None = None
-    refused = earlier = None
-    active, restarts = "", 0
+    refused = None
+    unit: dict[str, str] = {}
     for line in lines:
         kind, _, text = line.partition(" ")
         if kind == "none":
             return VllmStartup(unread=text or "nothing read")
         if kind == "run":
             run = text.strip()
-        elif kind == "state":
-            state, _, count = text.partition(" ")
-            active, restarts = state, int(count) if count.strip().isdigit() else 0
-        elif kind == "earlier":
-            earlier = _refusal(text)
+        elif kind == "unit":
+            key, _, value = text.partition("=")
+            unit[key] = value.strip()
         if kind != "line":
             continue
         if m := _AVAILABLE.search(text):
@@ -109,12 +107,11 @@ def parse(lines: list[str]) -> VllmStartup:
         refused = _refusal(text) or refused
     if run is None:
         return VllmStartup(unread="the host's answer had no run of the unit")
-    if refused is None and not pools and restarts and earlier is not None:
-        # this run is the restart after a refusal: it will refuse again with the same settings
-        refused = f"{earlier} (in an earlier run; systemd has restarted the server {restarts} time(s))"
+    restarts = unit.get("NRestarts", "")
     return VllmStartup(run=run, kv_pool_bytes=min(pools) if pools else None, kv_tokens=tokens,
                        max_model_len=max_len, concurrency=concurrency, weights_bytes=weights, refused=refused,
-                       active=active, restarts=restarts)
+                       active=unit.get("ActiveState", ""), sub=unit.get("SubState", ""),
+                       restarts=int(restarts) if restarts.isdigit() else 0)
 
 
 VLLM_LOG_PROBE: Probe[VllmStartup] = Probe("vllm-log", load_snippet("vllm_log"), parse)

@@ -61,11 +61,11 @@ def _gpu_ids(spec: Spec) -> tuple[str, ...]:
 
 def memory_settings(spec: Spec, placement: Placement) -> str:
     """What vLLM sizes its KV pool with, besides the engine, GPUs, model and quant: a run
-    with other values measured another pool. Not the context: vLLM 0.11.0's profiling pass
-    runs max_num_batched_tokens, not max_model_len (vllm/v1/worker/gpu_model_runner.py
-    profile_run), so `fit --context N --calibrate` keeps the measured pool."""
+    with other values measured another pool. The context too: vLLM's profiling pass runs
+    max_num_batched_tokens (vllm/v1/worker/gpu_model_runner.py profile_run), whose default
+    EngineArgs derives from max_model_len in some configurations."""
     p = spec.profile
-    return json.dumps({"max_num_seqs": p.runtime.parallel,
+    return json.dumps({"context": placement.context, "max_num_seqs": p.runtime.parallel,
                        "gpu_memory_utilization": p.runtime.gpu_memory_utilization,
                        "kv_cache": [p.model.kv_cache_k, p.model.kv_cache_value],
                        "cpu_offload_gib": placement.cpu_offload_bytes // GIB,
@@ -93,7 +93,7 @@ def calibration(spec: Spec, placement: Placement, records: list[SpeedRecord]) ->
                        f"generation {last.generation}, {last.time or 'time not recorded'}" if last else "")
 
 
-def calibrated_placement(placement: Placement, cal: Calibration) -> Placement:
+def calibrated_placement(spec: Spec, placement: Placement, cal: Calibration) -> Placement:
     """vLLM's placement with the KV pool its server measured on this host: the GPUs'
     buffers are what the server kept besides weights and pool; the sequences that fit
     follow. Unchanged without a measured pool (or for another engine)."""
@@ -103,10 +103,11 @@ def calibrated_placement(placement: Placement, cal: Calibration) -> Placement:
     need = per_sequence * placement.parallel
     gpus = tuple(dataclasses.replace(d, buffers_bytes=d.capacity_bytes - d.weights_bytes - pool)
                  for d in placement.gpus)
-    # what fit found missing besides the KV pool (RAM for offloaded weights, an offload larger
-    # than the weights) stays; the pool's own shortfall is the measured one's
-    planned_short = max(need - placement.kv_pool_bytes_per_gpu, 0) * len(gpus)
-    missing = max(placement.missing_bytes - planned_short, 0) + max(need - pool, 0) * len(gpus)
+    # as fit_vllm: the GPUs' shortfall (now the measured pool's) plus RAM's, or an offload
+    # larger than the weights, whichever is more
+    ram_short = max(placement.ram.used_bytes - placement.ram.capacity_bytes, 0)
+    excess_offload = max(placement.cpu_offload_bytes - spec.quant.bytes // max(len(gpus), 1), 0)
+    missing = max(max(need - pool, 0) * len(gpus) + ram_short, excess_offload)
     return dataclasses.replace(placement, devices=(*gpus, placement.ram), kv_pool_bytes_per_gpu=pool,
                                max_concurrency=pool / per_sequence, missing_bytes=missing, fits=missing == 0)
 

@@ -28,9 +28,12 @@ class LocalTransport:
     def run(self, script: str, env: dict[str, str] | None = None) -> Completed:
         # no folder is made here: plan and generations only read, and apply's script makes the
         # state folder (and with it the root) once it has checked the way there
-        result = subprocess.run(["sh", "-s"], input=script, capture_output=True, text=True,
+        # bytes, decoded as the SSH transports do: text=True would turn a bare \r from a
+        # host's file into a line end (universal newlines), and a line into two
+        result = subprocess.run(["sh", "-s"], input=script.encode(), capture_output=True,
                                 check=False, env={**os.environ, **(env or {})})
-        return Completed(result.returncode, result.stdout, result.stderr)
+        return Completed(result.returncode, result.stdout.decode(errors="replace"),
+                         result.stderr.decode(errors="replace"))
 
     def close(self) -> None:
         """Nothing to drop: every run is its own process."""

@@ -24,13 +24,18 @@ def _not_comparable(startup: VllmStartup, placement: Placement) -> str | None:
     """Why this run's pool says nothing about the profile (a skip), or None."""
     if startup.unread is not None:
         return f"vLLM's start-up log not read: {startup.unread}"
-    if startup.active in {"inactive", "failed", "deactivating"}:
-        return f"the server is not running (its unit is {startup.active})"
+    if startup.active in {"inactive", "failed", "deactivating"} or startup.sub == "auto-restart":
+        # between an exit and systemd's restart the unit is "activating/auto-restart" and the
+        # run read is the one that ended
+        return f"the server is not running (its unit is {startup.active}/{startup.sub})"
     if startup.max_model_len is not None and startup.max_model_len != placement.context:
         # an apply without --restart leaves the old server running: its pool is not this profile's
         return (f"the running server was started with max_model_len {startup.max_model_len:,}, the profile "
                 f"says {placement.context:,}: restart it (provision apply --restart) and verify again")
     if startup.kv_pool_bytes is None:
+        if startup.restarts:
+            return (f"this run has not logged its KV pool yet, and systemd has restarted the server "
+                    f"{startup.restarts} time(s): journalctl -u the unit says why")
         return "this run of the server has not logged its KV pool yet (still loading?)"
     return None
 

@@ -69,31 +69,27 @@ def test_nothing_read_says_why() -> None:
     assert parse([]).unread is not None
 
 
-def _stand_ins(folder: Path, journal: str, invocation: str = "5c1d", unit_journal: str = "",
-               state: str = "active", restarts: int = 0) -> str:
+def _stand_ins(folder: Path, journal: str, invocation: str = "5c1d", state: str = "active",
+               sub: str = "running", restarts: int = 0) -> str:
     """systemctl and journalctl as a host with systemd answers them (there is no journald
-    here): the unit's InvocationID, state and restarts, the journal of that invocation,
-    and the unit's journal over all its runs."""
+    here): the unit's InvocationID and state, and the journal of that invocation."""
     folder.mkdir()
     unit = "llm-server.service"
     scripts = {
         "systemctl": (f'case "$*" in\n'
                       f'  "show -p InvocationID --value {unit}") echo {invocation} ;;\n'
-                      f'  "show -p ActiveState --value {unit}") echo {state} ;;\n'
-                      f'  "show -p NRestarts --value {unit}") echo {restarts} ;;\n'
+                      f'  "show -p ActiveState -p SubState -p NRestarts {unit}")\n'
+                      f'    printf "NRestarts={restarts}\\nActiveState={state}\\nSubState={sub}\\n" ;;\n'
                       f'esac\n'),
         "journalctl": (f'case "$*" in\n'
-                       f'  *_SYSTEMD_INVOCATION_ID={invocation}*"-n 1"*|*"-n 1"*_SYSTEMD_INVOCATION_ID={invocation}*)'
-                       f' tail -n 1 "{folder}/journal" ;;\n'
+                       f'  *"-n 1"*_SYSTEMD_INVOCATION_ID={invocation}*) tail -n 1 "{folder}/journal" ;;\n'
                        f'  *_SYSTEMD_INVOCATION_ID={invocation}*) cat "{folder}/journal" ;;\n'
-                       f'  *"-u {unit}"*) cat "{folder}/unit-journal" ;;\n'
                        f'esac\n'),
     }
     for name, body in scripts.items():
         (folder / name).write_text("#!/bin/sh\n" + body)
         (folder / name).chmod(stat.S_IRWXU)
     (folder / "journal").write_text(journal)
-    (folder / "unit-journal").write_text(unit_journal or journal)
     return f"{folder}:{os.environ['PATH']}"
 
 
@@ -112,9 +108,11 @@ def test_the_snippet_keeps_only_the_start_up_memory_lines_of_the_current_run(tmp
     path = _stand_ins(tmp_path / "bin", journal)
     out = _run(vllm_log_probe("llm-server").snippet, path)
     assert all(line.startswith("@vllm-log ") for line in out.splitlines()), out
-    assert VLLM_LOG_PROBE.lines(out) == [f"line {t}" for t in ISSUE_21348] + ["run 5c1d", "state active 0"]
+    assert VLLM_LOG_PROBE.lines(out) == [f"line {t}" for t in ISSUE_21348] + [
+        "run 5c1d", "unit NRestarts=0", "unit ActiveState=active", "unit SubState=running"]
     startup = vllm_log_probe("llm-server").read(out)
-    assert startup.kv_tokens == 178_880 and startup.kv_pool_bytes == int(8.11 * GIB) and startup.active == "active"
+    assert startup.kv_tokens == 178_880 and startup.kv_pool_bytes == int(8.11 * GIB)
+    assert (startup.active, startup.sub, startup.restarts) == ("active", "running", 0)
 
 
 def test_a_journal_line_cannot_split_into_forged_lines(tmp_path: Path) -> None:
@@ -130,16 +128,13 @@ def test_a_journal_line_cannot_split_into_forged_lines(tmp_path: Path) -> None:
         "run real", "line a\r@vllm-log run forged"]
 
 
-def test_a_refusal_in_the_run_before_a_restart_is_reported(tmp_path: Path) -> None:
-    """vLLM exits on the refusal and systemd starts it again (Restart=on-failure): the new
-    run is loading and says nothing; the refusal is in the unit's journal."""
-    loading = "INFO vLLM API server version 0.11.0\n"
-    path = _stand_ins(tmp_path / "bin", loading, unit_journal=loading + ISSUE_34076 + "\n" + loading, restarts=3)
+def test_a_server_that_systemd_keeps_restarting_is_seen_as_such(tmp_path: Path) -> None:
+    """vLLM exits on a refusal and systemd starts it again (Restart=on-failure): between the
+    two the unit is activating/auto-restart, and the run read is the one that ended."""
+    path = _stand_ins(tmp_path / "bin", ISSUE_34076 + "\n", state="activating", sub="auto-restart", restarts=3)
     startup = vllm_log_probe("llm-server").read(_run(vllm_log_probe("llm-server").snippet, path))
+    assert (startup.active, startup.sub, startup.restarts) == ("activating", "auto-restart", 3)
     assert startup.refused is not None and startup.refused.startswith("24.0 GiB of KV cache needed")
-    assert "restarted the server 3 time(s)" in startup.refused
-    calm = _stand_ins(tmp_path / "calm", loading, unit_journal=ISSUE_34076 + "\n" + loading, restarts=0)
-    assert vllm_log_probe("llm-server").read(_run(vllm_log_probe("llm-server").snippet, calm)).refused is None
 
 
 def test_the_snippet_says_when_the_journal_is_not_readable_or_the_unit_never_ran(tmp_path: Path) -> None:

@@ -56,6 +56,11 @@ def test_a_server_started_with_other_settings_or_stopped_is_not_compared() -> No
     assert stale.status == "skip" and "max_model_len 32,768" in (stale.hint or "") and not stale.measured
     [stopped] = pool_checks(VllmStartup(run="r", kv_pool_bytes=MEASURED_POOL, active="failed"), placement)
     assert stopped.status == "skip" and "not running" in (stopped.hint or "")
+    [between] = pool_checks(VllmStartup(run="r", kv_pool_bytes=MEASURED_POOL, active="activating",
+                                        sub="auto-restart", restarts=2), placement)
+    assert between.status == "skip" and "activating/auto-restart" in (between.hint or "")
+    [looping] = pool_checks(VllmStartup(run="r", active="activating", sub="start", restarts=2), placement)
+    assert looping.status == "skip" and "restarted the server 2 time(s)" in (looping.hint or "")
 
 
 def test_a_refused_start_fails_and_nothing_read_skips() -> None:
@@ -86,14 +91,17 @@ def test_fit_calibrated_with_the_logged_pool_holds_what_vllm_said() -> None:
     cal = calibration(spec, placement, records)
     assert cal.kv_pool_bytes_per_gpu == MEASURED_POOL and "generation 2" in cal.kv_pool_from
     assert "vLLM KV pool 8.11 GiB per GPU" in cal.note
-    tuned = calibrated_placement(placement, cal)
+    tuned = calibrated_placement(spec, placement, cal)
     assert tuned.max_concurrency == pytest.approx(MEASURED_SEQUENCES, rel=0.02)  # fit's KV bytes are exact
     assert tuned.fits and all(d.free_bytes == pytest.approx(MEASURED_POOL - d.kv_cache_bytes, abs=1)
                               for d in tuned.gpus)
     crowded_spec, crowded = _planned(5)  # fit alone: room for 5.5 sequences
-    short = calibrated_placement(crowded, calibration(crowded_spec, crowded, [_record(crowded_spec, crowded, 8.11, 2)]))
+    short = calibrated_placement(crowded_spec, crowded,
+                                 calibration(crowded_spec, crowded, [_record(crowded_spec, crowded, 8.11, 2)]))
     assert crowded.fits and not short.fits and short.missing_bytes > 0  # the logged pool holds 4.4
-    assert calibrated_placement(placement, dataclasses.replace(cal, kv_pool_bytes_per_gpu=None)) == placement
-    # what fit found missing besides the pool (here: RAM) is kept
-    short_ram = dataclasses.replace(placement, missing_bytes=GIB, fits=False)
-    assert calibrated_placement(short_ram, cal).missing_bytes == GIB and not calibrated_placement(short_ram, cal).fits
+    assert calibrated_placement(spec, placement, dataclasses.replace(cal, kv_pool_bytes_per_gpu=None)) == placement
+    # an offload larger than each GPU's share of the weights does not fit, whatever the pool
+    weights_gpu = spec.quant.bytes // 4
+    too_much = dataclasses.replace(placement, cpu_offload_bytes=weights_gpu + 3 * GIB)
+    assert calibrated_placement(spec, too_much, cal).missing_bytes == 3 * GIB
+    assert not calibrated_placement(spec, too_much, cal).fits

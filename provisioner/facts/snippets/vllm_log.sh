@@ -20,11 +20,7 @@ else
             | awk '{ print } /Starting vLLM (API )?server/ { exit }' | LC_ALL=C tr -cd '\n -~' \
             | grep -E "$vllm_lines" | head -n 64 | sed 's/^/@vllm-log line /'
         echo "@vllm-log run $vllm_run"
-        echo "@vllm-log state $(systemctl show -p ActiveState --value "$vllm_unit" 2>/dev/null) $(systemctl show -p NRestarts --value "$vllm_unit" 2>/dev/null)"
-        # a refused start ends the run and systemd starts another (Restart=on-failure): the
-        # reason is in the run before, which the current one says nothing about
-        journalctl -q --no-pager -o cat -u "$vllm_unit" -n 2000 2>/dev/null | LC_ALL=C tr -cd '\n -~' \
-            | grep -E 'KV cache is needed|No available memory for the cache blocks' | tail -n 1 \
-            | sed 's/^/@vllm-log earlier /'
+        systemctl show -p ActiveState -p SubState -p NRestarts "$vllm_unit" 2>/dev/null \
+            | LC_ALL=C tr -cd '\n -~' | sed 's/^/@vllm-log unit /'
     fi
 fi
