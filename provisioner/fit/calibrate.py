@@ -78,14 +78,13 @@ def calibration(spec: Spec, placement: Placement, records: list[SpeedRecord]) ->
             and tuple(sorted(r.gpus)) == _gpu_ids(spec)]
     model = spec.profile.model
     settings = memory_settings(spec, placement)
-    pools = sorted((r for r in same if r.kv_pool_gib_per_gpu is not None and r.model == model.id
-                    and r.quant == model.quant and r.memory_settings == settings),
-                   key=lambda r: (r.generation, r.time))
+    last = max((r for r in same if r.kv_pool_gib_per_gpu is not None and r.model == model.id
+                and r.quant == model.quant and r.memory_settings == settings),
+               key=lambda r: (r.generation, r.time), default=None)
     decode = [r.decode_tokens_per_s / r.predicted_decode_tokens_per_s for r in same
               if r.decode_tokens_per_s and r.predicted_decode_tokens_per_s]
     prefill = [r.prefill_tokens_per_s / r.predicted_prefill_tokens_per_s for r in same
                if r.prefill_tokens_per_s and r.predicted_prefill_tokens_per_s]
-    last = pools[-1] if pools else None
     return Calibration(statistics.median(decode) if decode else None,
                        statistics.median(prefill) if prefill else None,
                        len(decode), len(prefill), len(records) - len(same),
@@ -109,7 +108,7 @@ def calibrated_placement(spec: Spec, placement: Placement, cal: Calibration) -> 
     excess_offload = max(placement.cpu_offload_bytes - spec.quant.bytes // max(len(gpus), 1), 0)
     missing = max(max(need - pool, 0) * len(gpus) + ram_short, excess_offload)
     return dataclasses.replace(placement, devices=(*gpus, placement.ram), kv_pool_bytes_per_gpu=pool,
-                               max_concurrency=pool / per_sequence, missing_bytes=missing, fits=missing == 0)
+                               missing_bytes=missing, fits=missing == 0)
 
 
 def calibrated(speed: Prediction, cal: Calibration) -> Prediction:

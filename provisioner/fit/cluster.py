@@ -124,8 +124,7 @@ def _fit_ray(spec: Spec, ctx: int) -> Placement:
                 devices.append(Device("", capacity, weights, kv_need, overhead,
                                       int(weights * m.expert_params_fraction), group.spec.memory_bandwidth_gb_s))
     devices.append(ram_device(spec, 0, 0, 0, 0))
-    concurrency = (pool or 0) / kv_seq_gpu if kv_seq_gpu else None
     placement = placement_of(spec, ctx, tuple(devices), gpu_layers=m.layers + 1, cpu_moe=0, offload=0,
-                           missing=missing, kv_seq=kv_seq, concurrency=concurrency,
-                           tensor_parallel=True, stages=pp, kv_pool=pool, kv_seq_gpu=kv_seq_gpu)
+                           missing=missing, kv_seq=kv_seq,
+                           tensor_parallel=True, stages=pp, kv_pool=pool or 0, kv_seq_gpu=kv_seq_gpu)
     return dataclasses.replace(placement, devices=_named(spec, placement.devices))

@@ -71,7 +71,6 @@ class Placement:
     warnings: tuple[str, ...] = ()
     parallel: int = 1  # sequences (llama.cpp slots, vLLM max_num_seqs, Ollama NUM_PARALLEL)
     kv_bytes_per_sequence: int = 0  # one sequence at the full context
-    max_concurrency: float | None = None  # vLLM: sequences at full context its KV pool holds
     kv_pool_bytes_per_gpu: int | None = None  # vLLM: the KV pool of its smallest GPU
     kv_bytes_per_sequence_per_gpu: int = 0  # vLLM: one full-context sequence's share of a GPU
     tensor_parallel: bool = False  # vLLM: every GPU holds a shard and works on every token
@@ -85,6 +84,13 @@ class Placement:
     stages: int = 1
     interconnect_s_per_token: float = 0.0
     interconnect_bytes_per_token: int = 0
+
+    @property
+    def max_concurrency(self) -> float | None:
+        """vLLM: the sequences at full context its KV pool holds."""
+        if self.kv_pool_bytes_per_gpu is None or not self.kv_bytes_per_sequence_per_gpu:
+            return None
+        return self.kv_pool_bytes_per_gpu / self.kv_bytes_per_sequence_per_gpu
 
     @property
     def gpus(self) -> tuple[Device, ...]:
@@ -318,10 +324,9 @@ def fit_vllm(spec: Spec, ctx: int) -> Placement:
     missing = missing * n + max(ram.used_bytes - ram.capacity_bytes, 0)
     if offload > weights_gpu:
         missing = max(missing, int(offload - weights_gpu))
-    concurrency = pool / kv_seq_gpu if kv_seq_gpu else None
     return placement_of(spec, ctx, tuple(devices), gpu_layers=m.layers + 1, cpu_moe=0,
                       offload=offload, missing=missing, kv_seq=kv_seq,
-                      concurrency=concurrency, tensor_parallel=True, kv_pool=pool, kv_seq_gpu=kv_seq_gpu,
+                      tensor_parallel=True, kv_pool=pool, kv_seq_gpu=kv_seq_gpu,
                       weights_from=spec.weights_size_from or "catalog")
 
 
@@ -331,7 +336,7 @@ def _ceil_gib(num_bytes: float) -> int:
 
 def placement_of(spec: Spec, ctx: int, devices: tuple[Device, ...], *, gpu_layers: int,
                cpu_moe: int, offload: int, missing: int, kv_seq: int,
-               concurrency: float | None = None, tensor_parallel: bool = False,
+               tensor_parallel: bool = False,
                weights_from: str = "catalog", tensor_split: tuple[float, ...] = (),
                stages: int = 1, kv_pool: int | None = None, kv_seq_gpu: int = 0) -> Placement:
     p = spec.profile
@@ -353,6 +358,7 @@ def placement_of(spec: Spec, ctx: int, devices: tuple[Device, ...], *, gpu_layer
     if p.runtime.engine == "vllm" and p.runtime.parallel > 1:
         warnings.append(f"KV cache reserved for the full context of each of {p.runtime.parallel} "
                         "sequences (conservative: vLLM pages it on demand)")
+    concurrency = kv_pool / kv_seq_gpu if kv_pool is not None and kv_seq_gpu else None
     if concurrency is not None and concurrency < p.runtime.parallel and not missing:
         warnings.append(f"vLLM's KV pool holds {concurrency:.1f} sequences at {ctx} tokens, "
                         f"fewer than max_num_seqs {p.runtime.parallel}")
@@ -371,7 +377,7 @@ def placement_of(spec: Spec, ctx: int, devices: tuple[Device, ...], *, gpu_layer
                      cpu_moe_layers=cpu_moe, cpu_offload_bytes=offload,
                      missing_bytes=max(int(missing), 0), warnings=tuple(warnings),
                      parallel=p.runtime.parallel, kv_bytes_per_sequence=kv_seq,
-                     max_concurrency=concurrency, kv_pool_bytes_per_gpu=kv_pool,
+                     kv_pool_bytes_per_gpu=kv_pool,
                      kv_bytes_per_sequence_per_gpu=kv_seq_gpu, tensor_parallel=tensor_parallel,
                      weights_from=weights_from, tensor_split=tensor_split,
                      p2p_missing=bool(spec.host and spec.host.p2p and spec.host.p2p.missing),

@@ -25,7 +25,7 @@ from provisioner.facts.model_files import (
 )
 from provisioner.facts.probe import Probe
 from provisioner.facts.speed_record import SpeedRecord, write_script
-from provisioner.facts.vllm_log import vllm_log_probe
+from provisioner.facts.vllm_log import VLLM_LOG_PROBE, vllm_log_probe
 from provisioner.fit.calibrate import memory_settings
 from provisioner.fit.predict import predict
 from provisioner.install.secret import generated_key_path
@@ -219,7 +219,7 @@ def _endpoint(built: Built, transport: Transport, options: VerifyOptions, gather
         else:
             checks = _endpoint_at(built, f"http://{host}:{runtime.port}", options, transport)
         if _serves_vllm_here(built, transport, options):
-            checks += pool_checks(gathered.read(vllm_log_probe(spec.profile.service.name)), built.placement)
+            checks += pool_checks(gathered.read(VLLM_LOG_PROBE), built.placement)
         # the profile's own server on this host: keep what it measured for fit --calibrate
         return [*checks, _record_speed(built, transport, checks)]
     return _endpoint_at(built, url, options, transport)
